@@ -1,0 +1,119 @@
+import fs from "node:fs";
+import path from "node:path";
+import Ajv, { ErrorObject } from "ajv";
+import YAML from "yaml";
+import { LogLevel } from "./logging";
+
+/** The validated configuration (config/config.sample.yaml documents every key). */
+export interface BridgeConfig {
+  homeserver: { url: string; domain: string };
+  appservice: {
+    hostname: string;
+    port: number;
+    id: string;
+    bot: { localpart: string; displayname: string };
+    ghosts: { localpart_template: string; displayname_template: string };
+  };
+  database: { path: string };
+  network: {
+    gateway_url: string;
+    provider_domain: string;
+    provider_secret: string;
+    home_domain: string;
+    store_key?: string;
+    media: { bind_hostname: string; port: number; public_url?: string; max_size: number };
+  };
+  bridge: { permissions: Record<string, "user" | "admin">; third_party_chats_default: boolean };
+  logging: { level: LogLevel; format: "pretty" | "json" };
+}
+
+/** A config problem, worded for the admin: "<field>: <what is wrong>". */
+export class ConfigError extends Error {
+  constructor(readonly field: string, readonly problem: string) {
+    super(`${field || "config"}: ${problem}`);
+    this.name = "ConfigError";
+  }
+}
+
+export const CONFIG_SCHEMA_PATH = path.resolve(__dirname, "..", "..", "config", "config.schema.json");
+
+let validator: ReturnType<Ajv["compile"]> | undefined;
+function compiledSchema() {
+  if (!validator) {
+    const schema = JSON.parse(fs.readFileSync(CONFIG_SCHEMA_PATH, "utf8"));
+    // useDefaults fills the optional sections so the rest of the code never sees undefined.
+    validator = new Ajv({ allErrors: false, useDefaults: true, strict: false, verbose: true }).compile(schema);
+  }
+  return validator;
+}
+
+function describe(error: ErrorObject, schemaDescription?: string): ConfigError {
+  const where = error.instancePath.replace(/^\//, "").replace(/\//g, ".");
+  switch (error.keyword) {
+    case "required":
+      return new ConfigError(where ? `${where}.${error.params.missingProperty}` : String(error.params.missingProperty), "is missing");
+    case "additionalProperties":
+      return new ConfigError(where ? `${where}.${error.params.additionalProperty}` : String(error.params.additionalProperty), "is not a known setting (check the spelling against config/config.sample.yaml)");
+    case "enum":
+      return new ConfigError(where, `must be one of ${(error.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(", ")}`);
+    case "pattern":
+      return new ConfigError(where, `must be ${schemaDescription ?? `a string matching ${error.params.pattern}`}`);
+    case "minLength":
+      return new ConfigError(where, schemaDescription ? `must be ${schemaDescription}` : `must not be empty`);
+    default:
+      return new ConfigError(where, error.message ?? "is invalid");
+  }
+}
+
+/** Validates a parsed config object in place (filling defaults) and returns it typed. */
+export function validateConfig(raw: unknown, configDir = process.cwd()): BridgeConfig {
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    throw new ConfigError("config", "must be a YAML mapping (see config/config.sample.yaml)");
+  }
+  const validate = compiledSchema();
+  if (!validate(raw)) {
+    const error = validate.errors![0];
+    throw describe(error, (error.parentSchema as { description?: string } | undefined)?.description);
+  }
+  const config = raw as BridgeConfig;
+  if (!path.isAbsolute(config.database.path)) config.database.path = path.resolve(configDir, config.database.path);
+  if (!config.network.media.public_url) {
+    config.network.media.public_url = `http://${config.network.media.bind_hostname}:${config.network.media.port}`;
+  }
+  if (config.appservice.bot.localpart === config.appservice.ghosts.localpart_template.replace("{phone}", "")) {
+    throw new ConfigError("appservice.bot.localpart", "must not fall inside the ghost namespace");
+  }
+  const botInGhostSpace = new RegExp(`^${ghostLocalpartRegex(config)}$`).test(config.appservice.bot.localpart);
+  if (botInGhostSpace) throw new ConfigError("appservice.bot.localpart", "must not fall inside the ghost namespace");
+  return config;
+}
+
+/** Reads and validates a YAML config file. */
+export function loadConfig(file: string): BridgeConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ConfigError("config", code === "ENOENT" ? `file ${file} does not exist` : `cannot read ${file} (${code})`);
+  }
+  let raw: unknown;
+  try {
+    raw = YAML.parse(text);
+  } catch (err) {
+    const e = err as { linePos?: { line: number }[]; message: string };
+    const line = e.linePos?.[0]?.line;
+    throw new ConfigError("config", `${file} is not valid YAML${line ? ` (line ${line})` : ""}: ${e.message.split("\n")[0]}`);
+  }
+  return validateConfig(raw, path.dirname(path.resolve(file)));
+}
+
+function escapeRegex(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+}
+
+/** The regex (without anchors) that matches ghost localparts, for the registration namespace. */
+export function ghostLocalpartRegex(config: BridgeConfig): string {
+  const [before, after] = config.appservice.ghosts.localpart_template.split("{phone}");
+  return `${escapeRegex(before)}[0-9]+${escapeRegex(after)}`;
+}

@@ -1,0 +1,49 @@
+import { Database, openDatabase } from "./database";
+import { GhostStore } from "./ghosts";
+import { MessageStore } from "./messages";
+import { OutboundStore } from "./outbound";
+import { PortalStore } from "./portals";
+import { SignalRecordTable } from "./signal-records";
+import { UserStore } from "./users";
+
+export { DatabaseError, openDatabase, migrate, schemaVersion } from "./database";
+export type { Database } from "./database";
+export type { MatrixUserRow, InboxMode } from "./users";
+export type { GhostRow } from "./ghosts";
+export type { PortalRow, PortalKind } from "./portals";
+export type { MessageRow } from "./messages";
+export type { OutboundItem } from "./outbound";
+
+/** Everything the bridge persists, one object per concern over one SQLite database. */
+export class BridgeStore {
+  readonly users: UserStore;
+  readonly ghosts: GhostStore;
+  readonly portals: PortalStore;
+  readonly messages: MessageStore;
+  readonly outbound: OutboundStore;
+
+  constructor(readonly db: Database) {
+    this.users = new UserStore(db);
+    this.ghosts = new GhostStore(db);
+    this.portals = new PortalStore(db);
+    this.messages = new MessageStore(db);
+    this.outbound = new OutboundStore(db);
+  }
+
+  static open(file: string): BridgeStore {
+    return new BridgeStore(openDatabase(file));
+  }
+
+  signalRecords(owner: string): SignalRecordTable {
+    return new SignalRecordTable(this.db, owner);
+  }
+
+  /** Runs fn in one SQLite transaction (all or nothing). */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,53 @@
+import { Database } from "./database";
+
+export interface MessageRow {
+  portalId: number;
+  remoteId: string;
+  part: number;
+  eventId: string;
+  sender: string;
+  timestamp: number;
+}
+
+interface Raw {
+  portal_id: number;
+  remote_id: string;
+  part: number;
+  event_id: string;
+  sender: string;
+  timestamp: number;
+}
+
+const fromRaw = (r: Raw): MessageRow => ({
+  portalId: r.portal_id,
+  remoteId: r.remote_id,
+  part: r.part,
+  eventId: r.event_id,
+  sender: r.sender,
+  timestamp: r.timestamp,
+});
+
+/** The message map: remote message id ↔ Matrix event id, per portal. */
+export class MessageStore {
+  constructor(private readonly db: Database) {}
+
+  insert(row: MessageRow): void {
+    this.db
+      .prepare("INSERT OR IGNORE INTO messages (portal_id, remote_id, part, event_id, sender, timestamp) VALUES (?, ?, ?, ?, ?, ?)")
+      .run(row.portalId, row.remoteId, row.part, row.eventId, row.sender, row.timestamp);
+  }
+
+  byRemoteId(portalId: number, remoteId: string, part = 0): MessageRow | undefined {
+    const raw = this.db.prepare("SELECT * FROM messages WHERE portal_id = ? AND remote_id = ? AND part = ?").get(portalId, remoteId, part) as Raw | undefined;
+    return raw && fromRaw(raw);
+  }
+
+  byEventId(eventId: string): MessageRow | undefined {
+    const raw = this.db.prepare("SELECT * FROM messages WHERE event_id = ?").get(eventId) as Raw | undefined;
+    return raw && fromRaw(raw);
+  }
+
+  countInPortal(portalId: number): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM messages WHERE portal_id = ?").get(portalId) as { n: number }).n;
+  }
+}

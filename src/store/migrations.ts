@@ -1,0 +1,100 @@
+/**
+ * Numbered schema migrations. Each runs once, in order, inside a transaction, and is recorded
+ * in `schema_migrations`. Never edit a released migration: add the next number.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "initial schema: users, ghosts, portals, participants, message map",
+    sql: `
+      CREATE TABLE matrix_users (
+        mxid TEXT PRIMARY KEY,
+        management_room_id TEXT,
+        third_party_enabled INTEGER NOT NULL DEFAULT 1,
+        inbox_mode TEXT NOT NULL DEFAULT 'unified',
+        space_room_id TEXT,
+        created_at INTEGER NOT NULL
+      );
+      CREATE TABLE ghosts (
+        remote_id TEXT PRIMARY KEY,
+        mxid TEXT NOT NULL UNIQUE,
+        display_name TEXT,
+        avatar_id TEXT,
+        avatar_mxc TEXT,
+        registered INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL
+      );
+      -- A portal is one Matrix room for one remote chat as seen by one Matrix user (the receiver).
+      -- Group chats later use the same table with kind 'group'.
+      CREATE TABLE portals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        remote_chat_id TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('dm', 'group')),
+        room_id TEXT UNIQUE,
+        created_at INTEGER NOT NULL,
+        UNIQUE (remote_chat_id, receiver)
+      );
+      CREATE TABLE portal_participants (
+        portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
+        remote_user_id TEXT NOT NULL,
+        PRIMARY KEY (portal_id, remote_user_id)
+      );
+      CREATE TABLE messages (
+        portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
+        remote_id TEXT NOT NULL,
+        part INTEGER NOT NULL DEFAULT 0,
+        event_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        PRIMARY KEY (portal_id, remote_id, part)
+      );
+      CREATE UNIQUE INDEX messages_event ON messages(event_id);
+    `,
+  },
+  {
+    version: 2,
+    name: "durable outbound queue, processed Matrix events, Signal records",
+    sql: `
+      -- Matrix events accepted for sending to the network; removed once the network accepted them.
+      CREATE TABLE outbound_queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
+        event_id TEXT NOT NULL UNIQUE,
+        sender TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+      );
+      CREATE INDEX outbound_queue_portal ON outbound_queue(portal_id, seq);
+      -- Event ids already handled, so a redelivered homeserver transaction is not bridged twice.
+      CREATE TABLE processed_events (
+        event_id TEXT PRIMARY KEY,
+        processed_at INTEGER NOT NULL
+      );
+      -- Signal identity, prekeys and sessions, one namespace per record kind, values encrypted.
+      CREATE TABLE signal_records (
+        owner TEXT NOT NULL,
+        ns TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (owner, ns, key)
+      );
+      -- Inbound network frames already bridged (per receiving user and gateway sequence number).
+      CREATE TABLE inbound_seen (
+        receiver TEXT NOT NULL,
+        remote_msg_id TEXT NOT NULL,
+        seen_at INTEGER NOT NULL,
+        PRIMARY KEY (receiver, remote_msg_id)
+      );
+    `,
+  },
+];
+
+export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -1,0 +1,81 @@
+import { Database } from "./database";
+
+export interface OutboundItem {
+  seq: number;
+  portalId: number;
+  eventId: string;
+  sender: string;
+  payload: string;
+  attempts: number;
+}
+
+interface Raw {
+  seq: number;
+  portal_id: number;
+  event_id: string;
+  sender: string;
+  payload: string;
+  attempts: number;
+}
+
+const fromRaw = (r: Raw): OutboundItem => ({ seq: r.seq, portalId: r.portal_id, eventId: r.event_id, sender: r.sender, payload: r.payload, attempts: r.attempts });
+
+/**
+ * The durable Matrix → network queue and the record of handled Matrix events. An event is
+ * enqueued and marked processed in one transaction, so a redelivered transaction is a no-op
+ * and a crash never loses an accepted event.
+ */
+export class OutboundStore {
+  constructor(private readonly db: Database) {}
+
+  /** Returns false when the event was already processed (a duplicate delivery). */
+  markProcessed(eventId: string): boolean {
+    const info = this.db.prepare("INSERT OR IGNORE INTO processed_events (event_id, processed_at) VALUES (?, ?)").run(eventId, Date.now());
+    return info.changes === 1;
+  }
+
+  wasProcessed(eventId: string): boolean {
+    return this.db.prepare("SELECT 1 FROM processed_events WHERE event_id = ?").get(eventId) !== undefined;
+  }
+
+  /** Enqueues unless the event was seen before; returns whether it was enqueued. */
+  enqueue(portalId: number, eventId: string, sender: string, payload: unknown): boolean {
+    return this.db.transaction(() => {
+      if (!this.markProcessed(eventId)) return false;
+      this.db
+        .prepare("INSERT INTO outbound_queue (portal_id, event_id, sender, payload, created_at) VALUES (?, ?, ?, ?, ?)")
+        .run(portalId, eventId, sender, JSON.stringify(payload), Date.now());
+      return true;
+    })();
+  }
+
+  pending(portalId: number): OutboundItem[] {
+    return (this.db.prepare("SELECT * FROM outbound_queue WHERE portal_id = ? ORDER BY seq").all(portalId) as Raw[]).map(fromRaw);
+  }
+
+  portalsWithPending(): number[] {
+    return (this.db.prepare("SELECT DISTINCT portal_id FROM outbound_queue ORDER BY portal_id").all() as { portal_id: number }[]).map((r) => r.portal_id);
+  }
+
+  recordAttempt(seq: number): void {
+    this.db.prepare("UPDATE outbound_queue SET attempts = attempts + 1 WHERE seq = ?").run(seq);
+  }
+
+  remove(seq: number): void {
+    this.db.prepare("DELETE FROM outbound_queue WHERE seq = ?").run(seq);
+  }
+
+  depth(): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM outbound_queue").get() as { n: number }).n;
+  }
+
+  /** Inbound de-duplication: true the first time a remote message is seen for a receiver. */
+  markInboundSeen(receiver: string, remoteMsgId: string): boolean {
+    const info = this.db.prepare("INSERT OR IGNORE INTO inbound_seen (receiver, remote_msg_id, seen_at) VALUES (?, ?, ?)").run(receiver, remoteMsgId, Date.now());
+    return info.changes === 1;
+  }
+
+  inboundSeen(receiver: string, remoteMsgId: string): boolean {
+    return this.db.prepare("SELECT 1 FROM inbound_seen WHERE receiver = ? AND remote_msg_id = ?").get(receiver, remoteMsgId) !== undefined;
+  }
+}

@@ -1,0 +1,63 @@
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { test } from "node:test";
+import YAML from "yaml";
+import { ConfigError, loadConfig, validateConfig } from "../../src/config";
+
+const SAMPLE = path.resolve(__dirname, "../../../config/config.sample.yaml");
+
+function sample(): Record<string, any> {
+  return YAML.parse(fs.readFileSync(SAMPLE, "utf8"));
+}
+
+function problem(mutate: (c: Record<string, any>) => void): string {
+  const c = sample();
+  mutate(c);
+  try {
+    validateConfig(c);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${err}`);
+    return err.message;
+  }
+  assert.fail("the config was accepted");
+}
+
+test("the sample config is valid and defaults are filled", () => {
+  const config = loadConfig(SAMPLE);
+  assert.equal(config.homeserver.domain, "localhost");
+  assert.equal(config.appservice.ghosts.localpart_template, "whatsapp_{phone}");
+  assert.ok(path.isAbsolute(config.database.path), "database path is resolved against the config's folder");
+  const minimal = validateConfig({
+    homeserver: { url: "http://hs:8008", domain: "hs" },
+    appservice: { port: 1234 },
+    database: { path: "/tmp/x.db" },
+    network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: "12345678", home_domain: "wa.example" },
+  });
+  assert.equal(minimal.logging.level, "info");
+  assert.equal(minimal.bridge.third_party_chats_default, true);
+  assert.equal(minimal.network.media.public_url, "http://127.0.0.1:29401");
+});
+
+test("each kind of bad value names its field", () => {
+  assert.equal(problem((c) => delete c.homeserver.url), "homeserver.url: is missing");
+  assert.equal(problem((c) => (c.homeserver.url = "localhost:8008")), "homeserver.url: must be an http(s) URL");
+  assert.equal(problem((c) => (c.appservice.port = "eighty")), "appservice.port: must be integer");
+  assert.equal(problem((c) => (c.appservice.port = 70000)), "appservice.port: must be <= 65535");
+  assert.equal(problem((c) => (c.logging.level = "loud")), 'logging.level: must be one of "error", "warn", "info", "debug"');
+  assert.match(problem((c) => (c.homeserver.urll = "x")), /^homeserver\.urll: is not a known setting/);
+  assert.equal(problem((c) => (c.network.gateway_url = "http://x")), "network.gateway_url: must be a ws:// or wss:// URL");
+  assert.equal(problem((c) => (c.appservice.ghosts.localpart_template = "whatsapp")), "appservice.ghosts.localpart_template: must be a lowercase localpart containing {phone}");
+  assert.equal(problem((c) => (c.appservice.bot.localpart = "whatsapp_123")), "appservice.bot.localpart: must not fall inside the ghost namespace");
+  assert.equal(problem((c) => delete c.network), "network: is missing");
+});
+
+test("unreadable and non-YAML files are explained", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-config-"));
+  assert.throws(() => loadConfig(path.join(dir, "nope.yaml")), /does not exist/);
+  fs.writeFileSync(path.join(dir, "bad.yaml"), "homeserver: [unclosed\n");
+  assert.throws(() => loadConfig(path.join(dir, "bad.yaml")), (e: Error) => e instanceof ConfigError && /not valid YAML/.test(e.message));
+  fs.writeFileSync(path.join(dir, "list.yaml"), "- a\n- b\n");
+  assert.throws(() => loadConfig(path.join(dir, "list.yaml")), /must be a YAML mapping/);
+});

@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { test } from "node:test";
+import { BridgeStore, DatabaseError, openDatabase, schemaVersion } from "../../src/store";
+import { LATEST_SCHEMA_VERSION, MIGRATIONS } from "../../src/store/migrations";
+
+function tempDb(): string {
+  return path.join(fs.mkdtempSync(path.join(os.tmpdir(), "mib-store-")), "bridge.db");
+}
+
+/** Rows that exist from schema version 1 on: what an upgrade must keep. */
+function seedVersion1(file: string): void {
+  const db = openDatabase(file, { migrateUpTo: 1 });
+  db.prepare("INSERT INTO matrix_users (mxid, third_party_enabled, inbox_mode, created_at) VALUES ('@a:hs', 0, 'dedicated', 1)").run();
+  db.prepare("INSERT INTO ghosts (remote_id, mxid, display_name, registered, updated_at) VALUES ('+491', '@whatsapp_491:hs', 'Ana', 1, 1)").run();
+  db.prepare("INSERT INTO portals (remote_chat_id, receiver, kind, room_id, created_at) VALUES ('chat1', '@a:hs', 'dm', '!r:hs', 1)").run();
+  db.prepare("INSERT INTO portal_participants (portal_id, remote_user_id) VALUES (1, '+491')").run();
+  db.prepare("INSERT INTO messages (portal_id, remote_id, part, event_id, sender, timestamp) VALUES (1, 'm1', 0, '$e1', '+491', 5)").run();
+  db.close();
+}
+
+test("migrations bring an empty database to the latest schema", () => {
+  const store = BridgeStore.open(tempDb());
+  assert.equal(schemaVersion(store.db), LATEST_SCHEMA_VERSION);
+  const recorded = store.db.prepare("SELECT version FROM schema_migrations ORDER BY version").all() as { version: number }[];
+  assert.deepEqual(recorded.map((r) => r.version), MIGRATIONS.map((m) => m.version));
+  store.close();
+});
+
+for (const older of MIGRATIONS.slice(0, -1)) {
+  test(`a database at schema ${older.version} upgrades to ${LATEST_SCHEMA_VERSION} and keeps its data`, () => {
+    const file = tempDb();
+    seedVersion1(file);
+    if (older.version > 1) openDatabase(file, { migrateUpTo: older.version }).close();
+    const store = BridgeStore.open(file);
+    assert.equal(schemaVersion(store.db), LATEST_SCHEMA_VERSION);
+    assert.equal(store.users.get("@a:hs")?.inboxMode, "dedicated");
+    assert.equal(store.users.get("@a:hs")?.thirdPartyEnabled, false);
+    assert.equal(store.ghosts.get("+491")?.displayName, "Ana");
+    const portal = store.portals.byRoom("!r:hs");
+    assert.equal(portal?.remoteChatId, "chat1");
+    assert.deepEqual(store.portals.participants(portal!.id), ["+491"]);
+    assert.equal(store.messages.byEventId("$e1")?.remoteId, "m1");
+    store.close();
+  });
+}
+
+test("a database with a newer schema is refused with a clear message", () => {
+  const file = tempDb();
+  const db = openDatabase(file);
+  db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, 'from the future', 0)").run(LATEST_SCHEMA_VERSION + 1);
+  db.close();
+  assert.throws(() => openDatabase(file), (err: Error) => err instanceof DatabaseError && /newer than this bridge knows/.test(err.message));
+});
+
+test("the database file is created readable by its owner only", () => {
+  const file = tempDb();
+  BridgeStore.open(file).close();
+  assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+});
+
+test("one portal per chat and receiver, whoever asks first", () => {
+  const store = BridgeStore.open(tempDb());
+  const a = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  const b = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  assert.equal(a.id, b.id);
+  const other = store.portals.getOrCreate("chat", "@v:hs", "dm", ["+49"]);
+  assert.notEqual(other.id, a.id);
+  store.portals.setRoom(a.id, "!room:hs");
+  assert.equal(store.portals.byRoom("!room:hs")?.id, a.id);
+  assert.throws(() => store.portals.setRoom(other.id, "!room:hs"), /UNIQUE/);
+  store.close();
+});
+
+test("the outbound queue takes an event once and keeps order", () => {
+  const store = BridgeStore.open(tempDb());
+  const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  assert.equal(store.outbound.enqueue(p.id, "$1", "@u:hs", { n: 1 }), true);
+  assert.equal(store.outbound.enqueue(p.id, "$2", "@u:hs", { n: 2 }), true);
+  assert.equal(store.outbound.enqueue(p.id, "$1", "@u:hs", { n: 1 }), false, "a redelivered event is not queued twice");
+  assert.deepEqual(store.outbound.pending(p.id).map((i) => i.eventId), ["$1", "$2"]);
+  store.outbound.remove(store.outbound.pending(p.id)[0].seq);
+  assert.deepEqual(store.outbound.pending(p.id).map((i) => JSON.parse(i.payload).n), [2]);
+  assert.equal(store.outbound.enqueue(p.id, "$1", "@u:hs", { n: 1 }), false, "a sent event stays processed");
+  assert.deepEqual(store.outbound.portalsWithPending(), [p.id]);
+  store.close();
+});
+
+test("the message map answers both ways and inbound ids are seen once", () => {
+  const store = BridgeStore.open(tempDb());
+  const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  store.messages.insert({ portalId: p.id, remoteId: "r1", part: 0, eventId: "$x", sender: "+49", timestamp: 1 });
+  assert.equal(store.messages.byRemoteId(p.id, "r1")?.eventId, "$x");
+  assert.equal(store.messages.byEventId("$x")?.remoteId, "r1");
+  assert.equal(store.outbound.markInboundSeen("@u:hs", "r1"), true);
+  assert.equal(store.outbound.markInboundSeen("@u:hs", "r1"), false);
+  assert.equal(store.outbound.inboundSeen("@u:hs", "r1"), true);
+  store.close();
+});
+
+test("deleting a portal removes its participants and messages", () => {
+  const store = BridgeStore.open(tempDb());
+  const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  store.messages.insert({ portalId: p.id, remoteId: "r1", part: 0, eventId: "$x", sender: "+49", timestamp: 1 });
+  store.portals.delete(p.id);
+  assert.equal(store.messages.byEventId("$x"), undefined);
+  assert.deepEqual(store.portals.participants(p.id), []);
+  store.close();
+});
