@@ -1,0 +1,46 @@
+import { RemoteProfile } from "../network/connector";
+
+/** A Matrix event as the core needs it (client-server event format). */
+export interface MatrixEvent {
+  event_id: string;
+  room_id: string;
+  sender: string;
+  type: string;
+  state_key?: string;
+  origin_server_ts: number;
+  content: Record<string, unknown>;
+}
+
+export interface SendOptions {
+  /** Stable transaction id: a retry with the same id never creates a second event. */
+  txnId: string;
+  /** Original timestamp (appservice timestamp massaging). */
+  ts?: number;
+  type?: string;
+}
+
+/**
+ * What the core asks of the Matrix side. Implemented in src/matrix over appservice intents;
+ * the core never builds HTTP requests itself.
+ */
+export interface MatrixPort {
+  readonly botMxid: string;
+  ghostMxid(remoteUserId: string): string;
+  /** The remote user behind a ghost's Matrix id, or null when the id is not a ghost's. */
+  remoteIdOfGhost(mxid: string): string | null;
+  /** Registers the ghost if needed and brings its name and avatar up to date. Returns its Matrix id. */
+  ensureGhost(remoteUserId: string, profile: RemoteProfile | null): Promise<string>;
+  /** The ghost creates a direct-message room and invites the user. Returns the room id. */
+  createDm(ghostMxid: string, invitee: string, name: string | null): Promise<string>;
+  join(asMxid: string, roomId: string): Promise<void>;
+  leave(asMxid: string, roomId: string, reason?: string): Promise<void>;
+  send(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string>;
+  /** A notice from the bridge (as the given sender, by default the bot if it is in the room, else the ghost). */
+  notice(asMxid: string, roomId: string, text: string, txnId?: string): Promise<void>;
+  /** Joined and invited members. */
+  members(asMxid: string, roomId: string): Promise<string[]>;
+  /** The newest events of a room, oldest first, as seen by asMxid. */
+  recentEvents(asMxid: string, roomId: string, limit: number): Promise<MatrixEvent[]>;
+  /** A link a Matrix client opens, e.g. https://matrix.to/#/!room:server */
+  roomLink(roomId: string): string;
+}

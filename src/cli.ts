@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+import path from "node:path";
+import { AppServiceRegistration, Cli } from "matrix-appservice-bridge";
+import { BridgeConfig, ConfigError, loadConfig, validateConfig } from "./config";
+import { getLogger } from "./logging";
+import { runBridge } from "./main";
+import { fillRegistration } from "./matrix/registration";
+import { runMimiCommand } from "./protocol/mimi-cli";
+import { DatabaseError } from "./store";
+
+const log = getLogger("main");
+
+/** Prints one line for an admin and exits 1: no stack trace for a problem they can fix. */
+function fail(message: string): never {
+  process.stderr.write(`matrix-interop-bridge: ${message}\n`);
+  process.exit(1);
+}
+
+function argValue(args: string[], short: string, long: string): string | undefined {
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === short || args[i] === long) return args[i + 1];
+    if (args[i].startsWith(`${long}=`)) return args[i].slice(long.length + 1);
+  }
+  return undefined;
+}
+
+function main(args: string[]): void {
+  if (args[0] === "mimi") {
+    void runMimiCommand(args.slice(1), process.stdout, process.stderr).then((code) => process.exit(code));
+    return;
+  }
+  // Validate the config ourselves first: one line naming the field beats a stack trace.
+  const configPath = argValue(args, "-c", "--config");
+  if (configPath) {
+    try {
+      loadConfig(configPath);
+    } catch (err) {
+      if (err instanceof ConfigError) fail(`config error: ${err.message}`);
+      throw err;
+    }
+  }
+  const asConfig = (raw: unknown): BridgeConfig => {
+    try {
+      return validateConfig(raw, configPath ? path.dirname(path.resolve(configPath)) : process.cwd());
+    } catch (err) {
+      if (err instanceof ConfigError) fail(`config error: ${err.message}`);
+      throw err;
+    }
+  };
+  const cli = new Cli<Record<string, unknown>>({
+    registrationPath: "registration.yaml",
+    enableRegistration: true,
+    // An empty schema: validation is ours (validateConfig), for one-line errors.
+    bridgeConfig: { affectsRegistration: true, schema: {}, defaults: {} },
+    generateRegistration(reg: AppServiceRegistration, callback: (r: AppServiceRegistration) => void) {
+      const config = asConfig(cli.getConfig());
+      callback(fillRegistration(reg, config, reg.getAppServiceUrl() ?? ""));
+    },
+    run(_port: number | null, rawConfig: Record<string, unknown> | null, registration: AppServiceRegistration | null) {
+      const config = asConfig(rawConfig);
+      if (!registration?.getHomeserverToken() || !registration.getAppServiceToken()) {
+        fail("the registration file has no tokens; generate one with -r");
+      }
+      runBridge(config, registration!)
+        .then((bridge) => {
+          const shutdown = (signal: string) => {
+            log.info(`received ${signal}, shutting down`);
+            void bridge.stop().then(() => process.exit(0));
+          };
+          process.once("SIGTERM", () => shutdown("SIGTERM"));
+          process.once("SIGINT", () => shutdown("SIGINT"));
+        })
+        .catch((err: Error) => {
+          if (err instanceof DatabaseError || err instanceof ConfigError) fail(err.message);
+          log.error("the bridge failed to start", { error: err.message, stack: err.stack });
+          process.exit(1);
+        });
+    },
+  });
+  try {
+    cli.run();
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === "ENOENT") fail(`cannot read ${e.path}: no such file (generate a registration with -r)`);
+    fail(e.message.split("\n")[0]);
+  }
+}
+
+main(process.argv.slice(2));
