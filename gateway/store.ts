@@ -1,0 +1,532 @@
+/**
+ * Durable state of the gateway (better-sqlite3, WAL): accounts, the key
+ * directory, per-user event queues and idempotency records. Every answer the
+ * gateway gives about accepted data is given after the transaction that holds
+ * it has committed, so a restart (or a crash of the process) loses nothing
+ * that was acknowledged to a client.
+ */
+import Database from "better-sqlite3";
+import { createHash } from "node:crypto";
+import {
+  encodeFrame,
+  type Avatar,
+  type DeliverFrame,
+  type DeliveredFrame,
+  type KeysPublishFrame,
+  type PreKeyBundle,
+  type ProfileFrame,
+  type SendFrame,
+} from "../src/protocol/frames.js";
+
+export interface Account {
+  user: string;
+  provider: string;
+  home: boolean;
+  displayName: string;
+  avatar?: Avatar;
+  thirdPartyChats: boolean;
+}
+
+export interface QueuedEvent {
+  seq: number;
+  type: string;
+  /** The event exactly as it goes on the wire (deterministic CBOR, seq included). */
+  frame: Uint8Array;
+}
+
+export type AcceptResult =
+  | { kind: "accepted"; ts: number; seq: number }
+  | { kind: "duplicate"; ts: number }
+  | { kind: "conflict" }
+  | { kind: "queue_full" };
+
+export interface StoreOptions {
+  /** "FULL" fsyncs every commit (survives power loss); "NORMAL" survives process crashes only. */
+  synchronous?: "FULL" | "NORMAL";
+  maxQueuePerUser?: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS accounts (
+  user TEXT PRIMARY KEY,
+  provider TEXT NOT NULL,
+  home INTEGER NOT NULL,
+  display_name TEXT NOT NULL,
+  avatar_url TEXT,
+  avatar_mimetype TEXT,
+  avatar_size INTEGER,
+  avatar_sha256 BLOB,
+  third_party_chats INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_bundles (
+  user TEXT PRIMARY KEY,
+  registration_id INTEGER NOT NULL,
+  device_id INTEGER NOT NULL,
+  identity_key BLOB NOT NULL,
+  spk_id INTEGER NOT NULL, spk_public BLOB NOT NULL, spk_signature BLOB NOT NULL,
+  kpk_id INTEGER NOT NULL, kpk_public BLOB NOT NULL, kpk_signature BLOB NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS one_time_keys (
+  user TEXT NOT NULL,
+  key_id INTEGER NOT NULL,
+  public_key BLOB NOT NULL,
+  PRIMARY KEY (user, key_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue_state (
+  user TEXT PRIMARY KEY,
+  last_seq INTEGER NOT NULL,
+  acked_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue (
+  user TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  type TEXT NOT NULL,
+  frame BLOB NOT NULL,
+  -- for deliver events: what the delivered receipt to the sender needs once acked
+  sender TEXT,
+  room TEXT,
+  msg_id BLOB,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (user, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS queue_created ON queue (created_at);
+CREATE TABLE IF NOT EXISTS sends (
+  sender TEXT NOT NULL,
+  recipient TEXT NOT NULL,
+  msg_id BLOB NOT NULL,
+  digest BLOB NOT NULL,
+  ts INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (sender, recipient, msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sends_created ON sends (created_at);
+CREATE TABLE IF NOT EXISTS room_members (
+  room TEXT NOT NULL,
+  user TEXT NOT NULL,
+  PRIMARY KEY (room, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS room_members_user ON room_members (user);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+`;
+
+interface AccountRow {
+  user: string;
+  provider: string;
+  home: number;
+  display_name: string;
+  avatar_url: string | null;
+  avatar_mimetype: string | null;
+  avatar_size: number | null;
+  avatar_sha256: Buffer | null;
+  third_party_chats: number;
+}
+
+function bytes(b: Buffer): Uint8Array {
+  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+}
+
+/** Digest of what makes two sends "the same" for idempotency: room and payload. */
+function sendDigest(frame: SendFrame): Buffer {
+  return createHash("sha256")
+    .update(frame.room)
+    .update("\n")
+    .update(String(frame.payload.type))
+    .update("\n")
+    .update(frame.payload.body)
+    .digest();
+}
+
+export class GatewayStore {
+  private readonly db: Database.Database;
+  private readonly maxQueuePerUser: number;
+  private lastTs = 0;
+
+  constructor(path: string, opts: StoreOptions = {}) {
+    this.db = new Database(path);
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma(`synchronous = ${opts.synchronous ?? "FULL"}`);
+    this.db.pragma("foreign_keys = ON");
+    this.db.exec(SCHEMA);
+    this.maxQueuePerUser = opts.maxQueuePerUser ?? 10_000;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  /**
+   * Server timestamps never go backwards, even if the clock does, so that ts
+   * order agrees with acceptance order for every observer.
+   */
+  now(): number {
+    this.lastTs = Math.max(Date.now(), this.lastTs);
+    return this.lastTs;
+  }
+
+  // ------------------------------------------------------------------ accounts
+
+  getAccount(user: string): Account | undefined {
+    const row = this.db.prepare("SELECT * FROM accounts WHERE user = ?").get(user) as AccountRow | undefined;
+    if (!row) return undefined;
+    const account: Account = {
+      user: row.user,
+      provider: row.provider,
+      home: row.home === 1,
+      displayName: row.display_name,
+      thirdPartyChats: row.third_party_chats === 1,
+    };
+    if (row.avatar_url !== null && row.avatar_sha256 !== null)
+      account.avatar = {
+        url: row.avatar_url,
+        mimetype: row.avatar_mimetype ?? "application/octet-stream",
+        size: row.avatar_size ?? 0,
+        sha256: bytes(row.avatar_sha256),
+      };
+    return account;
+  }
+
+  /** Creates or updates an account; returns whether it was new and whether its profile changed. */
+  upsertAccount(
+    user: string,
+    provider: string,
+    home: boolean,
+    displayName: string,
+    avatar: Avatar | undefined,
+  ): { created: boolean; changed: boolean } {
+    return this.db.transaction(() => {
+      const before = this.getAccount(user);
+      const now = Date.now();
+      const av = avatar
+        ? [avatar.url, avatar.mimetype, avatar.size, Buffer.from(avatar.sha256)]
+        : [null, null, null, null];
+      if (!before) {
+        this.db
+          .prepare(
+            `INSERT INTO accounts (user, provider, home, display_name, avatar_url, avatar_mimetype, avatar_size,
+               avatar_sha256, third_party_chats, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+          )
+          .run(user, provider, home ? 1 : 0, displayName, ...av, now, now);
+        return { created: true, changed: true };
+      }
+      const changed =
+        before.displayName !== displayName ||
+        before.avatar?.url !== avatar?.url ||
+        before.avatar?.mimetype !== avatar?.mimetype ||
+        before.avatar?.size !== avatar?.size ||
+        !sameBytes(before.avatar?.sha256, avatar?.sha256);
+      if (changed)
+        this.db
+          .prepare(
+            `UPDATE accounts SET display_name = ?, avatar_url = ?, avatar_mimetype = ?, avatar_size = ?,
+               avatar_sha256 = ?, updated_at = ? WHERE user = ?`,
+          )
+          .run(displayName, ...av, now, user);
+      return { created: false, changed };
+    })();
+  }
+
+  /** Returns whether the setting changed; undefined when the account does not exist. */
+  setThirdPartyChats(user: string, on: boolean): boolean | undefined {
+    const info = this.db
+      .prepare("UPDATE accounts SET third_party_chats = ?, updated_at = ? WHERE user = ? AND third_party_chats != ?")
+      .run(on ? 1 : 0, Date.now(), user, on ? 1 : 0);
+    if (info.changes > 0) return true;
+    return this.getAccount(user) ? false : undefined;
+  }
+
+  /** Users who share at least one room with `user` (the audience of its profile changes). */
+  roomPeers(user: string): string[] {
+    const rows = this.db
+      .prepare(
+        `SELECT DISTINCT b.user AS user FROM room_members a JOIN room_members b ON a.room = b.room
+         WHERE a.user = ? AND b.user != ? ORDER BY b.user`,
+      )
+      .all(user, user) as { user: string }[];
+    return rows.map((r) => r.user);
+  }
+
+  // ------------------------------------------------------------- key directory
+
+  /**
+   * Replaces the signed and Kyber prekeys and adds the one-time keys. A changed
+   * identity key means the user's device was reset: its old one-time keys
+   * belong to the old identity and are dropped.
+   * Returns the number of one-time keys now stored, or undefined if that would exceed maxStored.
+   */
+  publishKeys(frame: KeysPublishFrame, maxStored: number): number | undefined {
+    return this.db.transaction(() => {
+      const existing = this.db.prepare("SELECT identity_key FROM key_bundles WHERE user = ?").get(frame.user) as
+        | { identity_key: Buffer }
+        | undefined;
+      if (existing && !sameBytes(existing.identity_key, frame.identityKey))
+        this.db.prepare("DELETE FROM one_time_keys WHERE user = ?").run(frame.user);
+      const ids = new Set(frame.oneTimePreKeys.map((k) => k.id));
+      const kept = (
+        this.db.prepare("SELECT key_id FROM one_time_keys WHERE user = ?").all(frame.user) as { key_id: number }[]
+      ).filter((r) => !ids.has(r.key_id)).length;
+      if (kept + ids.size > maxStored) return undefined;
+      this.db
+        .prepare(
+          `INSERT INTO key_bundles (user, registration_id, device_id, identity_key, spk_id, spk_public, spk_signature,
+             kpk_id, kpk_public, kpk_signature, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (user) DO UPDATE SET registration_id = excluded.registration_id, device_id = excluded.device_id,
+             identity_key = excluded.identity_key, spk_id = excluded.spk_id, spk_public = excluded.spk_public,
+             spk_signature = excluded.spk_signature, kpk_id = excluded.kpk_id, kpk_public = excluded.kpk_public,
+             kpk_signature = excluded.kpk_signature, updated_at = excluded.updated_at`,
+        )
+        .run(
+          frame.user,
+          frame.registrationId,
+          frame.deviceId,
+          Buffer.from(frame.identityKey),
+          frame.signedPreKey.id,
+          Buffer.from(frame.signedPreKey.publicKey),
+          Buffer.from(frame.signedPreKey.signature),
+          frame.kyberPreKey.id,
+          Buffer.from(frame.kyberPreKey.publicKey),
+          Buffer.from(frame.kyberPreKey.signature),
+          Date.now(),
+        );
+      const insert = this.db.prepare(
+        "INSERT OR REPLACE INTO one_time_keys (user, key_id, public_key) VALUES (?, ?, ?)",
+      );
+      for (const k of frame.oneTimePreKeys) insert.run(frame.user, k.id, Buffer.from(k.publicKey));
+      return this.countOneTimeKeys(frame.user);
+    })();
+  }
+
+  countOneTimeKeys(user: string): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM one_time_keys WHERE user = ?").get(user) as { n: number }).n;
+  }
+
+  hasKeys(user: string): boolean {
+    return this.db.prepare("SELECT 1 FROM key_bundles WHERE user = ?").get(user) !== undefined;
+  }
+
+  /** One bundle for `user`, consuming (deleting) the one-time key it hands out. */
+  takeBundle(user: string): { bundle: PreKeyBundle; remaining: number } | undefined {
+    return this.db.transaction(() => {
+      const row = this.db.prepare("SELECT * FROM key_bundles WHERE user = ?").get(user) as
+        | {
+            registration_id: number;
+            device_id: number;
+            identity_key: Buffer;
+            spk_id: number;
+            spk_public: Buffer;
+            spk_signature: Buffer;
+            kpk_id: number;
+            kpk_public: Buffer;
+            kpk_signature: Buffer;
+          }
+        | undefined;
+      if (!row) return undefined;
+      const bundle: PreKeyBundle = {
+        user,
+        registrationId: row.registration_id,
+        deviceId: row.device_id,
+        identityKey: bytes(row.identity_key),
+        signedPreKey: { id: row.spk_id, publicKey: bytes(row.spk_public), signature: bytes(row.spk_signature) },
+        kyberPreKey: { id: row.kpk_id, publicKey: bytes(row.kpk_public), signature: bytes(row.kpk_signature) },
+      };
+      const otk = this.db
+        .prepare("SELECT key_id, public_key FROM one_time_keys WHERE user = ? ORDER BY key_id LIMIT 1")
+        .get(user) as { key_id: number; public_key: Buffer } | undefined;
+      if (otk) {
+        this.db.prepare("DELETE FROM one_time_keys WHERE user = ? AND key_id = ?").run(user, otk.key_id);
+        bundle.oneTimePreKey = { id: otk.key_id, publicKey: bytes(otk.public_key) };
+      }
+      return { bundle, remaining: this.countOneTimeKeys(user) };
+    })();
+  }
+
+  // -------------------------------------------------------------------- queues
+
+  lastSeq(user: string): number {
+    const row = this.db.prepare("SELECT last_seq FROM queue_state WHERE user = ?").get(user) as
+      | { last_seq: number }
+      | undefined;
+    return row?.last_seq ?? 0;
+  }
+
+  ackedSeq(user: string): number {
+    const row = this.db.prepare("SELECT acked_seq FROM queue_state WHERE user = ?").get(user) as
+      | { acked_seq: number }
+      | undefined;
+    return row?.acked_seq ?? 0;
+  }
+
+  queuedCount(user: string): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM queue WHERE user = ?").get(user) as { n: number }).n;
+  }
+
+  /** Appends an event to a user's queue; `build` receives the seq allotted to it. Call inside a transaction. */
+  private enqueue(
+    user: string,
+    type: string,
+    build: (seq: number) => Uint8Array,
+    now: number,
+    deliverMeta?: { sender: string; room: string; id: Uint8Array },
+  ): number {
+    this.db.prepare("INSERT INTO queue_state (user, last_seq, acked_seq) VALUES (?, 0, 0) ON CONFLICT DO NOTHING").run(user);
+    const seq = this.lastSeq(user) + 1;
+    this.db.prepare("UPDATE queue_state SET last_seq = ? WHERE user = ?").run(seq, user);
+    this.db
+      .prepare(
+        "INSERT INTO queue (user, seq, type, frame, sender, room, msg_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      )
+      .run(
+        user,
+        seq,
+        type,
+        Buffer.from(build(seq)),
+        deliverMeta?.sender ?? null,
+        deliverMeta?.room ?? null,
+        deliverMeta ? Buffer.from(deliverMeta.id) : null,
+        now,
+      );
+    return seq;
+  }
+
+  /** The outcome of an earlier send with the same (from, to, id), if any. */
+  priorSend(frame: SendFrame): AcceptResult | undefined {
+    const prior = this.db
+      .prepare("SELECT digest, ts FROM sends WHERE sender = ? AND recipient = ? AND msg_id = ?")
+      .get(frame.from, frame.to, Buffer.from(frame.id)) as { digest: Buffer; ts: number } | undefined;
+    if (!prior) return undefined;
+    return sameBytes(prior.digest, sendDigest(frame)) ? { kind: "duplicate", ts: prior.ts } : { kind: "conflict" };
+  }
+
+  /**
+   * Accepts a send: an idempotency record plus a deliver event in the
+   * recipient's queue, in one transaction. A repeat of (from, to, id) with the
+   * same room and payload gets the first answer back and enqueues nothing.
+   */
+  acceptSend(frame: SendFrame): AcceptResult {
+    return this.db.transaction((): AcceptResult => {
+      const prior = this.priorSend(frame);
+      if (prior) return prior;
+      if (this.queuedCount(frame.to) >= this.maxQueuePerUser) return { kind: "queue_full" };
+      const ts = this.now();
+      const seq = this.enqueue(
+        frame.to,
+        "deliver",
+        (seq) =>
+          encodeFrame({
+            t: "deliver",
+            seq,
+            from: frame.from,
+            to: frame.to,
+            room: frame.room,
+            id: frame.id,
+            ts,
+            payload: frame.payload,
+          } satisfies DeliverFrame),
+        ts,
+        { sender: frame.from, room: frame.room, id: frame.id },
+      );
+      this.db
+        .prepare("INSERT INTO sends (sender, recipient, msg_id, digest, ts, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        .run(frame.from, frame.to, Buffer.from(frame.id), sendDigest(frame), ts, ts);
+      const member = this.db.prepare("INSERT OR IGNORE INTO room_members (room, user) VALUES (?, ?)");
+      member.run(frame.room, frame.from);
+      member.run(frame.room, frame.to);
+      return { kind: "accepted", ts, seq };
+    })();
+  }
+
+  /** Events of `user` with seq > afterSeq, oldest first. */
+  eventsAfter(user: string, afterSeq: number, limit: number): QueuedEvent[] {
+    const rows = this.db
+      .prepare("SELECT seq, type, frame FROM queue WHERE user = ? AND seq > ? ORDER BY seq LIMIT ?")
+      .all(user, afterSeq, limit) as { seq: number; type: string; frame: Buffer }[];
+    return rows.map((r) => ({ seq: r.seq, type: r.type, frame: bytes(r.frame) }));
+  }
+
+  /**
+   * Cumulative acknowledgement: drops every event of `user` up to `seq` and
+   * queues a delivered receipt to the sender of each acknowledged deliver.
+   * Returns the users whose queues received receipts.
+   */
+  ack(user: string, seq: number): string[] {
+    return this.db.transaction(() => {
+      const acked = this.ackedSeq(user);
+      if (seq <= acked) return [];
+      const now = this.now();
+      const delivers = this.db
+        .prepare(
+          "SELECT sender, room, msg_id FROM queue WHERE user = ? AND seq > ? AND seq <= ? AND type = 'deliver' ORDER BY seq",
+        )
+        .all(user, acked, seq) as { sender: string; room: string; msg_id: Buffer }[];
+      const notified = new Set<string>();
+      for (const d of delivers) {
+        if (this.queuedCount(d.sender) >= this.maxQueuePerUser) continue; // a receipt is not worth refusing a message for
+        this.enqueue(
+          d.sender,
+          "delivered",
+          (s) =>
+            encodeFrame({
+              t: "delivered",
+              seq: s,
+              user: d.sender,
+              to: user,
+              room: d.room,
+              id: bytes(d.msg_id),
+              ts: now,
+            } satisfies DeliveredFrame),
+          now,
+        );
+        notified.add(d.sender);
+      }
+      this.db.prepare("DELETE FROM queue WHERE user = ? AND seq <= ?").run(user, seq);
+      this.db.prepare("UPDATE queue_state SET acked_seq = ? WHERE user = ?").run(seq, user);
+      return [...notified];
+    })();
+  }
+
+  /** Queues a profile event for every room peer of `account`; returns the peers. */
+  fanOutProfile(account: Account): string[] {
+    return this.db.transaction(() => {
+      const peers = this.roomPeers(account.user);
+      const now = this.now();
+      for (const peer of peers) {
+        if (this.queuedCount(peer) >= this.maxQueuePerUser) continue;
+        this.enqueue(
+          peer,
+          "profile",
+          (seq) => {
+            const frame: ProfileFrame = {
+              t: "profile",
+              seq,
+              user: peer,
+              subject: account.user,
+              displayName: account.displayName,
+              ts: now,
+            };
+            if (account.avatar) frame.avatar = account.avatar;
+            if (account.home) frame.thirdPartyChats = account.thirdPartyChats;
+            return encodeFrame(frame);
+          },
+          now,
+        );
+      }
+      return peers;
+    })();
+  }
+
+  /** Drops queued events and idempotency records older than `olderThan` (ms since epoch). */
+  expire(olderThan: number): { events: number; sends: number } {
+    return this.db.transaction(() => {
+      const events = this.db.prepare("DELETE FROM queue WHERE created_at < ?").run(olderThan).changes;
+      const sends = this.db.prepare("DELETE FROM sends WHERE created_at < ?").run(olderThan).changes;
+      return { events, sends };
+    })();
+  }
+}
+
+function sameBytes(a: Uint8Array | undefined, b: Uint8Array | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return a.length === b.length && Buffer.compare(a, b) === 0;
+}
