@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (`npm test`): sets up what is missing, builds, then runs every unit and
+# end-to-end test with node's test runner in one run, so the summary counts them all.
+# End-to-end tests start their own Synapse, gateway, simulator and bridge per test file
+# (see docs/testing.md); they run one file at a time because each file starts a whole stack.
+#   npm test                     everything
+#   npm test -- unit             unit tests only (no homeserver needed)
+#   npm test -- dist/test/e2e/x.test.js   chosen files
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ "${1:-}" = "unit" ]; then
+  bash scripts/setup.sh --no-synapse
+  shift
+  set -- dist/test/unit/*.test.js "$@"
+else
+  bash scripts/setup.sh
+fi
+if [ "$#" -eq 0 ]; then
+  set -- dist/test/unit/*.test.js dist/test/e2e/*.test.js
+fi
+export LOG_LEVEL="${LOG_LEVEL:-warn}"
+exec node --test --test-concurrency=1 "$@"
