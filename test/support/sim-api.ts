@@ -1,0 +1,75 @@
+/** The simulator's HTTP control API (docs/simulator.md), as the e2e tests use it. */
+export interface InboxEntry {
+  n: number;
+  from: string;
+  kind: string;
+  id?: string;
+  ts?: number;
+  text?: string;
+  [key: string]: unknown;
+}
+
+export class SimApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class SimApi {
+  constructor(readonly url: string) {}
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await fetch(this.url + path, {
+      method,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    const json = text ? JSON.parse(text) : {};
+    if (!res.ok) throw new SimApiError(res.status, json.error ?? "unknown", `${method} ${path} → ${res.status} ${json.error}: ${json.message}`);
+    return json as T;
+  }
+
+  createUser(phone: string, name: string, avatar?: { mimetype: string; base64: string }): Promise<unknown> {
+    return this.request("POST", "/users", { phone, name, avatar });
+  }
+
+  updateUser(phone: string, changes: { name?: string; avatar?: { mimetype: string; base64: string } | null }): Promise<unknown> {
+    return this.request("PATCH", `/users/${encodeURIComponent(phone)}`, changes);
+  }
+
+  setThirdPartyChats(phone: string, on: boolean): Promise<unknown> {
+    return this.request("PUT", `/users/${encodeURIComponent(phone)}/settings`, { thirdPartyChats: on });
+  }
+
+  sendText(phone: string, to: string, text: string, extra: Record<string, unknown> = {}): Promise<{ id: string; ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/messages`, { to, text, ...extra });
+  }
+
+  inbox(phone: string, after = 0): Promise<InboxEntry[]> {
+    return this.request("GET", `/users/${encodeURIComponent(phone)}/inbox?after=${after}`);
+  }
+
+  /** Waits until the user's inbox holds an entry matching `match`; fails listing what arrived. */
+  async waitForInbox(phone: string, match: (e: InboxEntry) => boolean, timeoutMs = 20_000): Promise<InboxEntry> {
+    const deadline = Date.now() + timeoutMs;
+    let after = 0;
+    const seen: InboxEntry[] = [];
+    while (Date.now() < deadline) {
+      const batch = await this.request<InboxEntry[]>(
+        "GET",
+        `/users/${encodeURIComponent(phone)}/inbox/wait?after=${after}&timeoutMs=${Math.min(5000, Math.max(1, deadline - Date.now()))}`,
+      );
+      for (const entry of batch) {
+        seen.push(entry);
+        after = Math.max(after, entry.n);
+        if (match(entry)) return entry;
+      }
+    }
+    throw new Error(`${phone}: timed out after ${timeoutMs} ms; inbox had: ${JSON.stringify(seen.map((e) => ({ kind: e.kind, from: e.from, text: e.text })))}`);
+  }
+}

@@ -1,0 +1,154 @@
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import YAML from "yaml";
+import { freePort, repoRoot, startTestHomeserver, TestHomeserver } from "./homeserver";
+import { registerUser, TestClient } from "./matrix-client";
+import { ManagedProcess } from "./processes";
+import { SimApi } from "./sim-api";
+
+export const HOME_DOMAIN = "whatsapp.example";
+export const PROVIDER_DOMAIN = "matrix.localhost";
+
+/**
+ * A whole product stack for one e2e test file: a real Synapse, our gateway, the WhatsApp
+ * simulator and the bridge, each its own process on loopback, all started from the project's
+ * own files. Against an existing homeserver (MATRIX_HOMESERVER_URL, see docs/testing.md) the
+ * bridge uses the registration named by MATRIX_BRIDGE_REGISTRATION instead of a fresh one.
+ */
+export class Stack {
+  readonly sim: SimApi;
+  private clients: TestClient[] = [];
+
+  private constructor(
+    readonly name: string,
+    readonly dir: string,
+    readonly hs: TestHomeserver,
+    readonly configPath: string,
+    readonly registrationPath: string,
+    readonly gateway: ManagedProcess,
+    readonly simProcess: ManagedProcess,
+    readonly bridge: ManagedProcess,
+    simUrl: string,
+    readonly gatewayUrl: string,
+  ) {
+    this.sim = new SimApi(simUrl);
+  }
+
+  get domain(): string {
+    return this.hs.serverName;
+  }
+
+  ghostId(phone: string): string {
+    return `@whatsapp_${phone.replace(/^\+/, "")}:${this.domain}`;
+  }
+
+  get botId(): string {
+    return `@interopbot:${this.domain}`;
+  }
+
+  static async start(name: string, opts: { bridgeConfig?: (c: Record<string, any>) => void } = {}): Promise<Stack> {
+    const root = repoRoot();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mib-${name}-`));
+    const [asPort, mediaPort, gatewayPort, simPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const configPath = path.join(dir, "config.yaml");
+    const existingRegistration = process.env.MATRIX_HOMESERVER_URL ? process.env.MATRIX_BRIDGE_REGISTRATION : undefined;
+    if (process.env.MATRIX_HOMESERVER_URL && !existingRegistration) {
+      throw new Error("MATRIX_HOMESERVER_URL is set: also set MATRIX_BRIDGE_REGISTRATION to the registration file installed on that homeserver");
+    }
+    const registrationPath = existingRegistration ?? path.join(dir, "registration.yaml");
+    const bridgePort = existingRegistration ? Number(new URL(YAML.parse(fs.readFileSync(existingRegistration, "utf8")).url).port) : asPort;
+    const hsPort = await freePort();
+    const serverName = process.env.MATRIX_SERVER_NAME ?? "localhost";
+    const config: Record<string, any> = {
+      homeserver: { url: process.env.MATRIX_HOMESERVER_URL ?? `http://127.0.0.1:${hsPort}`, domain: serverName },
+      appservice: { hostname: "127.0.0.1", port: bridgePort },
+      database: { path: path.join(dir, "bridge.db") },
+      network: {
+        gateway_url: `ws://127.0.0.1:${gatewayPort}/v1`,
+        provider_domain: PROVIDER_DOMAIN,
+        provider_secret: "bridge-secret-for-tests",
+        home_domain: HOME_DOMAIN,
+        store_key: "store-key-for-tests",
+        media: { bind_hostname: "127.0.0.1", port: mediaPort },
+      },
+      bridge: { third_party_chats_default: true },
+      logging: { level: "debug", format: "json" },
+    };
+    opts.bridgeConfig?.(config);
+    fs.writeFileSync(configPath, YAML.stringify(config));
+    const cli = path.join(root, "dist", "src", "cli.js");
+    if (!existingRegistration) {
+      execFileSync(process.execPath, [cli, "-r", "-u", `http://127.0.0.1:${bridgePort}`, "-c", configPath, "-f", registrationPath], { stdio: "pipe" });
+    }
+    const hs = await startTestHomeserver({ registrationPath, name, port: hsPort });
+    const gatewayUrl = `ws://127.0.0.1:${gatewayPort}/v1`;
+    const gateway = new ManagedProcess("gateway", process.execPath, [
+      path.join(root, "dist", "gateway", "main.js"),
+      "--port", String(gatewayPort),
+      "--db", path.join(dir, "gateway.db"),
+      "--home-provider", HOME_DOMAIN,
+      "--provider", `${HOME_DOMAIN}=sim-secret-for-tests`,
+      "--provider", `${PROVIDER_DOMAIN}=bridge-secret-for-tests`,
+      "--record-frames", path.join(dir, "gateway-frames.log"),
+    ], path.join(dir, "gateway.log"));
+    const simProcess = new ManagedProcess("sim", process.execPath, [
+      path.join(root, "dist", "sim", "main.js"),
+      "--gateway", gatewayUrl,
+      "--provider", HOME_DOMAIN,
+      "--secret", "sim-secret-for-tests",
+      "--port", String(simPort),
+      "--db", path.join(dir, "sim.db"),
+    ], path.join(dir, "sim.log"));
+    const bridge = new ManagedProcess("bridge", process.execPath, [cli, "-c", configPath, "-f", registrationPath], path.join(dir, "bridge.log"));
+    const stack = new Stack(name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl);
+    try {
+      await gateway.start(/gateway listening/);
+      await simProcess.start(/sim: listening/);
+      await stack.startBridge();
+    } catch (err) {
+      await stack.stop();
+      throw err;
+    }
+    return stack;
+  }
+
+  async startBridge(): Promise<void> {
+    await this.bridge.start(/bridge ready/);
+  }
+
+  async restartBridge(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    await this.bridge.stop(signal);
+    await this.startBridge();
+  }
+
+  /** A real Matrix user (registered through the admin API) with its sync loop running. */
+  async user(localpart: string): Promise<TestClient> {
+    const client = await registerUser(this.hs, `${localpart}_${this.name.replace(/[^a-z0-9]/g, "")}`.toLowerCase());
+    await client.startSync();
+    this.clients.push(client);
+    return client;
+  }
+
+  /** Opens the user's management room with the bot and returns its id. */
+  async botRoom(client: TestClient): Promise<string> {
+    const roomId = await client.createRoom({ is_direct: true, invite: [this.botId], preset: "trusted_private_chat" });
+    await client.waitFor((e) => e.room_id === roomId && e.type === "m.room.member" && e.state_key === this.botId && e.content.membership === "join", {
+      description: "the bot joining its DM",
+    });
+    return roomId;
+  }
+
+  logs(): string {
+    return ["gateway", "sim", "bridge"].map((n) => `--- ${n}\n${(this as any)[n === "sim" ? "simProcess" : n].tail(30)}`).join("\n");
+  }
+
+  async stop(): Promise<void> {
+    for (const c of this.clients) await c.stopSync().catch(() => undefined);
+    await this.bridge.stop();
+    await this.simProcess.stop();
+    await this.gateway.stop();
+    await this.hs.stop();
+  }
+}
