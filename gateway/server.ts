@@ -438,6 +438,7 @@ export class GatewayServer {
       case "login":
       case "logout":
       case "enlist":
+      case "unenlist":
       case "account.upsert":
       case "settings.set":
       case "profile.get":
@@ -488,6 +489,18 @@ export class GatewayServer {
         const { created, changed } = store.upsertAccount(frame.user, conn.provider!, false, frame.displayName, undefined);
         if (changed && !created) this.fanOutProfile(frame.user);
         return { created };
+      }
+      case "unenlist": {
+        this.requireOwnUser(conn, frame.user, "user");
+        if (conn.provider === this.config.homeProvider)
+          throw new ProtocolError("forbidden", "unenlist: home provider accounts cannot be unenlisted");
+        store.deleteAccount(frame.user);
+        const session = this.sessions.get(frame.user);
+        if (session) {
+          session.conn.sessions.delete(frame.user);
+          this.sessions.delete(frame.user);
+        }
+        return {};
       }
       case "account.upsert": {
         this.requireHome(conn, frame.t);

@@ -237,6 +237,23 @@ export class GatewayStore {
     return this.getAccount(user) ? false : undefined;
   }
 
+  /**
+   * Removes a third-party account with its keys, queued events and room
+   * memberships. The queue's seq counter survives, so seqs are never reused
+   * for a user URI even if it enlists again. Returns whether it existed.
+   */
+  deleteAccount(user: string): boolean {
+    return this.db.transaction(() => {
+      const existed = this.db.prepare("DELETE FROM accounts WHERE user = ?").run(user).changes > 0;
+      this.db.prepare("DELETE FROM key_bundles WHERE user = ?").run(user);
+      this.db.prepare("DELETE FROM one_time_keys WHERE user = ?").run(user);
+      this.db.prepare("DELETE FROM queue WHERE user = ?").run(user);
+      this.db.prepare("UPDATE queue_state SET acked_seq = last_seq WHERE user = ?").run(user);
+      this.db.prepare("DELETE FROM room_members WHERE user = ?").run(user);
+      return existed;
+    })();
+  }
+
   /** Users who share at least one room with `user` (the audience of its profile changes). */
   roomPeers(user: string): string[] {
     const rows = this.db

@@ -198,6 +198,11 @@ export interface EnlistFrame {
   user: string;
   displayName: string;
 }
+export interface UnenlistFrame {
+  t: "unenlist";
+  rid: number;
+  user: string;
+}
 export interface AccountUpsertFrame {
   t: "account.upsert";
   rid: number;
@@ -360,6 +365,7 @@ export type RequestFrame =
   | LoginFrame
   | LogoutFrame
   | EnlistFrame
+  | UnenlistFrame
   | AccountUpsertFrame
   | SettingsSetFrame
   | ProfileGetFrame
@@ -390,6 +396,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set([
   "login",
   "logout",
   "enlist",
+  "unenlist",
   "account.upsert",
   "settings.set",
   "profile.get",
@@ -597,6 +604,7 @@ const SCHEMAS: Record<FrameType, Schema> = {
   login: { rid: ridField, user: userField },
   logout: { rid: ridField, user: userField },
   enlist: { rid: ridField, user: userField, displayName },
+  unenlist: { rid: ridField, user: userField },
   "account.upsert": { rid: ridField, user: userField, displayName, avatar: opt(avatarField) },
   "settings.set": { rid: ridField, user: userField, thirdPartyChats: { kind: "bool" } },
   "profile.get": { rid: ridField, user: userField },
