@@ -586,8 +586,6 @@ export class GatewayServer {
     switch (result.kind) {
       case "duplicate":
         return { ts: result.ts, duplicate: true };
-      case "conflict":
-        throw new ProtocolError("conflict", "send: this id was already used for a different message to this recipient");
       case "queue_full":
         throw new ProtocolError("queue_full", `send: ${frame.to} has too many undelivered events`);
       case "accepted":

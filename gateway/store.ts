@@ -6,7 +6,6 @@
  * that was acknowledged to a client.
  */
 import Database from "better-sqlite3";
-import { createHash } from "node:crypto";
 import {
   encodeFrame,
   type Avatar,
@@ -37,7 +36,6 @@ export interface QueuedEvent {
 export type AcceptResult =
   | { kind: "accepted"; ts: number; seq: number }
   | { kind: "duplicate"; ts: number }
-  | { kind: "conflict" }
   | { kind: "queue_full" };
 
 export interface StoreOptions {
@@ -97,7 +95,6 @@ CREATE TABLE IF NOT EXISTS sends (
   sender TEXT NOT NULL,
   recipient TEXT NOT NULL,
   msg_id BLOB NOT NULL,
-  digest BLOB NOT NULL,
   ts INTEGER NOT NULL,
   created_at INTEGER NOT NULL,
   PRIMARY KEY (sender, recipient, msg_id)
@@ -126,17 +123,6 @@ interface AccountRow {
 
 function bytes(b: Buffer): Uint8Array {
   return new Uint8Array(b.buffer, b.byteOffset, b.length);
-}
-
-/** Digest of what makes two sends "the same" for idempotency: room and payload. */
-function sendDigest(frame: SendFrame): Buffer {
-  return createHash("sha256")
-    .update(frame.room)
-    .update("\n")
-    .update(String(frame.payload.type))
-    .update("\n")
-    .update(frame.payload.body)
-    .digest();
 }
 
 export class GatewayStore {
@@ -407,19 +393,23 @@ export class GatewayStore {
     return seq;
   }
 
-  /** The outcome of an earlier send with the same (from, to, id), if any. */
+  /**
+   * The outcome of an earlier send with the same (from, to, id), if any. The
+   * payload is not compared: a sender that crashed and re-encrypted the same
+   * message produces different ciphertext under the same id, and must still
+   * get "already accepted" rather than a second delivery.
+   */
   priorSend(frame: SendFrame): AcceptResult | undefined {
     const prior = this.db
-      .prepare("SELECT digest, ts FROM sends WHERE sender = ? AND recipient = ? AND msg_id = ?")
-      .get(frame.from, frame.to, Buffer.from(frame.id)) as { digest: Buffer; ts: number } | undefined;
-    if (!prior) return undefined;
-    return sameBytes(prior.digest, sendDigest(frame)) ? { kind: "duplicate", ts: prior.ts } : { kind: "conflict" };
+      .prepare("SELECT ts FROM sends WHERE sender = ? AND recipient = ? AND msg_id = ?")
+      .get(frame.from, frame.to, Buffer.from(frame.id)) as { ts: number } | undefined;
+    return prior ? { kind: "duplicate", ts: prior.ts } : undefined;
   }
 
   /**
    * Accepts a send: an idempotency record plus a deliver event in the
-   * recipient's queue, in one transaction. A repeat of (from, to, id) with the
-   * same room and payload gets the first answer back and enqueues nothing.
+   * recipient's queue, in one transaction. A repeat of (from, to, id) gets the
+   * first answer back and enqueues nothing.
    */
   acceptSend(frame: SendFrame): AcceptResult {
     return this.db.transaction((): AcceptResult => {
@@ -445,8 +435,8 @@ export class GatewayStore {
         { sender: frame.from, room: frame.room, id: frame.id },
       );
       this.db
-        .prepare("INSERT INTO sends (sender, recipient, msg_id, digest, ts, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-        .run(frame.from, frame.to, Buffer.from(frame.id), sendDigest(frame), ts, ts);
+        .prepare("INSERT INTO sends (sender, recipient, msg_id, ts, created_at) VALUES (?, ?, ?, ?, ?)")
+        .run(frame.from, frame.to, Buffer.from(frame.id), ts, ts);
       const member = this.db.prepare("INSERT OR IGNORE INTO room_members (room, user) VALUES (?, ?)");
       member.run(frame.room, frame.from);
       member.run(frame.room, frame.to);

@@ -36,7 +36,6 @@ export type ErrorCode =
   | "unknown_room"
   | "third_party_disabled"
   | "no_keys"
-  | "conflict"
   | "queue_full"
   | "too_large"
   | "rate_limited"
@@ -55,7 +54,6 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "unknown_room",
   "third_party_disabled",
   "no_keys",
-  "conflict",
   "queue_full",
   "too_large",
   "rate_limited",
