@@ -329,7 +329,7 @@ export class GatewayStore {
       const bundle: PreKeyBundle = {
         user,
         registrationId: row.registration_id,
-        deviceId: row.device_id,
+        deviceId: 1,
         identityKey: bytes(row.identity_key),
         signedPreKey: { id: row.spk_id, publicKey: bytes(row.spk_public), signature: bytes(row.spk_signature) },
         kyberPreKey: { id: row.kpk_id, publicKey: bytes(row.kpk_public), signature: bytes(row.kpk_signature) },

@@ -106,7 +106,7 @@ export interface SendResult {
   duplicate: boolean;
 }
 
-export type KeysPublish = Omit<KeysPublishFrame, "t" | "rid" | "deviceId"> & { deviceId?: number };
+export type KeysPublish = Omit<KeysPublishFrame, "t" | "rid" | "deviceId"> & { deviceId?: 1 };
 
 export type QueuedHandler<F extends QueuedFrame> = (frame: F) => Promise<void>;
 

@@ -127,7 +127,8 @@ export interface OneTimePreKey {
 export interface PreKeyBundle {
   user: string;
   registrationId: number;
-  deviceId: number;
+  /** Always 1 in version 1: one device per account. */
+  deviceId: 1;
   identityKey: Uint8Array;
   signedPreKey: SignedPreKey;
   kyberPreKey: KyberPreKey;
@@ -224,7 +225,8 @@ export interface KeysPublishFrame {
   rid: number;
   user: string;
   registrationId: number;
-  deviceId: number;
+  /** Always 1 in version 1: one device per account. */
+  deviceId: 1;
   identityKey: Uint8Array;
   signedPreKey: SignedPreKey;
   kyberPreKey: KyberPreKey;
@@ -567,7 +569,7 @@ const bundleField: FieldSpec = {
   fields: {
     user: userField,
     registrationId: { kind: "uint", max: 0x3fff },
-    deviceId: { kind: "uint", min: 1, max: 127 },
+    deviceId: { kind: "uint", min: 1, max: 1 },
     identityKey: ecPublicKey,
     signedPreKey: signedPreKeyField,
     kyberPreKey: kyberPreKeyField,
