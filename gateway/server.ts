@@ -120,6 +120,7 @@ export class GatewayServer {
   private expiryTimer?: NodeJS.Timeout;
   private startedAt = 0;
   private pingNonce = 0;
+  private stopping = false;
 
   constructor(config: GatewayConfig, logger?: Logger) {
     this.log = logger ?? getLogger("gateway");
@@ -193,6 +194,7 @@ export class GatewayServer {
 
   /** Closes every connection (1001, so clients reconnect later), stops listening, closes the database. */
   async stop(): Promise<void> {
+    this.stopping = true;
     clearInterval(this.pingTimer);
     clearInterval(this.expiryTimer);
     const closing = [...this.connections.values()].map(
@@ -292,6 +294,7 @@ export class GatewayServer {
   }
 
   private onMessage(conn: Connection, data: RawData, isBinary: boolean): void {
+    if (this.stopping) return; // the database is about to close; the client will retry elsewhere
     conn.lastReceived = Date.now();
     if (!isBinary) {
       conn.ws.close(CloseCode.unsupportedData, "text frames are not part of the protocol");

@@ -147,6 +147,11 @@ interface Inbox {
   processed: number;
 }
 
+/** A definite "no" from the gateway, as opposed to a local timeout/close or a retryable error. */
+function isRefusal(err: unknown): err is ProtocolError {
+  return err instanceof ProtocolError && !err.retryable && err.code !== "timeout" && err.code !== "closed";
+}
+
 const DEFAULT_RECONNECT: ReconnectOptions = { initialDelayMs: 500, maxDelayMs: 30_000, factor: 2, jitter: 0.5 };
 
 export class InteropClient extends EventEmitter<InteropClientEvents> {
@@ -289,7 +294,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       const ok = await this.request({ t: "login", user });
       return { queued: ok.queued ?? 0 };
     } catch (err) {
-      if (err instanceof ProtocolError && !err.retryable) this.users.delete(user);
+      if (isRefusal(err)) this.users.delete(user);
       throw err;
     }
   }
@@ -482,7 +487,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
 
   private relogin(user: string): void {
     this.request({ t: "login", user }).catch((err: unknown) => {
-      if (err instanceof ProtocolError && !err.retryable && err.code !== "closed" && this.users.delete(user)) {
+      if (isRefusal(err) && this.users.delete(user)) {
         this.inboxes.delete(user);
         this.log.warn("re-login refused", { user, code: err.code });
         this.emit("sessionEnded", user, err.code);
@@ -671,7 +676,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
         inbox.processed = frame.seq;
         if (inbox.queue[0] === frame) inbox.queue.shift();
         // Not connected: the ack is lost with the connection; the redelivered copy is acked above.
-        this.sendFrame({ t: "ack", user, seq: frame.seq });
+        if (this.users.has(user)) this.sendFrame({ t: "ack", user, seq: frame.seq });
       }
     } finally {
       inbox.running = false;

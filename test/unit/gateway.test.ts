@@ -364,6 +364,32 @@ describe("interop gateway", () => {
     await bridge.close();
   });
 
+  it("relays typing live and ends a session that another connection takes over", async () => {
+    const bridge = track(client(gw, BRIDGE));
+    const wa = track(client(gw, HOME));
+    const typing: string[] = [];
+    wa.on("typing", (f) => typing.push(`${f.from} ${f.state}`));
+    await Promise.all([bridge.connect(), wa.connect()]);
+    await bridge.login(alice);
+    await wa.login(wa1);
+    assert.equal(bridge.typing({ from: alice, to: wa1, state: "on" }), true);
+    await until("typing relayed", () => typing.length === 1);
+    assert.deepEqual(typing, [`${alice} on`]);
+
+    const ended: string[] = [];
+    bridge.on("sessionEnded", (user, reason) => ended.push(`${user} ${reason}`));
+    const other = track(client(gw, BRIDGE));
+    await other.connect();
+    await other.login(alice);
+    await until("session.ended", () => ended.length === 1);
+    assert.deepEqual(ended, [`${alice} replaced`]);
+    assert.deepEqual(bridge.loggedInUsers, []);
+    await assert.rejects(bridge.countKeys(alice), (e: ProtocolError) => e.code === "not_logged_in");
+    await bridge.close();
+    await other.close();
+    await wa.close();
+  });
+
   it("refuses payloads over the body limit and closes on frames over the frame limit", async () => {
     const bridge = track(client(gw, BRIDGE));
     await bridge.connect();
