@@ -50,7 +50,7 @@ export interface PayloadEvent {
 export type UndecryptableReason =
   /** Signal could not decrypt it (SignalLayerError code: no_session, bad_message, untrusted_identity, corrupt_record). */
   | { stage: "decrypt"; code: string }
-  /** Decrypted, but not a valid payload (PayloadError code: malformed, unknown_kind, bad_mimi). */
+  /** Decrypted, but not a valid payload (PayloadError code: malformed, bad_mimi). A kind this version does not know is ignored, not reported. */
   | { stage: "decode"; code: string }
   /** A MIMI message whose senderUri/roomUri are not the frame's sender and room. */
   | { stage: "envelope"; code: "envelope_mismatch" };
@@ -437,6 +437,11 @@ export class SecureEndpoint {
     } catch (err) {
       if (!(err instanceof PayloadError)) throw err;
       user.records.deletePending(frame.seq);
+      if (err.code === "unknown_kind") {
+        // A newer sender's addition, not an error (docs/protocol.md §16.2): ack and ignore.
+        this.log.info("ignoring a payload of a kind this version does not know", { user: frame.to, seq: frame.seq });
+        return;
+      }
       return this.undecryptable(meta, { stage: "decode", code: err.code }, err.message);
     }
     if ((payload.kind === "content" || payload.kind === "status") && !this.envelopeMatches(payload.mimi, frame)) {

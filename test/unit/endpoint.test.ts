@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
+import { encode as cborEncode } from "cbor2";
 import { InteropClient } from "../../src/protocol/client.js";
 import { EndpointError, SecureEndpoint, type DeliveredEvent, type PayloadEvent, type UndecryptableEvent } from "../../src/protocol/endpoint.js";
 import { dmRoomUri, userUri, type Frame } from "../../src/protocol/frames.js";
@@ -251,6 +252,8 @@ describe("SecureEndpoint over the gateway", () => {
         await carolClient.send({ from: carol, to: wa, room: carolRoom, id: newId(), payload: ct });
       };
       await sendRaw(utf8("this is not CBOR"));
+      // A kind from a later version is ignored without complaint.
+      await sendRaw(cborEncode({ kind: "poll", question: "tea?" }, { cde: true }));
       await sendRaw(encodePayload(textPayload(alice, carolRoom, "pretending to be alice")));
       await sendRaw(encodePayload(textPayload(carol, carolRoom, "carol for real")));
       await home.waitForText("carol for real");
@@ -260,6 +263,7 @@ describe("SecureEndpoint over the gateway", () => {
         { stage: "envelope", code: "envelope_mismatch" },
       ]);
       assert.equal(home.texts().includes("pretending to be alice"), false);
+      assert.equal(home.received.filter((ev) => ev.from === carol).length, 1, "only the good one reached onPayload");
     } finally {
       await carolClient.close();
     }
