@@ -24,6 +24,7 @@ import {
   dmRoomUri,
   encodeFrame,
   isE164,
+  isValidProviderDomain,
   parseMimiUri,
   peekRid,
   userDomain,
@@ -149,6 +150,7 @@ export class GatewayServer {
     if (!config.providers.some((p) => p.name === config.homeProvider))
       throw new Error(`home provider ${config.homeProvider} is not among the configured providers`);
     for (const p of config.providers) {
+      if (!isValidProviderDomain(p.name)) throw new Error(`provider name ${JSON.stringify(p.name)} is not a lowercase domain`);
       if (!p.secret) throw new Error(`provider ${p.name} has an empty secret`);
       // Compared as digests so timingSafeEqual sees equal lengths whatever was sent.
       this.secrets.set(p.name, createHash("sha256").update(p.secret).digest());
