@@ -54,7 +54,14 @@ function main(args: string[]): void {
     bridgeConfig: { affectsRegistration: true, schema: {}, defaults: {} },
     generateRegistration(reg: AppServiceRegistration, callback: (r: AppServiceRegistration) => void) {
       const config = asConfig(cli.getConfig());
-      callback(fillRegistration(reg, config, reg.getAppServiceUrl() ?? ""));
+      const file = cli.getRegistrationFilePath();
+      const filled = fillRegistration(reg, config, reg.getAppServiceUrl() ?? "");
+      process.stdout.write(
+        `Writing the appservice registration to ${file} (exclusive ghost namespace, bot @${config.appservice.bot.localpart}:${config.homeserver.domain}).\n` +
+          `Add it to your homeserver (Synapse: app_service_config_files in homeserver.yaml), restart the homeserver,\n` +
+          `then start the bridge: matrix-interop-bridge -c ${configPath} -f ${file}\n`,
+      );
+      callback(filled);
     },
     run(_port: number | null, rawConfig: Record<string, unknown> | null, registration: AppServiceRegistration | null) {
       const config = asConfig(rawConfig);

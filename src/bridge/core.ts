@@ -279,6 +279,12 @@ export class BridgeCore implements NetworkEventHandler {
     await this.matrix.leave(ghost, roomId, "the chat was closed").catch(() => undefined);
   }
 
+  /** A Matrix user talked to the bridge: remember them and make them reachable on the network. */
+  async welcomeUser(userId: string): Promise<void> {
+    this.store.users.getOrCreate(userId, { thirdPartyEnabled: this.opts.thirdPartyDefault });
+    await this.network.ensureUser(userId, null);
+  }
+
   /** `start <phone>`: finds the WhatsApp user and returns the portal room (creating it and inviting the user). */
   async startChat(userId: string, phoneInput: string): Promise<{ roomId: string; name: string; created: boolean }> {
     const phone = normalizePhone(phoneInput);

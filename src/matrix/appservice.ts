@@ -106,7 +106,7 @@ export class MatrixAppservice {
       await intent.leave(event.room_id);
       return;
     }
-    this.store.users.getOrCreate(event.sender, { thirdPartyEnabled: this.config.bridge.third_party_chats_default });
+    await this.core!.welcomeUser(event.sender);
     this.store.users.setManagementRoom(event.sender, event.room_id);
     log.info("management room set", { user: event.sender, room: event.room_id });
     await this.replyAsBot(event.room_id, this.bot!.helpText(), `welcome.${event.event_id}`);
