@@ -8,6 +8,15 @@ import { registerUser, TestClient } from "./matrix-client";
 import { ManagedProcess } from "./processes";
 import { SimApi } from "./sim-api";
 
+export interface StackOptions {
+  bridgeConfig?: (c: Record<string, any>) => void;
+  /** Fixed ports (the demo uses well-known ones); free ports are chosen otherwise. */
+  ports?: Partial<Record<"homeserver" | "appservice" | "media" | "gateway" | "sim", number>>;
+  /** Where config, databases and logs go; a fresh temporary folder by default. */
+  dir?: string;
+  logLevel?: "error" | "warn" | "info" | "debug";
+}
+
 export const HOME_DOMAIN = "whatsapp.example";
 export const PROVIDER_DOMAIN = "matrix.localhost";
 
@@ -48,10 +57,15 @@ export class Stack {
     return `@interopbot:${this.domain}`;
   }
 
-  static async start(name: string, opts: { bridgeConfig?: (c: Record<string, any>) => void } = {}): Promise<Stack> {
+  static async start(name: string, opts: StackOptions = {}): Promise<Stack> {
     const root = repoRoot();
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mib-${name}-`));
-    const [asPort, mediaPort, gatewayPort, simPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), `mib-${name}-`));
+    fs.mkdirSync(dir, { recursive: true });
+    const ports = opts.ports ?? {};
+    const asPort = ports.appservice ?? (await freePort());
+    const mediaPort = ports.media ?? (await freePort());
+    const gatewayPort = ports.gateway ?? (await freePort());
+    const simPort = ports.sim ?? (await freePort());
     const configPath = path.join(dir, "config.yaml");
     const existingRegistration = process.env.MATRIX_HOMESERVER_URL ? process.env.MATRIX_BRIDGE_REGISTRATION : undefined;
     if (process.env.MATRIX_HOMESERVER_URL && !existingRegistration) {
@@ -59,7 +73,7 @@ export class Stack {
     }
     const registrationPath = existingRegistration ?? path.join(dir, "registration.yaml");
     const bridgePort = existingRegistration ? Number(new URL(YAML.parse(fs.readFileSync(existingRegistration, "utf8")).url).port) : asPort;
-    const hsPort = await freePort();
+    const hsPort = ports.homeserver ?? (await freePort());
     const serverName = process.env.MATRIX_SERVER_NAME ?? "localhost";
     const config: Record<string, any> = {
       homeserver: { url: process.env.MATRIX_HOMESERVER_URL ?? `http://127.0.0.1:${hsPort}`, domain: serverName },
@@ -74,7 +88,7 @@ export class Stack {
         media: { bind_hostname: "127.0.0.1", port: mediaPort },
       },
       bridge: { third_party_chats_default: true },
-      logging: { level: "debug", format: "json" },
+      logging: { level: opts.logLevel ?? "debug", format: "json" },
     };
     opts.bridgeConfig?.(config);
     fs.writeFileSync(configPath, YAML.stringify(config));
