@@ -1,0 +1,589 @@
+/**
+ * The simulated WhatsApp: connects to the gateway as the home provider, owns a set of WhatsApp
+ * accounts with their Signal state (SimStore), and turns control-API calls into protocol
+ * traffic and protocol traffic into inbox entries. It uses only what docs/protocol.md
+ * specifies, through InteropClient and SecureEndpoint.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { getLogger, type Logger } from "../src/logging.js";
+import { InteropClient } from "../src/protocol/client.js";
+import { EndpointError, SecureEndpoint, type DeliveredEvent, type PayloadEvent, type UndecryptableEvent } from "../src/protocol/endpoint.js";
+import { ProtocolError, isE164, parseMimiUri, userUri, type Avatar, type ProfileFrame, type TypingFrame } from "../src/protocol/frames.js";
+import {
+  MIMI_DISPOSITION,
+  MIMI_MESSAGE_ID_LENGTH,
+  MIMI_SALT_LENGTH,
+  MimiError,
+  computeMessageId,
+  decodeMimi,
+  encodeMimi,
+  newDelete,
+  newEdit,
+  newReaction,
+  newTextMessage,
+  type MimiMessage,
+} from "../src/protocol/mimi.js";
+import { MAX_READ_IDS, STICKER_CONTENT_TYPE, WA_KIND_STICKER, withWaKind, type Payload } from "../src/protocol/payload.js";
+import { describeMimi } from "./inbox-entry.js";
+import { stickerImage } from "./sticker.js";
+import type { InboxEntry, SimStore, SimUser } from "./store.js";
+
+/** A refusal of the control API: HTTP status, a stable code and a message for people. */
+export class SimError extends Error {
+  override readonly name = "SimError";
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface SimulatorOptions {
+  gatewayUrl: string;
+  /** The home provider's domain. */
+  provider: string;
+  secret: string;
+  store: SimStore;
+  /** Base URL of this process's HTTP server; avatars are served under <base>/media/<sha256>. */
+  mediaBaseUrl: string;
+  /** Provider domains under which Matrix user ids are looked for (see resolvePeer). */
+  matrixProviders: string[];
+  logger?: Logger;
+  /** How long a send waits for the gateway before the API answers 504 (default 30 s). */
+  sendTimeoutMs?: number;
+}
+
+export interface UserView {
+  phone: string;
+  uri: string;
+  name: string;
+  thirdPartyChats: boolean;
+  avatar?: { url: string; mimetype: string; size: number; sha256: string };
+}
+
+export interface AvatarInput {
+  mimetype: string;
+  base64: string;
+}
+
+const MATRIX_ID_RE = /^@[^:\s]+:\S+$/;
+const MAX_AVATAR_BYTES = 5 * 1024 * 1024;
+const MAX_WAIT_MS = 60_000;
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+
+export class Simulator {
+  readonly client: InteropClient;
+  readonly endpoint: SecureEndpoint;
+  private readonly store: SimStore;
+  private readonly log: Logger;
+  private readonly waiters = new Map<string, Set<() => void>>();
+
+  constructor(private readonly opts: SimulatorOptions) {
+    this.store = opts.store;
+    this.log = opts.logger ?? getLogger("sim");
+    this.client = new InteropClient({ url: opts.gatewayUrl, provider: opts.provider, secret: opts.secret, logger: getLogger("sim-client") });
+    this.endpoint = new SecureEndpoint({
+      client: this.client,
+      openRecords: (uri) => this.store.recordStore(uri),
+      onPayload: (ev) => this.onPayload(ev),
+      onDelivered: (ev) => this.onDelivered(ev),
+      onUndecryptable: (ev) => this.onUndecryptable(ev),
+      onIdentityChange: (local, peer) => this.record(this.phoneOf(local), null, { kind: "identity_changed", ...this.fromFields(peer), ts: Date.now() }),
+      logger: getLogger("sim-endpoint"),
+    });
+    this.client.on("typing", (frame) => this.onTyping(frame));
+    this.client.onProfile((frame) => this.onProfile(frame));
+  }
+
+  /** Connects and brings every stored user online again (login, keys). */
+  async start(): Promise<void> {
+    await this.client.connect();
+    for (const user of this.store.allUsers()) {
+      try {
+        await this.bringOnline(user);
+      } catch (err) {
+        this.log.warn("could not bring a user online", { phone: user.phone, error: (err as Error).message });
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const wake of [...this.waiters.values()].flatMap((s) => [...s])) wake();
+    await this.client.close();
+  }
+
+  get connectionState(): string {
+    return this.client.connectionState;
+  }
+
+  private uriOf(phone: string): string {
+    return userUri(this.opts.provider, phone);
+  }
+
+  private phoneOf(uri: string): string {
+    return parseMimiUri(uri)!.id;
+  }
+
+  /** An account the gateway forgot (a fresh gateway database) is made again from ours. */
+  private async bringOnline(user: SimUser): Promise<void> {
+    const uri = this.uriOf(user.phone);
+    try {
+      await this.endpoint.addUser(uri, { home: true });
+    } catch (err) {
+      if (!(err instanceof EndpointError && err.code === "unknown_user")) throw err;
+      this.log.info("gateway has no account for a stored user; creating it again", { phone: user.phone });
+      await this.client.upsertAccount(this.accountOf(user.phone, user.name, user.avatarSha256));
+      await this.client.setSettings(uri, { thirdPartyChats: user.thirdPartyChats });
+      await this.endpoint.addUser(uri, { home: true });
+    }
+  }
+
+  // ------------------------------------------------------------------ users
+
+  normalizePhone(raw: unknown): string {
+    if (typeof raw !== "string") throw new SimError(400, "bad_request", "phone must be a string like +4915123456789");
+    const phone = /^[0-9]+$/.test(raw) ? `+${raw}` : raw;
+    if (!isE164(phone)) throw new SimError(400, "bad_request", `${JSON.stringify(raw)} is not an E.164 phone number like +4915123456789`);
+    return phone;
+  }
+
+  requireUser(rawPhone: string): SimUser {
+    const phone = this.normalizePhone(rawPhone);
+    const user = this.store.getUser(phone);
+    if (!user) throw new SimError(404, "not_found", `no simulated user ${phone} (create it with POST /users)`);
+    return user;
+  }
+
+  users(): UserView[] {
+    return this.store.allUsers().map((u) => this.view(u));
+  }
+
+  view(user: SimUser): UserView {
+    const v: UserView = { phone: user.phone, uri: this.uriOf(user.phone), name: user.name, thirdPartyChats: user.thirdPartyChats };
+    const avatar = user.avatarSha256 ? this.store.getMedia(user.avatarSha256) : undefined;
+    if (avatar) v.avatar = { url: this.mediaUrl(avatar.sha256), mimetype: avatar.mimetype, size: avatar.size, sha256: avatar.sha256 };
+    return v;
+  }
+
+  /** A stored media file (avatars), for the HTTP server to serve. */
+  mediaFile(sha256: string): { file: string; mimetype: string; size: number } | undefined {
+    return this.store.getMedia(sha256);
+  }
+
+  private mediaUrl(sha256: string): string {
+    return `${this.opts.mediaBaseUrl}/media/${sha256}`;
+  }
+
+  private accountOf(phone: string, name: string, avatarSha256: string | null): { user: string; displayName: string; avatar?: Avatar } {
+    const account: { user: string; displayName: string; avatar?: Avatar } = { user: this.uriOf(phone), displayName: name };
+    const media = avatarSha256 ? this.store.getMedia(avatarSha256) : undefined;
+    if (media)
+      account.avatar = { url: this.mediaUrl(media.sha256), mimetype: media.mimetype, size: media.size, sha256: new Uint8Array(Buffer.from(media.sha256, "hex")) };
+    return account;
+  }
+
+  private saveAvatar(input: unknown): string {
+    if (typeof input !== "object" || input === null) throw new SimError(400, "bad_request", "avatar must be {mimetype, base64}");
+    const { mimetype, base64 } = input as Partial<AvatarInput>;
+    if (typeof mimetype !== "string" || !/^image\/[\w.+-]+$/.test(mimetype))
+      throw new SimError(400, "bad_request", "avatar.mimetype must be an image type such as image/png");
+    if (typeof base64 !== "string" || !/^[A-Za-z0-9+/=\s]+$/.test(base64)) throw new SimError(400, "bad_request", "avatar.base64 must be base64");
+    const bytes = Buffer.from(base64, "base64");
+    if (bytes.length === 0 || bytes.length > MAX_AVATAR_BYTES)
+      throw new SimError(400, "bad_request", `avatar must be 1..${MAX_AVATAR_BYTES} bytes`);
+    const sha256 = createHash("sha256").update(bytes).digest("hex");
+    this.store.putMedia(bytes, mimetype, sha256);
+    return sha256;
+  }
+
+  private checkName(name: unknown): string {
+    if (typeof name !== "string" || name.trim() === "" || Buffer.byteLength(name, "utf8") > 256)
+      throw new SimError(400, "bad_request", "name must be a non-empty string of at most 256 bytes");
+    return name;
+  }
+
+  /** Creates the WhatsApp account, or replaces its profile (an absent avatar removes it), and logs it in. */
+  async createUser(body: { phone?: unknown; name?: unknown; avatar?: unknown; thirdPartyChats?: unknown }): Promise<UserView & { created: boolean }> {
+    const phone = this.normalizePhone(body.phone);
+    const name = this.checkName(body.name);
+    if (body.thirdPartyChats !== undefined && typeof body.thirdPartyChats !== "boolean")
+      throw new SimError(400, "bad_request", "thirdPartyChats must be a boolean");
+    const avatarSha256 = body.avatar === undefined || body.avatar === null ? null : this.saveAvatar(body.avatar);
+    const { created } = await this.client.upsertAccount(this.accountOf(phone, name, avatarSha256));
+    this.store.saveUser(phone, name, avatarSha256);
+    const uri = this.uriOf(phone);
+    if (typeof body.thirdPartyChats === "boolean") {
+      await this.client.setSettings(uri, { thirdPartyChats: body.thirdPartyChats });
+      this.store.setThirdPartyChats(phone, body.thirdPartyChats);
+    }
+    await this.endpoint.addUser(uri, { home: true });
+    this.log.info("user ready", { phone, created });
+    return { ...this.view(this.store.getUser(phone)!), created };
+  }
+
+  /** Changes name and/or avatar (null removes it); the gateway pushes the profile to chat peers. */
+  async updateUser(rawPhone: string, body: { name?: unknown; avatar?: unknown }): Promise<UserView> {
+    const user = this.requireUser(rawPhone);
+    const name = body.name === undefined ? user.name : this.checkName(body.name);
+    const avatarSha256 = body.avatar === undefined ? user.avatarSha256 : body.avatar === null ? null : this.saveAvatar(body.avatar);
+    await this.client.upsertAccount(this.accountOf(user.phone, name, avatarSha256));
+    this.store.saveUser(user.phone, name, avatarSha256);
+    return this.view(this.store.getUser(user.phone)!);
+  }
+
+  async setSettings(rawPhone: string, body: { thirdPartyChats?: unknown }): Promise<UserView> {
+    const user = this.requireUser(rawPhone);
+    if (typeof body.thirdPartyChats !== "boolean") throw new SimError(400, "bad_request", "thirdPartyChats must be a boolean");
+    await this.client.setSettings(this.uriOf(user.phone), { thirdPartyChats: body.thirdPartyChats });
+    this.store.setThirdPartyChats(user.phone, body.thirdPartyChats);
+    return this.view(this.store.getUser(user.phone)!);
+  }
+
+  // ------------------------------------------------------------------ peers
+
+  /**
+   * The user URI for a `to` given as a mimi URI, an E.164 number (another simulated user) or a
+   * Matrix user id. A Matrix user's URI carries the bridge's provider domain, which the protocol
+   * gives no way to discover: it is the --matrix-provider domain when there is exactly one; with
+   * several (or none, then the id's server name and "matrix." + server name are tried) the first
+   * one whose profile.get says the user exists. Peers seen in traffic are remembered.
+   */
+  async resolvePeer(to: unknown): Promise<string> {
+    if (typeof to !== "string" || to === "") throw new SimError(400, "bad_request", "to must be a Matrix user id, a mimi user URI or a phone number");
+    if (to.startsWith("mimi://")) {
+      if (parseMimiUri(to)?.kind !== "u") throw new SimError(400, "bad_request", `${to} is not a mimi user URI`);
+      return to;
+    }
+    if (isE164(to)) return this.uriOf(to);
+    if (!MATRIX_ID_RE.test(to)) throw new SimError(400, "bad_request", `${JSON.stringify(to)} is neither a Matrix user id, a mimi user URI nor a phone number`);
+    const known = this.store.peerUri(to);
+    if (known) return known;
+    if (this.opts.matrixProviders.length === 1) {
+      const uri = userUri(this.opts.matrixProviders[0]!, to);
+      this.store.rememberPeer(to, uri);
+      return uri;
+    }
+    const server = to.slice(to.indexOf(":") + 1);
+    const domains = this.opts.matrixProviders.length > 0 ? this.opts.matrixProviders : [server, `matrix.${server}`];
+    for (const domain of domains) {
+      let uri: string;
+      try {
+        uri = userUri(domain, to);
+      } catch {
+        continue;
+      }
+      const profile = await this.client.getProfile(uri);
+      if (profile.exists) {
+        this.store.rememberPeer(to, uri);
+        return uri;
+      }
+    }
+    throw new SimError(404, "unknown_user", `${to} is not known under ${domains.join(" or ")}; start the simulator with --matrix-provider <the bridge's provider domain>`);
+  }
+
+  /** How an inbox entry names a peer: the phone number, the Matrix user id, or else the URI. */
+  private peerLabel(uri: string): string {
+    const parsed = parseMimiUri(uri);
+    if (!parsed) return uri;
+    if (parsed.domain === this.opts.provider && isE164(parsed.id)) return parsed.id;
+    if (MATRIX_ID_RE.test(parsed.id)) return parsed.id;
+    return uri;
+  }
+
+  private fromFields(uri: string): { from: string; fromUri: string } {
+    return { from: this.peerLabel(uri), fromUri: uri };
+  }
+
+  private learnPeer(uri: string): void {
+    const parsed = parseMimiUri(uri);
+    if (parsed && parsed.domain !== this.opts.provider && MATRIX_ID_RE.test(parsed.id) && this.store.peerUri(parsed.id) !== uri)
+      this.store.rememberPeer(parsed.id, uri);
+  }
+
+  // ------------------------------------------------------------------ sending
+
+  private async sendPayload(
+    user: SimUser,
+    peer: string,
+    payload: Payload,
+    ids: { wireId: Uint8Array; mimiId: Uint8Array | null },
+    kind: string,
+  ): Promise<{ ts: number }> {
+    const from = this.uriOf(user.phone);
+    const room = await this.client.dmRoom(from, peer);
+    // Recorded first: the delivery receipt can arrive right behind the gateway's ok.
+    this.store.recordSent(user.phone, peer, hex(ids.wireId), ids.mimiId && hex(ids.mimiId), kind);
+    const { ts } = await this.endpoint.send(from, peer, room, payload, ids.wireId, { timeoutMs: this.opts.sendTimeoutMs ?? 30_000 });
+    this.store.addContact(user.phone, peer);
+    return { ts };
+  }
+
+  /** Builds a MIMI message for the chat with `to`, sends it as `kind`, answers its MIMI id. */
+  private async sendMimi(
+    rawPhone: string,
+    to: unknown,
+    label: string,
+    build: (sender: string, room: string) => MimiMessage,
+    kind: "content" | "status" = "content",
+  ): Promise<{ id: string; ts: number }> {
+    const user = this.requireUser(rawPhone);
+    const peer = await this.resolvePeer(to);
+    const from = this.uriOf(user.phone);
+    const room = await this.client.dmRoom(from, peer);
+    let mimi: Uint8Array;
+    try {
+      mimi = encodeMimi(build(from, room));
+    } catch (err) {
+      if (err instanceof MimiError) throw new SimError(400, "bad_request", err.message);
+      throw err;
+    }
+    const mimiId = computeMessageId(from, room, mimi);
+    // The transport id follows from the MIMI id (which starts with the hash algorithm byte).
+    const wireId = mimiId.subarray(1, 17);
+    const { ts } = await this.sendPayload(user, peer, { kind, mimi }, { wireId, mimiId }, label);
+    return { id: hex(mimiId), ts };
+  }
+
+  sendText(rawPhone: string, body: { to?: unknown; text?: unknown; inReplyTo?: unknown; expiresInSeconds?: unknown }): Promise<{ id: string; ts: number }> {
+    const text = requireText(body.text, "text");
+    const inReplyTo = body.inReplyTo === undefined || body.inReplyTo === null ? null : messageIdParam(body.inReplyTo, "inReplyTo");
+    const expires = body.expiresInSeconds === undefined || body.expiresInSeconds === null ? null : { relative: true, time: uint32Param(body.expiresInSeconds, "expiresInSeconds") };
+    return this.sendMimi(rawPhone, body.to, "text", (sender, room) => newTextMessage({ sender, room, markdown: text, inReplyTo, expires }));
+  }
+
+  sendReaction(rawPhone: string, body: { to?: unknown; target?: unknown; emoji?: unknown }): Promise<{ id: string; ts: number }> {
+    const target = messageIdParam(body.target, "target");
+    const emoji = requireText(body.emoji, "emoji");
+    return this.sendMimi(rawPhone, body.to, "reaction", (sender, room) => newReaction({ sender, room, target, emoji }));
+  }
+
+  sendEdit(rawPhone: string, body: { to?: unknown; target?: unknown; text?: unknown }): Promise<{ id: string; ts: number }> {
+    const replaces = messageIdParam(body.target, "target");
+    const text = requireText(body.text, "text");
+    return this.sendMimi(rawPhone, body.to, "edit", (sender, room) => newEdit({ sender, room, replaces, markdown: text }));
+  }
+
+  sendDeletion(rawPhone: string, body: { to?: unknown; target?: unknown }): Promise<{ id: string; ts: number }> {
+    const replaces = messageIdParam(body.target, "target");
+    return this.sendMimi(rawPhone, body.to, "delete", (sender, room) => newDelete({ sender, room, replaces }));
+  }
+
+  sendSticker(rawPhone: string, body: { to?: unknown }): Promise<{ id: string; ts: number }> {
+    const image = stickerImage(randomBytes(2).readUInt16BE());
+    return this.sendMimi(rawPhone, body.to, "sticker", (sender, room) =>
+      withWaKind(
+        {
+          salt: new Uint8Array(randomBytes(MIMI_SALT_LENGTH)),
+          replaces: null,
+          topicId: new Uint8Array(0),
+          expires: null,
+          inReplyTo: null,
+          extensions: { senderUri: sender, roomUri: room, unknown: [] },
+          body: {
+            disposition: MIMI_DISPOSITION.render,
+            language: "",
+            cardinality: "single",
+            contentType: STICKER_CONTENT_TYPE,
+            content: new Uint8Array(image.bytes),
+          },
+        },
+        WA_KIND_STICKER,
+      ),
+    );
+  }
+
+  async sendRead(rawPhone: string, body: { to?: unknown; ids?: unknown }): Promise<{ ts: number }> {
+    const user = this.requireUser(rawPhone);
+    if (!Array.isArray(body.ids) || body.ids.length === 0 || body.ids.length > MAX_READ_IDS)
+      throw new SimError(400, "bad_request", `ids must be a list of 1..${MAX_READ_IDS} MIMI message ids (hex)`);
+    const ids = body.ids.map((id, i) => messageIdParam(id, `ids[${i}]`));
+    const peer = await this.resolvePeer(body.to);
+    return this.sendPayload(user, peer, { kind: "read", ids }, { wireId: new Uint8Array(randomBytes(16)), mimiId: null }, "read");
+  }
+
+  async sendDisappearing(rawPhone: string, body: { to?: unknown; seconds?: unknown }): Promise<{ ts: number }> {
+    const user = this.requireUser(rawPhone);
+    const seconds = uint32Param(body.seconds, "seconds", true);
+    const peer = await this.resolvePeer(body.to);
+    return this.sendPayload(user, peer, { kind: "disappearing", seconds }, { wireId: new Uint8Array(randomBytes(16)), mimiId: null }, "disappearing");
+  }
+
+  /** Live only, like on the wire: nothing is sent while the gateway connection is down. */
+  async sendTyping(rawPhone: string, body: { to?: unknown; state?: unknown }): Promise<{ sent: true }> {
+    const user = this.requireUser(rawPhone);
+    if (body.state !== "on" && body.state !== "off") throw new SimError(400, "bad_request", 'state must be "on" or "off"');
+    const peer = await this.resolvePeer(body.to);
+    if (!this.client.typing({ from: this.uriOf(user.phone), to: peer, state: body.state }))
+      throw new SimError(503, "not_connected", "not connected to the gateway; typing notifications are not queued");
+    this.store.addContact(user.phone, peer);
+    return { sent: true };
+  }
+
+  /** A status update to every third-party user this user has chatted with (one status payload each). */
+  async sendStatus(rawPhone: string, body: { text?: unknown }): Promise<{ sent: Array<{ to: string; id: string; ts: number }>; failed: Array<{ to: string; error: string; message: string }> }> {
+    const user = this.requireUser(rawPhone);
+    const text = requireText(body.text, "text");
+    const sent: Array<{ to: string; id: string; ts: number }> = [];
+    const failed: Array<{ to: string; error: string; message: string }> = [];
+    for (const peer of this.store.contacts(user.phone)) {
+      if (parseMimiUri(peer)?.domain === this.opts.provider) continue;
+      try {
+        const result = await this.sendMimi(user.phone, peer, "status", (sender, room) => newTextMessage({ sender, room, markdown: text }), "status");
+        sent.push({ to: this.peerLabel(peer), ...result });
+      } catch (err) {
+        const e = err as { code?: string; message: string };
+        failed.push({ to: this.peerLabel(peer), error: e.code ?? "internal", message: e.message });
+      }
+    }
+    return { sent, failed };
+  }
+
+  // ------------------------------------------------------------------ receiving
+
+  inbox(rawPhone: string, after: number): InboxEntry[] {
+    const user = this.requireUser(rawPhone);
+    return this.store.inbox(user.phone, after);
+  }
+
+  /** Answers as soon as the user has entries after `after`, or with [] after timeoutMs. */
+  async waitInbox(rawPhone: string, after: number, timeoutMs: number): Promise<InboxEntry[]> {
+    const user = this.requireUser(rawPhone);
+    const now = this.store.inbox(user.phone, after);
+    if (now.length > 0 || timeoutMs <= 0) return now;
+    await new Promise<void>((resolve) => {
+      let set = this.waiters.get(user.phone);
+      if (!set) {
+        set = new Set();
+        this.waiters.set(user.phone, set);
+      }
+      const waiters = set;
+      const wake = () => {
+        clearTimeout(timer);
+        waiters.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, Math.min(timeoutMs, MAX_WAIT_MS));
+      waiters.add(wake);
+    });
+    return this.store.inbox(user.phone, after);
+  }
+
+  private record(phone: string, source: string | null, entry: { kind: string; from: string } & Record<string, unknown>): void {
+    if (this.store.appendInbox(phone, source, entry) === undefined) return;
+    for (const wake of [...(this.waiters.get(phone) ?? [])]) wake();
+  }
+
+  private async onPayload(ev: PayloadEvent): Promise<void> {
+    const phone = this.phoneOf(ev.to);
+    const base = { ...this.fromFields(ev.from), wireId: hex(ev.id), ts: ev.ts };
+    const source = `deliver:${ev.from}:${hex(ev.id)}`;
+    this.learnPeer(ev.from);
+    switch (ev.payload.kind) {
+      case "content": {
+        const message = decodeMimi(ev.payload.mimi);
+        const id = hex(computeMessageId(ev.from, ev.room, ev.payload.mimi));
+        this.store.addContact(phone, ev.from);
+        this.record(phone, source, { ...base, id, ...describeMimi(message) });
+        return;
+      }
+      case "read":
+        this.record(phone, source, { ...base, kind: "read", ids: ev.payload.ids.map(hex) });
+        return;
+      case "disappearing":
+        this.record(phone, source, { ...base, kind: "disappearing", seconds: ev.payload.seconds });
+        return;
+      case "status":
+        // Third-party chats do not carry status updates (docs/protocol.md §16.2).
+        this.log.info("dropped a status update", { phone });
+        return;
+    }
+  }
+
+  private async onDelivered(ev: DeliveredEvent): Promise<void> {
+    const phone = this.phoneOf(ev.user);
+    const sent = this.store.sentMessage(phone, ev.to, hex(ev.id));
+    this.record(phone, `delivered:${ev.to}:${hex(ev.id)}`, {
+      kind: "delivered",
+      ...this.fromFields(ev.to),
+      ...(sent?.mimiId ? { id: sent.mimiId } : {}),
+      ...(sent ? { of: sent.kind } : {}),
+      wireId: hex(ev.id),
+      ts: ev.ts,
+    });
+  }
+
+  private onUndecryptable(ev: UndecryptableEvent): void {
+    this.record(this.phoneOf(ev.to), `undecryptable:${ev.from}:${hex(ev.id)}`, {
+      kind: "undecryptable",
+      ...this.fromFields(ev.from),
+      wireId: hex(ev.id),
+      ts: ev.ts,
+      reason: `${ev.reason.stage}: ${ev.reason.code}`,
+    });
+  }
+
+  private onTyping(frame: TypingFrame): void {
+    const owner = parseMimiUri(frame.to);
+    if (owner?.domain !== this.opts.provider || !this.store.getUser(owner.id)) return;
+    this.record(owner.id, null, { kind: "typing", ...this.fromFields(frame.from), state: frame.state, ts: Date.now() });
+  }
+
+  private async onProfile(frame: ProfileFrame): Promise<void> {
+    const phone = this.phoneOf(frame.user);
+    this.record(phone, `profile:${frame.seq}`, {
+      kind: "profile",
+      ...this.fromFields(frame.subject),
+      displayName: frame.displayName,
+      ...(frame.avatar ? { avatar: { url: frame.avatar.url, mimetype: frame.avatar.mimetype, size: frame.avatar.size, sha256: hex(frame.avatar.sha256) } } : {}),
+      ...(frame.thirdPartyChats !== undefined ? { thirdPartyChats: frame.thirdPartyChats } : {}),
+      ts: frame.ts,
+    });
+  }
+}
+
+function requireText(v: unknown, field: string): string {
+  if (typeof v !== "string" || v === "") throw new SimError(400, "bad_request", `${field} must be a non-empty string`);
+  return v;
+}
+
+function messageIdParam(v: unknown, field: string): Uint8Array {
+  if (typeof v !== "string" || !new RegExp(`^[0-9a-fA-F]{${MIMI_MESSAGE_ID_LENGTH * 2}}$`).test(v))
+    throw new SimError(400, "bad_request", `${field} must be a MIMI message id: ${MIMI_MESSAGE_ID_LENGTH * 2} hex digits`);
+  return new Uint8Array(Buffer.from(v, "hex"));
+}
+
+function uint32Param(v: unknown, field: string, zeroAllowed = false): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < (zeroAllowed ? 0 : 1) || v > 0xffffffff)
+    throw new SimError(400, "bad_request", `${field} must be a whole number of seconds${zeroAllowed ? " (0 = off)" : ""}`);
+  return v;
+}
+
+/** HTTP status for an error from the gateway or the encryption layer. */
+export function httpStatusOf(err: unknown): { status: number; code: string; message: string } {
+  if (err instanceof SimError) return { status: err.status, code: err.code, message: err.message };
+  if (err instanceof EndpointError || err instanceof ProtocolError) {
+    const status = GATEWAY_CODE_STATUS[err.code] ?? 502;
+    return { status, code: err.code, message: err.message };
+  }
+  return { status: 500, code: "internal", message: err instanceof Error ? err.message : String(err) };
+}
+
+const GATEWAY_CODE_STATUS: Record<string, number> = {
+  third_party_disabled: 409,
+  no_keys: 409,
+  not_logged_in: 409,
+  unknown_user: 404,
+  forbidden: 403,
+  bad_frame: 400,
+  bad_argument: 400,
+  bad_payload: 400,
+  unknown_room: 400,
+  too_large: 413,
+  rate_limited: 429,
+  queue_full: 503,
+  closed: 503,
+  timeout: 504,
+};
