@@ -120,11 +120,11 @@ function uintArg(v: string | undefined, what: string): number {
   return n;
 }
 
-type Entry = { n: number; kind: string; from: string; ts?: number } & Record<string, unknown>;
+type Entry = { n: number; kind: string; from: string; fromId?: string; ts?: number } & Record<string, unknown>;
 
 /** One inbox entry as one readable line. */
 export function formatEntry(e: Entry): string {
-  const head = `#${e.n} ${time(e.ts)} ${e.from}`;
+  const head = `#${e.n} ${time(e.ts)} ${e.fromId ?? e.from}`;
   const id = typeof e.id === "string" ? ` [${e.id.slice(0, 12)}…]` : "";
   switch (e.kind) {
     case "text":

@@ -205,19 +205,26 @@ export class Simulator {
     return name;
   }
 
-  /** Creates the WhatsApp account, or replaces its profile (an absent avatar removes it), and logs it in. */
+  /**
+   * Creates the WhatsApp account, or replaces its profile (an absent avatar removes it), and
+   * logs it in. A new user has Third-Party Chats on unless thirdPartyChats: false is given.
+   */
   async createUser(body: { phone?: unknown; name?: unknown; avatar?: unknown; thirdPartyChats?: unknown }): Promise<UserView & { created: boolean }> {
     const phone = this.normalizePhone(body.phone);
     const name = this.checkName(body.name);
     if (body.thirdPartyChats !== undefined && typeof body.thirdPartyChats !== "boolean")
       throw new SimError(400, "bad_request", "thirdPartyChats must be a boolean");
     const avatarSha256 = body.avatar === undefined || body.avatar === null ? null : this.saveAvatar(body.avatar);
+    const isNew = this.store.getUser(phone) === undefined;
     const { created } = await this.client.upsertAccount(this.accountOf(phone, name, avatarSha256));
     this.store.saveUser(phone, name, avatarSha256);
     const uri = this.uriOf(phone);
-    if (typeof body.thirdPartyChats === "boolean") {
-      await this.client.setSettings(uri, { thirdPartyChats: body.thirdPartyChats });
-      this.store.setThirdPartyChats(phone, body.thirdPartyChats);
+    // Simulated users exist to chat with third parties, so they opt in unless told otherwise
+    // (WhatsApp's own default, and the gateway's, is off).
+    const thirdPartyChats = typeof body.thirdPartyChats === "boolean" ? body.thirdPartyChats : isNew ? true : undefined;
+    if (thirdPartyChats !== undefined) {
+      await this.client.setSettings(uri, { thirdPartyChats });
+      this.store.setThirdPartyChats(phone, thirdPartyChats);
     }
     await this.endpoint.addUser(uri, { home: true });
     this.log.info("user ready", { phone, created });
@@ -293,8 +300,9 @@ export class Simulator {
     return uri;
   }
 
-  private fromFields(uri: string): { from: string; fromUri: string } {
-    return { from: this.peerLabel(uri), fromUri: uri };
+  /** `from` is the sender's URI; `fromId` the same peer as people write it (phone number or Matrix id). */
+  private fromFields(uri: string): { from: string; fromId: string } {
+    return { from: uri, fromId: this.peerLabel(uri) };
   }
 
   private learnPeer(uri: string): void {
@@ -432,10 +440,10 @@ export class Simulator {
       if (parseMimiUri(peer)?.domain === this.opts.provider) continue;
       try {
         const result = await this.sendMimi(user.phone, peer, "status", (sender, room) => newTextMessage({ sender, room, markdown: text }), "status");
-        sent.push({ to: this.peerLabel(peer), ...result });
+        sent.push({ to: peer, ...result });
       } catch (err) {
         const e = err as { code?: string; message: string };
-        failed.push({ to: this.peerLabel(peer), error: e.code ?? "internal", message: e.message });
+        failed.push({ to: peer, error: e.code ?? "internal", message: e.message });
       }
     }
     return { sent, failed };

@@ -31,7 +31,7 @@ const wa = userUri(HOME, PHONE);
 const ALICE_MXID = "@alice:matrix.test";
 const alice = userUri(THIRD, ALICE_MXID);
 
-type Entry = { n: number; kind: string; from: string; fromUri?: string; id?: string; text?: string } & Record<string, unknown>;
+type Entry = { n: number; kind: string; from: string; fromId?: string; id?: string; text?: string } & Record<string, unknown>;
 
 class SimProcess {
   private child?: ChildProcess;
@@ -194,7 +194,8 @@ describe("the WhatsApp simulator", () => {
     const created = await sim.call<{ phone: string; uri: string; created: boolean; thirdPartyChats: boolean }>("POST", "/users", { phone: PHONE, name: "Ana", avatar });
     assert.equal(created.status, 201);
     assert.equal(created.json.uri, wa);
-    assert.equal(created.json.thirdPartyChats, false, "WhatsApp accounts start with Third-Party Chats off");
+    assert.equal(created.json.thirdPartyChats, true, "simulated users opt in to Third-Party Chats unless told otherwise");
+    assert.equal((await matrix.client.getProfile(wa)).thirdPartyChats, true);
     const profile = await matrix.client.getProfile(wa);
     assert.equal(profile.displayName, "Ana");
     assert.ok(profile.avatar);
@@ -209,6 +210,8 @@ describe("the WhatsApp simulator", () => {
   });
 
   it("passes the gateway's third_party_disabled refusal to the caller as 409", async () => {
+    const off = await sim.ok<{ thirdPartyChats: boolean }>("PUT", `${phonePath}/settings`, { thirdPartyChats: false });
+    assert.equal(off.thirdPartyChats, false);
     const { status, json } = await sim.call<{ error: string; message: string }>("POST", `${phonePath}/messages`, { to: ALICE_MXID, text: "hello?" });
     assert.equal(status, 409);
     assert.equal(json.error, "third_party_disabled");
@@ -229,7 +232,8 @@ describe("the WhatsApp simulator", () => {
     assert.equal(gw.recordingContains(new Uint8Array(Buffer.from("sim-secret-words"))), false, "plaintext reached the gateway");
     // alice's provider acked it: the sim's user gets the gateway's delivery receipt, named by MIMI id.
     const receipt = await sim.waitFor(PHONE, (e) => e.kind === "delivered" && e.id === sent.id);
-    assert.equal(receipt.from, ALICE_MXID);
+    assert.equal(receipt.from, alice);
+    assert.equal(receipt.fromId, ALICE_MXID);
   });
 
   it("shows what the Matrix user sends in the inbox, in order, with long-polling", async () => {
@@ -241,8 +245,8 @@ describe("the WhatsApp simulator", () => {
     assert.ok(batch.length >= 1);
     const entry = (batch.find((e) => e.kind === "text") ?? (await sim.waitFor(PHONE, (e) => e.kind === "text")))!;
     assert.equal(entry.text, "hello from **Matrix**");
-    assert.equal(entry.from, ALICE_MXID);
-    assert.equal(entry.fromUri, alice);
+    assert.equal(entry.from, alice);
+    assert.equal(entry.fromId, ALICE_MXID);
     assert.equal(entry.id, id);
     const all = await sim.ok<Entry[]>("GET", `${phonePath}/inbox?after=0`);
     assert.deepEqual(all.map((e) => e.n), all.map((_, i) => i + 1));
@@ -277,7 +281,7 @@ describe("the WhatsApp simulator", () => {
 
   it("broadcasts a status update to the Matrix users it chatted with", async () => {
     const r = await sim.ok<{ sent: Array<{ to: string; id: string }>; failed: unknown[] }>("POST", `${phonePath}/status`, { text: "at the beach" });
-    assert.deepEqual(r.sent.map((s) => s.to), [ALICE_MXID]);
+    assert.deepEqual(r.sent.map((s) => s.to), [alice]);
     assert.deepEqual(r.failed, []);
     const status = await matrix.waitForMessage((m, ev) => ev.payload.kind === "status" && textOf(m) === "at the beach");
     assert.equal(status.ev.payload.kind, "status");
@@ -299,7 +303,7 @@ describe("the WhatsApp simulator", () => {
     const entries = await sim.ok<Entry[]>("GET", `${phonePath}/inbox`);
     const bad = entries.find((e) => e.kind === "undecryptable");
     assert.ok(bad, "the unreadable frame is in the inbox");
-    assert.equal(bad.from, ALICE_MXID);
+    assert.equal(bad.from, alice);
     assert.ok(bad.n < entries.find((e) => e.text === "readable again")!.n);
   });
 
@@ -340,6 +344,24 @@ describe("the WhatsApp simulator", () => {
     assert.equal(unknownPeer.json.error, "unknown_user");
   });
 
+  it("finds a Matrix user's provider with profile.get when started without --matrix-provider", async () => {
+    const bob = userUri(THIRD, "@bob:test");
+    await matrix.endpoint.addUser(bob, { displayName: "Bob" });
+    const second = new SimProcess(["--gateway", gw.url, "--provider", HOME, "--secret", SECRETS[HOME], "--port", "0", "--db", path.join(dir, "sim2.db")]);
+    await second.start();
+    try {
+      await second.ok("POST", "/users", { phone: "+4917000000001", name: "Zoe" });
+      // "@bob:test" lives under matrix.test, not under its server name "test": the second guess.
+      await second.ok("POST", `/users/${encodeURIComponent("+4917000000001")}/messages`, { to: "@bob:test", text: "found you" });
+      await matrix.waitForMessage((m, ev) => ev.to === bob && textOf(m) === "found you");
+      const missing = await second.call<{ error: string; message: string }>("POST", `/users/${encodeURIComponent("+4917000000001")}/messages`, { to: "@nobody:test", text: "x" });
+      assert.equal(missing.status, 404);
+      assert.match(missing.json.message, /--matrix-provider/);
+    } finally {
+      await second.stop();
+    }
+  });
+
   it("has a CLI over the same API", async () => {
     const lines: string[] = [];
     const io = { out: (l: string) => lines.push(l) };
@@ -350,7 +372,7 @@ describe("the WhatsApp simulator", () => {
     assert.match(lines.at(-1)!, /^\+4915123456789 {2}Ana B\. {2}third-party chats on$/);
     assert.equal(await runCli(["--api", sim.url, "inbox", PHONE, "--after", "0"], io), 0);
     assert.ok(lines.some((l) => / @alice:matrix\.test \[[0-9a-f]{12}…\]: hello from \*\*Matrix\*\*$/.test(l)), lines.join("\n"));
-    assert.equal(formatEntry({ n: 3, kind: "typing", from: ALICE_MXID, ts: 0, state: "on" }), "#3 1970-01-01 00:00:00Z @alice:matrix.test typing on");
+    assert.equal(formatEntry({ n: 3, kind: "typing", from: alice, fromId: ALICE_MXID, ts: 0, state: "on" }), "#3 1970-01-01 00:00:00Z @alice:matrix.test typing on");
 
     await runCli(["--api", sim.url, "settings", PHONE, "--third-party", "off"], io);
     await assert.rejects(runCli(["--api", sim.url, "send", PHONE, ALICE_MXID, "blocked"], io), (err: unknown) => err instanceof CliError && err.code === "third_party_disabled");
