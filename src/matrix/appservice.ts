@@ -43,7 +43,8 @@ export class MatrixAppservice {
     this.core = core;
     this.bot = new BotCommands(core, this.port);
     await this.bridge.initialise();
-    // matrix-appservice-bridge does not answer the spec's ping (homeservers use it to check the link).
+    await this.bridge.listen(this.config.appservice.port, this.config.appservice.hostname);
+    // (Added after listen: the library refuses paths before.) matrix-appservice-bridge does not answer the spec's ping (homeservers use it to check the link).
     this.bridge.addAppServicePath({
       method: "POST",
       path: "/_matrix/app/v1/ping",
@@ -52,7 +53,6 @@ export class MatrixAppservice {
         res.status(200).json({});
       },
     });
-    await this.bridge.listen(this.config.appservice.port, this.config.appservice.hostname);
     const botIntent = this.bridge.getIntent(this.port.botMxid);
     await botIntent.ensureRegistered();
     await botIntent.setDisplayName(this.config.appservice.bot.displayname).catch((err: Error) => log.warn("could not set the bot's display name", { error: err.message }));

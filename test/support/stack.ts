@@ -148,8 +148,9 @@ export class Stack {
   /** Opens the user's management room with the bot and returns its id. */
   async botRoom(client: TestClient): Promise<string> {
     const roomId = await client.createRoom({ is_direct: true, invite: [this.botId], preset: "trusted_private_chat" });
-    await client.waitFor((e) => e.room_id === roomId && e.type === "m.room.member" && e.state_key === this.botId && e.content.membership === "join", {
-      description: "the bot joining its DM",
+    // The welcome comes once the bridge has made the user reachable on the network.
+    await client.waitFor((e) => e.room_id === roomId && e.type === "m.room.message" && e.sender === this.botId, {
+      description: "the bot's welcome in its DM",
     });
     return roomId;
   }
