@@ -253,7 +253,7 @@ function deeper(ctx: HtmlContext, add?: InlineKind | "link"): HtmlContext {
   return { ...ctx, depth: ctx.depth + 1, active: new Set([...ctx.active, add]) };
 }
 
-/** Text content without recursion (input nesting is unbounded); `<br>` becomes `br`. */
+/** Text content, without recursion (input nesting is unbounded); each `<br>` becomes the `br` string. */
 function textOf(nodes: readonly ChildNode[], br: string): string {
   const stack = [...nodes].reverse();
   let out = "";
@@ -565,7 +565,7 @@ function renderInlineElement(el: Element, ctx: HtmlContext): string {
   return renderInlineNodes(el.children, deeper(ctx));
 }
 
-/** Elements that add nothing inline (unknown tags, a format already active, a link Matrix-side only in name). */
+/** Elements that add nothing inline: unknown tags, a format already active, a nested link or one with a scheme we do not carry. */
 function isTransparent(el: Element, ctx: HtmlContext): boolean {
   const name = el.name;
   if (name === "a") {
