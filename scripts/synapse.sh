@@ -4,7 +4,7 @@
 #   scripts/synapse.sh start [--name test] [--port 8008] [--server-name localhost]
 #                            [--registration FILE]... [--fresh] [--max-upload-size 200M]
 #                            [--owner-pid PID]   (stop the instance when that process ends)
-#   scripts/synapse.sh stop   [--name test]
+#   scripts/synapse.sh stop   [--name test] [--purge]   (--purge also deletes the instance's data)
 #   scripts/synapse.sh status [--name test]
 #   scripts/synapse.sh logs   [--name test] [--lines 50] [--follow]
 #
@@ -39,6 +39,7 @@ NAME="test"
 PORT=""
 SERVER_NAME=""
 FRESH=0
+PURGE=0
 MAX_UPLOAD_SIZE="200M"
 LOG_LINES=50
 FOLLOW=0
@@ -51,6 +52,7 @@ while [ $# -gt 0 ]; do
     --server-name) SERVER_NAME="${2:?--server-name needs a value}"; shift 2 ;;
     --registration) REGISTRATIONS+=("${2:?--registration needs a file}"); shift 2 ;;
     --fresh) FRESH=1; shift ;;
+    --purge) PURGE=1; shift ;;
     --max-upload-size) MAX_UPLOAD_SIZE="${2:?--max-upload-size needs a value}"; shift 2 ;;
     --owner-pid) OWNER_PID="${2:?--owner-pid needs a value}"; shift 2 ;;
     --lines|-n) LOG_LINES="${2:?--lines needs a value}"; shift 2 ;;
@@ -404,6 +406,10 @@ cmd_stop() {
   # Even with nothing to stop, tidy a /proc mount an interrupted run may have left behind.
   exec 9>"$MOUNT_LOCK"; flock 9; release_proc_if_unused; exec 9>&-
   rm -f "$DATA/synapse.pid"
+  if [ "$PURGE" = 1 ] && [ -n "$NAME" ] && [ -d "$DATA" ]; then
+    rm -rf "$DATA"
+    say "'$NAME' data deleted"
+  fi
 }
 
 cmd_status() {

@@ -46,6 +46,8 @@ export interface StartTestHomeserverOptions {
   /** Start from an empty database and media store. Default true, so runs don't see each other. */
   fresh?: boolean;
   serverName?: string;
+  /** Delete the instance's data when it stops (for instance names unique to one run). */
+  purge?: boolean;
   /** Synapse's max_upload_size, e.g. "200M" (the script's default). */
   maxUploadSize?: string;
 }
@@ -96,7 +98,7 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
     if (stopped) return;
     stopped = true;
     process.removeListener("exit", stopSync);
-    spawnSync("bash", [script, "stop", "--name", name], { stdio: "ignore", timeout: 60_000 });
+    spawnSync("bash", [script, "stop", "--name", name, ...(options.purge ? ["--purge"] : [])], { stdio: "ignore", timeout: 60_000 });
   };
   // A test that crashes before its after() hook must not leave Synapse running.
   process.on("exit", stopSync);
@@ -112,7 +114,7 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
       stopped = true;
       process.removeListener("exit", stopSync);
       await new Promise<void>((resolve, reject) => {
-        execFile("bash", [script, "stop", "--name", name], { timeout: 60_000 }, (error, _out, err) => {
+        execFile("bash", [script, "stop", "--name", name, ...(options.purge ? ["--purge"] : [])], { timeout: 60_000 }, (error, _out, err) => {
           if (error) reject(new Error(`scripts/synapse.sh stop --name ${name} failed: ${err || error.message}`));
           else resolve();
         });

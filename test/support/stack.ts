@@ -96,7 +96,8 @@ export class Stack {
     if (!existingRegistration) {
       execFileSync(process.execPath, [cli, "-r", "-u", `http://127.0.0.1:${bridgePort}`, "-c", configPath, "-f", registrationPath], { stdio: "pipe" });
     }
-    const hs = await startTestHomeserver({ registrationPath, name, port: hsPort });
+    // Unique per process, so stacks of parallel runs (other checkouts, the demo) never share an instance.
+    const hs = await startTestHomeserver({ registrationPath, name: `${name}-${process.pid}`, port: hsPort, purge: true });
     const gatewayUrl = `ws://127.0.0.1:${gatewayPort}/v1`;
     const gateway = new ManagedProcess("gateway", process.execPath, [
       path.join(root, "dist", "gateway", "main.js"),
