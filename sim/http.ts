@@ -38,6 +38,7 @@ const ROUTES: Route[] = [
   { method: "POST", pattern: new RegExp(`^/users/${USER}/reactions$`), handler: (sim, [phone], body) => sim.sendReaction(phone!, body) },
   { method: "POST", pattern: new RegExp(`^/users/${USER}/edits$`), handler: (sim, [phone], body) => sim.sendEdit(phone!, body) },
   { method: "POST", pattern: new RegExp(`^/users/${USER}/deletions$`), handler: (sim, [phone], body) => sim.sendDeletion(phone!, body) },
+  { method: "POST", pattern: new RegExp(`^/users/${USER}/reinstall$`), handler: (sim, [phone]) => sim.reinstall(phone!) },
   { method: "POST", pattern: new RegExp(`^/users/${USER}/read$`), handler: (sim, [phone], body) => sim.sendRead(phone!, body) },
   { method: "POST", pattern: new RegExp(`^/users/${USER}/typing$`), handler: (sim, [phone], body) => sim.sendTyping(phone!, body) },
   { method: "POST", pattern: new RegExp(`^/users/${USER}/status$`), handler: (sim, [phone], body) => sim.sendStatus(phone!, body) },

@@ -403,6 +403,19 @@ export class Simulator {
     );
   }
 
+  /**
+   * The user reinstalls WhatsApp: a brand-new Signal identity and keys replace the old ones, so
+   * every peer sees an identity change with the next message.
+   */
+  async reinstall(rawPhone: string): Promise<{ reinstalled: true }> {
+    const user = this.requireUser(rawPhone);
+    const uri = this.uriOf(user.phone);
+    await this.endpoint.removeUser(uri);
+    await this.endpoint.addUser(uri, { home: true });
+    this.log.info("simulated user reinstalled (new identity)", { phone: user.phone });
+    return { reinstalled: true };
+  }
+
   async sendRead(rawPhone: string, body: { to?: unknown; ids?: unknown }): Promise<{ ts: number }> {
     const user = this.requireUser(rawPhone);
     if (!Array.isArray(body.ids) || body.ids.length === 0 || body.ids.length > MAX_READ_IDS)

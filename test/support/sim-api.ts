@@ -50,6 +50,10 @@ export class SimApi {
     return this.request("POST", `/users/${encodeURIComponent(phone)}/messages`, { to, text, ...extra });
   }
 
+  reinstall(phone: string): Promise<unknown> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/reinstall`, {});
+  }
+
   inbox(phone: string, after = 0): Promise<InboxEntry[]> {
     return this.request("GET", `/users/${encodeURIComponent(phone)}/inbox?after=${after}`);
   }
