@@ -19,7 +19,7 @@ import { SimStore } from "./store.js";
 
 const USAGE = `usage: node dist/sim/main.js --gateway ws://HOST:PORT/v1 --provider DOMAIN --secret SECRET
        --port PORT --db FILE [--media-dir DIR] [--matrix-provider DOMAIN]...
-       [--public-url URL] [--log-level error|warn|info|debug] [--log-format json|pretty]
+       [--public-url URL] [--send-timeout-ms MS] [--log-level error|warn|info|debug] [--log-format json|pretty]
 environment: SIM_SECRET=SECRET (instead of --secret)`;
 
 export interface SimArgs {
@@ -31,6 +31,7 @@ export interface SimArgs {
   mediaDir: string;
   matrixProviders: string[];
   publicUrl?: string;
+  sendTimeoutMs?: number;
   logLevel?: LogLevel;
   logFormat?: "json" | "pretty";
 }
@@ -52,6 +53,7 @@ export function parseSimArgs(argv: string[], env: NodeJS.ProcessEnv = process.en
         "media-dir": { type: "string" },
         "matrix-provider": { type: "string", multiple: true },
         "public-url": { type: "string" },
+        "send-timeout-ms": { type: "string" },
         "log-level": { type: "string" },
         "log-format": { type: "string" },
       },
@@ -86,6 +88,11 @@ export function parseSimArgs(argv: string[], env: NodeJS.ProcessEnv = process.en
     matrixProviders,
   };
   if (values["public-url"]) args.publicUrl = values["public-url"].replace(/\/+$/, "");
+  if (values["send-timeout-ms"] !== undefined) {
+    const ms = Number(values["send-timeout-ms"]);
+    if (!Number.isSafeInteger(ms) || ms < 1) throw new UsageError(`--send-timeout-ms must be a whole number of milliseconds ≥ 1, got ${values["send-timeout-ms"]}`);
+    args.sendTimeoutMs = ms;
+  }
   if (logLevel) args.logLevel = logLevel as LogLevel;
   if (logFormat) args.logFormat = logFormat;
   return args;
@@ -106,6 +113,7 @@ export async function runSimulator(args: SimArgs): Promise<void> {
     store,
     mediaBaseUrl: args.publicUrl ?? apiUrl,
     matrixProviders: args.matrixProviders,
+    ...(args.sendTimeoutMs ? { sendTimeoutMs: args.sendTimeoutMs } : {}),
     logger: log,
   });
   api.attach(sim);

@@ -173,6 +173,7 @@ export class SimStore {
       delete: (ns, key) => {
         del.run(owner, ns, key);
       },
+      transaction: <T>(fn: () => T): T => this.db.transaction(fn)(),
     };
   }
 

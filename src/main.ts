@@ -24,6 +24,8 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   await appservice.start(core);
   await connector.start(core);
   await core.start();
+  // Matrix events (and those journaled before a restart) flow only once everything is up.
+  await appservice.startDispatching();
   log.info("bridge ready", { ms: Date.now() - started, portals: store.portals.count(), ghosts: store.ghosts.count() });
   return {
     core,

@@ -221,9 +221,11 @@ export class BridgeCore implements NetworkEventHandler {
     const remoteId = this.matrix.remoteIdOfGhost(ghostMxid);
     if (!remoteId) return;
     this.store.users.getOrCreate(inviter, { thirdPartyEnabled: this.opts.thirdPartyDefault });
+    // Stable transaction ids: a replayed invite (after a crash) does not repeat the notices.
+    const txn = (what: string) => `invite.${what}.${ghostMxid}`;
     const reject = async (reason: string) => {
       await this.matrix.join(ghostMxid, roomId);
-      await this.matrix.notice(ghostMxid, roomId, reason);
+      await this.matrix.notice(ghostMxid, roomId, reason, txn("refused"));
       await this.matrix.leave(ghostMxid, roomId, reason);
     };
     if (!isDirect) return reject("Only direct chats can be bridged for now; start a direct chat with this contact instead.");
@@ -242,6 +244,7 @@ export class BridgeCore implements NetworkEventHandler {
           roomId,
           `You already have a chat with ${profile.displayName ?? remoteId}: ${this.matrix.roomLink(existing.roomId)} — please continue there.` +
             (forwarded ? ` ${forwarded} message(s) sent here were delivered there.` : ""),
+          txn("elsewhere"),
         );
         await this.matrix.leave(ghostMxid, roomId, "this chat already has a room");
         return;

@@ -6,9 +6,15 @@ import { markdownToMatrix } from "../convert/formatting";
 import { getLogger } from "../logging";
 import { BridgeStore } from "../store";
 import { BotCommands } from "./bot";
+import { DurableAppService } from "./durable-appservice";
 import { AppserviceMatrixPort } from "./matrix-side";
 
 const log = getLogger("appservice");
+
+/** Synapse sends at most 100 events of at most 64 KiB and 100 ephemeral events a transaction. */
+const TRANSACTION_BODY_LIMIT = 16 * 1024 * 1024;
+/** How long ids of handled events are kept to refuse a homeserver's late repeat. */
+const JOURNAL_KEEP_MS = 7 * 24 * 3600_000;
 
 /**
  * The appservice: receives the homeserver's transactions, routes each event to the core or the
@@ -17,12 +23,13 @@ const log = getLogger("appservice");
 export class MatrixAppservice {
   readonly bridge: Bridge;
   readonly port: AppserviceMatrixPort;
+  private readonly appservice: DurableAppService;
   private core?: BridgeCore;
   private bot?: BotCommands;
 
   constructor(
     private readonly config: BridgeConfig,
-    registration: AppServiceRegistration,
+    private readonly registration: AppServiceRegistration,
     private readonly store: BridgeStore,
   ) {
     this.bridge = new Bridge({
@@ -37,13 +44,16 @@ export class MatrixAppservice {
       },
     });
     this.port = new AppserviceMatrixPort(this.bridge, config, store);
+    this.appservice = new DurableAppService({ homeserverToken: registration.getHomeserverToken()!, journal: store.journal, maxBodyBytes: TRANSACTION_BODY_LIMIT });
+    // Routes added with addAppServicePath (ping, later ones) check the token through this, in constant time.
+    this.bridge.requestCheckToken = (req) => this.appservice.hasHomeserverToken(req);
   }
 
   async start(core: BridgeCore): Promise<void> {
     this.core = core;
     this.bot = new BotCommands(core, this.port);
     await this.bridge.initialise();
-    await this.bridge.listen(this.config.appservice.port, this.config.appservice.hostname);
+    await this.bridge.listen(this.config.appservice.port, this.config.appservice.hostname, 511, this.appservice);
     // (Added after listen: the library refuses paths before.) matrix-appservice-bridge does not answer the spec's ping (homeservers use it to check the link).
     this.bridge.addAppServicePath({
       method: "POST",
@@ -59,7 +69,22 @@ export class MatrixAppservice {
     log.info("appservice listening", { hostname: this.config.appservice.hostname, port: this.config.appservice.port, bot: this.port.botMxid });
   }
 
+  /**
+   * Hands Matrix events to the core, first those journaled before a restart, and asks the
+   * homeserver to resend at once what it holds for us instead of waiting out its backoff.
+   */
+  async startDispatching(): Promise<void> {
+    this.appservice.prune(JOURNAL_KEEP_MS);
+    this.appservice.startDispatching();
+    const id = encodeURIComponent(this.registration.getId() ?? "");
+    await this.bridge
+      .getIntent(this.port.botMxid)
+      .matrixClient.doRequest("POST", `/_matrix/client/v1/appservice/${id}/ping`, null, { transaction_id: `start.${Date.now()}` })
+      .catch((err: Error) => log.debug("the homeserver did not answer the appservice ping", { error: err.message }));
+  }
+
   async stop(): Promise<void> {
+    this.appservice.stopDispatching();
     await this.bridge.close();
   }
 

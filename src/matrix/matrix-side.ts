@@ -8,6 +8,17 @@ import { GhostIds } from "./ghost-ids";
 
 const log = getLogger("matrix");
 
+/** How many of the sender's newest events in a room are searched for an interrupted send. */
+const RECOVERY_SEARCH_DEPTH = 50;
+const CLOCK_SKEW_MS = 5 * 60_000;
+
+/** JSON with object keys sorted, so equal contents compare equal whatever their key order. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v,
+  );
+}
+
 /** MatrixPort over matrix-appservice-bridge intents: every Matrix write the core asks for. */
 export class AppserviceMatrixPort implements MatrixPort {
   readonly botMxid: string;
@@ -92,14 +103,66 @@ export class AppserviceMatrixPort implements MatrixPort {
     await this.intent(asMxid).leave(roomId, reason);
   }
 
+  /**
+   * Sends once per (room, txnId), across crashes: the send is recorded before the request and
+   * its event id after. A send recorded without an event id may have reached the homeserver,
+   * which forgets appservice transaction ids when it restarts, so the room is searched first.
+   */
   async send(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string> {
-    const client = this.intent(asMxid).matrixClient;
     const type = opts.type ?? "m.room.message";
+    const earlier = this.store.matrixSends.get(roomId, opts.txnId);
+    if (earlier?.eventId) return earlier.eventId;
+    if (earlier) {
+      const found = await this.findEarlierSend(asMxid, roomId, type, content, opts.ts, earlier.startedAt);
+      if (found) {
+        this.store.matrixSends.finish(roomId, opts.txnId, found);
+        log.info("an interrupted send had reached the room; not sending it again", { room: roomId, eventId: found });
+        return found;
+      }
+    } else {
+      this.store.matrixSends.begin(roomId, opts.txnId, asMxid);
+    }
+    const client = this.intent(asMxid).matrixClient;
     const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(opts.txnId)}`;
     const qs: Record<string, unknown> = {};
     if (opts.ts) qs.ts = opts.ts;
     const result = (await client.doRequest("PUT", path, qs, content)) as { event_id: string };
+    this.store.matrixSends.finish(roomId, opts.txnId, result.event_id);
     return result.event_id;
+  }
+
+  /** The event an interrupted send created, if it is among the sender's recent events in the room. */
+  private async findEarlierSend(
+    asMxid: string,
+    roomId: string,
+    type: string,
+    content: Record<string, unknown>,
+    ts: number | undefined,
+    startedAt: number,
+  ): Promise<string | null> {
+    const filter = JSON.stringify({ senders: [asMxid], types: [type] });
+    let chunk: MatrixEvent[];
+    try {
+      const res = (await this.intent(asMxid).matrixClient.doRequest("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages`, {
+        dir: "b",
+        limit: RECOVERY_SEARCH_DEPTH,
+        filter,
+      })) as { chunk: MatrixEvent[] };
+      chunk = res.chunk;
+    } catch (err) {
+      log.warn("could not search the room for an interrupted send; sending it again", { room: roomId, error: (err as Error).message });
+      return null;
+    }
+    const wanted = canonicalJson(content);
+    const match = chunk.find(
+      (e) =>
+        e.sender === asMxid &&
+        e.type === type &&
+        // A massaged timestamp is exact; otherwise the event cannot be older than the first attempt (minus clock skew).
+        (ts ? e.origin_server_ts === ts : e.origin_server_ts >= startedAt - CLOCK_SKEW_MS) &&
+        canonicalJson(e.content) === wanted,
+    );
+    return match?.event_id ?? null;
   }
 
   async notice(asMxid: string, roomId: string, text: string, txnId?: string): Promise<void> {

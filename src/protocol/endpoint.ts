@@ -172,9 +172,13 @@ class EndpointRecords {
   }
 
   deletePending(seq: number): void {
-    this.store.delete(this.ns, `pending/${seq}`);
-    const index = this.getJson<number[]>("pending-index") ?? [];
-    if (index.includes(seq)) this.putJson("pending-index", index.filter((s) => s !== seq));
+    const remove = () => {
+      this.store.delete(this.ns, `pending/${seq}`);
+      const index = this.getJson<number[]>("pending-index") ?? [];
+      if (index.includes(seq)) this.putJson("pending-index", index.filter((s) => s !== seq));
+    };
+    if (this.store.transaction) this.store.transaction(remove);
+    else remove();
   }
 
   deleteEverything(): void {
@@ -417,7 +421,8 @@ export class SecureEndpoint {
     let plaintext = user.records.pending(frame.seq);
     if (plaintext === undefined) {
       try {
-        plaintext = await user.party.decrypt(frame.from, frame.payload);
+        // The plaintext is kept in the same transaction that advances the session (see decrypt).
+        plaintext = await user.party.decrypt(frame.from, frame.payload, { keep: (pt) => user.records.putPending(frame.seq, pt) });
       } catch (err) {
         if (!(err instanceof SignalLayerError)) throw err;
         if (TRANSIENT_SIGNAL_CODES.has(err.code)) throw err;
@@ -428,7 +433,6 @@ export class SecureEndpoint {
         }
         return this.undecryptable(meta, { stage: "decrypt", code: err.code }, err.message);
       }
-      user.records.putPending(frame.seq, plaintext);
     }
 
     let payload: Payload;

@@ -1,5 +1,7 @@
 import { Database, openDatabase } from "./database";
 import { GhostStore } from "./ghosts";
+import { JournalStore } from "./journal";
+import { MatrixSendStore } from "./matrix-sends";
 import { MessageStore } from "./messages";
 import { OutboundStore } from "./outbound";
 import { PortalStore } from "./portals";
@@ -13,6 +15,8 @@ export type { GhostRow } from "./ghosts";
 export type { PortalRow, PortalKind } from "./portals";
 export type { MessageRow } from "./messages";
 export type { OutboundItem } from "./outbound";
+export type { JournalEntry, JournalKind } from "./journal";
+export type { MatrixSendRow } from "./matrix-sends";
 
 /** Everything the bridge persists, one object per concern over one SQLite database. */
 export class BridgeStore {
@@ -21,6 +25,8 @@ export class BridgeStore {
   readonly portals: PortalStore;
   readonly messages: MessageStore;
   readonly outbound: OutboundStore;
+  readonly journal: JournalStore;
+  readonly matrixSends: MatrixSendStore;
 
   constructor(readonly db: Database) {
     this.users = new UserStore(db);
@@ -28,6 +34,8 @@ export class BridgeStore {
     this.portals = new PortalStore(db);
     this.messages = new MessageStore(db);
     this.outbound = new OutboundStore(db);
+    this.journal = new JournalStore(db);
+    this.matrixSends = new MatrixSendStore(db);
   }
 
   static open(file: string): BridgeStore {

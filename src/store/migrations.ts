@@ -95,6 +95,36 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 6,
+    name: "appservice transaction journal, Matrix send records",
+    sql: `
+      -- Events of homeserver transactions, written before the transaction is answered and
+      -- replayed on start until handled. Keyed by event id (transaction ids restart with the
+      -- homeserver); the body is dropped once handled, the key kept a while to refuse repeats.
+      CREATE TABLE appservice_journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('event', 'ephemeral')),
+        body TEXT,
+        received_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        done_at INTEGER
+      );
+      CREATE INDEX appservice_journal_pending ON appservice_journal(done_at, seq);
+      -- Matrix sends by (room, transaction id): started before the request, finished with the
+      -- event id after it, so a send interrupted by a crash is looked up instead of repeated.
+      CREATE TABLE matrix_sends (
+        room_id TEXT NOT NULL,
+        txn_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        event_id TEXT,
+        PRIMARY KEY (room_id, txn_id)
+      );
+      CREATE INDEX matrix_sends_started ON matrix_sends(started_at);
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

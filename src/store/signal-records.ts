@@ -17,6 +17,10 @@ export class SignalRecordTable {
     this.db.prepare("DELETE FROM signal_records WHERE owner = ? AND ns = ? AND key = ?").run(this.owner, ns, key);
   }
 
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
   deleteAll(): void {
     this.db.prepare("DELETE FROM signal_records WHERE owner = ?").run(this.owner);
   }

@@ -34,6 +34,9 @@ export interface TestHomeserver {
   managed: boolean;
   /** Stops an instance we started; a no-op for an existing homeserver. Safe to call twice. */
   stop(): Promise<void>;
+  /** Stops the instance but keeps its data (an outage); resume() starts it again on the same port. */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
 }
 
 export interface StartTestHomeserverOptions {
@@ -79,12 +82,14 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
   for (const file of registrations) args.push("--registration", path.resolve(file));
 
   // Generous: the first run on a machine builds the chroot (about three minutes).
-  const stdout = await new Promise<string>((resolve, reject) => {
-    execFile("bash", [script, ...args], { timeout: 10 * 60_000, maxBuffer: 16 * 1024 * 1024 }, (error, out, err) => {
-      if (error) reject(new Error(`scripts/synapse.sh ${args.join(" ")} failed (${error.message.split("\n")[0]}):\n${err}`));
-      else resolve(out);
+  const runScript = (scriptArgs: string[]) =>
+    new Promise<string>((resolve, reject) => {
+      execFile("bash", [script, ...scriptArgs], { timeout: 10 * 60_000, maxBuffer: 16 * 1024 * 1024 }, (error, out, err) => {
+        if (error) reject(new Error(`scripts/synapse.sh ${scriptArgs.join(" ")} failed (${error.message.split("\n")[0]}):\n${err}`));
+        else resolve(out);
+      });
     });
-  });
+  const stdout = await runScript(args);
   const vars = parseKeyValueLines(stdout);
   const url = vars.SYNAPSE_URL;
   const serverName = vars.SYNAPSE_SERVER_NAME;
@@ -109,6 +114,12 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
     sharedSecret,
     logPath: vars.SYNAPSE_LOG,
     managed: true,
+    pause: async () => {
+      await runScript(["stop", "--name", name]);
+    },
+    resume: async () => {
+      await runScript(args.filter((a) => a !== "--fresh"));
+    },
     stop: async () => {
       if (stopped) return;
       stopped = true;
@@ -141,6 +152,10 @@ function existingHomeserverFromEnv(): TestHomeserver | undefined {
     sharedSecret: sharedSecret!,
     managed: false,
     stop: async () => {},
+    pause: async () => {
+      throw new Error("cannot stop a homeserver these tests did not start (MATRIX_HOMESERVER_URL is set)");
+    },
+    resume: async () => {},
   };
 }
 

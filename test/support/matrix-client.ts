@@ -237,11 +237,11 @@ export class TestClient {
     return this.sendEvent(roomId, "m.room.message", { msgtype: "m.text", body, ...extra });
   }
 
-  /** Sends a message event with a fresh transaction id; returns the event id. */
-  async sendEvent(roomId: string, type: string, content: Record<string, unknown>): Promise<string> {
+  /** Sends a message event (with a fresh transaction id unless one is given, for a safe retry); returns the event id. */
+  async sendEvent(roomId: string, type: string, content: Record<string, unknown>, txnId = newTxnId()): Promise<string> {
     const { event_id } = await this.request<{ event_id: string }>(
       "PUT",
-      `/_matrix/client/v3/rooms/${enc(roomId)}/send/${enc(type)}/${newTxnId()}`,
+      `/_matrix/client/v3/rooms/${enc(roomId)}/send/${enc(type)}/${enc(txnId)}`,
       content,
     );
     return event_id;
@@ -286,6 +286,22 @@ export class TestClient {
     if (options.filter) params.set("filter", JSON.stringify(options.filter));
     const { chunk } = await this.request<{ chunk: MatrixEvent[] }>("GET", `/_matrix/client/v3/rooms/${enc(roomId)}/messages?${params}`);
     return chunk;
+  }
+
+  /** The whole room history the user can see, oldest first (paginates GET /messages). */
+  async history(roomId: string, filter?: Record<string, unknown>): Promise<MatrixEvent[]> {
+    const events: MatrixEvent[] = [];
+    let from: string | undefined;
+    for (;;) {
+      const params = new URLSearchParams({ dir: "b", limit: "500" });
+      if (from) params.set("from", from);
+      if (filter) params.set("filter", JSON.stringify(filter));
+      const page = await this.request<{ chunk: MatrixEvent[]; end?: string }>("GET", `/_matrix/client/v3/rooms/${enc(roomId)}/messages?${params}`);
+      events.push(...page.chunk);
+      if (!page.end || page.chunk.length === 0) break;
+      from = page.end;
+    }
+    return events.reverse();
   }
 
   async joinedRooms(): Promise<string[]> {

@@ -15,6 +15,8 @@ export interface StackOptions {
   /** Where config, databases and logs go; a fresh temporary folder by default. */
   dir?: string;
   logLevel?: "error" | "warn" | "info" | "debug";
+  /** Extra command-line flags for the simulator (e.g. --send-timeout-ms). */
+  simArgs?: string[];
 }
 
 export const HOME_DOMAIN = "whatsapp.example";
@@ -115,6 +117,7 @@ export class Stack {
       "--secret", "sim-secret-for-tests",
       "--port", String(simPort),
       "--db", path.join(dir, "sim.db"),
+      ...(opts.simArgs ?? []),
     ], path.join(dir, "sim.log"));
     const bridge = new ManagedProcess("bridge", process.execPath, [cli, "-c", configPath, "-f", registrationPath], path.join(dir, "bridge.log"));
     const stack = new Stack(name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl);

@@ -48,7 +48,7 @@ const KEYS = {
  * namespace "signal/<address>", and every record is reachable from the indexes (key state,
  * peers) so that forget() can delete all of it through a get/put/delete-only interface.
  */
-export class PartyRecords {
+export class PartyRecords implements OperationRecords {
   readonly ns: string;
 
   constructor(
@@ -143,6 +143,11 @@ export class PartyRecords {
   putKyberSeen(id: number, value: Uint8Array): void {
     this.put(KEYS.kyberSeen(id), value);
   }
+  /** Adds one base-key fingerprint (read-modify-write, so a deferred append never overwrites another). */
+  appendKyberSeen(id: number, entry: Uint8Array): void {
+    const seen = this.getKyberSeen(id) ?? new Uint8Array(0);
+    this.putKyberSeen(id, Buffer.concat([seen, entry]));
+  }
 
   getSession(peer: string): Uint8Array | undefined {
     return this.get(KEYS.session(peer));
@@ -180,6 +185,15 @@ export class PartyRecords {
     this.delete(KEYS.peers);
     this.delete(KEYS.keyState);
     this.delete(KEYS.account);
+  }
+
+  /** Runs fn so that its writes (and the caller's own, to the same store) commit together. */
+  transaction<T>(fn: () => T): T {
+    try {
+      return this.store.transaction ? this.store.transaction(fn) : fn();
+    } catch (err) {
+      throw storeFailure(err);
+    }
   }
 
   private addPeer(peer: string): void {
@@ -225,6 +239,77 @@ export class PartyRecords {
     } catch (err) {
       throw storeFailure(err);
     }
+  }
+}
+
+/** The records libsignal's store callbacks read and write during one encrypt or decrypt. */
+export interface OperationRecords {
+  getSession(peer: string): Uint8Array | undefined;
+  putSession(peer: string, record: Uint8Array): void;
+  getPeerIdentity(peer: string): Uint8Array | undefined;
+  putPeerIdentity(peer: string, key: Uint8Array): void;
+  getPreKey(id: number): Uint8Array | undefined;
+  putPreKey(id: number, record: Uint8Array): void;
+  removePreKey(id: number): void;
+  getSignedPreKey(id: number): Uint8Array | undefined;
+  putSignedPreKey(id: number, record: Uint8Array): void;
+  getKyberPreKey(id: number): Uint8Array | undefined;
+  putKyberPreKey(id: number, record: Uint8Array): void;
+  getKyberSeen(id: number): Uint8Array | undefined;
+  appendKyberSeen(id: number, entry: Uint8Array): void;
+}
+
+/**
+ * Holds an operation's writes back until apply(): reads see them at once, the store only
+ * when they are applied. A decrypt applies them in the same store transaction that keeps the
+ * plaintext, so a crash cannot advance the session and lose the message it carried. Writes
+ * are kept as the logical changes (not final values), so records other operations touch in
+ * the meantime (the peer list, the key state) are changed, not overwritten, when applied.
+ */
+export class DeferredRecords implements OperationRecords {
+  private readonly overlay = new Map<string, Uint8Array | null>();
+  private readonly seenAdded = new Map<number, Uint8Array[]>();
+  private readonly writes: Array<() => void> = [];
+
+  constructor(private readonly base: PartyRecords) {}
+
+  private read(key: string, fromBase: () => Uint8Array | undefined): Uint8Array | undefined {
+    const staged = this.overlay.get(key);
+    if (staged === null) return undefined;
+    return staged ?? fromBase();
+  }
+
+  private write(key: string, value: Uint8Array | null, apply: () => void): void {
+    this.overlay.set(key, value === null ? null : Uint8Array.from(value));
+    this.writes.push(apply);
+  }
+
+  getSession(peer: string) { return this.read(KEYS.session(peer), () => this.base.getSession(peer)); }
+  putSession(peer: string, record: Uint8Array) { this.write(KEYS.session(peer), record, () => this.base.putSession(peer, record)); }
+  getPeerIdentity(peer: string) { return this.read(KEYS.peerIdentity(peer), () => this.base.getPeerIdentity(peer)); }
+  putPeerIdentity(peer: string, key: Uint8Array) { this.write(KEYS.peerIdentity(peer), key, () => this.base.putPeerIdentity(peer, key)); }
+  getPreKey(id: number) { return this.read(KEYS.preKey(id), () => this.base.getPreKey(id)); }
+  putPreKey(id: number, record: Uint8Array) { this.write(KEYS.preKey(id), record, () => this.base.putPreKey(id, record)); }
+  removePreKey(id: number) { this.write(KEYS.preKey(id), null, () => this.base.removePreKey(id)); }
+  getSignedPreKey(id: number) { return this.read(KEYS.signedPreKey(id), () => this.base.getSignedPreKey(id)); }
+  putSignedPreKey(id: number, record: Uint8Array) { this.write(KEYS.signedPreKey(id), record, () => this.base.putSignedPreKey(id, record)); }
+  getKyberPreKey(id: number) { return this.read(KEYS.kyberPreKey(id), () => this.base.getKyberPreKey(id)); }
+  putKyberPreKey(id: number, record: Uint8Array) { this.write(KEYS.kyberPreKey(id), record, () => this.base.putKyberPreKey(id, record)); }
+
+  getKyberSeen(id: number) {
+    const added = this.seenAdded.get(id) ?? [];
+    const stored = this.base.getKyberSeen(id);
+    return stored === undefined && added.length === 0 ? undefined : new Uint8Array(Buffer.concat([stored ?? new Uint8Array(0), ...added]));
+  }
+  appendKyberSeen(id: number, entry: Uint8Array) {
+    const copy = Uint8Array.from(entry);
+    this.seenAdded.set(id, [...(this.seenAdded.get(id) ?? []), copy]);
+    this.writes.push(() => this.base.appendKyberSeen(id, copy));
+  }
+
+  /** Writes everything held back, in the order it was written; call inside base.transaction(). */
+  apply(): void {
+    for (const write of this.writes) write();
   }
 }
 

@@ -21,7 +21,7 @@ import {
 } from "@signalapp/libsignal-client";
 import { getLogger } from "../../logging.js";
 import { SignalLayerError, toSignalLayerError, type SignalLayerErrorCode } from "./errors.js";
-import { own, PartyRecords, type KeyState, type LocalAccount } from "./layout.js";
+import { DeferredRecords, own, PartyRecords, type KeyState, type LocalAccount, type OperationRecords } from "./layout.js";
 import type { SignalRecordStore } from "./record-store.js";
 import { opStores, type OpContext, type OpStores } from "./stores.js";
 import {
@@ -199,15 +199,21 @@ export class SignalParty {
     );
   }
 
-  /** Decrypts a PreKey or Whisper message from a peer; a PreKey message consumes its one-time prekey. */
-  async decrypt(peer: string, message: SignalCiphertext): Promise<Uint8Array> {
+  /**
+   * Decrypts a PreKey or Whisper message from a peer; a PreKey message consumes its one-time
+   * prekey. The advanced session (and consumed keys) are written only once decryption
+   * succeeded, in one store transaction together with `keep(plaintext)`: a crash leaves
+   * either both or neither, so the message can be decrypted again if it was not kept.
+   */
+  async decrypt(peer: string, message: SignalCiphertext, opts: { keep?: (plaintext: Uint8Array) => void } = {}): Promise<Uint8Array> {
     checkAddress(peer, "peer");
     const { type, body } = message ?? {};
     if (!(body instanceof Uint8Array)) throw new SignalLayerError("bad_message", "message body must be a Uint8Array");
     if (type !== SignalMessageType.PreKey && type !== SignalMessageType.Whisper) {
       throw new SignalLayerError("bad_message", `unsupported message type ${String(type)}`);
     }
-    return this.exclusive(peer, () =>
+    const deferred = new DeferredRecords(this.records);
+    const decrypted = (): Promise<Uint8Array> =>
       this.operation(async (ctx, stores) => {
         const remote = ProtocolAddress.new(peer, SIGNAL_DEVICE_ID);
         if (type === SignalMessageType.PreKey) {
@@ -232,8 +238,16 @@ export class SignalParty {
         return this.libsignal(ctx, "bad_message", "decrypting message", () =>
           signalDecrypt(parsed, remote, this.local, stores.session, stores.identity),
         );
-      }),
-    );
+      }, deferred);
+    return this.exclusive(peer, async () => {
+      const plaintext = await decrypted();
+      this.assertOpen();
+      this.records.transaction(() => {
+        deferred.apply();
+        opts.keep?.(plaintext);
+      });
+      return plaintext;
+    });
   }
 
   /** The peer's identity key as last seen, or undefined if we never talked to them. */
@@ -288,11 +302,11 @@ export class SignalParty {
     return result;
   }
 
-  private async operation<T>(fn: (ctx: OpContext, stores: OpStores) => Promise<T>): Promise<T> {
+  private async operation<T>(fn: (ctx: OpContext, stores: OpStores) => Promise<T>, records: OperationRecords = this.records): Promise<T> {
     this.assertOpen();
     const ctx: OpContext = { identityChanges: [] };
     try {
-      return await fn(ctx, opStores(this.records, this.account, ctx));
+      return await fn(ctx, opStores(records, this.account, ctx));
     } finally {
       // Reported even if the operation failed afterwards: the new key is saved either way.
       for (const change of ctx.identityChanges) this.reportIdentityChange(change.peer, change.oldKey, change.newKey);

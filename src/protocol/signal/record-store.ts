@@ -10,6 +10,8 @@ export interface SignalRecordStore {
   get(ns: string, key: string): Uint8Array | undefined;
   put(ns: string, key: string, value: Uint8Array): void;
   delete(ns: string, key: string): void;
+  /** Optional: runs fn so that all its puts and deletes commit together or not at all (a crash-safe store should have it). */
+  transaction?<T>(fn: () => T): T;
 }
 
 /** In-process store for tests and the simulated WhatsApp users. */
@@ -123,6 +125,10 @@ export class EncryptedRecordStore implements SignalRecordStore {
 
   delete(ns: string, key: string): void {
     this.inner.delete(ns, key);
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.inner.transaction ? this.inner.transaction(fn) : fn();
   }
 
   private aad(header: Uint8Array, ns: string, key: string): Buffer {

@@ -16,7 +16,7 @@ import {
   SignedPreKeyStore,
 } from "@signalapp/libsignal-client";
 import { SignalLayerError } from "./errors.js";
-import { own, type LocalAccount, type PartyRecords } from "./layout.js";
+import { own, type LocalAccount, type OperationRecords } from "./layout.js";
 import { SIGNAL_DEVICE_ID } from "./types.js";
 
 /**
@@ -38,7 +38,7 @@ export interface OpStores {
 }
 
 /** Fresh adapters per operation, so concurrent operations on different peers keep separate contexts. */
-export function opStores(records: PartyRecords, account: LocalAccount, ctx: OpContext): OpStores {
+export function opStores(records: OperationRecords, account: LocalAccount, ctx: OpContext): OpStores {
   return {
     session: new RecordSessionStore(records, ctx),
     identity: new RecordIdentityStore(records, account, ctx),
@@ -74,7 +74,7 @@ function parse<T>(what: string, fn: () => T): T {
 
 class RecordSessionStore extends SessionStore {
   constructor(
-    private readonly records: PartyRecords,
+    private readonly records: OperationRecords,
     private readonly ctx: OpContext,
   ) {
     super();
@@ -104,7 +104,7 @@ class RecordSessionStore extends SessionStore {
 
 class RecordIdentityStore extends IdentityKeyStore {
   constructor(
-    private readonly records: PartyRecords,
+    private readonly records: OperationRecords,
     private readonly account: LocalAccount,
     private readonly ctx: OpContext,
   ) {
@@ -152,7 +152,7 @@ class RecordIdentityStore extends IdentityKeyStore {
 
 class RecordPreKeyStore extends PreKeyStore {
   constructor(
-    private readonly records: PartyRecords,
+    private readonly records: OperationRecords,
     private readonly ctx: OpContext,
   ) {
     super();
@@ -178,7 +178,7 @@ class RecordPreKeyStore extends PreKeyStore {
 
 class RecordSignedPreKeyStore extends SignedPreKeyStore {
   constructor(
-    private readonly records: PartyRecords,
+    private readonly records: OperationRecords,
     private readonly ctx: OpContext,
   ) {
     super();
@@ -201,7 +201,7 @@ const SEEN_ENTRY_LEN = 32;
 
 class RecordKyberPreKeyStore extends KyberPreKeyStore {
   constructor(
-    private readonly records: PartyRecords,
+    private readonly records: OperationRecords,
     private readonly ctx: OpContext,
   ) {
     super();
@@ -234,7 +234,7 @@ class RecordKyberPreKeyStore extends KyberPreKeyStore {
           throw new SignalLayerError("duplicate_message", "PreKey message replayed (base key already used)");
         }
       }
-      this.records.putKyberSeen(kyberPreKeyId, Buffer.concat([seen, entry]));
+      this.records.appendKyberSeen(kyberPreKeyId, entry);
     });
   }
 }

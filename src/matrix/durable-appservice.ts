@@ -1,0 +1,199 @@
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { Request, Response } from "express";
+import { AppService } from "matrix-appservice";
+import { getLogger } from "../logging";
+import type { JournalEntry, JournalKind } from "../store";
+import type { JournalStore } from "../store/journal";
+
+const log = getLogger("appservice");
+
+export interface DurableAppServiceOptions {
+  homeserverToken: string;
+  journal: JournalStore;
+  /** Largest request body accepted; larger ones are refused (413) before they are read. */
+  maxBodyBytes: number;
+  /** Delays before a failed event is handled again; after the last one it is given up (logged). */
+  retryDelaysMs?: number[];
+}
+
+const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest();
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/**
+ * matrix-appservice's AppService, made durable: a transaction's events are journaled in
+ * SQLite (one SQLite transaction, de-duplicated by event id) before the homeserver gets its
+ * 200, then handed to the bridge; entries not handled when the process died are replayed on
+ * start. Homeserver-token checks compare digests in constant time.
+ *
+ * The library binds `this.onTransaction` and `this.isInvalidToken` in its constructor and
+ * routes; both are private in its typings, so the overrides are installed on the prototype
+ * below the class.
+ */
+export class DurableAppService extends AppService {
+  private readonly journal: JournalStore;
+  private readonly tokenDigest: Buffer;
+  private readonly retryDelaysMs: number[];
+  private dispatching = false;
+  private pumping = false;
+  /** Highest journal seq handed to the bridge in this process. */
+  private dispatchedUpTo = 0;
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
+
+  constructor(opts: DurableAppServiceOptions) {
+    super({ homeserverToken: opts.homeserverToken, httpMaxSizeBytes: opts.maxBodyBytes });
+    this.journal = opts.journal;
+    this.tokenDigest = sha256(opts.homeserverToken);
+    this.retryDelaysMs = opts.retryDelaysMs ?? [1_000, 5_000, 30_000];
+    // Body parser refusals as Matrix errors in one log line, not Express's HTML and stack trace.
+    this.expressApp.use((err: { status?: number; type?: string; message?: string }, req: Request, res: Response, next: (err?: unknown) => void) => {
+      if (res.headersSent) return next(err);
+      const status = typeof err.status === "number" && err.status >= 400 && err.status < 500 ? err.status : 500;
+      const errcode = status === 413 ? "M_TOO_LARGE" : err.type === "entity.parse.failed" ? "M_NOT_JSON" : status === 500 ? "M_UNKNOWN" : "M_BAD_JSON";
+      log.warn("refused an HTTP request", { method: req.method, path: req.path, status, reason: err.type ?? err.message });
+      res.status(status).json({ errcode, error: status === 413 ? `the body is larger than ${opts.maxBodyBytes} bytes` : (err.message ?? "bad request") });
+    });
+  }
+
+  /** Whether a request carries the homeserver token (Authorization: Bearer, or the legacy access_token query parameter). */
+  hasHomeserverToken(req: Request): boolean {
+    return this.providedToken(req) !== undefined && timingSafeEqual(sha256(this.providedToken(req)!), this.tokenDigest);
+  }
+
+  private providedToken(req: Request): string | undefined {
+    const header = req.headers.authorization;
+    if (header !== undefined) return typeof header === "string" && header.startsWith("Bearer ") ? header.slice("Bearer ".length) : undefined;
+    const query = req.query.access_token;
+    return typeof query === "string" ? query : undefined;
+  }
+
+  /** Answers 401/403 and returns true when the request lacks the homeserver token (the spec's codes). */
+  refuseWithoutToken(req: Request, res: Response): boolean {
+    if (this.hasHomeserverToken(req)) return false;
+    if (this.providedToken(req) === undefined) res.status(401).json({ errcode: "M_UNAUTHORIZED", error: "No homeserver token supplied" });
+    else res.status(403).json({ errcode: "M_FORBIDDEN", error: "Bad homeserver token supplied" });
+    return true;
+  }
+
+  /** PUT /_matrix/app/v1/transactions/:txnId — journal, answer, then hand to the bridge. */
+  handleTransaction(req: Request, res: Response): void {
+    if (this.refuseWithoutToken(req, res)) return;
+    const txnId = req.params.txnId;
+    const body: unknown = req.body;
+    const events = isObject(body) ? (body.events ?? []) : undefined;
+    const ephemeral = isObject(body) ? (body["de.sorunome.msc2409.ephemeral"] ?? body.ephemeral ?? []) : undefined;
+    if (!Array.isArray(events) || !Array.isArray(ephemeral)) {
+      res.status(400).json({ errcode: "M_BAD_JSON", error: "a transaction is a JSON object whose events and ephemeral fields are arrays" });
+      return;
+    }
+    const entries: { key: string; kind: JournalKind; body: string }[] = [];
+    events.forEach((event: unknown, index) => {
+      const problem = malformedEvent(event);
+      if (problem) {
+        // Nothing can be done with it; refusing the transaction would only make the homeserver resend it forever.
+        log.warn("ignoring a malformed event in a homeserver transaction", { txnId, index, problem });
+        return;
+      }
+      entries.push({ key: (event as { event_id: string }).event_id, kind: "event", body: JSON.stringify(event) });
+    });
+    ephemeral.forEach((event: unknown, index) => {
+      if (!isObject(event) || typeof event.type !== "string") {
+        log.warn("ignoring a malformed ephemeral event in a homeserver transaction", { txnId, index });
+        return;
+      }
+      const json = JSON.stringify(event);
+      // Ephemeral events have no id; a resent transaction repeats the same id, index and content.
+      entries.push({ key: `ephemeral:${sha256(`${txnId}\n${index}\n${json}`).toString("hex")}`, kind: "ephemeral", body: json });
+    });
+    let added: number;
+    try {
+      added = this.journal.append(entries);
+    } catch (err) {
+      log.error("could not journal a homeserver transaction; the homeserver will resend it", { txnId, error: (err as Error).message });
+      res.status(500).json({ errcode: "M_UNKNOWN", error: "the bridge could not store the transaction" });
+      return;
+    }
+    res.status(200).json({});
+    if (added < entries.length) log.debug("transaction held events seen before", { txnId, repeated: entries.length - added });
+    this.pump();
+  }
+
+  /** Starts handing journaled events to the bridge: first those left from before a restart, in order. */
+  startDispatching(): void {
+    const backlog = this.journal.pendingCount();
+    if (backlog > 0) log.info("replaying Matrix events received before the restart", { events: backlog });
+    this.dispatching = true;
+    this.pump();
+  }
+
+  stopDispatching(): void {
+    this.dispatching = false;
+    for (const timer of this.retryTimers) clearTimeout(timer);
+    this.retryTimers.clear();
+  }
+
+  private pump(): void {
+    if (!this.dispatching || this.pumping) return;
+    this.pumping = true;
+    try {
+      for (let batch = this.journal.pending(this.dispatchedUpTo); batch.length > 0 && this.dispatching; batch = this.journal.pending(this.dispatchedUpTo)) {
+        for (const entry of batch) {
+          this.dispatchedUpTo = entry.seq;
+          this.dispatch(entry);
+        }
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  /** Calls the bridge's listeners synchronously (they queue the event in order) and marks the entry done when they finish. */
+  private dispatch(entry: JournalEntry): void {
+    let event: Record<string, unknown>;
+    try {
+      event = JSON.parse(entry.body) as Record<string, unknown>;
+    } catch {
+      this.journal.markDone(entry.seq);
+      return;
+    }
+    const outcomes = this.listeners(entry.kind).map(async (listener) => (listener as (e: unknown) => unknown)(event));
+    Promise.all(outcomes).then(
+      () => this.journal.markDone(entry.seq),
+      (err: unknown) => this.onHandlerFailed(entry, event, err),
+    );
+  }
+
+  private onHandlerFailed(entry: JournalEntry, event: Record<string, unknown>, err: unknown): void {
+    if (!this.dispatching) return;
+    const attempts = this.journal.recordAttempt(entry.seq);
+    const delay = this.retryDelaysMs[attempts - 1];
+    if (delay === undefined) {
+      log.error("giving up on a Matrix event after repeated failures", { eventId: event.event_id, type: event.type, attempts, error: (err as Error)?.message });
+      this.journal.markDone(entry.seq);
+      return;
+    }
+    const timer = setTimeout(() => {
+      this.retryTimers.delete(timer);
+      if (this.dispatching) this.dispatch(entry);
+    }, delay);
+    this.retryTimers.add(timer);
+  }
+
+  /** Forgets handled entries older than maxAgeMs (their ids only guard against late repeats). */
+  prune(maxAgeMs: number): number {
+    return this.journal.prune(Date.now() - maxAgeMs);
+  }
+}
+
+/** Why a timeline event cannot be handled, or null when it has what every event must have. */
+function malformedEvent(event: unknown): string | null {
+  if (!isObject(event)) return "not an object";
+  for (const field of ["event_id", "room_id", "sender", "type"] as const) {
+    if (typeof event[field] !== "string" || (event[field] as string).length === 0) return `${field} is missing or not a string`;
+  }
+  if (!isObject(event.content)) return "content is missing or not an object";
+  return null;
+}
+
+// The library's routes call these two by name (see the class comment).
+Object.defineProperty(DurableAppService.prototype, "onTransaction", { value: DurableAppService.prototype.handleTransaction });
+Object.defineProperty(DurableAppService.prototype, "isInvalidToken", { value: DurableAppService.prototype.refuseWithoutToken });

@@ -1,0 +1,55 @@
+import { Database } from "./database";
+
+export type JournalKind = "event" | "ephemeral";
+
+export interface JournalEntry {
+  seq: number;
+  kind: JournalKind;
+  body: string;
+  attempts: number;
+}
+
+/**
+ * The appservice transaction journal: events the homeserver pushed, stored before the
+ * transaction is answered, replayed until handled. Repeats are refused by event key.
+ */
+export class JournalStore {
+  constructor(private readonly db: Database) {}
+
+  /** Journals a transaction's events in one SQLite transaction; returns how many were new. */
+  append(entries: { key: string; kind: JournalKind; body: string }[]): number {
+    const insert = this.db.prepare("INSERT OR IGNORE INTO appservice_journal (event_key, kind, body, received_at) VALUES (?, ?, ?, ?)");
+    return this.db.transaction(() => {
+      const now = Date.now();
+      let added = 0;
+      for (const e of entries) added += insert.run(e.key, e.kind, e.body, now).changes;
+      return added;
+    })();
+  }
+
+  /** Entries not yet handled, oldest first, after `afterSeq`. */
+  pending(afterSeq = 0, limit = 500): JournalEntry[] {
+    return this.db
+      .prepare("SELECT seq, kind, body, attempts FROM appservice_journal WHERE done_at IS NULL AND seq > ? ORDER BY seq LIMIT ?")
+      .all(afterSeq, limit) as JournalEntry[];
+  }
+
+  /** Handled (or given up): the body is dropped, the key stays to refuse a repeat. */
+  markDone(seq: number): void {
+    this.db.prepare("UPDATE appservice_journal SET done_at = ?, body = NULL WHERE seq = ?").run(Date.now(), seq);
+  }
+
+  recordAttempt(seq: number): number {
+    this.db.prepare("UPDATE appservice_journal SET attempts = attempts + 1 WHERE seq = ?").run(seq);
+    return (this.db.prepare("SELECT attempts FROM appservice_journal WHERE seq = ?").get(seq) as { attempts: number } | undefined)?.attempts ?? 0;
+  }
+
+  pendingCount(): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM appservice_journal WHERE done_at IS NULL").get() as { n: number }).n;
+  }
+
+  /** Forgets handled entries older than `before` (ms since epoch); returns how many. */
+  prune(before: number): number {
+    return this.db.prepare("DELETE FROM appservice_journal WHERE done_at IS NOT NULL AND done_at < ?").run(before).changes;
+  }
+}

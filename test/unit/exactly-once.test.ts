@@ -1,0 +1,289 @@
+/**
+ * The pieces that make a crash lose and duplicate nothing, each alone: the appservice
+ * transaction journal, the atomic decrypt-and-keep of the Signal layer, and the Matrix send
+ * that looks for an interrupted earlier attempt before repeating it.
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, describe, it } from "node:test";
+import type { Bridge } from "matrix-appservice-bridge";
+import { BridgeConfig, validateConfig } from "../../src/config";
+import { DurableAppService } from "../../src/matrix/durable-appservice";
+import { AppserviceMatrixPort } from "../../src/matrix/matrix-side";
+import { EncryptedRecordStore, SignalLayerError, SignalParty, type PreKeyBundleData } from "../../src/protocol/signal.js";
+import { BridgeStore } from "../../src/store";
+import { freePort } from "../support/homeserver";
+
+const HS_TOKEN = "hs-token-for-unit-tests-0123456789";
+const dirs: string[] = [];
+const tempStore = (file?: string) => {
+  if (!file) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-once-"));
+    dirs.push(dir);
+    file = path.join(dir, "bridge.db");
+  }
+  return { file, store: BridgeStore.open(file) };
+};
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+const event = (n: number, extra: Record<string, unknown> = {}) => ({
+  event_id: `$event${n}`,
+  room_id: "!room:hs",
+  sender: "@alice:hs",
+  type: "m.room.message",
+  origin_server_ts: 1000 + n,
+  content: { msgtype: "m.text", body: `message ${n}` },
+  ...extra,
+});
+
+/** An appservice on a free port whose "bridge" records what it was handed, with a chosen outcome. */
+async function startAppservice(store: BridgeStore, handle: (e: Record<string, unknown>) => Promise<void> = async () => undefined, retryDelaysMs?: number[]) {
+  const appservice = new DurableAppService({ homeserverToken: HS_TOKEN, journal: store.journal, maxBodyBytes: 64 * 1024, retryDelaysMs });
+  const handed: string[] = [];
+  appservice.on("event", async (e: Record<string, unknown>) => {
+    handed.push(String(e.event_id));
+    await handle(e);
+  });
+  const port = await freePort();
+  await appservice.listen(port, "127.0.0.1", 10);
+  const url = `http://127.0.0.1:${port}`;
+  const put = (txnId: string, body: unknown, token: string | null = HS_TOKEN) =>
+    fetch(`${url}/_matrix/app/v1/transactions/${txnId}`, {
+      method: "PUT",
+      headers: { "content-type": "application/json", ...(token === null ? {} : { authorization: `Bearer ${token}` }) },
+      body: JSON.stringify(body),
+    });
+  return { appservice, handed, url, put };
+}
+
+const until = async (cond: () => boolean, what: string) => {
+  const deadline = Date.now() + 10_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+
+describe("the appservice transaction journal", () => {
+  it("answers 200 only with the events stored, and replays after a crash what was not handled", async () => {
+    const { file, store } = tempStore();
+    // The first process "dies" while handling: its handler never finishes.
+    const first = await startAppservice(store, () => new Promise(() => undefined));
+    first.appservice.startDispatching();
+    const res = await first.put("1", { events: [event(1), event(2)] });
+    assert.equal(res.status, 200);
+    assert.equal(store.journal.pendingCount(), 2, "both events were journaled before the answer");
+    await until(() => first.handed.length === 2, "the events to be handed over");
+    await first.appservice.close();
+    first.appservice.stopDispatching();
+    store.close();
+
+    const { store: reopened } = tempStore(file);
+    const second = await startAppservice(reopened);
+    const early = await second.put("1", { events: [event(3)] });
+    assert.equal(early.status, 200);
+    assert.deepEqual(second.handed, [], "nothing is handed over before the bridge is ready");
+    second.appservice.startDispatching();
+    await until(() => second.handed.length === 3, "the replay");
+    assert.deepEqual(second.handed, ["$event1", "$event2", "$event3"], "replayed in the order received, then the new one");
+    await until(() => reopened.journal.pendingCount() === 0, "the entries to be marked handled");
+    await second.appservice.close();
+    reopened.close();
+  });
+
+  it("hands an event over once although the homeserver sends it again under a new transaction id", async () => {
+    const { store } = tempStore();
+    const as = await startAppservice(store);
+    as.appservice.startDispatching();
+    for (const txn of ["5", "5", "1"]) assert.equal((await as.put(txn, { events: [event(1), event(2)] })).status, 200);
+    await until(() => store.journal.pendingCount() === 0, "handling");
+    assert.deepEqual(as.handed, ["$event1", "$event2"]);
+    await as.appservice.close();
+  });
+
+  it("retries an event whose handling failed, then gives up with an error in the log", async () => {
+    const { store } = tempStore();
+    let failures = 0;
+    const as = await startAppservice(
+      store,
+      async (e) => {
+        if (e.event_id === "$event1" && failures++ < 1) throw new Error("homeserver hiccup");
+        if (e.event_id === "$event2") throw new Error("always fails");
+      },
+      [10, 10],
+    );
+    as.appservice.startDispatching();
+    await as.put("1", { events: [event(1), event(2)] });
+    await until(() => store.journal.pendingCount() === 0, "both to be done or given up");
+    assert.deepEqual(as.handed.filter((id) => id === "$event1").length, 2, "the failed event was handled again");
+    assert.deepEqual(as.handed.filter((id) => id === "$event2").length, 3, "a failing event is tried three times");
+    await as.appservice.close();
+  });
+
+  it("refuses requests without the homeserver token on every route, and malformed transactions", async () => {
+    const { store } = tempStore();
+    const as = await startAppservice(store);
+    as.appservice.startDispatching();
+    assert.equal((await as.put("1", { events: [event(1)] }, null)).status, 401);
+    assert.equal((await as.put("1", { events: [event(1)] }, "wrong")).status, 403);
+    assert.equal((await as.put("1", { events: [event(1)] }, HS_TOKEN + "x")).status, 403);
+    for (const route of ["/_matrix/app/v1/users/@x:hs", "/_matrix/app/v1/rooms/%23x:hs"]) {
+      assert.equal((await fetch(as.url + route)).status, 401, route);
+      assert.equal((await fetch(as.url + route, { headers: { authorization: "Bearer nope" } })).status, 403, route);
+      assert.equal((await fetch(`${as.url}${route}?access_token=nope`)).status, 403, route);
+    }
+    assert.equal((await as.put("2", { events: "not a list" })).status, 400);
+    assert.equal((await as.put("3", [1, 2])).status, 400);
+    const mixed = await as.put("4", { events: [event(7), { type: "m.room.message" }, event(8, { content: "text" }), 42] });
+    assert.equal(mixed.status, 200, "a transaction with malformed events is still answered, or the homeserver would resend it forever");
+    await until(() => as.handed.includes("$event7"), "the good event");
+    assert.deepEqual(as.handed, ["$event7"]);
+    assert.equal(store.journal.pendingCount(), 0);
+    await as.appservice.close();
+  });
+
+  it("compares the token in constant time over digests (any length, no early exit)", () => {
+    const { store } = tempStore();
+    const appservice = new DurableAppService({ homeserverToken: HS_TOKEN, journal: store.journal, maxBodyBytes: 1024 });
+    const req = (authorization?: string, access_token?: string) => ({ headers: authorization ? { authorization } : {}, query: access_token ? { access_token } : {} }) as never;
+    assert.equal(appservice.hasHomeserverToken(req(`Bearer ${HS_TOKEN}`)), true);
+    assert.equal(appservice.hasHomeserverToken(req(undefined, HS_TOKEN)), true);
+    assert.equal(appservice.hasHomeserverToken(req(`Basic ${HS_TOKEN}`)), false);
+    assert.equal(appservice.hasHomeserverToken(req("Bearer ")), false);
+    assert.equal(appservice.hasHomeserverToken(req(`Bearer ${HS_TOKEN.slice(0, -1)}`)), false);
+    assert.equal(appservice.hasHomeserverToken(req()), false);
+  });
+
+  it("refuses a body over the limit from its Content-Length, without reading it", async () => {
+    const { store } = tempStore();
+    const as = await startAppservice(store);
+    const big = JSON.stringify({ events: [event(1, { content: { msgtype: "m.text", body: "x".repeat(100 * 1024) } })] });
+    const res = await fetch(`${as.url}/_matrix/app/v1/transactions/9`, {
+      method: "PUT",
+      headers: { "content-type": "application/json", authorization: `Bearer ${HS_TOKEN}` },
+      body: big,
+    });
+    assert.equal(res.status, 413);
+    assert.equal(store.journal.pendingCount(), 0);
+    await as.appservice.close();
+  });
+});
+
+describe("decrypting and keeping a message is one step", () => {
+  const ALICE = "mimi://matrix.example.org/u/@alice:example.org";
+  const BOB = "mimi://whatsapp.example/u/+4915123456789";
+
+  it("a crash before the plaintext is kept leaves the session as it was, so the message decrypts again", async () => {
+    const key = new Uint8Array(32).fill(7);
+    const { store } = tempStore();
+    const bobRecords = new EncryptedRecordStore(store.signalRecords(BOB), key);
+    const alice = SignalParty.open(ALICE, new EncryptedRecordStore(tempStore().store.signalRecords(ALICE), key));
+    const bob = SignalParty.open(BOB, bobRecords);
+    const keys = bob.prepareKeys({ oneTimeCount: 2 });
+    const bundle: PreKeyBundleData = { ...keys, deviceId: 1, oneTimePreKey: keys.oneTimePreKeys[0] };
+    const first = await alice.encrypt(BOB, new Uint8Array(Buffer.from("first, a PreKey message")), async () => bundle);
+    const second = await alice.encrypt(BOB, new Uint8Array(Buffer.from("second")), async () => bundle);
+
+    for (const message of [first, second]) {
+      // The process "dies" while keeping the plaintext: the store transaction is rolled back.
+      await assert.rejects(
+        bob.decrypt(ALICE, message, {
+          keep: () => {
+            throw new Error("killed");
+          },
+        }),
+        /killed/,
+      );
+      let kept: Uint8Array | undefined;
+      const plaintext = await bob.decrypt(ALICE, message, { keep: (p) => (kept = p) });
+      assert.deepEqual(kept, plaintext, "kept in the same step");
+      // Once kept, the message is spent: a third attempt is a duplicate.
+      await assert.rejects(bob.decrypt(ALICE, message), (err: unknown) => err instanceof SignalLayerError && err.code === "duplicate_message");
+    }
+  });
+});
+
+describe("a Matrix send interrupted by a crash is not repeated", () => {
+  const config = (): BridgeConfig =>
+    validateConfig({
+      homeserver: { url: "http://127.0.0.1:1", domain: "hs" },
+      appservice: { port: 1 },
+      database: { path: path.join(os.tmpdir(), "unused.db") },
+      network: { gateway_url: "ws://127.0.0.1:1/v1", provider_domain: "matrix.example", provider_secret: "secret-for-tests", home_domain: "whatsapp.example", media: {} },
+      bridge: {},
+    });
+
+  /** A homeserver that stores events per room and forgets transaction ids (as Synapse does for appservices after a restart). */
+  function fakeHomeserver() {
+    const rooms = new Map<string, Array<{ event_id: string; sender: string; type: string; origin_server_ts: number; content: unknown }>>();
+    let puts = 0;
+    let crashAfterStoring = false;
+    const doRequest = async (method: string, urlPath: string, qs: Record<string, unknown>, body: Record<string, unknown>, sender: string) => {
+      const send = /^\/_matrix\/client\/v3\/rooms\/([^/]+)\/send\/([^/]+)\/([^/]+)$/.exec(urlPath);
+      if (method === "PUT" && send) {
+        puts++;
+        const roomId = decodeURIComponent(send[1]);
+        const events = rooms.get(roomId) ?? [];
+        const e = { event_id: `$${events.length + 1}`, sender, type: decodeURIComponent(send[2]), origin_server_ts: Number(qs.ts ?? Date.now()), content: body };
+        events.push(e);
+        rooms.set(roomId, events);
+        if (crashAfterStoring) throw new Error("connection reset");
+        return { event_id: e.event_id };
+      }
+      const messages = /^\/_matrix\/client\/v3\/rooms\/([^/]+)\/messages$/.exec(urlPath);
+      if (method === "GET" && messages) {
+        const filter = JSON.parse(String(qs.filter)) as { senders: string[]; types: string[] };
+        const events = (rooms.get(decodeURIComponent(messages[1])) ?? []).filter((e) => filter.senders.includes(e.sender) && filter.types.includes(e.type));
+        return { chunk: [...events].reverse() };
+      }
+      throw new Error(`unexpected ${method} ${urlPath}`);
+    };
+    const bridge = {
+      getIntent: (mxid: string) => ({ matrixClient: { doRequest: (m: string, p: string, q: Record<string, unknown>, b: Record<string, unknown>) => doRequest(m, p, q ?? {}, b, mxid) } }),
+    } as unknown as Bridge;
+    return {
+      bridge,
+      rooms,
+      get puts() {
+        return puts;
+      },
+      crashNextPut(on: boolean) {
+        crashAfterStoring = on;
+      },
+    };
+  }
+
+  it("finds the event the interrupted attempt created instead of sending a second one", async () => {
+    const { store } = tempStore();
+    const hs = fakeHomeserver();
+    const port = new AppserviceMatrixPort(hs.bridge, config(), store);
+    const ghost = "@whatsapp_491:hs";
+    const content = { msgtype: "m.text", body: "hello" };
+    hs.crashNextPut(true);
+    await assert.rejects(port.send(ghost, "!r:hs", content, { txnId: "in.1.abc", ts: 5000 }), /connection reset/);
+    hs.crashNextPut(false);
+    // An unrelated message with the same text but another timestamp must not be taken for it.
+    await port.send(ghost, "!r:hs", content, { txnId: "in.1.other", ts: 4000 });
+    const eventId = await port.send(ghost, "!r:hs", content, { txnId: "in.1.abc", ts: 5000 });
+    assert.equal(eventId, "$1");
+    assert.equal(hs.rooms.get("!r:hs")!.length, 2, "no second copy in the room");
+    assert.equal(hs.puts, 2);
+    // Later retries (the core had not recorded the answer) get the stored event id without any request.
+    assert.equal(await port.send(ghost, "!r:hs", content, { txnId: "in.1.abc", ts: 5000 }), "$1");
+    assert.equal(hs.puts, 2);
+  });
+
+  it("sends again when the interrupted attempt never reached the room", async () => {
+    const { store } = tempStore();
+    const hs = fakeHomeserver();
+    const port = new AppserviceMatrixPort(hs.bridge, config(), store);
+    store.matrixSends.begin("!r:hs", "in.1.lost", "@whatsapp_491:hs");
+    const eventId = await port.send("@whatsapp_491:hs", "!r:hs", { msgtype: "m.text", body: "lost" }, { txnId: "in.1.lost", ts: 6000 });
+    assert.equal(eventId, "$1");
+    assert.equal(hs.rooms.get("!r:hs")!.length, 1);
+  });
+});
