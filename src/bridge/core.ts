@@ -12,6 +12,7 @@ import {
 } from "../network/connector";
 import { BridgeStore, OutboundItem, PortalRow } from "../store";
 import { KeyedQueue } from "./keyed-queue";
+import { LinkHealth, LinkSnapshot } from "./link-health";
 import { MatrixEvent, MatrixPort } from "./matrix-port";
 
 const log = getLogger("core");
@@ -47,6 +48,7 @@ export class BridgeCore implements NetworkEventHandler {
   private readonly portalLocks = new KeyedQueue();
   private stopping = false;
   private connection: ConnectionState = { state: "connecting" };
+  private readonly networkLink = new LinkHealth("network gateway", log, "messages for it wait in the outbound queue, the gateway keeps those for Matrix");
 
   constructor(
     readonly store: BridgeStore,
@@ -97,9 +99,17 @@ export class BridgeCore implements NetworkEventHandler {
   }
 
   onConnectionState(state: ConnectionState): void {
-    const was = this.connection.state;
     this.connection = state;
-    if (state.state !== was) log.info(`network connection ${state.state}`, state.state === "disconnected" ? { reason: state.reason } : {});
+    if (this.stopping) return;
+    // Reconnect attempts flip between connecting and disconnected: one outage, logged once by the link.
+    if (state.state === "connected") this.networkLink.up();
+    else if (state.state === "disconnected") this.networkLink.down(state.reason);
+  }
+
+  /** The links the bridge depends on and its queues, for /health and the metrics. */
+  health(): { homeserver?: LinkSnapshot; network: LinkSnapshot; outboundQueue: number } {
+    const homeserver = this.matrix.health?.();
+    return { ...(homeserver ? { homeserver } : {}), network: this.networkLink.snapshot(), outboundQueue: this.store.outbound.depth() };
   }
 
   async onIdentityChange(receiver: string, remoteUserId: string): Promise<void> {

@@ -1,4 +1,5 @@
 import { RemoteProfile } from "../network/connector";
+import { LinkSnapshot } from "./link-health";
 
 /** A Matrix event as the core needs it (client-server event format). */
 export interface MatrixEvent {
@@ -43,4 +44,6 @@ export interface MatrixPort {
   recentEvents(asMxid: string, roomId: string, limit: number): Promise<MatrixEvent[]>;
   /** A link a Matrix client opens, e.g. https://matrix.to/#/!room:server */
   roomLink(roomId: string): string;
+  /** Whether the homeserver is reachable (for /health and the metrics). */
+  health?(): LinkSnapshot;
 }

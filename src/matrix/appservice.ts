@@ -44,6 +44,7 @@ export class MatrixAppservice {
       },
     });
     this.port = new AppserviceMatrixPort(this.bridge, config, store);
+    this.port.homeserver.install();
     this.appservice = new DurableAppService({ homeserverToken: registration.getHomeserverToken()!, journal: store.journal, maxBodyBytes: TRANSACTION_BODY_LIMIT });
     // Routes added with addAppServicePath (ping, later ones) check the token through this, in constant time.
     this.bridge.requestCheckToken = (req) => this.appservice.hasHomeserverToken(req);

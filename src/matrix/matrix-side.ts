@@ -4,7 +4,9 @@ import { BridgeConfig } from "../config";
 import { getLogger } from "../logging";
 import { RemoteProfile } from "../network/connector";
 import { BridgeStore } from "../store";
+import { LinkSnapshot } from "../bridge/link-health";
 import { GhostIds } from "./ghost-ids";
+import { HomeserverLink, isAmbiguousFailure } from "./homeserver-link";
 
 const log = getLogger("matrix");
 
@@ -22,6 +24,8 @@ function canonicalJson(value: unknown): string {
 /** MatrixPort over matrix-appservice-bridge intents: every Matrix write the core asks for. */
 export class AppserviceMatrixPort implements MatrixPort {
   readonly botMxid: string;
+  /** Requests that cannot reach the homeserver wait for it (installed by the appservice). */
+  readonly homeserver: HomeserverLink;
   private readonly ids: GhostIds;
 
   constructor(
@@ -30,6 +34,7 @@ export class AppserviceMatrixPort implements MatrixPort {
     private readonly store: BridgeStore,
   ) {
     this.ids = new GhostIds(config);
+    this.homeserver = new HomeserverLink(config.homeserver.url.replace(/\/+$/, ""));
     this.botMxid = `@${config.appservice.bot.localpart}:${config.homeserver.domain}`;
   }
 
@@ -109,6 +114,22 @@ export class AppserviceMatrixPort implements MatrixPort {
    * which forgets appservice transaction ids when it restarts, so the room is searched first.
    */
   async send(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string> {
+    for (;;) {
+      try {
+        return await this.sendOnce(asMxid, roomId, content, opts);
+      } catch (err) {
+        // The homeserver went away mid-request: whether it stored the event is found out by the next attempt's search.
+        if (!isAmbiguousFailure(err)) throw err;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
+
+  health(): LinkSnapshot {
+    return this.homeserver.health.snapshot();
+  }
+
+  private async sendOnce(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string> {
     const type = opts.type ?? "m.room.message";
     const earlier = this.store.matrixSends.get(roomId, opts.txnId);
     if (earlier?.eventId) return earlier.eventId;

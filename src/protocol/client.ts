@@ -517,8 +517,10 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     const { initialDelayMs, maxDelayMs, factor, jitter } = this.opts.reconnect;
     const base = Math.min(maxDelayMs, initialDelayMs * factor ** this.attempt);
     const delay = Math.round(base * (1 - jitter * Math.random()));
+    // Logged once per outage: the first reconnect attempt is the news, the following ones are not.
+    if (this.attempt === 0) this.log.info("disconnected from gateway", { code, reason, retryInMs: delay });
+    else this.log.debug("gateway still unreachable", { code, reason, retryInMs: delay });
     this.attempt += 1;
-    this.log.info("disconnected from gateway", { code, reason, retryInMs: delay });
     this.setState("disconnected", { reason, code, retryInMs: delay });
     this.reconnectTimer = setTimeout(() => this.openSocket(), delay);
   }

@@ -1,0 +1,107 @@
+/**
+ * Outages below the core: a homeserver that goes away makes requests wait (not fail) and is
+ * logged once; a gateway connection that flaps while reconnecting is one outage.
+ */
+import assert from "node:assert/strict";
+import http from "node:http";
+import { after, describe, it } from "node:test";
+import { doHttpRequest } from "@vector-im/matrix-bot-sdk";
+import Transport from "winston-transport";
+import { BridgeCore } from "../../src/bridge/core";
+import { LinkHealth } from "../../src/bridge/link-health";
+import { MatrixPort } from "../../src/bridge/matrix-port";
+import { getLogger } from "../../src/logging";
+import { HomeserverLink, isAmbiguousFailure } from "../../src/matrix/homeserver-link";
+import { NetworkConnector } from "../../src/network/connector";
+import { BridgeStore } from "../../src/store";
+import { freePort } from "../support/homeserver";
+
+/** Collects what a logger writes. */
+function capture(module: string) {
+  const lines: Array<{ level: string; message: string; [k: string]: unknown }> = [];
+  const logger = getLogger(module);
+  const transport = new Transport({ level: "debug" });
+  transport.log = (info: { level: string; message: string }, next: () => void) => {
+    lines.push(info);
+    next();
+  };
+  logger.add(transport);
+  return { logger, lines };
+}
+
+const servers: http.Server[] = [];
+after(() => {
+  for (const s of servers) s.close();
+});
+
+function serve(port: number): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    res.setHeader("content-type", "application/json");
+    res.end(JSON.stringify({ versions: ["v1.11"], path: req.url }));
+  });
+  servers.push(server);
+  return new Promise((resolve) => server.listen(port, "127.0.0.1", () => resolve(server)));
+}
+
+describe("the homeserver link", () => {
+  it("holds requests while the homeserver is down, lets them through when it is back, and logs the outage once", async () => {
+    const port = await freePort();
+    const link = new HomeserverLink(`http://127.0.0.1:${port}`, { initialMs: 50, maxMs: 200 });
+    link.install();
+    const { lines } = capture("homeserver");
+    const requests = [1, 2, 3, 4, 5].map((n) => doHttpRequest(`http://127.0.0.1:${port}`, "PUT", `/_matrix/client/v3/x/${n}`, null, { n }));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(link.health.snapshot().state, "down");
+    assert.equal(link.health.snapshot().held, 5);
+    await serve(port);
+    const answers = await Promise.all(requests);
+    assert.deepEqual(answers.map((a: { path: string }) => a.path), [1, 2, 3, 4, 5].map((n) => `/_matrix/client/v3/x/${n}`));
+    assert.equal(link.health.snapshot().state, "up");
+    assert.equal(link.health.snapshot().outages, 1);
+    assert.deepEqual(
+      lines.filter((l) => l.module === "homeserver" && l.level !== "debug").map((l) => `${l.level} ${l.message}`),
+      ["warn homeserver unreachable; Matrix-bound messages wait until it is back", "info homeserver reachable again"],
+    );
+  });
+
+  it("leaves a request the homeserver may have acted on to its caller", () => {
+    assert.equal(isAmbiguousFailure(Object.assign(new Error("socket hang up"), { code: "ECONNRESET" })), true);
+    assert.equal(isAmbiguousFailure(Object.assign(new Error("refused"), { code: "ECONNREFUSED" })), false);
+    assert.equal(isAmbiguousFailure({ statusCode: 500 }), false);
+  });
+});
+
+describe("link health", () => {
+  it("counts an outage once however often the state flaps inside it", () => {
+    const { logger, lines } = capture("link-test");
+    const link = new LinkHealth("thing", logger, "work waits");
+    link.up();
+    for (let i = 0; i < 5; i++) link.down(`attempt ${i}`);
+    link.up();
+    link.up();
+    assert.deepEqual(
+      lines.filter((l) => l.module === "link-test").map((l) => `${l.level} ${l.message}`),
+      ["warn thing unreachable; work waits", "info thing reachable again"],
+    );
+    assert.equal(link.snapshot().outages, 1);
+    assert.equal(link.snapshot().lastError, "attempt 4");
+  });
+
+  it("the core reports the gateway connection as one outage across reconnect attempts, in its health object", () => {
+    const store = BridgeStore.open(":memory:");
+    const core = new BridgeCore(store, {} as MatrixPort, {} as NetworkConnector, { thirdPartyDefault: true });
+    core.onConnectionState({ state: "connected" });
+    assert.equal(core.health().network.state, "up");
+    for (let i = 0; i < 4; i++) {
+      core.onConnectionState({ state: "disconnected", reason: "connection refused", retryInMs: 100 });
+      core.onConnectionState({ state: "connecting" });
+    }
+    const during = core.health();
+    assert.equal(during.network.state, "down");
+    assert.equal(during.network.lastError, "connection refused");
+    assert.equal(during.outboundQueue, 0);
+    core.onConnectionState({ state: "connected" });
+    assert.deepEqual({ state: core.health().network.state, outages: core.health().network.outages }, { state: "up", outages: 1 });
+    store.close();
+  });
+});
