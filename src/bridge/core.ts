@@ -7,6 +7,7 @@ import {
   NetworkConnector,
   NetworkError,
   NetworkEventHandler,
+  RemoteContent,
   RemoteMessage,
   RemoteProfile,
 } from "../network/connector";
@@ -165,13 +166,22 @@ export class BridgeCore implements NetworkEventHandler {
       return;
     }
     const content = matrixToRemote(event.content);
-    if ("unbridgeable" in content) {
+    const refusal = "unbridgeable" in content ? content.reason : this.overLimit(content);
+    if (refusal) {
       if (!this.store.outbound.markProcessed(event.event_id)) return;
-      await this.matrix.notice(this.portalGhost(portal), event.room_id, `Your message was not sent: ${content.reason}.`, `notice.${event.event_id}`);
+      await this.matrix.notice(this.portalGhost(portal), event.room_id, `Your message was not sent: ${refusal}.`, `notice.${event.event_id}`, event.event_id);
       return;
     }
     const payload: QueuedPayload = { content, ts: event.origin_server_ts };
     if (this.store.outbound.enqueue(portal.id, event.event_id, event.sender, payload)) void this.drainOutbound(portal.id);
+  }
+
+  /** Why the network would refuse this content for its size, or null. */
+  private overLimit(content: RemoteContent): string | null {
+    if (content.type !== "text") return null;
+    const bytes = Buffer.byteLength(content.markdown, "utf8");
+    const max = this.network.capabilities.maxTextLength;
+    return bytes > max ? `it is too long for the network (${bytes} bytes of text, at most ${max})` : null;
   }
 
   private portalGhost(portal: PortalRow): string {
@@ -194,6 +204,7 @@ export class BridgeCore implements NetworkEventHandler {
     if ("unbridgeable" in payload.content) return this.store.outbound.remove(item.seq);
     const chat: ChatRef = { id: portal.remoteChatId, kind: portal.kind, participants: this.store.portals.participants(portal.id) };
     let delay = this.opts.retryDelayMs ?? 1000;
+    if (this.networkLink.isDown) this.networkLink.noteHeld();
     for (;;) {
       try {
         this.store.outbound.recordAttempt(item.seq);
@@ -209,7 +220,7 @@ export class BridgeCore implements NetworkEventHandler {
         if (err instanceof NetworkError && !err.retryable) {
           this.store.outbound.remove(item.seq);
           log.warn("the network refused a message", { portal: portalId, code: err.code });
-          if (portal.roomId) await this.matrix.notice(this.portalGhost(portal), portal.roomId, `Your message was not delivered: ${err.message}`, `fail.${item.eventId}`).catch(() => undefined);
+          if (portal.roomId) await this.matrix.notice(this.portalGhost(portal), portal.roomId, `Your message was not delivered: ${err.message}`, `fail.${item.eventId}`, item.eventId).catch(() => undefined);
           return;
         }
         if (this.stopping) return;

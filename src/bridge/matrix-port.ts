@@ -37,7 +37,8 @@ export interface MatrixPort {
   leave(asMxid: string, roomId: string, reason?: string): Promise<void>;
   send(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string>;
   /** A notice from the bridge (as the given sender, by default the bot if it is in the room, else the ghost). */
-  notice(asMxid: string, roomId: string, text: string, txnId?: string): Promise<void>;
+  /** `replyTo`: the event the notice is about (it is then shown as a reply to it). */
+  notice(asMxid: string, roomId: string, text: string, txnId?: string, replyTo?: string): Promise<void>;
   /** Joined and invited members. */
   members(asMxid: string, roomId: string): Promise<string[]>;
   /** The newest events of a room, oldest first, as seen by asMxid. */

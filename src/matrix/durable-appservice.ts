@@ -191,6 +191,8 @@ function malformedEvent(event: unknown): string | null {
     if (typeof event[field] !== "string" || (event[field] as string).length === 0) return `${field} is missing or not a string`;
   }
   if (!isObject(event.content)) return "content is missing or not an object";
+  if (event.state_key !== undefined && typeof event.state_key !== "string") return "state_key is not a string";
+  if (typeof event.origin_server_ts !== "number") return "origin_server_ts is missing or not a number";
   return null;
 }
 

@@ -186,8 +186,9 @@ export class AppserviceMatrixPort implements MatrixPort {
     return match?.event_id ?? null;
   }
 
-  async notice(asMxid: string, roomId: string, text: string, txnId?: string): Promise<void> {
-    const content = { msgtype: "m.notice", body: text };
+  async notice(asMxid: string, roomId: string, text: string, txnId?: string, replyTo?: string): Promise<void> {
+    // A reply also keeps two equal notices sent in the same millisecond apart (identical events would be one event).
+    const content = { msgtype: "m.notice", body: text, ...(replyTo ? { "m.relates_to": { "m.in_reply_to": { event_id: replyTo } } } : {}) };
     if (txnId) await this.send(asMxid, roomId, content, { txnId });
     else await this.intent(asMxid).sendMessage(roomId, content);
   }

@@ -48,7 +48,7 @@ export interface ChaosSummary {
   matrixToWhatsApp: DirectionSummary;
   whatsAppToMatrix: DirectionSummary;
   outages: OutageRecord[];
-  /** Bridge log lines at warn or error level, by outage (during it or in the minute after). */
+  /** Bridge log lines at warn or error level, by outage (during it or in the 30 s after). */
   bridgeLogDuringOutages: Record<string, string[]>;
   ms: number;
 }
@@ -278,12 +278,13 @@ async function fullInbox(stack: Stack, phone: string) {
   }
 }
 
-/** The bridge's warn/error lines logged during each outage and the minute after it. */
+/** The bridge's warn/error lines logged during each outage and the 30 s after it (or until the next one). */
 function outageLogLines(stack: Stack, outages: OutageRecord[]): Record<string, string[]> {
   const file = path.join(stack.dir, "bridge.log");
   const lines = fs.existsSync(file) ? fs.readFileSync(file, "utf8").split("\n") : [];
   const result: Record<string, string[]> = {};
-  for (const o of outages) {
+  for (const [i, o] of outages.entries()) {
+    const until = Math.min(o.to + 30_000, outages[i + 1]?.from ?? Infinity);
     result[o.what] = lines.filter((line) => {
       let entry: { level?: string; timestamp?: string };
       try {
@@ -292,7 +293,7 @@ function outageLogLines(stack: Stack, outages: OutageRecord[]): Record<string, s
         return false;
       }
       const at = Date.parse(entry.timestamp ?? "");
-      return (entry.level === "warn" || entry.level === "error") && at >= o.from && at <= o.to + 60_000;
+      return (entry.level === "warn" || entry.level === "error") && at >= o.from && at <= until;
     });
   }
   return result;
