@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import fs from "node:fs";
 import path from "node:path";
 import { AppServiceRegistration, Cli } from "matrix-appservice-bridge";
 import { BridgeConfig, ConfigError, loadConfig, validateConfig } from "./config";
@@ -56,6 +57,9 @@ function main(args: string[]): void {
       const config = asConfig(cli.getConfig());
       const file = cli.getRegistrationFilePath();
       const filled = fillRegistration(reg, config, reg.getAppServiceUrl() ?? "");
+      // It holds both tokens: readable by its owner only (the library writes it without a mode; an existing file keeps its mode).
+      fs.closeSync(fs.openSync(file, "w", 0o600));
+      fs.chmodSync(file, 0o600);
       process.stdout.write(
         `Writing the appservice registration to ${file} (exclusive ghost namespace, bot @${config.appservice.bot.localpart}:${config.homeserver.domain}).\n` +
           `Add it to your homeserver (Synapse: app_service_config_files in homeserver.yaml), restart the homeserver,\n` +

@@ -15,6 +15,8 @@ const log = getLogger("appservice");
 const TRANSACTION_BODY_LIMIT = 16 * 1024 * 1024;
 /** How long ids of handled events are kept to refuse a homeserver's late repeat. */
 const JOURNAL_KEEP_MS = 7 * 24 * 3600_000;
+/** How long finished Matrix sends are remembered (the homeserver's own transaction memory is shorter). */
+const SENDS_KEEP_MS = 24 * 3600_000;
 
 /**
  * The appservice: receives the homeserver's transactions, routes each event to the core or the
@@ -24,6 +26,7 @@ export class MatrixAppservice {
   readonly bridge: Bridge;
   readonly port: AppserviceMatrixPort;
   private readonly appservice: DurableAppService;
+  private pruneTimer?: NodeJS.Timeout;
   private core?: BridgeCore;
   private bot?: BotCommands;
 
@@ -75,7 +78,9 @@ export class MatrixAppservice {
    * homeserver to resend at once what it holds for us instead of waiting out its backoff.
    */
   async startDispatching(): Promise<void> {
-    this.appservice.prune(JOURNAL_KEEP_MS);
+    this.prune();
+    this.pruneTimer = setInterval(() => this.prune(), 3600_000);
+    this.pruneTimer.unref();
     this.appservice.startDispatching();
     const id = encodeURIComponent(this.registration.getId() ?? "");
     await this.bridge
@@ -84,7 +89,15 @@ export class MatrixAppservice {
       .catch((err: Error) => log.debug("the homeserver did not answer the appservice ping", { error: err.message }));
   }
 
+  /** Forgets ids kept only to refuse late repeats: handled events after a week, finished sends after a day. */
+  private prune(): void {
+    const events = this.appservice.prune(JOURNAL_KEEP_MS);
+    const sends = this.store.matrixSends.prune(Date.now() - SENDS_KEEP_MS);
+    if (events || sends) log.debug("pruned old records", { events, sends });
+  }
+
   async stop(): Promise<void> {
+    clearInterval(this.pruneTimer);
     this.appservice.stopDispatching();
     await this.bridge.close();
   }

@@ -17,8 +17,9 @@ export function fillRegistration(reg: AppServiceRegistration, config: BridgeConf
   reg.setSenderLocalpart(config.appservice.bot.localpart);
   reg.setRateLimited(false);
   const domain = escapeRegex(config.homeserver.domain);
-  reg.addRegexPattern("users", `@${ghostLocalpartRegex(config)}:${domain}`, true);
-  reg.addRegexPattern("users", `@${escapeRegex(config.appservice.bot.localpart)}:${domain}`, true);
+  // Anchored: homeservers match from the start only, so an open end would claim longer ids too.
+  reg.addRegexPattern("users", `^@${ghostLocalpartRegex(config)}:${domain}$`, true);
+  reg.addRegexPattern("users", `^@${escapeRegex(config.appservice.bot.localpart)}:${domain}$`, true);
   // Typing and receipts reach appservices only with this (matrix-appservice reads the MSC2409 key).
   reg.pushEphemeral = true;
   return reg;

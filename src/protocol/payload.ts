@@ -146,8 +146,15 @@ export function decodePayload(bytes: Uint8Array): Payload {
     fail("payload", `is not one deterministically encoded CBOR item: ${(err as Error).message}`);
   }
   // Re-encoding catches what the CDE decoder lets through (e.g. a float where an int would do).
-  if (Buffer.compare(cborEncode(value, ENCODE_OPTIONS), input) !== 0)
-    fail("payload", "is not in deterministic CBOR encoding (RFC 8949 section 4.2.1)");
+  let reencoded: Uint8Array;
+  try {
+    reencoded = cborEncode(value, ENCODE_OPTIONS);
+  } catch (err) {
+    // Found by fuzzing: CBOR `undefined` decodes but does not re-encode; an exception other than
+    // PayloadError here would make the endpoint retry the frame forever instead of dropping it.
+    fail("payload", `holds a value a payload may not carry: ${(err as Error).message}`);
+  }
+  if (Buffer.compare(reencoded, input) !== 0) fail("payload", "is not in deterministic CBOR encoding (RFC 8949 section 4.2.1)");
   return checkPayload(value);
 }
 

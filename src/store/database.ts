@@ -53,6 +53,8 @@ export function openDatabase(file: string, opts: { migrateUpTo?: number } = {}):
   // NORMAL is durable in WAL mode across process crashes (only an OS crash can lose the last commits).
   db.pragma("synchronous = NORMAL");
   db.pragma("busy_timeout = 5000");
+  // Deleted rows (handled journal entries, sent queue items: message text) are zeroed, not left in free pages.
+  db.pragma("secure_delete = ON");
   try {
     migrate(db, opts.migrateUpTo);
   } catch (err) {

@@ -17,6 +17,8 @@ export interface StackOptions {
   logLevel?: "error" | "warn" | "info" | "debug";
   /** Extra command-line flags for the simulator (e.g. --send-timeout-ms). */
   simArgs?: string[];
+  /** LOG_LEVEL of the gateway and simulator processes (default: inherited). */
+  childLogLevel?: "error" | "warn" | "info" | "debug";
 }
 
 export const HOME_DOMAIN = "whatsapp.example";
@@ -101,6 +103,7 @@ export class Stack {
     // Unique per process, so stacks of parallel runs (other checkouts, the demo) never share an instance.
     const hs = await startTestHomeserver({ registrationPath, name: `${name}-${process.pid}`, port: hsPort, purge: true });
     const gatewayUrl = `ws://127.0.0.1:${gatewayPort}/v1`;
+    const childEnv: Record<string, string> = opts.childLogLevel ? { LOG_LEVEL: opts.childLogLevel } : {};
     const gateway = new ManagedProcess("gateway", process.execPath, [
       path.join(root, "dist", "gateway", "main.js"),
       "--port", String(gatewayPort),
@@ -109,7 +112,7 @@ export class Stack {
       "--provider", `${HOME_DOMAIN}=sim-secret-for-tests`,
       "--provider", `${PROVIDER_DOMAIN}=bridge-secret-for-tests`,
       "--record-frames", path.join(dir, "gateway-frames.log"),
-    ], path.join(dir, "gateway.log"));
+    ], path.join(dir, "gateway.log"), childEnv);
     const simProcess = new ManagedProcess("sim", process.execPath, [
       path.join(root, "dist", "sim", "main.js"),
       "--gateway", gatewayUrl,
@@ -118,7 +121,7 @@ export class Stack {
       "--port", String(simPort),
       "--db", path.join(dir, "sim.db"),
       ...(opts.simArgs ?? []),
-    ], path.join(dir, "sim.log"));
+    ], path.join(dir, "sim.log"), childEnv);
     const bridge = new ManagedProcess("bridge", process.execPath, [cli, "-c", configPath, "-f", registrationPath], path.join(dir, "bridge.log"));
     const stack = new Stack(name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl);
     try {

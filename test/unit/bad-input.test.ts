@@ -10,7 +10,10 @@ import { describe, it } from "node:test";
 import { decode as cborDecode, encode as cborEncode } from "cbor2";
 import fc from "fast-check";
 import YAML from "yaml";
+import { AppServiceRegistration } from "matrix-appservice-bridge";
 import { ConfigError, validateConfig } from "../../src/config";
+import { GhostIds } from "../../src/matrix/ghost-ids";
+import { fillRegistration } from "../../src/matrix/registration";
 import { matrixToRemote, remoteToMatrix } from "../../src/convert/message-content";
 import { mimiToRemoteContent } from "../../src/network/mimi-content";
 import { ProtocolError, decodeFrame, dmRoomUri, encodeFrame, type Frame } from "../../src/protocol/frames.js";
@@ -225,6 +228,8 @@ describe("bad input, generated", () => {
       }),
       { numRuns: RUNS },
     );
+    // Found by this property: CBOR `undefined` (alone or as a value) decoded, then failed to re-encode with a plain Error.
+    for (const hex of ["f7", "a1646b696e64f7"]) assert.throws(() => decodePayload(Buffer.from(hex, "hex")), (e: unknown) => e instanceof PayloadError && e.code === "malformed");
     t.diagnostic(`decodePayload: ${tally}`);
     assert.ok(tally.cases >= RUNS);
   });
@@ -292,5 +297,36 @@ describe("bad input, generated", () => {
     );
     t.diagnostic(`matrixToRemote: ${tally}`);
     assert.ok(tally.cases >= RUNS);
+  });
+
+  it("ghost ids: whatever a remote id or Matrix id looks like, the bridge only acts inside the namespace it registered", (t) => {
+    const config = validateConfig(YAML.parse(fs.readFileSync(path.resolve(__dirname, "../../../config/config.sample.yaml"), "utf8")), "/tmp");
+    const registration = fillRegistration(new AppServiceRegistration("http://127.0.0.1:1"), config, "http://127.0.0.1:1");
+    const claimed = (id: string) => registration.isUserMatch(id, true);
+    const ids = new GhostIds(config);
+    const tally = new Tally();
+    const remoteId = fc.oneof(fc.string({ maxLength: 20 }), fc.stringMatching(/^\+?[0-9]{1,17}$/), fc.constantFrom("+49 151", "+١٢٣", "+0", "+4915123456789:evil", "../1"));
+    const mxid = fc.oneof(
+      fc.string({ maxLength: 40 }),
+      remoteId.map((r) => `@whatsapp_${r}:${config.homeserver.domain}`),
+      fc.constantFrom(`@whatsapp_1:${config.homeserver.domain}.evil`, `@whatsapp_1:${config.homeserver.domain}:1`, "@whatsapp_1:other", `@Whatsapp_1:${config.homeserver.domain}`),
+    );
+    fc.assert(
+      fc.property(remoteId, mxid, (remote, matrixId) => {
+        tally.cases++;
+        try {
+          const ghost = ids.mxidFor(remote);
+          assert.ok(claimed(ghost), `${ghost} is inside the namespace`);
+          assert.equal(ids.remoteIdOf(ghost), `+${remote.replace(/^\+/, "")}`, "and maps back");
+          tally.accepted++;
+        } catch (err) {
+          assert.match((err as Error).message, /^not an E\.164 number: /);
+          tally.refuse("not E.164");
+        }
+        if (ids.remoteIdOf(matrixId) !== null) assert.ok(claimed(matrixId), `${matrixId} is treated as a ghost only inside the namespace`);
+      }),
+      { numRuns: RUNS },
+    );
+    t.diagnostic(`ghost ids: ${tally}`);
   });
 });

@@ -31,7 +31,8 @@ test("-r writes a registration with random tokens, the exclusive ghost namespace
   assert.match(reg.as_token, /^[0-9a-f]{64}$/);
   assert.match(reg.hs_token, /^[0-9a-f]{64}$/);
   assert.notEqual(reg.as_token, reg.hs_token);
-  assert.deepEqual(reg.namespaces.users[0], { exclusive: true, regex: "@whatsapp_[0-9]+:localhost" });
+  assert.deepEqual(reg.namespaces.users[0], { exclusive: true, regex: "^@whatsapp_[0-9]+:localhost$" });
+  assert.equal(fs.statSync(file).mode & 0o777, 0o600, "the tokens are readable by the owner only");
   const again = path.join(dir, "again.yaml");
   run(["-r", "-u", "http://127.0.0.1:29400", "-c", sample, "-f", again]);
   assert.notEqual(YAML.parse(fs.readFileSync(again, "utf8")).as_token, reg.as_token, "tokens are random per registration");
