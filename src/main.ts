@@ -25,7 +25,7 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   await connector.start(core);
   await core.start();
   // Matrix events (and those journaled before a restart) flow only once everything is up.
-  await appservice.startDispatching();
+  appservice.startDispatching();
   log.info("bridge ready", { ms: Date.now() - started, portals: store.portals.count(), ghosts: store.ghosts.count() });
   return {
     core,

@@ -77,13 +77,14 @@ export class MatrixAppservice {
    * Hands Matrix events to the core, first those journaled before a restart, and asks the
    * homeserver to resend at once what it holds for us instead of waiting out its backoff.
    */
-  async startDispatching(): Promise<void> {
+  startDispatching(): void {
     this.prune();
     this.pruneTimer = setInterval(() => this.prune(), 3600_000);
     this.pruneTimer.unref();
     this.appservice.startDispatching();
     const id = encodeURIComponent(this.registration.getId() ?? "");
-    await this.bridge
+    // Not awaited: a nudge, and while the homeserver is away requests to it wait for it.
+    void this.bridge
       .getIntent(this.port.botMxid)
       .matrixClient.doRequest("POST", `/_matrix/client/v1/appservice/${id}/ping`, null, { transaction_id: `start.${Date.now()}` })
       .catch((err: Error) => log.debug("the homeserver did not answer the appservice ping", { error: err.message }));

@@ -181,7 +181,10 @@ export class AppserviceMatrixPort implements MatrixPort {
         e.type === type &&
         // A massaged timestamp is exact; otherwise the event cannot be older than the first attempt (minus clock skew).
         (ts ? e.origin_server_ts === ts : e.origin_server_ts >= startedAt - CLOCK_SKEW_MS) &&
-        canonicalJson(e.content) === wanted,
+        canonicalJson(e.content) === wanted &&
+        // An equal message sent just before (same text, same millisecond) is another send's event.
+        !this.store.matrixSends.hasEvent(roomId, e.event_id) &&
+        !this.store.messages.byEventId(e.event_id),
     );
     return match?.event_id ?? null;
   }

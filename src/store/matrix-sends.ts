@@ -38,6 +38,11 @@ export class MatrixSendStore {
     this.db.prepare("UPDATE matrix_sends SET event_id = ? WHERE room_id = ? AND txn_id = ?").run(eventId, roomId, txnId);
   }
 
+  /** Whether an event is known as the result of some recorded send in the room. */
+  hasEvent(roomId: string, eventId: string): boolean {
+    return this.db.prepare("SELECT 1 FROM matrix_sends WHERE room_id = ? AND event_id = ?").get(roomId, eventId) !== undefined;
+  }
+
   /** Forgets finished sends started before `before`; unfinished ones stay until they finish. */
   prune(before: number): number {
     return this.db.prepare("DELETE FROM matrix_sends WHERE event_id IS NOT NULL AND started_at < ?").run(before).changes;

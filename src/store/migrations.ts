@@ -123,6 +123,7 @@ export const MIGRATIONS: readonly Migration[] = [
         PRIMARY KEY (room_id, txn_id)
       );
       CREATE INDEX matrix_sends_started ON matrix_sends(started_at);
+      CREATE INDEX matrix_sends_event ON matrix_sends(room_id, event_id);
     `,
   },
 ];

@@ -277,6 +277,19 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
     assert.equal(hs.puts, 2);
   });
 
+  it("does not take an equal message sent just before (same text, same timestamp) for the interrupted one", async () => {
+    const { store } = tempStore();
+    const hs = fakeHomeserver();
+    const port = new AppserviceMatrixPort(hs.bridge, config(), store);
+    const ghost = "@whatsapp_491:hs";
+    const content = { msgtype: "m.text", body: "ok" };
+    assert.equal(await port.send(ghost, "!r:hs", content, { txnId: "in.1.first", ts: 7000 }), "$1");
+    // The second "ok" of the same millisecond: the process dies before its request goes out.
+    store.matrixSends.begin("!r:hs", "in.1.second", ghost);
+    assert.equal(await port.send(ghost, "!r:hs", content, { txnId: "in.1.second", ts: 7000 }), "$2", "sent, not mistaken for the first");
+    assert.equal(hs.rooms.get("!r:hs")!.length, 2);
+  });
+
   it("sends again when the interrupted attempt never reached the room", async () => {
     const { store } = tempStore();
     const hs = fakeHomeserver();
