@@ -133,11 +133,25 @@ export class BridgeCore implements NetworkEventHandler {
       if (chat.kind !== "dm") throw new BridgeUserError("group chats are not supported yet");
       await this.network.ensureUser(receiver, null);
       const ghost = await this.ghostFor(chat.participants[0]);
-      const roomId = await this.matrix.createDm(ghost, receiver, null);
+      const orphan = await this.orphanDm(ghost, receiver);
+      const roomId = orphan ?? (await this.matrix.createDm(ghost, receiver, null));
       this.store.portals.setRoom(portal.id, roomId);
-      log.info("created portal room", { portal: portal.id, roomId });
+      log.info(orphan ? "reused the portal room created before a restart" : "created portal room", { portal: portal.id, roomId });
       return { ...portal, roomId };
     });
+  }
+
+  /**
+   * A DM of the ghost with the receiver that no portal maps: the room a run that died between
+   * creating it and recording it left behind. Reusing it keeps the chat to one room.
+   */
+  private async orphanDm(ghost: string, receiver: string): Promise<string | null> {
+    for (const roomId of await this.matrix.joinedRooms(ghost)) {
+      if (this.store.portals.byRoom(roomId)) continue;
+      const members = await this.matrix.members(ghost, roomId);
+      if (members.length === 2 && members.includes(receiver)) return roomId;
+    }
+    return null;
   }
 
   private async ghostFor(remoteUserId: string): Promise<string> {

@@ -41,6 +41,8 @@ export interface MatrixPort {
   notice(asMxid: string, roomId: string, text: string, txnId?: string, replyTo?: string): Promise<void>;
   /** Joined and invited members. */
   members(asMxid: string, roomId: string): Promise<string[]>;
+  /** The rooms the user has joined. */
+  joinedRooms(asMxid: string): Promise<string[]>;
   /** The newest events of a room, oldest first, as seen by asMxid. */
   recentEvents(asMxid: string, roomId: string, limit: number): Promise<MatrixEvent[]>;
   /** A link a Matrix client opens, e.g. https://matrix.to/#/!room:server */

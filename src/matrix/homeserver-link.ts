@@ -12,6 +12,18 @@ const MAYBE_SENT = new Set(["ECONNRESET", "ETIMEDOUT", "ESOCKETTIMEDOUT", "EPIPE
 type RequestCallback = (err: (Error & { code?: string }) | null, res?: { statusCode: number }, body?: unknown) => void;
 type RequestFn = (params: { uri?: string; url?: string; method?: string }, callback: RequestCallback) => unknown;
 
+function hasErrcode(body: unknown): boolean {
+  let parsed = body;
+  if (typeof body === "string") {
+    try {
+      parsed = JSON.parse(body);
+    } catch {
+      return false;
+    }
+  }
+  return typeof parsed === "object" && parsed !== null && typeof (parsed as { errcode?: unknown }).errcode === "string";
+}
+
 /** Whether an error from a homeserver request leaves it open whether the homeserver acted on it. */
 export function isAmbiguousFailure(err: unknown): boolean {
   const code = (err as { code?: string } | null)?.code;
@@ -42,7 +54,9 @@ export class HomeserverLink {
     const url = params.uri ?? params.url ?? "";
     if (!String(url).startsWith(this.homeserverUrl)) return inner(params, callback);
     return inner(params, (err, res, body) => {
-      const proxyRefusal = !err && res && (res.statusCode === 502 || res.statusCode === 503);
+      // A proxy in front of a homeserver that is down answers 502/503 without a Matrix error;
+      // Synapse's own 502s (a remote server or the appservice ping failed) carry an errcode.
+      const proxyRefusal = !err && res && (res.statusCode === 502 || res.statusCode === 503) && !hasErrcode(body);
       if ((err && err.code && NOT_SENT.has(err.code)) || proxyRefusal) {
         this.health.down(err ? `${err.code}` : `HTTP ${res!.statusCode}`);
         if (!waited) this.health.noteHeld();

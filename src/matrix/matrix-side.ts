@@ -202,6 +202,11 @@ export class AppserviceMatrixPort implements MatrixPort {
     return res.chunk.filter((e) => ["join", "invite"].includes(String(e.content.membership))).map((e) => e.state_key!);
   }
 
+  async joinedRooms(asMxid: string): Promise<string[]> {
+    const res = (await this.intent(asMxid).matrixClient.doRequest("GET", "/_matrix/client/v3/joined_rooms")) as { joined_rooms: string[] };
+    return res.joined_rooms;
+  }
+
   async recentEvents(asMxid: string, roomId: string, limit: number): Promise<MatrixEvent[]> {
     const client = this.intent(asMxid).matrixClient;
     const res = (await client.doRequest("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages`, { dir: "b", limit })) as {

@@ -300,3 +300,43 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
     assert.equal(hs.rooms.get("!r:hs")!.length, 1);
   });
 });
+
+describe("a portal room created just before a crash is not created twice", () => {
+  it("the next run finds the room no portal maps and makes it the portal", async () => {
+    const { BridgeCore } = await import("../../src/bridge/core.js");
+    const { store } = tempStore();
+    const receiver = "@alice:hs";
+    const ghost = "@whatsapp_491:hs";
+    const rooms = new Map<string, string[]>();
+    let created = 0;
+    let crashAfterCreate = true;
+    const matrix = {
+      botMxid: "@bot:hs",
+      ghostMxid: () => ghost,
+      remoteIdOfGhost: () => "+491",
+      ensureGhost: async () => ghost,
+      createDm: async (by: string, invitee: string) => {
+        const roomId = `!room${++created}:hs`;
+        rooms.set(roomId, [by, invitee]);
+        if (crashAfterCreate) throw new Error("killed right after the homeserver created the room");
+        return roomId;
+      },
+      joinedRooms: async (who: string) => [...rooms].filter(([, m]) => m.includes(who)).map(([id]) => id),
+      members: async (_who: string, roomId: string) => rooms.get(roomId) ?? [],
+    } as unknown as import("../../src/bridge/matrix-port").MatrixPort;
+    const network = {
+      ensureUser: async () => undefined,
+      getProfile: async () => ({ userId: "+491", displayName: "Ana", avatar: null }),
+    } as unknown as import("../../src/network/connector").NetworkConnector;
+    const chat = { id: "mimi://whatsapp.example/r/dm", kind: "dm" as const, participants: ["+491"] };
+
+    await assert.rejects(new BridgeCore(store, matrix, network, { thirdPartyDefault: true }).ensurePortal(receiver, chat), /killed/);
+    crashAfterCreate = false;
+    // An unrelated room of the ghost with someone else is not taken.
+    rooms.set("!other:hs", [ghost, "@bob:hs"]);
+    const portal = await new BridgeCore(store, matrix, network, { thirdPartyDefault: true }).ensurePortal(receiver, chat);
+    assert.equal(portal.roomId, "!room1:hs");
+    assert.equal(created, 1, "no second room");
+    assert.equal(store.portals.byRoom("!room1:hs")?.id, portal.id);
+  });
+});

@@ -64,6 +64,30 @@ describe("the homeserver link", () => {
     );
   });
 
+  it("passes on the homeserver's own 502 (a Matrix error), but waits out a proxy's 502 while the homeserver is down", async () => {
+    const port = await freePort();
+    const link = new HomeserverLink(`http://127.0.0.1:${port}`, { initialMs: 20, maxMs: 50 });
+    link.install();
+    let proxyErrors = 2;
+    const server = http.createServer((req, res) => {
+      if (req.url?.includes("ping")) {
+        res.writeHead(502, { "content-type": "application/json" });
+        return res.end(JSON.stringify({ errcode: "M_CONNECTION_FAILED", error: "could not reach the appservice" }));
+      }
+      if (proxyErrors-- > 0) {
+        res.writeHead(502, { "content-type": "text/html" });
+        return res.end("<html>Bad Gateway</html>");
+      }
+      res.end(JSON.stringify({ ok: true }));
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", () => resolve()));
+    await assert.rejects(doHttpRequest(`http://127.0.0.1:${port}`, "POST", "/_matrix/client/v1/appservice/x/ping", null, {}), (err: { errcode?: string }) => err.errcode === "M_CONNECTION_FAILED");
+    assert.equal(link.health.snapshot().outages, 0, "a Matrix error is an answer, not an outage");
+    assert.deepEqual(await doHttpRequest(`http://127.0.0.1:${port}`, "GET", "/_matrix/client/v3/x"), { ok: true });
+    assert.equal(link.health.snapshot().outages, 1, "the proxy's 502s were one outage, waited out");
+  });
+
   it("leaves a request the homeserver may have acted on to its caller", () => {
     assert.equal(isAmbiguousFailure(Object.assign(new Error("socket hang up"), { code: "ECONNRESET" })), true);
     assert.equal(isAmbiguousFailure(Object.assign(new Error("refused"), { code: "ECONNREFUSED" })), false);
