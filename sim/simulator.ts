@@ -581,6 +581,7 @@ export function httpStatusOf(err: unknown): { status: number; code: string; mess
 
 const GATEWAY_CODE_STATUS: Record<string, number> = {
   third_party_disabled: 409,
+  not_opted_in: 409,
   no_keys: 409,
   not_logged_in: 409,
   unknown_user: 404,
