@@ -8,7 +8,7 @@ import { UserStore } from "./users";
 
 export { DatabaseError, openDatabase, migrate, schemaVersion } from "./database";
 export type { Database } from "./database";
-export type { MatrixUserRow, InboxMode } from "./users";
+export type { MatrixUserRow, InboxMode, RefusedContact, ErasedUserData } from "./users";
 export type { GhostRow } from "./ghosts";
 export type { PortalRow, PortalKind } from "./portals";
 export type { MessageRow } from "./messages";

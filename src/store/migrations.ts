@@ -95,6 +95,24 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 5,
+    name: "Third-Party Chats controls: one-time explanation, contacts refused while off",
+    sql: `
+      -- When the user got the one short explanation of Third-Party Chats (NULL: not yet).
+      ALTER TABLE matrix_users ADD COLUMN explained_at INTEGER;
+      -- WhatsApp users the network turned away because this user had Third-Party Chats off.
+      -- Only who and when: the refused messages themselves were never stored anywhere.
+      CREATE TABLE refused_contacts (
+        mxid TEXT NOT NULL REFERENCES matrix_users(mxid) ON DELETE CASCADE,
+        remote_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (mxid, remote_id)
+      );
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

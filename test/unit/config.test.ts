@@ -36,7 +36,11 @@ test("the sample config is valid and defaults are filled", () => {
     network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: "12345678", home_domain: "wa.example" },
   });
   assert.equal(minimal.logging.level, "info");
-  assert.equal(minimal.bridge.third_party_chats_default, true);
+  assert.equal(minimal.bridge.third_party_chats_default, false, "Third-Party Chats are opt-in");
+  assert.deepEqual(minimal.bridge.permissions, { hs: "user" }, "without rules, the homeserver's own users may use the bridge");
+  assert.deepEqual(minimal.metrics, { enabled: true, hostname: "127.0.0.1", port: 29402 });
+  assert.equal(minimal.provisioning.enabled, true);
+  assert.equal(minimal.provisioning.shared_secret, undefined);
   assert.equal(minimal.network.media.public_url, "http://127.0.0.1:29401");
 });
 
@@ -51,6 +55,9 @@ test("each kind of bad value names its field", () => {
   assert.equal(problem((c) => (c.appservice.ghosts.localpart_template = "whatsapp")), "appservice.ghosts.localpart_template: must be a lowercase localpart containing {phone}");
   assert.equal(problem((c) => (c.appservice.bot.localpart = "whatsapp_123")), "appservice.bot.localpart: must not fall inside the ghost namespace");
   assert.equal(problem((c) => delete c.network), "network: is missing");
+  assert.equal(problem((c) => (c.bridge.permissions = { "*": "owner" })), 'bridge.permissions.*: must be one of "none", "user", "admin"');
+  assert.equal(problem((c) => (c.bridge.permissions = { "@alice": "user" })), 'bridge.permissions.@alice: "@alice" is not a Matrix user id (@localpart:server)');
+  assert.equal(problem((c) => (c.provisioning = { shared_secret: "short" })), "provisioning.shared_secret: must be at least 16 characters");
 });
 
 test("unreadable and non-YAML files are explained", () => {
