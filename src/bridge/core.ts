@@ -10,15 +10,26 @@ import {
   RemoteMessage,
   RemoteProfile,
 } from "../network/connector";
-import { BridgeStore, OutboundItem, PortalRow } from "../store";
+import { BridgeMetrics } from "../metrics/metrics";
+import { BridgeStore, MatrixUserRow, OutboundItem, PortalRow } from "../store";
+import { unbridgeableEvent, unappliedExpiry } from "../convert/unbridgeable";
+import { InboxManager } from "./inbox";
 import { KeyedQueue } from "./keyed-queue";
 import { MatrixEvent, MatrixPort } from "./matrix-port";
+import { offNotice, refusedNotice } from "./opt-in";
+import { Permissions } from "./permissions";
 
 const log = getLogger("core");
 
+/** What kind of refusal a BridgeUserError is (the provisioning API maps it to an HTTP status). */
+export type RefusalKind = "invalid" | "not_found" | "forbidden" | "conflict" | "unavailable";
+
 /** A user-facing refusal (bot replies, provisioning errors). */
 export class BridgeUserError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly kind: RefusalKind = "invalid",
+  ) {
     super(message);
     this.name = "BridgeUserError";
   }
@@ -27,6 +38,9 @@ export class BridgeUserError extends Error {
 export interface CoreOptions {
   /** Whether a new Matrix user starts with Third-Party Chats on. */
   thirdPartyDefault: boolean;
+  /** Who may use the bridge (config bridge.permissions). */
+  permissions: Permissions;
+  metrics?: BridgeMetrics;
   /** Delay before retrying a send the network could not take (ms); doubles up to maxRetryDelayMs. */
   retryDelayMs?: number;
   maxRetryDelayMs?: number;
@@ -47,17 +61,42 @@ export class BridgeCore implements NetworkEventHandler {
   private readonly portalLocks = new KeyedQueue();
   private stopping = false;
   private connection: ConnectionState = { state: "connecting" };
+  readonly metrics: BridgeMetrics;
+  readonly inbox: InboxManager;
+  readonly permissions: Permissions;
 
   constructor(
     readonly store: BridgeStore,
     private readonly matrix: MatrixPort,
     readonly network: NetworkConnector,
     private readonly opts: CoreOptions,
-  ) {}
+  ) {
+    this.metrics = opts.metrics ?? new BridgeMetrics();
+    this.inbox = new InboxManager(store, matrix);
+    this.permissions = opts.permissions;
+  }
 
   /** Resumes every outbound queue left non-empty by the previous run. */
   async start(): Promise<void> {
+    // Users whose permission was withdrawn in the config become unreachable until they may use the bridge again.
+    for (const user of this.store.users.all()) {
+      if (this.permissions.mayUse(user.mxid) || !user.thirdPartyEnabled) continue;
+      this.store.users.setThirdPartyEnabled(user.mxid, false);
+      void this.network.setThirdPartyChats(user.mxid, false).catch((err: Error) => log.warn("could not turn a withdrawn user off on the network", { user: user.mxid, error: err.message }));
+      log.info("user no longer permitted: Third-Party Chats turned off", { user: user.mxid });
+    }
     for (const portalId of this.store.outbound.portalsWithPending()) this.drainOutbound(portalId);
+  }
+
+  /** Chats with network → Matrix work in progress (for metrics). */
+  inboundChatsBusy(): number {
+    return this.inboundQueue.size;
+  }
+
+  /** Creates the user's row on first contact; refuses users the config does not permit (nothing is created for them). */
+  admitUser(mxid: string): MatrixUserRow {
+    if (!this.permissions.mayUse(mxid)) throw new BridgeUserError("you are not allowed to use this bridge; ask its administrator if you think you should be", "forbidden");
+    return this.store.users.getOrCreate(mxid, { thirdPartyEnabled: this.opts.thirdPartyDefault });
   }
 
   stop(): void {
@@ -76,7 +115,15 @@ export class BridgeCore implements NetworkEventHandler {
     await this.inboundQueue.run(`portal:${portal.id}`, async () => {
       if (this.store.outbound.inboundSeen(receiver, message.id)) return;
       const ghost = await this.ghostFor(message.sender);
-      const content = remoteToMatrix(message.content);
+      let content = remoteToMatrix(message.content);
+      if (message.content.type === "unsupported") {
+        // The description reads as the rest of a sentence whose subject is the sender.
+        const name = this.store.ghosts.get(message.sender)?.displayName ?? message.sender;
+        content = { msgtype: "m.notice", body: `${name} ${message.content.description}` };
+        this.metrics.dropped("to_matrix", message.content.what);
+      } else {
+        this.metrics.bridged("to_matrix", message.content.type);
+      }
       const eventId = await this.matrix.send(ghost, portal.roomId!, content, {
         txnId: `in.${portal.id}.${message.id}`,
         ts: message.timestamp,
@@ -102,6 +149,35 @@ export class BridgeCore implements NetworkEventHandler {
     if (state.state !== was) log.info(`network connection ${state.state}`, state.state === "disconnected" ? { reason: state.reason } : {});
   }
 
+  /** A WhatsApp user was turned away because the receiver has the chats off: tell the receiver once per contact. */
+  async onRefused(receiver: string, remoteUserId: string, timestamp: number): Promise<void> {
+    this.metrics.dropped("to_matrix", "third_party_chats_off");
+    const user = this.store.users.get(receiver);
+    if (!user) return;
+    const attempts = this.store.users.recordRefused(receiver, remoteUserId, timestamp);
+    log.info("a WhatsApp user was refused because Third-Party Chats are off", { user: receiver, attempts });
+    if (attempts > 1) return;
+    const first = this.store.users.markExplained(receiver);
+    const name = this.store.ghosts.get(remoteUserId)?.displayName ?? remoteUserId;
+    await this.tellUser(receiver, refusedNotice(name === remoteUserId ? remoteUserId : `${name} (${remoteUserId})`, first), `refused.${remoteUserId}.${timestamp}`);
+  }
+
+  onDropped(receiver: string, what: string): void {
+    this.metrics.dropped("to_matrix", what);
+    log.debug("dropped something third-party chats do not carry", { user: receiver, what });
+  }
+
+  /** A notice in the user's DM with the bot, which the bot opens if there is none yet. */
+  async tellUser(mxid: string, markdown: string, txnId: string): Promise<void> {
+    let roomId = this.store.users.get(mxid)?.managementRoomId;
+    if (!roomId) {
+      roomId = await this.matrix.createDm(this.matrix.botMxid, mxid, null);
+      this.store.users.setManagementRoom(mxid, roomId);
+      log.info("opened a management room for a user", { user: mxid, room: roomId });
+    }
+    await this.matrix.botNotice(roomId, markdown, txnId);
+  }
+
   async onIdentityChange(receiver: string, remoteUserId: string): Promise<void> {
     const chat = this.network.dmChat(receiver, remoteUserId);
     const portal = this.store.portals.byChat(chat.id, receiver);
@@ -125,8 +201,14 @@ export class BridgeCore implements NetworkEventHandler {
       const roomId = await this.matrix.createDm(ghost, receiver, null);
       this.store.portals.setRoom(portal.id, roomId);
       log.info("created portal room", { portal: portal.id, roomId });
+      await this.listInInbox({ ...portal, roomId });
       return { ...portal, roomId };
     });
+  }
+
+  /** A Space problem must not stop a chat from working: it is logged, and `inbox dedicated` repairs it. */
+  private async listInInbox(portal: PortalRow & { roomId: string }): Promise<void> {
+    await this.inbox.portalAdded(portal).catch((err: Error) => log.warn("could not add a portal to the user's space", { portal: portal.id, error: err.message }));
   }
 
   private async ghostFor(remoteUserId: string): Promise<string> {
@@ -154,17 +236,58 @@ export class BridgeCore implements NetworkEventHandler {
       log.debug("ignoring a message from someone who is not the portal's user", { portal: portal.id, sender: event.sender });
       return;
     }
+    if (await this.refuseWhileOff(portal, event)) return;
     const content = matrixToRemote(event.content);
     if ("unbridgeable" in content) {
       if (!this.store.outbound.markProcessed(event.event_id)) return;
+      this.metrics.dropped("to_network", `msgtype:${String(event.content.msgtype ?? "none")}`);
       await this.matrix.notice(this.portalGhost(portal), event.room_id, `Your message was not sent: ${content.reason}.`, `notice.${event.event_id}`);
       return;
     }
     const payload: QueuedPayload = { content, ts: event.origin_server_ts };
-    if (this.store.outbound.enqueue(portal.id, event.event_id, event.sender, payload)) void this.drainOutbound(portal.id);
+    if (this.store.outbound.enqueue(portal.id, event.event_id, event.sender, payload)) {
+      void this.drainOutbound(portal.id);
+      const expiry = unappliedExpiry(event.content);
+      if (expiry) {
+        this.metrics.dropped("to_network", "message_expiry");
+        await this.matrix.notice(this.portalGhost(portal), event.room_id, expiry, `expiry.${event.event_id}`);
+      }
+    }
   }
 
-  private portalGhost(portal: PortalRow): string {
+  /**
+   * Nothing the user writes while not permitted or with Third-Party Chats off is sent, now or
+   * later: it is marked handled (never queued) and the user is told why. Returns true if refused.
+   */
+  private async refuseWhileOff(portal: PortalRow, event: MatrixEvent): Promise<boolean> {
+    const permitted = this.permissions.mayUse(portal.receiver);
+    if (permitted && this.store.users.get(portal.receiver)?.thirdPartyEnabled) return false;
+    if (!this.store.outbound.markProcessed(event.event_id)) return true;
+    this.metrics.dropped("to_network", permitted ? "third_party_chats_off" : "not_permitted");
+    const text = permitted ? offNotice(this.matrix.botMxid) : "Not sent: you are no longer allowed to use this bridge.";
+    await this.matrix.notice(this.portalGhost(portal), event.room_id, text, `off.${event.event_id}`);
+    return true;
+  }
+
+  /**
+   * Any other event of the portal's user in a portal: what a user would expect to reach the other
+   * side but the network cannot carry (stickers, polls, room name changes, timers, ...) gets a
+   * notice saying so. Returns false when the room is not a portal.
+   */
+  async onMatrixEvent(event: MatrixEvent): Promise<boolean> {
+    const portal = this.store.portals.byRoom(event.room_id);
+    if (!portal) return false;
+    if (event.sender !== portal.receiver) return true;
+    const refusal = unbridgeableEvent(event);
+    if (!refusal) return true;
+    if (!this.store.outbound.markProcessed(event.event_id)) return true;
+    this.metrics.dropped("to_network", refusal.kind);
+    log.debug("not bridged: the network cannot carry it", { portal: portal.id, type: event.type, kind: refusal.kind });
+    await this.matrix.notice(this.portalGhost(portal), event.room_id, refusal.notice, `unbridgeable.${event.event_id}`);
+    return true;
+  }
+
+  portalGhost(portal: PortalRow): string {
     return this.matrix.ghostMxid(this.store.portals.participants(portal.id)[0]);
   }
 
@@ -182,13 +305,27 @@ export class BridgeCore implements NetworkEventHandler {
     if (!portal) return this.store.outbound.remove(item.seq);
     const payload = JSON.parse(item.payload) as QueuedPayload;
     if ("unbridgeable" in payload.content) return this.store.outbound.remove(item.seq);
+    if (!this.store.users.get(portal.receiver)?.thirdPartyEnabled || !this.permissions.mayUse(portal.receiver)) {
+      // Turned off while this waited for the network: it is not delivered later.
+      this.store.outbound.remove(item.seq);
+      this.metrics.dropped("to_network", "third_party_chats_off");
+      if (portal.roomId) {
+        const text = "Not delivered: you turned Third-Party Chats off before the network took this message, so it will not be sent.";
+        await this.matrix.reportFailure(this.portalGhost(portal), portal.roomId, item.eventId, text).catch(() => undefined);
+      }
+      return;
+    }
     const chat: ChatRef = { id: portal.remoteChatId, kind: portal.kind, participants: this.store.portals.participants(portal.id) };
     let delay = this.opts.retryDelayMs ?? 1000;
     for (;;) {
+      const attemptStarted = process.hrtime.bigint();
+      const seconds = () => Number(process.hrtime.bigint() - attemptStarted) / 1e9;
       try {
         this.store.outbound.recordAttempt(item.seq);
         await this.network.ensureUser(portal.receiver, null);
         const result = await this.network.sendMessage(portal.receiver, chat, { txnId: item.eventId, content: payload.content, timestamp: payload.ts });
+        this.metrics.networkSendSeconds.observe({ outcome: "accepted" }, seconds());
+        this.metrics.bridged("to_network", payload.content.type);
         this.store.transaction(() => {
           this.store.messages.insert({ portalId, remoteId: result.remoteId, part: 0, eventId: item.eventId, sender: portal.receiver, timestamp: result.timestamp });
           this.store.outbound.remove(item.seq);
@@ -197,11 +334,14 @@ export class BridgeCore implements NetworkEventHandler {
         return;
       } catch (err) {
         if (err instanceof NetworkError && !err.retryable) {
+          this.metrics.networkSendSeconds.observe({ outcome: "refused" }, seconds());
+          this.metrics.failed("to_network", err.code);
           this.store.outbound.remove(item.seq);
           log.warn("the network refused a message", { portal: portalId, code: err.code });
-          if (portal.roomId) await this.matrix.notice(this.portalGhost(portal), portal.roomId, `Your message was not delivered: ${err.message}`, `fail.${item.eventId}`).catch(() => undefined);
+          if (portal.roomId) await this.matrix.reportFailure(this.portalGhost(portal), portal.roomId, item.eventId, `Your message was not delivered: ${err.message}.`).catch(() => undefined);
           return;
         }
+        this.metrics.networkSendSeconds.observe({ outcome: "retry" }, seconds());
         if (this.stopping) return;
         log.debug("send failed, will retry", { portal: portalId, error: (err as Error).message, inMs: delay });
         await new Promise((r) => setTimeout(r, delay));
@@ -220,12 +360,16 @@ export class BridgeCore implements NetworkEventHandler {
   async onGhostInvited(roomId: string, inviter: string, ghostMxid: string, isDirect: boolean): Promise<void> {
     const remoteId = this.matrix.remoteIdOfGhost(ghostMxid);
     if (!remoteId) return;
-    this.store.users.getOrCreate(inviter, { thirdPartyEnabled: this.opts.thirdPartyDefault });
     const reject = async (reason: string) => {
       await this.matrix.join(ghostMxid, roomId);
       await this.matrix.notice(ghostMxid, roomId, reason);
       await this.matrix.leave(ghostMxid, roomId, reason);
     };
+    if (!this.permissions.mayUse(inviter)) {
+      log.info("refused a chat from a user who may not use the bridge", { user: inviter });
+      return reject("Sorry, you are not allowed to use this bridge, so this chat cannot reach WhatsApp. Ask the bridge's administrator if you think you should be.");
+    }
+    this.admitUser(inviter);
     if (!isDirect) return reject("Only direct chats can be bridged for now; start a direct chat with this contact instead.");
     await this.network.ensureUser(inviter, null);
     const profile = await this.network.getProfile(remoteId);
@@ -249,6 +393,7 @@ export class BridgeCore implements NetworkEventHandler {
       const portal = this.store.portals.getOrCreate(chat.id, inviter, "dm", chat.participants);
       this.store.portals.setRoom(portal.id, roomId);
       log.info("adopted a user-created room as portal", { portal: portal.id, roomId });
+      await this.listInInbox({ ...portal, roomId });
       await this.adoptEarlyMessages(roomId, portal, ghostMxid);
     });
   }
@@ -274,25 +419,32 @@ export class BridgeCore implements NetworkEventHandler {
     const portal = this.store.portals.byRoom(roomId);
     if (!portal || portal.receiver !== userId) return;
     const ghost = this.portalGhost(portal);
+    await this.inbox.portalRemoved(portal).catch((err: Error) => log.warn("could not remove a portal from the user's space", { portal: portal.id, error: err.message }));
     this.store.portals.delete(portal.id);
     log.info("portal closed because its user left", { portal: portal.id, roomId });
     await this.matrix.leave(ghost, roomId, "the chat was closed").catch(() => undefined);
   }
 
-  /** A Matrix user talked to the bridge: remember them and make them reachable on the network. */
-  async welcomeUser(userId: string): Promise<void> {
-    this.store.users.getOrCreate(userId, { thirdPartyEnabled: this.opts.thirdPartyDefault });
+  /**
+   * A Matrix user talked to the bridge: remember them and make them known on the network (with
+   * their setting: while off, WhatsApp users are refused with a reason). Returns whether this
+   * is the user's first contact (they get the one-time explanation).
+   */
+  async welcomeUser(userId: string): Promise<{ firstContact: boolean; enabled: boolean }> {
+    const user = this.admitUser(userId);
     await this.network.ensureUser(userId, null);
+    return { firstContact: this.store.users.markExplained(userId), enabled: user.thirdPartyEnabled };
   }
 
   /** `start <phone>`: finds the WhatsApp user and returns the portal room (creating it and inviting the user). */
   async startChat(userId: string, phoneInput: string): Promise<{ roomId: string; name: string; created: boolean }> {
     const phone = normalizePhone(phoneInput);
     if (!phone) throw new BridgeUserError(`"${phoneInput}" is not a phone number; use the international format, e.g. +4915123456789`);
-    this.store.users.getOrCreate(userId, { thirdPartyEnabled: this.opts.thirdPartyDefault });
+    const user = this.admitUser(userId);
+    if (!user.thirdPartyEnabled) throw new BridgeUserError("your Third-Party Chats are off; say `enable` first", "conflict");
     await this.network.ensureUser(userId, null);
     const profile = await this.network.resolveIdentifier(userId, phone);
-    if (!profile) throw new BridgeUserError(`${phone} is not on WhatsApp or does not accept Third-Party Chats`);
+    if (!profile) throw new BridgeUserError(`${phone} is not on WhatsApp or does not accept Third-Party Chats`, "not_found");
     const chat = this.network.dmChat(userId, profile.userId);
     const existed = this.store.portals.byChat(chat.id, userId)?.roomId;
     await this.matrix.ensureGhost(profile.userId, profile);

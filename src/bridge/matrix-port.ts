@@ -43,4 +43,18 @@ export interface MatrixPort {
   recentEvents(asMxid: string, roomId: string, limit: number): Promise<MatrixEvent[]>;
   /** A link a Matrix client opens, e.g. https://matrix.to/#/!room:server */
   roomLink(roomId: string): string;
+  /** The homeserver's server name (the `via` of space links). */
+  readonly serverName: string;
+  /** The bot creates a Space (a room of type m.space) and invites the user. Returns its room id. */
+  createSpace(name: string, topic: string, invitee: string): Promise<string>;
+  /** Sets a state event (empty content clears link-like events such as m.space.child). */
+  setState(asMxid: string, roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<void>;
+  kick(asMxid: string, roomId: string, userId: string, reason?: string): Promise<void>;
+  /** A notice from the bot, written in markdown (bot DMs). */
+  botNotice(roomId: string, markdown: string, txnId: string): Promise<void>;
+  /**
+   * Marks the user's message `eventId` as failed: a notice in reply to it saying why, and a
+   * com.beeper.message_send_status event for clients that show send status.
+   */
+  reportFailure(asMxid: string, roomId: string, eventId: string, reason: string): Promise<void>;
 }

@@ -1,12 +1,13 @@
 import { AppServiceRegistration, Bridge, Request, WeakEvent } from "matrix-appservice-bridge";
+import { UserControls } from "../bridge/controls";
 import { BridgeCore } from "../bridge/core";
 import { MatrixEvent } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
-import { markdownToMatrix } from "../convert/formatting";
 import { getLogger } from "../logging";
 import { BridgeStore } from "../store";
 import { BotCommands } from "./bot";
 import { AppserviceMatrixPort } from "./matrix-side";
+import { ProvisioningApi } from "./provisioning";
 
 const log = getLogger("appservice");
 
@@ -19,6 +20,8 @@ export class MatrixAppservice {
   readonly port: AppserviceMatrixPort;
   private core?: BridgeCore;
   private bot?: BotCommands;
+  /** The provisioning API, once registered (the lead of the bridge's HTTP routes). */
+  provisioning?: ProvisioningApi;
 
   constructor(
     private readonly config: BridgeConfig,
@@ -41,7 +44,8 @@ export class MatrixAppservice {
 
   async start(core: BridgeCore): Promise<void> {
     this.core = core;
-    this.bot = new BotCommands(core, this.port);
+    const controls = new UserControls(core, this.port);
+    this.bot = new BotCommands(controls, this.port, core.metrics);
     await this.bridge.initialise();
     await this.bridge.listen(this.config.appservice.port, this.config.appservice.hostname);
     // (Added after listen: the library refuses paths before.) matrix-appservice-bridge does not answer the spec's ping (homeservers use it to check the link).
@@ -53,6 +57,10 @@ export class MatrixAppservice {
         res.status(200).json({});
       },
     });
+    if (this.config.provisioning.enabled) {
+      this.provisioning = new ProvisioningApi(controls, this.config, core.metrics);
+      this.provisioning.register(this.bridge);
+    }
     const botIntent = this.bridge.getIntent(this.port.botMxid);
     await botIntent.ensureRegistered();
     await botIntent.setDisplayName(this.config.appservice.bot.displayname).catch((err: Error) => log.warn("could not set the bot's display name", { error: err.message }));
@@ -65,7 +73,9 @@ export class MatrixAppservice {
 
   private route(request: Request<WeakEvent>): void {
     const event = request.getData() as unknown as MatrixEvent;
+    const timer = this.core!.metrics.matrixEventSeconds.startTimer({ type: event.type });
     this.handle(event)
+      .finally(() => timer())
       .then(() => request.resolve(undefined))
       .catch((err: Error) => {
         log.error("failed to handle a Matrix event", { type: event.type, room: event.room_id, eventId: event.event_id, error: err.message });
@@ -84,6 +94,13 @@ export class MatrixAppservice {
       if (membership === "leave" || membership === "ban") {
         const user = this.store.users.byManagementRoom(event.room_id);
         if (user?.mxid === event.state_key) this.store.users.setManagementRoom(user.mxid, null);
+        const spaceOwner = this.store.users.bySpaceRoom(event.room_id);
+        if (spaceOwner?.mxid === event.state_key) {
+          if (await core.inbox.spaceLeft(spaceOwner.mxid, event.room_id)) {
+            await core.tellUser(spaceOwner.mxid, "You left your Third-Party Chats space, so your chats are back among your other chats. Say `inbox dedicated` to get the space back.", `spaceleft.${event.event_id}`);
+          }
+          return;
+        }
         return core.onUserLeft(event.room_id, event.state_key);
       }
       return;
@@ -93,27 +110,38 @@ export class MatrixAppservice {
       const user = this.store.users.byManagementRoom(event.room_id);
       if (user && user.mxid === event.sender && typeof event.content.body === "string") {
         const reply = await this.bot!.handle(event.sender, event.content.body);
-        await this.replyAsBot(event.room_id, reply, event.event_id);
+        if (reply !== null) await this.replyAsBot(event.room_id, reply, event.event_id);
+        // After `forget` the bridge keeps nothing about the user, this room included.
+        if (!this.store.users.get(event.sender)) await this.bridge.getIntent(this.port.botMxid).leave(event.room_id).catch(() => undefined);
       }
+      return;
     }
+    // Everything else a user does in a portal that the network cannot carry gets a notice.
+    await core.onMatrixEvent(event);
   }
 
   private async onBotInvite(event: MatrixEvent): Promise<void> {
     const intent = this.bridge.getIntent(this.port.botMxid);
     await intent.join(event.room_id);
+    if (!this.core!.permissions.mayUse(event.sender)) {
+      // A polite refusal, and nothing is created for them: no user record, no network identity.
+      log.info("refused a user who may not use the bridge", { user: event.sender });
+      await this.replyAsBot(event.room_id, BotCommands.notPermittedText(), `refuse.${event.event_id}`);
+      await intent.leave(event.room_id);
+      return;
+    }
     if (event.content.is_direct !== true) {
       await intent.sendMessage(event.room_id, { msgtype: "m.notice", body: "I only work in a direct chat. Start a direct chat with me to manage your Third-Party Chats." });
       await intent.leave(event.room_id);
       return;
     }
-    await this.core!.welcomeUser(event.sender);
+    const welcome = await this.core!.welcomeUser(event.sender);
     this.store.users.setManagementRoom(event.sender, event.room_id);
     log.info("management room set", { user: event.sender, room: event.room_id });
-    await this.replyAsBot(event.room_id, this.bot!.helpText(), `welcome.${event.event_id}`);
+    await this.replyAsBot(event.room_id, this.bot!.welcomeText(welcome.firstContact, welcome.enabled), `welcome.${event.event_id}`);
   }
 
   private async replyAsBot(roomId: string, markdown: string, inReplyTo: string): Promise<void> {
-    const content = { ...markdownToMatrix(markdown), msgtype: "m.notice" };
-    await this.port.send(this.port.botMxid, roomId, content, { txnId: `bot.${inReplyTo}` });
+    await this.port.botNotice(roomId, markdown, `bot.${inReplyTo}`);
   }
 }

@@ -1,6 +1,7 @@
 import { Bridge, Intent } from "matrix-appservice-bridge";
 import { MatrixEvent, MatrixPort, SendOptions } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
+import { markdownToMatrix } from "../convert/formatting";
 import { getLogger } from "../logging";
 import { RemoteProfile } from "../network/connector";
 import { BridgeStore } from "../store";
@@ -11,6 +12,7 @@ const log = getLogger("matrix");
 /** MatrixPort over matrix-appservice-bridge intents: every Matrix write the core asks for. */
 export class AppserviceMatrixPort implements MatrixPort {
   readonly botMxid: string;
+  readonly serverName: string;
   private readonly ids: GhostIds;
 
   constructor(
@@ -20,6 +22,7 @@ export class AppserviceMatrixPort implements MatrixPort {
   ) {
     this.ids = new GhostIds(config);
     this.botMxid = `@${config.appservice.bot.localpart}:${config.homeserver.domain}`;
+    this.serverName = config.homeserver.domain;
   }
 
   ghostMxid(remoteUserId: string): string {
@@ -124,5 +127,49 @@ export class AppserviceMatrixPort implements MatrixPort {
 
   roomLink(roomId: string): string {
     return `https://matrix.to/#/${roomId}`;
+  }
+
+  async createSpace(name: string, topic: string, invitee: string): Promise<string> {
+    const options: Record<string, unknown> = {
+      name,
+      topic,
+      preset: "private_chat",
+      visibility: "private",
+      invite: [invitee],
+      creation_content: { type: "m.space" },
+      // The bot keeps the list; the user reads it (a Space has no conversation of its own).
+      power_level_content_override: { users: { [this.botMxid]: 100 }, events_default: 100 },
+    };
+    const { room_id } = await this.intent(this.botMxid).createRoom({ createAsClient: true, options });
+    return room_id;
+  }
+
+  async setState(asMxid: string, roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<void> {
+    await this.intent(asMxid).sendStateEvent(roomId, type, stateKey, content);
+  }
+
+  async kick(asMxid: string, roomId: string, userId: string, reason?: string): Promise<void> {
+    await this.intent(asMxid).kick(roomId, userId, reason);
+  }
+
+  async botNotice(roomId: string, markdown: string, txnId: string): Promise<void> {
+    await this.send(this.botMxid, roomId, { ...markdownToMatrix(markdown), msgtype: "m.notice" }, { txnId });
+  }
+
+  async reportFailure(asMxid: string, roomId: string, eventId: string, reason: string): Promise<void> {
+    await this.send(asMxid, roomId, { msgtype: "m.notice", body: reason, "m.relates_to": { "m.in_reply_to": { event_id: eventId } } }, { txnId: `fail.${eventId}` });
+    // The status event Beeper-style clients use to mark the message itself as failed.
+    await this.send(
+      asMxid,
+      roomId,
+      {
+        network: "whatsapp",
+        "m.relates_to": { rel_type: "m.reference", event_id: eventId },
+        status: "FAIL_PERMANENT",
+        reason: "m.foreign_network_error",
+        message: reason,
+      },
+      { txnId: `status.${eventId}`, type: "com.beeper.message_send_status" },
+    ).catch((err: Error) => log.debug("could not send a message status", { error: err.message }));
   }
 }

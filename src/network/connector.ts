@@ -84,6 +84,13 @@ export interface NetworkEventHandler {
   onConnectionState(state: ConnectionState): void;
   /** The other side's encryption identity changed (reinstall, new phone): worth a notice. */
   onIdentityChange?(receiver: string, remoteUserId: string): Promise<void>;
+  /**
+   * The network turned `remoteUserId` away because `receiver` has Third-Party Chats off. Nothing
+   * of their message reached the bridge; this only says who tried.
+   */
+  onRefused?(receiver: string, remoteUserId: string, timestamp: number): Promise<void>;
+  /** Something for `receiver` that third-party chats do not carry was dropped on purpose (e.g. a status update). */
+  onDropped?(receiver: string, what: string): void;
 }
 
 /** Limits the core checks before calling the connector (see mautrix capabilities). */
@@ -98,8 +105,13 @@ export interface NetworkConnector {
   start(handler: NetworkEventHandler): Promise<void>;
   stop(): Promise<void>;
   connectionState(): ConnectionState;
-  /** Makes a Matrix user reachable on the network (identity, keys, login). Idempotent. */
+  /**
+   * Makes a Matrix user known on the network (identity, keys, login), with the Third-Party Chats
+   * setting stored for them: a user who has it off is known but not reachable. Idempotent.
+   */
   ensureUser(matrixUserId: string, displayName: string | null): Promise<void>;
+  /** Tells the network whether the user accepts Third-Party Chats (whether others may reach them). */
+  setThirdPartyChats(matrixUserId: string, on: boolean): Promise<void>;
   /** Removes a Matrix user's identity and keys from the network and from local storage. */
   removeUser(matrixUserId: string): Promise<void>;
   /** Looks up a remote user by a human identifier (a phone number); null when there is none. */

@@ -102,6 +102,11 @@ export class InteropConnector implements NetworkConnector {
       const remote = this.remoteUserOf(frame.subject);
       if (remote) await handler.onProfile(this.toRemoteProfile(remote, frame));
     });
+    this.client.onRefused(async (frame) => {
+      const receiver = this.matrixUserOf(frame.user);
+      const remote = this.remoteUserOf(frame.from);
+      if (receiver && remote) await handler.onRefused?.(receiver, remote, frame.ts);
+    });
     await this.client.connect();
     // Users known from earlier runs log in again, so messages queued for them flow at once.
     for (const user of this.store.users.all()) void this.ensureUser(user.mxid, null).catch((err: Error) => log.warn("could not log a user in", { user: user.mxid, error: err.message }));
@@ -118,16 +123,29 @@ export class InteropConnector implements NetworkConnector {
   ensureUser(matrixUserId: string, displayName: string | null): Promise<void> {
     let pending = this.ready.get(matrixUserId);
     if (!pending) {
-      pending = this.endpoint.addUser(this.uriOfMatrixUser(matrixUserId), { displayName: displayName ?? matrixUserId });
+      // Enlisted with the stored setting in the same step, so a user who is off is never reachable.
+      const thirdPartyChats = this.store.users.get(matrixUserId)?.thirdPartyEnabled ?? false;
+      pending = this.endpoint.addUser(this.uriOfMatrixUser(matrixUserId), { displayName: displayName ?? matrixUserId, thirdPartyChats });
       this.ready.set(matrixUserId, pending);
       pending.catch(() => this.ready.delete(matrixUserId));
     }
     return pending;
   }
 
+  async setThirdPartyChats(matrixUserId: string, on: boolean): Promise<void> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      await this.client.setSettings(this.uriOfMatrixUser(matrixUserId), { thirdPartyChats: on });
+    } catch (err) {
+      const e = err as { code?: string; message: string; retryable?: boolean };
+      throw new NetworkError(e.code ?? "internal", `the network did not take the setting: ${e.message}`, e.retryable ?? false);
+    }
+  }
+
+  /** Unenlists the user (the gateway deletes its account, keys and queue) and deletes its keys and sessions here. */
   async removeUser(matrixUserId: string): Promise<void> {
     this.ready.delete(matrixUserId);
-    await this.endpoint.removeUser(this.uriOfMatrixUser(matrixUserId));
+    await this.endpoint.removeUser(this.uriOfMatrixUser(matrixUserId), { unenlist: true });
   }
 
   private toRemoteProfile(remoteUserId: string, p: { displayName?: string; avatar?: Profile["avatar"] }): RemoteProfile {
@@ -215,6 +233,7 @@ export class InteropConnector implements NetworkConnector {
       case "status":
         // Third-party chats do not carry status updates: drop without a trace in any room.
         log.debug("dropped a status update", { from: ev.from });
+        this.handler.onDropped?.(receiver, "status_update");
         return;
       case "disappearing":
         await this.handler.onMessage(receiver, {

@@ -122,6 +122,10 @@ export class UserStore {
     return rows.map((r) => ({ remoteId: r.remote_id, attempts: r.attempts, firstAt: r.first_at, lastAt: r.last_at }));
   }
 
+  clearRefused(mxid: string): void {
+    this.db.prepare("DELETE FROM refused_contacts WHERE mxid = ?").run(mxid);
+  }
+
   /** Users by their Third-Party Chats setting (for metrics). */
   countBySetting(): { on: number; off: number } {
     const row = this.db.prepare("SELECT SUM(third_party_enabled) AS on_, COUNT(*) AS n FROM matrix_users").get() as { on_: number | null; n: number };

@@ -50,6 +50,19 @@ export class SimApi {
     return this.request("POST", `/users/${encodeURIComponent(phone)}/messages`, { to, text, ...extra });
   }
 
+  sendSticker(phone: string, to: string): Promise<{ id: string; ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/stickers`, { to });
+  }
+
+  /** A status update to every third-party contact of the user. */
+  sendStatus(phone: string, text: string): Promise<{ sent: { to: string; id: string; ts: number }[]; failed: { to: string; error: string }[] }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/status`, { text });
+  }
+
+  setDisappearing(phone: string, to: string, seconds: number): Promise<{ ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/disappearing`, { to, seconds });
+  }
+
   inbox(phone: string, after = 0): Promise<InboxEntry[]> {
     return this.request("GET", `/users/${encodeURIComponent(phone)}/inbox?after=${after}`);
   }

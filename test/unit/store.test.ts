@@ -109,3 +109,31 @@ test("deleting a portal removes its participants and messages", () => {
   assert.deepEqual(store.portals.participants(p.id), []);
   store.close();
 });
+
+test("erasing a user deletes their settings, portals, message map, queue and refused contacts, and nobody else's", () => {
+  const store = BridgeStore.open(tempDb());
+  for (const mxid of ["@gone:hs", "@stays:hs"]) {
+    store.users.getOrCreate(mxid, { thirdPartyEnabled: true });
+    const portal = store.portals.getOrCreate(`chat-${mxid}`, mxid, "dm", ["+491"]);
+    store.portals.setRoom(portal.id, `!room-${mxid}`);
+    store.messages.insert({ portalId: portal.id, remoteId: `m-${mxid}`, part: 0, eventId: `$e-${mxid}`, sender: "+491", timestamp: 1 });
+    store.outbound.enqueue(portal.id, `$out-${mxid}`, mxid, { text: "x" });
+    store.outbound.markInboundSeen(mxid, "r1");
+    store.users.recordRefused(mxid, "+492", 5);
+  }
+  assert.equal(store.users.recordRefused("@gone:hs", "+492", 9), 2, "attempts are counted per contact");
+  assert.equal(store.users.markExplained("@gone:hs"), true);
+  assert.equal(store.users.markExplained("@gone:hs"), false, "the explanation is given once");
+  assert.deepEqual(store.users.erase("@gone:hs"), { portals: 1, messages: 1, queued: 1, refusedContacts: 1 });
+  assert.equal(store.users.get("@gone:hs"), undefined);
+  assert.deepEqual(store.portals.forReceiver("@gone:hs"), []);
+  assert.equal(store.messages.byEventId("$e-@gone:hs"), undefined);
+  assert.equal(store.outbound.depthForUser("@gone:hs"), 0);
+  assert.equal(store.outbound.inboundSeen("@gone:hs", "r1"), false);
+  assert.deepEqual(store.users.refusedContacts("@gone:hs"), []);
+  assert.ok(store.users.get("@stays:hs"));
+  assert.equal(store.outbound.depthForUser("@stays:hs"), 1);
+  assert.equal(store.users.refusedContacts("@stays:hs")[0]?.attempts, 1);
+  assert.deepEqual(store.users.countBySetting(), { on: 1, off: 0 });
+  store.close();
+});
