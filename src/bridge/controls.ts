@@ -113,7 +113,7 @@ export class UserControls {
   }
 
   listChats(mxid: string): ReturnType<BridgeCore["listChats"]> {
-    this.core.admitUser(mxid);
+    if (this.levelOf(mxid) === "none") throw new BridgeUserError("you are not allowed to use this bridge", "forbidden");
     return this.core.listChats(mxid);
   }
 
