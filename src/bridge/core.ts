@@ -240,7 +240,7 @@ export class BridgeCore implements NetworkEventHandler {
     const content = matrixToRemote(event.content);
     if ("unbridgeable" in content) {
       if (!this.store.outbound.markProcessed(event.event_id)) return;
-      this.metrics.dropped("to_network", `msgtype:${String(event.content.msgtype ?? "none")}`);
+      this.metrics.dropped("to_network", "unsupported_message");
       await this.matrix.notice(this.portalGhost(portal), event.room_id, `Your message was not sent: ${content.reason}.`, `notice.${event.event_id}`);
       return;
     }

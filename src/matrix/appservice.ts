@@ -11,6 +11,18 @@ import { ProvisioningApi } from "./provisioning";
 
 const log = getLogger("appservice");
 
+const TIMED_EVENT_TYPES: ReadonlySet<string> = new Set([
+  "m.room.message",
+  "m.room.member",
+  "m.sticker",
+  "m.reaction",
+  "m.room.redaction",
+  "m.room.encrypted",
+  "m.room.name",
+  "m.room.topic",
+  "m.room.avatar",
+]);
+
 /**
  * The appservice: receives the homeserver's transactions, routes each event to the core or the
  * bot, and owns the intents (through AppserviceMatrixPort) the core acts with.
@@ -73,7 +85,8 @@ export class MatrixAppservice {
 
   private route(request: Request<WeakEvent>): void {
     const event = request.getData() as unknown as MatrixEvent;
-    const timer = this.core!.metrics.matrixEventSeconds.startTimer({ type: event.type });
+    // Event types are chosen by senders: only well-known ones become label values.
+    const timer = this.core!.metrics.matrixEventSeconds.startTimer({ type: TIMED_EVENT_TYPES.has(event.type) ? event.type : "other" });
     this.handle(event)
       .finally(() => timer())
       .then(() => request.resolve(undefined))
