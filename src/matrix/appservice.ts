@@ -85,6 +85,7 @@ export class MatrixAppservice {
 
   private route(request: Request<WeakEvent>): void {
     const event = request.getData() as unknown as MatrixEvent;
+    log.debug("matrix event", { type: event.type, room: event.room_id, eventId: event.event_id });
     // Event types are chosen by senders: only well-known ones become label values.
     const timer = this.core!.metrics.matrixEventSeconds.startTimer({ type: TIMED_EVENT_TYPES.has(event.type) ? event.type : "other" });
     this.handle(event)

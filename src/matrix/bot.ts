@@ -175,6 +175,7 @@ export class BotCommands {
       return NOT_PERMITTED;
     }
     const allowed = this.limiter.take(user);
+    log.debug("bot command", { user, command: key, allowed });
     if (allowed !== "ok") {
       count("rate_limited");
       return allowed === "limited" ? `You are sending commands faster than I answer them; wait ${Math.ceil(this.limiter.waitMs(user) / 1000)} s and try again.` : null;
