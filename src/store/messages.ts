@@ -47,6 +47,20 @@ export class MessageStore {
     return raw && fromRaw(raw);
   }
 
+  /** Forgets a message (deleted for everyone) and the reactions on it. */
+  delete(portalId: number, remoteId: string): void {
+    this.db.prepare("DELETE FROM messages WHERE portal_id = ? AND remote_id = ?").run(portalId, remoteId);
+    this.db.prepare("DELETE FROM reactions WHERE portal_id = ? AND target_remote_id = ?").run(portalId, remoteId);
+  }
+
+  /** Messages not sent by `exceptSender` with afterTs < timestamp <= upToTs, oldest first. */
+  receivedBetween(portalId: number, exceptSender: string, afterTs: number, upToTs: number, limit: number): MessageRow[] {
+    const rows = this.db
+      .prepare("SELECT * FROM messages WHERE portal_id = ? AND sender != ? AND part = 0 AND timestamp > ? AND timestamp <= ? ORDER BY timestamp, remote_id LIMIT ?")
+      .all(portalId, exceptSender, afterTs, upToTs, limit) as Raw[];
+    return rows.map(fromRaw);
+  }
+
   countInPortal(portalId: number): number {
     return (this.db.prepare("SELECT COUNT(*) AS n FROM messages WHERE portal_id = ?").get(portalId) as { n: number }).n;
   }
