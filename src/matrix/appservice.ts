@@ -40,6 +40,9 @@ export class MatrixAppservice {
       disableStores: true,
       disableContext: true,
       suppressEcho: true,
+      // The library would drop edits of someone else's message without a word (and fetch the
+      // original for every edit); the core refuses those itself and tells the user why.
+      eventValidation: {},
       controller: {
         onEvent: (request: Request<WeakEvent>) => this.route(request),
         // Typing and receipts (the registration sets push_ephemeral).
@@ -101,6 +104,7 @@ export class MatrixAppservice {
 
   private async handle(event: MatrixEvent): Promise<void> {
     const core = this.core!;
+    log.debug("matrix event", { type: event.type, room: event.room_id, eventId: event.event_id });
     if (event.type === "m.room.member" && event.state_key) {
       const membership = event.content.membership;
       if (membership === "invite" && event.state_key === this.port.botMxid) return this.onBotInvite(event);
