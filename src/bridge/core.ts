@@ -141,7 +141,7 @@ export class BridgeCore implements NetworkEventHandler {
         ts: message.timestamp,
       });
       this.store.transaction(() => {
-        this.store.messages.insert({ portalId: portal.id, remoteId: message.id, part: 0, eventId, sender: message.sender, timestamp: message.timestamp });
+        this.store.messages.insert({ portalId: portal.id, remoteId: message.id, part: 0, eventId, sender: message.sender, timestamp: message.timestamp, replyTo: replied?.remoteId });
         this.store.outbound.markInboundSeen(receiver, message.id);
       });
       log.debug("bridged message to Matrix", { portal: portal.id, remoteId: message.id, eventId });
@@ -502,7 +502,7 @@ export class BridgeCore implements NetworkEventHandler {
         const replied = payload.replyTo && caps.replies ? this.bridgedMessage(portal, payload.replyTo) : undefined;
         const result = await this.network.sendMessage(user, chat, { txnId, content: payload.content, timestamp: payload.ts, ...(replied ? { replyTo: replied.remoteId } : {}) });
         this.store.transaction(() => {
-          this.store.messages.insert({ portalId: portal.id, remoteId: result.remoteId, part: 0, eventId: txnId, sender: user, timestamp: result.timestamp });
+          this.store.messages.insert({ portalId: portal.id, remoteId: result.remoteId, part: 0, eventId: txnId, sender: user, timestamp: result.timestamp, replyTo: replied?.remoteId });
           this.store.outbound.remove(item.seq);
         });
         log.debug("bridged message to the network", { portal: portal.id, eventId: txnId, remoteId: result.remoteId });
@@ -516,7 +516,8 @@ export class BridgeCore implements NetworkEventHandler {
         if (caps.edits.maxAgeMs > 0 && payload.ts - original.timestamp > caps.edits.maxAgeMs) {
           throw new EventRefusal("m.event_too_old", `WhatsApp allows editing a message only within ${describeDuration(caps.edits.maxAgeMs)} of sending it`);
         }
-        await this.network.sendChange(user, chat, { txnId, change: { type: "edit", target: original.remoteId, content: payload.content }, timestamp: payload.ts });
+        const edit = { type: "edit" as const, target: original.remoteId, content: payload.content, ...(original.replyTo ? { replyTo: original.replyTo } : {}) };
+        await this.network.sendChange(user, chat, { txnId, change: edit, timestamp: payload.ts });
         this.store.outbound.remove(item.seq);
         return true;
       }
@@ -564,7 +565,8 @@ export class BridgeCore implements NetworkEventHandler {
         if (caps.deletes.maxAgeMs > 0 && payload.ts - message.timestamp > caps.deletes.maxAgeMs) {
           throw new EventRefusal("m.event_too_old", `WhatsApp allows deleting a message for everyone only within ${describeDuration(caps.deletes.maxAgeMs)} of sending it, so it was deleted here only`);
         }
-        await this.network.sendChange(user, chat, { txnId, change: { type: "delete", target: message.remoteId }, timestamp: payload.ts });
+        const deletion = { type: "delete" as const, target: message.remoteId, ...(message.replyTo ? { replyTo: message.replyTo } : {}) };
+        await this.network.sendChange(user, chat, { txnId, change: deletion, timestamp: payload.ts });
         this.store.transaction(() => {
           this.store.messages.delete(portal.id, message.remoteId);
           this.store.outbound.remove(item.seq);

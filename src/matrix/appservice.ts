@@ -90,7 +90,12 @@ export class MatrixAppservice {
     const core = this.core;
     if (!core || typeof event.room_id !== "string" || typeof event.content !== "object" || event.content === null) return;
     if (event.type === "m.typing") {
-      core.onMatrixTyping(event.room_id, typingUsersOf(event.content));
+      try {
+        core.onMatrixTyping(event.room_id, typingUsersOf(event.content));
+      } catch (err) {
+        // The library awaits this handler without a catch: a throw here would be an unhandled rejection.
+        log.warn("failed to handle typing", { room: event.room_id, error: (err as Error).message });
+      }
     } else if (event.type === "m.receipt") {
       for (const receipt of readReceiptsOf(event.content)) {
         // Receipts of the bridge's own users (ghosts) are what it sent itself.

@@ -57,10 +57,13 @@ export interface RemoteMessage {
  * that allow one reaction per user per message (WhatsApp) replace the earlier one with a new one.
  */
 export type MessageChange =
-  /** New content for the target; the target is always the first version, never an earlier edit. */
-  | { type: "edit"; target: string; content: RemoteContent }
+  /**
+   * New content for the target; the target is always the first version, never an earlier edit.
+   * `replyTo`: what the target replied to, for networks that repeat it (MIMI does).
+   */
+  | { type: "edit"; target: string; content: RemoteContent; replyTo?: string }
   /** The target is withdrawn for everyone. */
-  | { type: "delete"; target: string }
+  | { type: "delete"; target: string; replyTo?: string }
   | { type: "reaction"; target: string; emoji: string }
   /** Withdraws the reaction whose network id is `reaction` from `target`. */
   | { type: "unreaction"; target: string; reaction: string };

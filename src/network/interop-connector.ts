@@ -260,7 +260,12 @@ export class InteropConnector implements NetworkConnector {
     const receiver = this.matrixUserOf(frame.to);
     const sender = this.remoteUserOf(frame.from);
     if (!receiver || !sender || !this.handler?.onTyping) return;
-    this.handler.onTyping(receiver, { chat: { id: frame.room, kind: "dm", participants: [sender] }, sender, typing: frame.state === "on" });
+    try {
+      this.handler.onTyping(receiver, { chat: { id: frame.room, kind: "dm", participants: [sender] }, sender, typing: frame.state === "on" });
+    } catch (err) {
+      // Typing is live and worth nothing later: never let it disturb the connection's frame handling.
+      log.warn("failed to handle typing", { error: (err as Error).message });
+    }
   }
 
   private async onDelivered(ev: { user: string; to: string; room: string; id: Uint8Array; ts: number }): Promise<void> {

@@ -87,11 +87,16 @@ export function mimiToRemoteEvent(message: MimiMessage): MimiEvent {
   }
   if (message.replaces && body.disposition !== MIMI_DISPOSITION.reaction) {
     const target = hex(message.replaces);
-    if (body.cardinality === "null") return { kind: "change", change: { type: "delete", target } };
-    return { kind: "change", change: { type: "edit", target, content: mimiToRemoteContent(message) } };
+    const replyTo = message.inReplyTo ? { replyTo: hex(message.inReplyTo) } : {};
+    if (body.cardinality === "null") return { kind: "change", change: { type: "delete", target, ...replyTo } };
+    return { kind: "change", change: { type: "edit", target, content: mimiToRemoteContent(message), ...replyTo } };
   }
   const content = mimiToRemoteContent(message);
   return message.inReplyTo ? { kind: "message", content, replyTo: hex(message.inReplyTo) } : { kind: "message", content };
+}
+
+function replyIdOf(remoteId: string | undefined): Uint8Array | null {
+  return remoteId === undefined ? null : mimiIdOf(remoteId);
 }
 
 /** A change the Matrix user made → a MIMI message from `sender` in `room`; throws when a target names no MIMI message. */
@@ -101,9 +106,9 @@ export function changeToMimi(change: MessageChange, sender: string, room: string
   switch (change.type) {
     case "edit":
       if (change.content.type !== "text") throw new Error(`cannot edit into ${change.content.type} content`);
-      return newEdit({ sender, room, replaces: target, markdown: change.content.markdown });
+      return newEdit({ sender, room, replaces: target, markdown: change.content.markdown, inReplyTo: replyIdOf(change.replyTo) });
     case "delete":
-      return newDelete({ sender, room, replaces: target });
+      return newDelete({ sender, room, replaces: target, inReplyTo: replyIdOf(change.replyTo) });
     case "reaction":
       return newReaction({ sender, room, target, emoji: change.emoji });
     case "unreaction": {

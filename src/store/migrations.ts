@@ -97,8 +97,10 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 3,
-    name: "conversation fidelity: reactions, read markers, sent frames",
+    name: "conversation fidelity: reply targets, reactions, read markers, sent frames",
     sql: `
+      -- The network id of the message a message replies to (edits and deletes repeat it, as MIMI's examples do).
+      ALTER TABLE messages ADD COLUMN reply_to TEXT;
       -- The current reaction of each user on each message (WhatsApp keeps one per user per message).
       -- sender is a remote user id, or the portal's Matrix user id for reactions sent from Matrix.
       CREATE TABLE reactions (

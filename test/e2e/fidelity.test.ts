@@ -365,7 +365,8 @@ describe("transcript", () => {
       "m.new_content": { msgtype: "m.text", body: "Yes see you at half past twelve" },
       "m.relates_to": { rel_type: "m.replace", event_id: answer.eventId },
     });
-    await inboxEntry(chat, (e) => e.kind === "edit");
+    const edited = await inboxEntry(chat, (e) => e.kind === "edit");
+    assert.equal(edited.inReplyTo, question.id, "an edited reply stays a reply on WhatsApp");
     await stack.sim.sendReaction(chat.phone, chat.to, answer.entry.id!, "👍");
     await chat.user.waitFor((e) => e.room_id === chat.roomId && e.type === "m.reaction", WAIT);
     const oops = await fromWhatsApp(chat, "Sorry wrong chat");

@@ -51,7 +51,9 @@ describe("MIMI out: what the Matrix user does", () => {
     const reactionId = hex(messageIdOf(newReaction({ ...env, target: original, emoji: "👍" }))!);
     const changes = [
       { type: "edit" as const, target, content: { type: "text" as const, markdown: "new words" } },
+      { type: "edit" as const, target, content: { type: "text" as const, markdown: "an edited reply stays one" }, replyTo: reactionId },
       { type: "delete" as const, target },
+      { type: "delete" as const, target, replyTo: reactionId },
       { type: "reaction" as const, target, emoji: "🎉" },
       { type: "unreaction" as const, target, reaction: reactionId },
     ];

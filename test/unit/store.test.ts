@@ -153,3 +153,13 @@ test("sent frames are found by transport id and pruned by age", () => {
   assert.equal(store.sentFrames.get("f1"), undefined);
   store.close();
 });
+
+test("a message remembers what it replied to", () => {
+  const store = BridgeStore.open(tempDb());
+  const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  store.messages.insert({ portalId: p.id, remoteId: "q", part: 0, eventId: "$q", sender: "+49", timestamp: 1 });
+  store.messages.insert({ portalId: p.id, remoteId: "a", part: 0, eventId: "$a", sender: "@u:hs", timestamp: 2, replyTo: "q" });
+  assert.equal(store.messages.byEventId("$a")?.replyTo, "q");
+  assert.equal(store.messages.byEventId("$q")?.replyTo, null);
+  store.close();
+});
