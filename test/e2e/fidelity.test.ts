@@ -369,6 +369,9 @@ describe("transcript", () => {
     assert.equal(edited.inReplyTo, question.id, "an edited reply stays a reply on WhatsApp");
     await stack.sim.sendReaction(chat.phone, chat.to, answer.entry.id!, "👍");
     await chat.user.waitFor((e) => e.room_id === chat.roomId && e.type === "m.reaction", WAIT);
+    const booked = await fromWhatsApp(chat, "Perfect I booked a table", { inReplyTo: answer.entry.id });
+    await stack.sim.sendEdit(chat.phone, chat.to, booked.id, "Perfect I booked a table for two");
+    await chat.user.waitFor((e) => e.room_id === chat.roomId && e.sender === chat.ghost && relatesTo(e)?.rel_type === "m.replace", WAIT);
     const oops = await fromWhatsApp(chat, "Sorry wrong chat");
     await stack.sim.sendDeletion(chat.phone, chat.to, oops.id);
     await chat.user.waitFor((e) => e.room_id === chat.roomId && e.type === "m.room.redaction", WAIT);
@@ -387,6 +390,10 @@ describe("transcript", () => {
     assert.equal(relatesTo(reply)?.["m.in_reply_to"]?.event_id, question.event.event_id);
     assert.ok(timeline.some((e) => relatesTo(e)?.rel_type === "m.replace" && e.content["m.new_content"]?.body === "Yes see you at half past twelve"));
     assert.ok(timeline.some((e) => e.type === "m.reaction" && relatesTo(e)?.key === "👍" && relatesTo(e)?.event_id === answer.eventId));
+    assert.equal(relatesTo(timeline.find((e) => e.event_id === booked.event.event_id)!)?.["m.in_reply_to"]?.event_id, answer.eventId);
+    const bridgedEdit = timeline.find((e) => e.sender === chat.ghost && relatesTo(e)?.rel_type === "m.replace")!;
+    assert.deepEqual(relatesTo(bridgedEdit), { rel_type: "m.replace", event_id: booked.event.event_id });
+    assert.equal(bridgedEdit.content["m.new_content"].body, "Perfect I booked a table for two");
     assert.ok(timeline.some((e) => e.event_id === oops.event.event_id && Object.keys(e.content).length === 0 && e.unsigned?.redacted_because));
   });
 });
