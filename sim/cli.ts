@@ -22,6 +22,7 @@ const USAGE = `usage: node dist/sim/cli.js [--api URL] COMMAND ...   (URL defaul
   settings PHONE --third-party on|off
   send PHONE TO TEXT [--reply-to MSGID] [--expires SECONDS]
   react PHONE TO MSGID EMOJI
+  unreact PHONE TO MSGID REACTIONID
   edit PHONE TO MSGID TEXT
   delete PHONE TO MSGID
   read PHONE TO MSGID...
@@ -255,6 +256,12 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
       const [phone, to, target, emoji] = need(args, 4, "react PHONE TO MSGID EMOJI");
       const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/reactions`, { to, target, emoji });
       print(r, `reacted (${r.id}) at ${time(r.ts)}`);
+      return 0;
+    }
+    case "unreact": {
+      const [phone, to, target, reaction] = need(args, 4, "unreact PHONE TO MSGID REACTIONID");
+      const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/reactions`, { to, target, reaction });
+      print(r, `withdrew the reaction (${r.id}) at ${time(r.ts)}`);
       return 0;
     }
     case "edit": {

@@ -21,6 +21,7 @@ import {
   newEdit,
   newReaction,
   newTextMessage,
+  newUnreaction,
   type MimiMessage,
 } from "../src/protocol/mimi.js";
 import { MAX_READ_IDS, STICKER_CONTENT_TYPE, WA_KIND_STICKER, withWaKind, type Payload } from "../src/protocol/payload.js";
@@ -362,8 +363,14 @@ export class Simulator {
     return this.sendMimi(rawPhone, body.to, "text", (sender, room) => newTextMessage({ sender, room, markdown: text, inReplyTo, expires }));
   }
 
-  sendReaction(rawPhone: string, body: { to?: unknown; target?: unknown; emoji?: unknown }): Promise<{ id: string; ts: number }> {
+  /** A reaction, or with `reaction` (the id of an earlier reaction) instead of `emoji`, its withdrawal. */
+  sendReaction(rawPhone: string, body: { to?: unknown; target?: unknown; emoji?: unknown; reaction?: unknown }): Promise<{ id: string; ts: number }> {
     const target = messageIdParam(body.target, "target");
+    if (body.reaction !== undefined) {
+      if (body.emoji !== undefined) throw new SimError(400, "bad_request", "give either emoji (react) or reaction (withdraw), not both");
+      const reaction = messageIdParam(body.reaction, "reaction");
+      return this.sendMimi(rawPhone, body.to, "unreaction", (sender, room) => newUnreaction({ sender, room, reaction, target }));
+    }
     const emoji = requireText(body.emoji, "emoji");
     return this.sendMimi(rawPhone, body.to, "reaction", (sender, room) => newReaction({ sender, room, target, emoji }));
   }

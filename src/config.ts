@@ -23,7 +23,7 @@ export interface BridgeConfig {
     store_key?: string;
     media: { bind_hostname: string; port: number; public_url?: string; max_size: number };
   };
-  bridge: { permissions: Record<string, "user" | "admin">; third_party_chats_default: boolean };
+  bridge: { permissions: Record<string, "user" | "admin">; third_party_chats_default: boolean; edit_window_seconds: number };
   logging: { level: LogLevel; format: "pretty" | "json" };
 }
 

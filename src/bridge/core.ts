@@ -1,16 +1,23 @@
+import { MESSAGE_STATUS_EVENT_TYPE, MessageStatusInfo, MessageStatusReason, messageStatusContent } from "../convert/message-status";
 import { matrixToRemote, remoteToMatrix } from "../convert/message-content";
 import { normalizePhone } from "../convert/phone";
+import { asReply, editContent, reactionContent, redactedEventId, relationOf } from "../convert/relations";
 import { getLogger } from "../logging";
 import {
   ChatRef,
   ConnectionState,
+  DeliveryReceipt,
   NetworkConnector,
   NetworkError,
   NetworkEventHandler,
+  RemoteChange,
+  RemoteContent,
   RemoteMessage,
   RemoteProfile,
+  RemoteReadReceipt,
+  RemoteTyping,
 } from "../network/connector";
-import { BridgeStore, OutboundItem, PortalRow } from "../store";
+import { BridgeStore, MessageRow, OutboundItem, PortalRow } from "../store";
 import { KeyedQueue } from "./keyed-queue";
 import { MatrixEvent, MatrixPort } from "./matrix-port";
 
@@ -32,9 +39,51 @@ export interface CoreOptions {
   maxRetryDelayMs?: number;
 }
 
-interface QueuedPayload {
-  content: ReturnType<typeof matrixToRemote>;
-  ts: number;
+/** A Matrix event the bridge will not send on: `reason` for the status event, the message for the user. */
+export class EventRefusal extends Error {
+  constructor(
+    readonly reason: MessageStatusReason,
+    message: string,
+  ) {
+    super(message);
+    this.name = "EventRefusal";
+  }
+}
+
+/**
+ * What the durable outbound queue holds per Matrix event (JSON). Targets are Matrix event ids,
+ * resolved to network ids only when sent: a target queued just before is mapped by then.
+ */
+type QueuedPayload =
+  | { kind?: "message"; content: ReturnType<typeof matrixToRemote>; ts: number; replyTo?: string }
+  | { kind: "edit"; target: string; content: RemoteContent; ts: number }
+  | { kind: "reaction"; target: string; key: string; ts: number }
+  | { kind: "redaction"; target: string; ts: number };
+
+/** How a notice names each kind of queued event. */
+const EVENT_NOUN: Record<NonNullable<QueuedPayload["kind"]>, string> = { message: "message", edit: "edit", reaction: "reaction", redaction: "deletion" };
+
+/** Typing "on" is repeated this often while the Matrix user types (the protocol lets it expire after about 15 s). */
+const TYPING_REPEAT_MS = 10_000;
+/** ...but never longer than this, should the homeserver never say the user stopped. */
+const TYPING_MAX_MS = 120_000;
+/** How long a ghost shows as typing after one notice (docs/protocol.md §10). */
+const REMOTE_TYPING_TIMEOUT_MS = 15_000;
+/** Messages named in one read receipt at most (the connector splits them as its network needs). */
+const MAX_READ_BATCH = 1024;
+
+/** "15 minutes", "1 hour", "30 seconds": a limit as a notice states it. */
+export function describeDuration(ms: number): string {
+  const units: [number, string][] = [
+    [86_400_000, "day"],
+    [3_600_000, "hour"],
+    [60_000, "minute"],
+    [1000, "second"],
+  ];
+  for (const [size, name] of units) {
+    if (ms >= size && ms % size === 0) return `${ms / size} ${name}${ms / size === 1 ? "" : "s"}`;
+  }
+  return `${Math.round(ms / 1000)} seconds`;
 }
 
 /**
@@ -45,6 +94,11 @@ export class BridgeCore implements NetworkEventHandler {
   private readonly inboundQueue = new KeyedQueue();
   private readonly outboundQueue = new KeyedQueue();
   private readonly portalLocks = new KeyedQueue();
+  private readonly receiptQueue = new KeyedQueue();
+  /** Portals whose user is typing now, with the timer that repeats "on". */
+  private readonly typingTimers = new Map<number, NodeJS.Timeout>();
+  /** "Sent" statuses being posted, so a delivery receipt right behind cannot overtake its own "sent". */
+  private readonly sentStatuses = new Map<string, Promise<void>>();
   private stopping = false;
   private connection: ConnectionState = { state: "connecting" };
 
@@ -62,6 +116,8 @@ export class BridgeCore implements NetworkEventHandler {
 
   stop(): void {
     this.stopping = true;
+    for (const timer of this.typingTimers.values()) clearInterval(timer);
+    this.typingTimers.clear();
   }
 
   connectionState(): ConnectionState {
@@ -76,13 +132,16 @@ export class BridgeCore implements NetworkEventHandler {
     await this.inboundQueue.run(`portal:${portal.id}`, async () => {
       if (this.store.outbound.inboundSeen(receiver, message.id)) return;
       const ghost = await this.ghostFor(message.sender);
-      const content = remoteToMatrix(message.content);
+      let content = remoteToMatrix(message.content);
+      // A reply to a message this room never showed stays a plain message.
+      const replied = message.replyTo === undefined ? undefined : this.store.messages.byRemoteId(portal.id, message.replyTo);
+      if (replied) content = asReply(content, replied.eventId);
       const eventId = await this.matrix.send(ghost, portal.roomId!, content, {
         txnId: `in.${portal.id}.${message.id}`,
         ts: message.timestamp,
       });
       this.store.transaction(() => {
-        this.store.messages.insert({ portalId: portal.id, remoteId: message.id, part: 0, eventId, sender: message.sender, timestamp: message.timestamp });
+        this.store.messages.insert({ portalId: portal.id, remoteId: message.id, part: 0, eventId, sender: message.sender, timestamp: message.timestamp, replyTo: replied?.remoteId });
         this.store.outbound.markInboundSeen(receiver, message.id);
       });
       log.debug("bridged message to Matrix", { portal: portal.id, remoteId: message.id, eventId });
@@ -112,6 +171,132 @@ export class BridgeCore implements NetworkEventHandler {
       portal.roomId,
       `The security code of ${remoteUserId} changed, probably because they reinstalled WhatsApp or changed phones. Messages stay end-to-end encrypted.`,
     );
+  }
+
+  /** An edit, deletion or reaction from the network, in order with the chat's messages. */
+  async onChange(receiver: string, event: RemoteChange): Promise<void> {
+    if (this.store.outbound.inboundSeen(receiver, event.id)) return;
+    const portal = this.store.portals.byChat(event.chat.id, receiver);
+    if (!portal?.roomId) {
+      // Without a room the user never saw the message it changes.
+      log.debug("dropping a change in a chat without a room", { type: event.change.type });
+      return;
+    }
+    const roomId = portal.roomId;
+    await this.inboundQueue.run(`portal:${portal.id}`, async () => {
+      if (this.store.outbound.inboundSeen(receiver, event.id)) return;
+      const markSeen = () => this.store.outbound.markInboundSeen(receiver, event.id);
+      const change = event.change;
+      const target = this.store.messages.byRemoteId(portal.id, change.target);
+      if (!target) {
+        log.info("dropping a change of a message this room never showed", { portal: portal.id, type: change.type });
+        markSeen();
+        return;
+      }
+      const ghost = await this.ghostFor(event.sender);
+      const txnId = `in.${portal.id}.${event.id}`;
+      switch (change.type) {
+        case "edit":
+        case "delete": {
+          if (target.sender !== event.sender) {
+            log.warn("dropping a change of someone else's message", { portal: portal.id, type: change.type });
+            markSeen();
+            return;
+          }
+          if (change.type === "edit") {
+            await this.matrix.send(ghost, roomId, editContent(target.eventId, remoteToMatrix(change.content)), { txnId, ts: event.timestamp });
+            markSeen();
+          } else {
+            await this.matrix.redact(ghost, roomId, target.eventId, { txnId, reason: "Deleted on WhatsApp" });
+            this.store.transaction(() => {
+              this.store.messages.delete(portal.id, target.remoteId);
+              markSeen();
+            });
+          }
+          log.debug("bridged a change to Matrix", { portal: portal.id, type: change.type });
+          return;
+        }
+        case "reaction": {
+          const previous = this.store.reactions.get(portal.id, target.remoteId, event.sender);
+          if (previous?.emoji === change.emoji) {
+            // The same reaction again: Matrix already shows it (and refuses a duplicate annotation).
+            this.store.transaction(() => {
+              this.store.reactions.put({ ...previous, remoteId: event.id, timestamp: event.timestamp });
+              markSeen();
+            });
+            return;
+          }
+          // One reaction per person, as on WhatsApp: the new one replaces the old.
+          if (previous) await this.matrix.redact(ghost, roomId, previous.eventId, { txnId: `${txnId}.replaces`, reason: "Reaction changed on WhatsApp" });
+          const eventId = await this.matrix.send(ghost, roomId, reactionContent(target.eventId, change.emoji), { txnId, ts: event.timestamp, type: "m.reaction" });
+          this.store.transaction(() => {
+            this.store.reactions.put({ portalId: portal.id, targetRemoteId: target.remoteId, sender: event.sender, emoji: change.emoji, eventId, remoteId: event.id, timestamp: event.timestamp });
+            markSeen();
+          });
+          return;
+        }
+        case "unreaction": {
+          const current = this.store.reactions.get(portal.id, target.remoteId, event.sender);
+          // A withdrawal of a reaction that was already replaced changes nothing.
+          if (current?.remoteId === change.reaction) {
+            await this.matrix.redact(ghost, roomId, current.eventId, { txnId, reason: "Reaction removed on WhatsApp" });
+            this.store.transaction(() => {
+              this.store.reactions.delete(portal.id, target.remoteId, event.sender);
+              markSeen();
+            });
+          } else markSeen();
+          return;
+        }
+      }
+    });
+  }
+
+  /** The remote user read messages the Matrix user sent: the ghost's read receipt moves to the newest of them. */
+  async onReadReceipt(receiver: string, receipt: RemoteReadReceipt): Promise<void> {
+    const portal = this.store.portals.byChat(receipt.chat.id, receiver);
+    if (!portal?.roomId) return;
+    const roomId = portal.roomId;
+    await this.inboundQueue.run(`portal:${portal.id}`, async () => {
+      let newest: MessageRow | undefined;
+      for (const id of receipt.messageIds) {
+        const row = this.store.messages.byRemoteId(portal.id, id);
+        if (row && row.sender === receiver && (!newest || row.timestamp > newest.timestamp)) newest = row;
+      }
+      if (!newest) return;
+      // A receipt is not worth a stuck queue: Matrix trouble is logged, not retried.
+      await this.matrix
+        .sendReadReceipt(this.matrix.ghostMxid(receipt.sender), roomId, newest.eventId)
+        .catch((err: Error) => log.warn("could not bridge a read receipt", { portal: portal.id, error: err.message }));
+    });
+  }
+
+  onTyping(receiver: string, typing: RemoteTyping): void {
+    const portal = this.store.portals.byChat(typing.chat.id, receiver);
+    if (!portal?.roomId) return;
+    this.matrix
+      .setTyping(this.matrix.ghostMxid(typing.sender), portal.roomId, typing.typing, REMOTE_TYPING_TIMEOUT_MS)
+      .catch((err: Error) => log.debug("could not bridge typing", { portal: portal.id, error: err.message }));
+  }
+
+  /** Something the Matrix user sent reached the other side: a delivered status on their event. */
+  async onDelivered(receiver: string, receipt: DeliveryReceipt): Promise<void> {
+    const portal = this.store.portals.byChat(receipt.chat.id, receiver);
+    if (!portal?.roomId) return;
+    await this.sentStatuses.get(receipt.txnId);
+    await this.postStatus(portal.roomId, this.matrix.ghostMxid(receipt.recipient), "delivered", {
+      eventId: receipt.txnId,
+      status: "SUCCESS",
+      deliveredTo: [this.matrix.ghostMxid(receipt.recipient)],
+    });
+  }
+
+  /** Posts a com.beeper.message_send_status event; never fails (a status is not worth a retry loop). */
+  private async postStatus(roomId: string, asMxid: string, stage: string, info: MessageStatusInfo): Promise<void> {
+    try {
+      await this.matrix.send(asMxid, roomId, messageStatusContent(info), { txnId: `status.${stage}.${info.eventId}`, type: MESSAGE_STATUS_EVENT_TYPE });
+    } catch (err) {
+      log.warn("could not post a message status", { stage, error: (err as Error).message });
+    }
   }
 
   /** Finds or creates the portal (and its room) for a chat as seen by one Matrix user. */
@@ -154,14 +339,105 @@ export class BridgeCore implements NetworkEventHandler {
       log.debug("ignoring a message from someone who is not the portal's user", { portal: portal.id, sender: event.sender });
       return;
     }
-    const content = matrixToRemote(event.content);
-    if ("unbridgeable" in content) {
-      if (!this.store.outbound.markProcessed(event.event_id)) return;
-      await this.matrix.notice(this.portalGhost(portal), event.room_id, `Your message was not sent: ${content.reason}.`, `notice.${event.event_id}`);
+    const relation = relationOf(event.content);
+    if (relation?.type === "edit" && !relation.newContent) {
+      log.debug("ignoring an edit without m.new_content", { portal: portal.id });
       return;
     }
-    const payload: QueuedPayload = { content, ts: event.origin_server_ts };
+    const content = matrixToRemote(relation?.type === "edit" ? relation.newContent! : event.content);
+    if ("unbridgeable" in content) {
+      if (!this.store.outbound.markProcessed(event.event_id)) return;
+      const noun = relation?.type === "edit" ? "edit" : "message";
+      await this.matrix.notice(this.portalGhost(portal), event.room_id, `Your ${noun} was not sent: ${content.reason}.`, `notice.${event.event_id}`);
+      return;
+    }
+    const payload: QueuedPayload =
+      relation?.type === "edit"
+        ? { kind: "edit", target: relation.eventId, content, ts: event.origin_server_ts }
+        : { content, ts: event.origin_server_ts, ...(relation?.type === "reply" ? { replyTo: relation.eventId } : {}) };
+    this.enqueue(portal, event, payload);
+  }
+
+  private enqueue(portal: PortalRow, event: MatrixEvent, payload: QueuedPayload): void {
     if (this.store.outbound.enqueue(portal.id, event.event_id, event.sender, payload)) void this.drainOutbound(portal.id);
+  }
+
+  /** An m.reaction; returns false when the room is not a portal. */
+  async onMatrixReaction(event: MatrixEvent): Promise<boolean> {
+    const portal = this.store.portals.byRoom(event.room_id);
+    if (!portal) return false;
+    const relation = relationOf(event.content);
+    if (event.sender === portal.receiver && relation?.type === "annotation") {
+      this.enqueue(portal, event, { kind: "reaction", target: relation.eventId, key: relation.key, ts: event.origin_server_ts });
+    }
+    return true;
+  }
+
+  /** An m.room.redaction (of a message or a reaction); returns false when the room is not a portal. */
+  async onMatrixRedaction(event: MatrixEvent): Promise<boolean> {
+    const portal = this.store.portals.byRoom(event.room_id);
+    if (!portal) return false;
+    const target = redactedEventId(event);
+    if (event.sender === portal.receiver && target) this.enqueue(portal, event, { kind: "redaction", target, ts: event.origin_server_ts });
+    return true;
+  }
+
+  /**
+   * The portal's user read the room up to `eventId`: every message from the other side up to
+   * it that was not reported yet is reported read. A receipt on an event that is no bridged
+   * message (a notice, a reaction) counts up to the receipt's time.
+   */
+  async onMatrixReadReceipt(roomId: string, userId: string, eventId: string, ts: number | null): Promise<void> {
+    const portal = this.store.portals.byRoom(roomId);
+    if (!portal || userId !== portal.receiver || !this.network.capabilities.readReceipts || !this.network.sendReadReceipt) return;
+    const send = this.network.sendReadReceipt.bind(this.network);
+    await this.receiptQueue.run(`portal:${portal.id}`, async () => {
+      const read = this.store.messages.byEventId(eventId);
+      const upTo = read && read.portalId === portal.id ? read.timestamp : (ts ?? Date.now());
+      const unread = this.store.messages.receivedBetween(portal.id, portal.receiver, this.store.readMarkers.get(portal.id), upTo, MAX_READ_BATCH);
+      if (unread.length === 0) return;
+      try {
+        await send(portal.receiver, this.chatOf(portal), unread.map((m) => m.remoteId));
+        this.store.readMarkers.advance(portal.id, unread[unread.length - 1].timestamp);
+      } catch (err) {
+        // The next receipt reports these again.
+        log.warn("could not send a read receipt", { portal: portal.id, error: (err as Error).message });
+      }
+    });
+  }
+
+  /** The users typing in a room changed: tell the network when the portal's user starts or stops. */
+  onMatrixTyping(roomId: string, userIds: string[]): void {
+    const portal = this.store.portals.byRoom(roomId);
+    if (!portal || !this.network.capabilities.typing || !this.network.sendTyping) return;
+    const sendTyping = this.network.sendTyping.bind(this.network);
+    const typing = userIds.includes(portal.receiver);
+    const timer = this.typingTimers.get(portal.id);
+    if (typing === (timer !== undefined)) return;
+    const chat = this.chatOf(portal);
+    if (!typing) {
+      clearInterval(timer);
+      this.typingTimers.delete(portal.id);
+      sendTyping(portal.receiver, chat, false);
+      return;
+    }
+    const started = Date.now();
+    sendTyping(portal.receiver, chat, true);
+    const repeat = setInterval(() => {
+      if (Date.now() - started < TYPING_MAX_MS) {
+        sendTyping(portal.receiver, chat, true);
+        return;
+      }
+      clearInterval(repeat);
+      this.typingTimers.delete(portal.id);
+      sendTyping(portal.receiver, chat, false);
+    }, TYPING_REPEAT_MS);
+    repeat.unref();
+    this.typingTimers.set(portal.id, repeat);
+  }
+
+  private chatOf(portal: PortalRow): ChatRef {
+    return { id: portal.remoteChatId, kind: portal.kind, participants: this.store.portals.participants(portal.id) };
   }
 
   private portalGhost(portal: PortalRow): string {
@@ -181,25 +457,22 @@ export class BridgeCore implements NetworkEventHandler {
     const portal = this.store.portals.get(portalId);
     if (!portal) return this.store.outbound.remove(item.seq);
     const payload = JSON.parse(item.payload) as QueuedPayload;
-    if ("unbridgeable" in payload.content) return this.store.outbound.remove(item.seq);
-    const chat: ChatRef = { id: portal.remoteChatId, kind: portal.kind, participants: this.store.portals.participants(portal.id) };
+    const chat = this.chatOf(portal);
     let delay = this.opts.retryDelayMs ?? 1000;
     for (;;) {
       try {
         this.store.outbound.recordAttempt(item.seq);
         await this.network.ensureUser(portal.receiver, null);
-        const result = await this.network.sendMessage(portal.receiver, chat, { txnId: item.eventId, content: payload.content, timestamp: payload.ts });
-        this.store.transaction(() => {
-          this.store.messages.insert({ portalId, remoteId: result.remoteId, part: 0, eventId: item.eventId, sender: portal.receiver, timestamp: result.timestamp });
-          this.store.outbound.remove(item.seq);
-        });
-        log.debug("bridged message to the network", { portal: portalId, eventId: item.eventId, remoteId: result.remoteId });
+        const sent = await this.sendQueued(portal, chat, item, payload);
+        if (sent && portal.roomId) await this.postSentStatus(portal, portal.roomId, item.eventId);
         return;
       } catch (err) {
-        if (err instanceof NetworkError && !err.retryable) {
+        const refused = err instanceof EventRefusal || (err instanceof NetworkError && !err.retryable);
+        if (refused) {
           this.store.outbound.remove(item.seq);
-          log.warn("the network refused a message", { portal: portalId, code: err.code });
-          if (portal.roomId) await this.matrix.notice(this.portalGhost(portal), portal.roomId, `Your message was not delivered: ${err.message}`, `fail.${item.eventId}`).catch(() => undefined);
+          const noun = EVENT_NOUN[payload.kind ?? "message"];
+          log.warn(`the ${noun} was not sent`, { portal: portalId, code: err instanceof NetworkError ? err.code : err.reason });
+          if (portal.roomId) await this.reportFailure(portal, portal.roomId, item.eventId, noun, err);
           return;
         }
         if (this.stopping) return;
@@ -208,6 +481,129 @@ export class BridgeCore implements NetworkEventHandler {
         delay = Math.min(delay * 2, this.opts.maxRetryDelayMs ?? 30_000);
       }
     }
+  }
+
+  /**
+   * Sends one queued event to the network and updates the maps in the same transaction that
+   * takes it off the queue. Returns false when there was nothing to send (a redaction of an
+   * event that was never bridged). Throws EventRefusal when a capability check fails.
+   */
+  private async sendQueued(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: QueuedPayload): Promise<boolean> {
+    const caps = this.network.capabilities;
+    const user = portal.receiver;
+    const txnId = item.eventId;
+    switch (payload.kind) {
+      case undefined:
+      case "message": {
+        if ("unbridgeable" in payload.content) {
+          this.store.outbound.remove(item.seq);
+          return false;
+        }
+        const replied = payload.replyTo && caps.replies ? this.bridgedMessage(portal, payload.replyTo) : undefined;
+        const result = await this.network.sendMessage(user, chat, { txnId, content: payload.content, timestamp: payload.ts, ...(replied ? { replyTo: replied.remoteId } : {}) });
+        this.store.transaction(() => {
+          this.store.messages.insert({ portalId: portal.id, remoteId: result.remoteId, part: 0, eventId: txnId, sender: user, timestamp: result.timestamp, replyTo: replied?.remoteId });
+          this.store.outbound.remove(item.seq);
+        });
+        log.debug("bridged message to the network", { portal: portal.id, eventId: txnId, remoteId: result.remoteId });
+        return true;
+      }
+      case "edit": {
+        const original = this.bridgedMessage(portal, payload.target);
+        if (!original) throw new EventRefusal("m.event_not_handled", "the message it edits was never bridged");
+        if (original.sender !== user) throw new EventRefusal("m.no_permission", "only the sender can edit a message");
+        if (!caps.edits || !this.network.sendChange) throw new EventRefusal("com.beeper.unsupported_event", "WhatsApp does not support editing messages here");
+        if (caps.edits.maxAgeMs > 0 && payload.ts - original.timestamp > caps.edits.maxAgeMs) {
+          throw new EventRefusal("m.event_too_old", `WhatsApp allows editing a message only within ${describeDuration(caps.edits.maxAgeMs)} of sending it`);
+        }
+        const edit = { type: "edit" as const, target: original.remoteId, content: payload.content, ...(original.replyTo ? { replyTo: original.replyTo } : {}) };
+        await this.network.sendChange(user, chat, { txnId, change: edit, timestamp: payload.ts });
+        this.store.outbound.remove(item.seq);
+        return true;
+      }
+      case "reaction": {
+        const target = this.bridgedMessage(portal, payload.target);
+        if (!target) throw new EventRefusal("m.event_not_handled", "the message it reacts to was never bridged");
+        if (!caps.reactions || !this.network.sendChange) throw new EventRefusal("com.beeper.unsupported_event", "WhatsApp does not support reactions here");
+        const previous = this.store.reactions.get(portal.id, target.remoteId, user);
+        const result = await this.network.sendChange(user, chat, { txnId, change: { type: "reaction", target: target.remoteId, emoji: payload.key }, timestamp: payload.ts });
+        this.store.transaction(() => {
+          this.store.reactions.put({ portalId: portal.id, targetRemoteId: target.remoteId, sender: user, emoji: payload.key, eventId: txnId, remoteId: result.remoteId, timestamp: result.timestamp });
+          this.store.outbound.remove(item.seq);
+        });
+        // The network replaced the earlier reaction; Matrix would show both.
+        if (previous && previous.eventId !== txnId && caps.reactions.maxPerUser === 1 && portal.roomId) {
+          await this.matrix
+            .redact(this.portalGhost(portal), portal.roomId, previous.eventId, { txnId: `replaced.${previous.eventId}`, reason: "WhatsApp keeps one reaction per person" })
+            .catch((err: Error) => log.warn("could not remove a replaced reaction", { portal: portal.id, error: err.message }));
+        }
+        return true;
+      }
+      case "redaction": {
+        const reaction = this.store.reactions.byEventId(payload.target);
+        if (reaction && reaction.portalId === portal.id) {
+          if (reaction.sender !== user) throw new EventRefusal("m.no_permission", "only its sender can remove a reaction on WhatsApp, so it was removed here only");
+          if (!caps.reactions || !this.network.sendChange) throw new EventRefusal("com.beeper.unsupported_event", "WhatsApp does not support removing reactions here");
+          await this.network.sendChange(user, chat, {
+            txnId,
+            change: { type: "unreaction", target: reaction.targetRemoteId, reaction: reaction.remoteId },
+            timestamp: payload.ts,
+          });
+          this.store.transaction(() => {
+            this.store.reactions.delete(portal.id, reaction.targetRemoteId, user);
+            this.store.outbound.remove(item.seq);
+          });
+          return true;
+        }
+        const message = this.bridgedMessage(portal, payload.target);
+        if (!message) {
+          this.store.outbound.remove(item.seq);
+          return false;
+        }
+        if (message.sender !== user) throw new EventRefusal("m.no_permission", "WhatsApp lets only the sender delete a message for everyone, so it was deleted here only");
+        if (!caps.deletes || !this.network.sendChange) throw new EventRefusal("com.beeper.unsupported_event", "WhatsApp does not support deleting messages here, so it was deleted here only");
+        if (caps.deletes.maxAgeMs > 0 && payload.ts - message.timestamp > caps.deletes.maxAgeMs) {
+          throw new EventRefusal("m.event_too_old", `WhatsApp allows deleting a message for everyone only within ${describeDuration(caps.deletes.maxAgeMs)} of sending it, so it was deleted here only`);
+        }
+        const deletion = { type: "delete" as const, target: message.remoteId, ...(message.replyTo ? { replyTo: message.replyTo } : {}) };
+        await this.network.sendChange(user, chat, { txnId, change: deletion, timestamp: payload.ts });
+        this.store.transaction(() => {
+          this.store.messages.delete(portal.id, message.remoteId);
+          this.store.outbound.remove(item.seq);
+        });
+        return true;
+      }
+    }
+  }
+
+  /** The bridged message behind a Matrix event id in this portal, if any. */
+  private bridgedMessage(portal: PortalRow, eventId: string): MessageRow | undefined {
+    const row = this.store.messages.byEventId(eventId);
+    return row && row.portalId === portal.id ? row : undefined;
+  }
+
+  private async postSentStatus(portal: PortalRow, roomId: string, eventId: string): Promise<void> {
+    const posting = this.postStatus(roomId, this.portalGhost(portal), "sent", {
+      eventId,
+      status: "SUCCESS",
+      // Empty, not absent: delivery receipts will follow.
+      ...(this.network.capabilities.deliveryReceipts ? { deliveredTo: [] } : {}),
+    });
+    this.sentStatuses.set(eventId, posting);
+    try {
+      await posting;
+    } finally {
+      this.sentStatuses.delete(eventId);
+    }
+  }
+
+  /** One place turns a refusal into what the user sees: a failed status on their event and a notice saying why. */
+  private async reportFailure(portal: PortalRow, roomId: string, eventId: string, noun: string, err: EventRefusal | NetworkError): Promise<void> {
+    const ghost = this.portalGhost(portal);
+    const reason: MessageStatusReason = err instanceof EventRefusal ? err.reason : "m.foreign_network_error";
+    await this.postStatus(roomId, ghost, "failed", { eventId, status: "FAIL_PERMANENT", reason, message: err.message });
+    const verb = err instanceof EventRefusal ? "sent" : "delivered";
+    await this.matrix.notice(ghost, roomId, `Your ${noun} was not ${verb}: ${err.message}`, `fail.${eventId}`).catch((e: Error) => log.warn("could not post a failure notice", { error: e.message }));
   }
 
   // ---- Matrix-side chat creation ---------------------------------------------------------

@@ -2,6 +2,7 @@ import { AppServiceRegistration, Bridge, Request, WeakEvent } from "matrix-appse
 import { BridgeCore } from "../bridge/core";
 import { MatrixEvent } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
+import { readReceiptsOf, typingUsersOf } from "../convert/ephemeral";
 import { markdownToMatrix } from "../convert/formatting";
 import { getLogger } from "../logging";
 import { BridgeStore } from "../store";
@@ -9,6 +10,13 @@ import { BotCommands } from "./bot";
 import { AppserviceMatrixPort } from "./matrix-side";
 
 const log = getLogger("appservice");
+
+/** An ephemeral event as the homeserver pushes it to appservices (with its room). */
+interface EphemeralEvent {
+  type: string;
+  room_id?: string;
+  content: Record<string, unknown>;
+}
 
 /**
  * The appservice: receives the homeserver's transactions, routes each event to the core or the
@@ -32,8 +40,13 @@ export class MatrixAppservice {
       disableStores: true,
       disableContext: true,
       suppressEcho: true,
+      // The library would drop edits of someone else's message without a word (and fetch the
+      // original for every edit); the core refuses those itself and tells the user why.
+      eventValidation: {},
       controller: {
         onEvent: (request: Request<WeakEvent>) => this.route(request),
+        // Typing and receipts (the registration sets push_ephemeral).
+        onEphemeralEvent: (request) => this.routeEphemeral(request.getData() as unknown as EphemeralEvent),
       },
     });
     this.port = new AppserviceMatrixPort(this.bridge, config, store);
@@ -73,8 +86,30 @@ export class MatrixAppservice {
       });
   }
 
+  private routeEphemeral(event: EphemeralEvent): void {
+    const core = this.core;
+    if (!core || typeof event.room_id !== "string" || typeof event.content !== "object" || event.content === null) return;
+    if (event.type === "m.typing") {
+      try {
+        core.onMatrixTyping(event.room_id, typingUsersOf(event.content));
+      } catch (err) {
+        // The library awaits this handler without a catch: a throw here would be an unhandled rejection.
+        log.warn("failed to handle typing", { room: event.room_id, error: (err as Error).message });
+      }
+    } else if (event.type === "m.receipt") {
+      for (const receipt of readReceiptsOf(event.content)) {
+        // Receipts of the bridge's own users (ghosts) are what it sent itself.
+        if (this.port.remoteIdOfGhost(receipt.userId) || receipt.userId === this.port.botMxid) continue;
+        void core
+          .onMatrixReadReceipt(event.room_id, receipt.userId, receipt.eventId, receipt.ts)
+          .catch((err: Error) => log.warn("failed to handle a read receipt", { room: event.room_id, error: err.message }));
+      }
+    }
+  }
+
   private async handle(event: MatrixEvent): Promise<void> {
     const core = this.core!;
+    log.debug("matrix event", { type: event.type, room: event.room_id, eventId: event.event_id });
     if (event.type === "m.room.member" && event.state_key) {
       const membership = event.content.membership;
       if (membership === "invite" && event.state_key === this.port.botMxid) return this.onBotInvite(event);
@@ -86,6 +121,14 @@ export class MatrixAppservice {
         if (user?.mxid === event.state_key) this.store.users.setManagementRoom(user.mxid, null);
         return core.onUserLeft(event.room_id, event.state_key);
       }
+      return;
+    }
+    if (event.type === "m.reaction") {
+      await core.onMatrixReaction(event);
+      return;
+    }
+    if (event.type === "m.room.redaction") {
+      await core.onMatrixRedaction(event);
       return;
     }
     if (event.type === "m.room.message") {

@@ -102,6 +102,22 @@ export class AppserviceMatrixPort implements MatrixPort {
     return result.event_id;
   }
 
+  async redact(asMxid: string, roomId: string, eventId: string, opts: { txnId: string; reason?: string }): Promise<void> {
+    const client = this.intent(asMxid).matrixClient;
+    const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/redact/${encodeURIComponent(eventId)}/${encodeURIComponent(opts.txnId)}`;
+    await client.doRequest("PUT", path, null, opts.reason ? { reason: opts.reason } : {});
+  }
+
+  // The client directly, not intent.sendTyping/sendReadReceipt: those check membership first
+  // (an extra request for a ghost that is in the room) and typing would get a fixed 30 s timeout.
+  async setTyping(asMxid: string, roomId: string, typing: boolean, timeoutMs: number): Promise<void> {
+    await this.intent(asMxid).matrixClient.setTyping(roomId, typing, timeoutMs);
+  }
+
+  async sendReadReceipt(asMxid: string, roomId: string, eventId: string): Promise<void> {
+    await this.intent(asMxid).matrixClient.sendReadReceipt(roomId, eventId);
+  }
+
   async notice(asMxid: string, roomId: string, text: string, txnId?: string): Promise<void> {
     const content = { msgtype: "m.notice", body: text };
     if (txnId) await this.send(asMxid, roomId, content, { txnId });

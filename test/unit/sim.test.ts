@@ -255,7 +255,8 @@ describe("the WhatsApp simulator", () => {
 
   it("sends reactions, edits, deletions, read receipts, stickers, timers and typing", async () => {
     const original = await sim.ok<{ id: string }>("POST", `${phonePath}/messages`, { to: ALICE_MXID, text: "to be worked on" });
-    await sim.ok("POST", `${phonePath}/reactions`, { to: ALICE_MXID, target: original.id, emoji: "👍" });
+    const thumbs = await sim.ok<{ id: string }>("POST", `${phonePath}/reactions`, { to: ALICE_MXID, target: original.id, emoji: "👍" });
+    await sim.ok("POST", `${phonePath}/reactions`, { to: ALICE_MXID, target: original.id, reaction: thumbs.id });
     await sim.ok("POST", `${phonePath}/edits`, { to: ALICE_MXID, target: original.id, text: "worked on" });
     await sim.ok("POST", `${phonePath}/deletions`, { to: ALICE_MXID, target: original.id });
     await sim.ok("POST", `${phonePath}/read`, { to: ALICE_MXID, ids: [original.id] });
@@ -266,6 +267,8 @@ describe("the WhatsApp simulator", () => {
     const target = (m: MimiMessage, field: "inReplyTo" | "replaces"): boolean => m[field] !== null && Buffer.from(m[field]!).toString("hex") === original.id;
     const reaction = await matrix.waitForMessage((m) => target(m, "inReplyTo") && m.body.disposition === 2);
     assert.equal(textOf(reaction.message), "👍");
+    const unlike = await matrix.waitForMessage((m) => target(m, "inReplyTo") && m.body.disposition === 2 && m.body.cardinality === "null");
+    assert.equal(Buffer.from(unlike.message.replaces!).toString("hex"), thumbs.id, "the withdrawal replaces the reaction");
     await matrix.waitForMessage((m) => target(m, "replaces") && textOf(m) === "worked on");
     await matrix.waitForMessage((m) => target(m, "replaces") && m.body.cardinality === "null");
     const stickerMsg = await matrix.waitForMessage((m, ev) => isSticker(m) && Buffer.from(computeMessageId(ev.from, ev.room, (ev.payload as { mimi: Uint8Array }).mimi)).toString("hex") === sticker.id);
