@@ -1,12 +1,16 @@
+import { mediaFailureNotice, notSentText, overLimitReason } from "../convert/media";
 import { matrixToRemote, remoteToMatrix } from "../convert/message-content";
 import { normalizePhone } from "../convert/phone";
 import { getLogger } from "../logging";
 import {
   ChatRef,
   ConnectionState,
+  LocalMedia,
+  MediaError,
   NetworkConnector,
   NetworkError,
   NetworkEventHandler,
+  RemoteContent,
   RemoteMessage,
   RemoteProfile,
 } from "../network/connector";
@@ -76,7 +80,7 @@ export class BridgeCore implements NetworkEventHandler {
     await this.inboundQueue.run(`portal:${portal.id}`, async () => {
       if (this.store.outbound.inboundSeen(receiver, message.id)) return;
       const ghost = await this.ghostFor(message.sender);
-      const content = remoteToMatrix(message.content);
+      const content = message.content.type === "media" ? await this.mediaToMatrix(receiver, ghost, message.content) : remoteToMatrix(message.content);
       const eventId = await this.matrix.send(ghost, portal.roomId!, content, {
         txnId: `in.${portal.id}.${message.id}`,
         ts: message.timestamp,
@@ -87,6 +91,36 @@ export class BridgeCore implements NetworkEventHandler {
       });
       log.debug("bridged message to Matrix", { portal: portal.id, remoteId: message.id, eventId });
     });
+  }
+
+  /**
+   * Received media → the content of its Matrix event: the file fetched from the network and
+   * uploaded as the ghost, or, if that cannot be done, a notice naming the file and why.
+   * Only a homeserver that is down (a retryable Matrix-side failure) makes it throw, so the
+   * message is delivered again later.
+   */
+  private async mediaToMatrix(receiver: string, ghost: string, content: Extract<RemoteContent, { type: "media" }>): Promise<Record<string, unknown>> {
+    const max = this.network.capabilities.maxMediaSize;
+    const media = content.media;
+    if (media.size !== undefined && media.size > max) return mediaFailureNotice(media, overLimitReason(media.size, max));
+    if (content.source.from !== "network" || !this.network.downloadMedia) return mediaFailureNotice(media, "the network did not provide the file");
+    let file: LocalMedia;
+    try {
+      file = await this.network.downloadMedia(receiver, content.source.ref, max);
+    } catch (err) {
+      if (!(err instanceof MediaError)) throw err;
+      log.warn("could not fetch received media", { code: err.code, kind: media.kind });
+      return mediaFailureNotice(media, err.reason);
+    }
+    try {
+      return await this.matrix.mediaMessage(ghost, file, media, content.caption);
+    } catch (err) {
+      if (!(err instanceof MediaError) || err.retryable) throw err;
+      log.warn("could not upload received media", { code: err.code, kind: media.kind });
+      return mediaFailureNotice(media, err.reason);
+    } finally {
+      await file.release();
+    }
   }
 
   async onProfile(profile: RemoteProfile): Promise<void> {
@@ -160,6 +194,13 @@ export class BridgeCore implements NetworkEventHandler {
       await this.matrix.notice(this.portalGhost(portal), event.room_id, `Your message was not sent: ${content.reason}.`, `notice.${event.event_id}`);
       return;
     }
+    const max = this.network.capabilities.maxMediaSize;
+    if (content.type === "media" && content.media.size !== undefined && content.media.size > max) {
+      // Refused before anything is downloaded.
+      if (!this.store.outbound.markProcessed(event.event_id)) return;
+      await this.matrix.notice(this.portalGhost(portal), event.room_id, notSentText(content.media, overLimitReason(content.media.size, max)), `notice.${event.event_id}`);
+      return;
+    }
     const payload: QueuedPayload = { content, ts: event.origin_server_ts };
     if (this.store.outbound.enqueue(portal.id, event.event_id, event.sender, payload)) void this.drainOutbound(portal.id);
   }
@@ -183,12 +224,31 @@ export class BridgeCore implements NetworkEventHandler {
     const payload = JSON.parse(item.payload) as QueuedPayload;
     if ("unbridgeable" in payload.content) return this.store.outbound.remove(item.seq);
     const chat: ChatRef = { id: portal.remoteChatId, kind: portal.kind, participants: this.store.portals.participants(portal.id) };
+    // Media is fetched from the homeserver at most once for all attempts, and deleted after.
+    const media: { local?: LocalMedia } = {};
+    try {
+      await this.sendWithRetries(portal, chat, item, payload as { content: RemoteContent; ts: number }, media);
+    } finally {
+      await media.local?.release();
+    }
+  }
+
+  /** Queued media still on the homeserver → a local file the connector can send. */
+  private async withLocalMedia(content: RemoteContent, media: { local?: LocalMedia }): Promise<RemoteContent> {
+    if (content.type !== "media" || content.source.from !== "matrix") return content;
+    media.local ??= await this.matrix.downloadMedia(content.source.mxc, this.network.capabilities.maxMediaSize);
+    return { ...content, source: { from: "file", path: media.local.path, size: media.local.size } };
+  }
+
+  private async sendWithRetries(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: { content: RemoteContent; ts: number }, media: { local?: LocalMedia }): Promise<void> {
+    const portalId = portal.id;
     let delay = this.opts.retryDelayMs ?? 1000;
     for (;;) {
       try {
         this.store.outbound.recordAttempt(item.seq);
         await this.network.ensureUser(portal.receiver, null);
-        const result = await this.network.sendMessage(portal.receiver, chat, { txnId: item.eventId, content: payload.content, timestamp: payload.ts });
+        const content = await this.withLocalMedia(payload.content, media);
+        const result = await this.network.sendMessage(portal.receiver, chat, { txnId: item.eventId, content, timestamp: payload.ts });
         this.store.transaction(() => {
           this.store.messages.insert({ portalId, remoteId: result.remoteId, part: 0, eventId: item.eventId, sender: portal.receiver, timestamp: result.timestamp });
           this.store.outbound.remove(item.seq);
@@ -196,6 +256,12 @@ export class BridgeCore implements NetworkEventHandler {
         log.debug("bridged message to the network", { portal: portalId, eventId: item.eventId, remoteId: result.remoteId });
         return;
       } catch (err) {
+        if (err instanceof MediaError && !err.retryable && payload.content.type === "media") {
+          this.store.outbound.remove(item.seq);
+          log.warn("media could not be sent", { portal: portalId, code: err.code });
+          if (portal.roomId) await this.matrix.notice(this.portalGhost(portal), portal.roomId, notSentText(payload.content.media, err.reason), `fail.${item.eventId}`).catch(() => undefined);
+          return;
+        }
         if (err instanceof NetworkError && !err.retryable) {
           this.store.outbound.remove(item.seq);
           log.warn("the network refused a message", { portal: portalId, code: err.code });

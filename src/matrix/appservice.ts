@@ -36,7 +36,9 @@ export class MatrixAppservice {
         onEvent: (request: Request<WeakEvent>) => this.route(request),
       },
     });
-    this.port = new AppserviceMatrixPort(this.bridge, config, store);
+    const asToken = registration.getAppServiceToken();
+    if (!asToken) throw new Error("the registration has no as_token");
+    this.port = new AppserviceMatrixPort(this.bridge, config, store, asToken);
   }
 
   async start(core: BridgeCore): Promise<void> {

@@ -1,5 +1,6 @@
 import { Database, openDatabase } from "./database";
 import { GhostStore } from "./ghosts";
+import { HostedMediaStore } from "./hosted-media";
 import { MessageStore } from "./messages";
 import { OutboundStore } from "./outbound";
 import { PortalStore } from "./portals";
@@ -13,6 +14,7 @@ export type { GhostRow } from "./ghosts";
 export type { PortalRow, PortalKind } from "./portals";
 export type { MessageRow } from "./messages";
 export type { OutboundItem } from "./outbound";
+export type { HostedMediaRow } from "./hosted-media";
 
 /** Everything the bridge persists, one object per concern over one SQLite database. */
 export class BridgeStore {
@@ -21,6 +23,7 @@ export class BridgeStore {
   readonly portals: PortalStore;
   readonly messages: MessageStore;
   readonly outbound: OutboundStore;
+  readonly hostedMedia: HostedMediaStore;
 
   constructor(readonly db: Database) {
     this.users = new UserStore(db);
@@ -28,6 +31,7 @@ export class BridgeStore {
     this.portals = new PortalStore(db);
     this.messages = new MessageStore(db);
     this.outbound = new OutboundStore(db);
+    this.hostedMedia = new HostedMediaStore(db);
   }
 
   static open(file: string): BridgeStore {
