@@ -25,6 +25,7 @@ import {
   waveformFromPeaks,
   type UploadedThumbnail,
 } from "../convert/media";
+import { noteStreamed, pacedPassThrough } from "../gc-pacing";
 import { getLogger } from "../logging";
 import { LocalMedia, MediaError, RemoteMedia } from "../network/connector";
 import { audioPeaks, makeThumbnail, probeMedia, rawRgba } from "../network/ffmpeg";
@@ -85,6 +86,7 @@ export class MatrixMedia {
     let size = 0;
     const limit = new Transform({
       transform(chunk: Buffer, _enc, done) {
+        noteStreamed(chunk.length);
         size += chunk.length;
         if (size > maxBytes) done(new MediaError("too_large", overLimitReason(size, maxBytes)));
         else done(null, chunk);
@@ -123,7 +125,7 @@ export class MatrixMedia {
       );
       req.on("timeout", () => req.destroy(new Error("upload timed out")));
       req.on("error", reject);
-      pipeline(fs.createReadStream(file), req).catch(reject);
+      pipeline(fs.createReadStream(file), pacedPassThrough(), req).catch(reject);
     }).catch((err: Error) => {
       throw new MediaError("unreachable", `the upload to the homeserver failed (${err.message})`, true);
     });

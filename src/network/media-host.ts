@@ -9,6 +9,7 @@ import fs from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
+import { noteStreamed } from "../gc-pacing";
 import { getLogger, type Logger } from "../logging";
 import { encryptFile, newBlobKey, type BlobKey } from "../protocol/media-crypto";
 
@@ -145,6 +146,7 @@ export class MediaHost {
         stream.destroy();
         res.end();
       } else {
+        stream.on("data", (chunk: string | Buffer) => noteStreamed(chunk.length));
         stream.pipe(res);
       }
     });

@@ -7,6 +7,7 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes, type Hash } 
 import fs from "node:fs";
 import { Transform, type Readable, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { noteStreamed } from "../gc-pacing";
 
 export const MEDIA_KEY_BYTES = 16;
 export const MEDIA_NONCE_BYTES = 12;
@@ -58,7 +59,10 @@ export function plaintextSize(ciphertextSize: number): number {
 export async function sha256File(file: string): Promise<Buffer> {
   const hash = createHash("sha256");
   await pipeline(fs.createReadStream(file), async function (source: AsyncIterable<Buffer>) {
-    for await (const chunk of source) hash.update(chunk);
+    for await (const chunk of source) {
+      noteStreamed(chunk.length);
+      hash.update(chunk);
+    }
   });
   return hash.digest();
 }
@@ -76,6 +80,7 @@ export async function encryptFile(source: string, dest: string, blobKey: BlobKey
   };
   const encrypt = new Transform({
     transform(chunk: Buffer, _enc, done) {
+      noteStreamed(chunk.length);
       emit(this, cipher.update(chunk));
       done();
     },
@@ -110,22 +115,31 @@ class VerifyingDecipher extends Transform {
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    noteStreamed(chunk.length);
     this.received += chunk.length;
     if (this.received > this.expected.size) {
       done(new BlobCheckError("too_long", `the blob is longer than the announced ${this.expected.size} bytes`));
       return;
     }
     this.hash.update(chunk);
-    const data = this.tail.length === 0 ? chunk : Buffer.concat([this.tail, chunk]);
-    const release = data.length - MEDIA_TAG_BYTES;
-    if (release > 0) {
-      this.tail = Buffer.from(data.subarray(release));
-      const plain = this.decipher.update(data.subarray(0, release));
-      if (plain.length > 0) this.push(plain);
+    // The last 16 bytes seen may be the tag: they wait until more bytes (or the end) show they are not.
+    if (chunk.length >= MEDIA_TAG_BYTES) {
+      const release = chunk.length - MEDIA_TAG_BYTES;
+      const held = this.tail;
+      this.tail = Buffer.from(chunk.subarray(release));
+      if (held.length > 0) this.pushPlain(this.decipher.update(held));
+      if (release > 0) this.pushPlain(this.decipher.update(chunk.subarray(0, release)));
     } else {
-      this.tail = Buffer.from(data);
+      const data = Buffer.concat([this.tail, chunk]);
+      const release = Math.max(0, data.length - MEDIA_TAG_BYTES);
+      this.tail = Buffer.from(data.subarray(release));
+      if (release > 0) this.pushPlain(this.decipher.update(data.subarray(0, release)));
     }
     done();
+  }
+
+  private pushPlain(plain: Buffer): void {
+    if (plain.length > 0) this.push(plain);
   }
 
   override _flush(done: TransformCallback): void {
