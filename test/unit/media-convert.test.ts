@@ -272,6 +272,12 @@ describe("MIMI attachments (docs/protocol.md §17)", () => {
     assert.equal(content.caption, "the **scan**");
   });
 
+  it("encodes x-wa-media as the protocol's example shows", () => {
+    const { message } = roundTrip({ kind: "video", mimetype: "video/mp4", filename: "c.mp4", width: 640, height: 480, durationMs: 2000 });
+    const ext = message.extensions.unknown.find((e) => e.key === "x-wa-media");
+    assert.equal(Buffer.from(ext!.encodedValue).toString("hex"), "a3657769647468190280666865696768741901e06a6475726174696f6e4d731907d0");
+  });
+
   it("tells videos by content type and refuses unencrypted external parts", () => {
     assert.equal(roundTrip({ kind: "video", mimetype: "video/mp4", filename: "c.mp4", width: 2, height: 2, durationMs: 10 }).content.media.kind, "video");
     const plain = newAttachment({ sender: SENDER, room: ROOM, external: { contentType: "image/png", url: "https://x.example/a.png", size: 10, filename: "a.png" } });
