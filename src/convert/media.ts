@@ -91,6 +91,15 @@ export function settleMediaKind(claimed: MediaKind, probe: MediaProbe | null): M
   }
 }
 
+/**
+ * The content type to announce once the kind is settled: a file that claimed to be a picture,
+ * video or sound but is not one loses the type that said so.
+ */
+export function settledMimetype(claimed: MediaKind, settled: MediaKind, mimetype: string): string {
+  if (settled !== "file" || claimed === "file") return mimetype;
+  return kindOfMimetype(mimetype) === "file" ? mimetype : "application/octet-stream";
+}
+
 /** The kind a bare content type suggests (used when nothing else says what a file is). */
 export function kindOfMimetype(mimetype: string): MediaKind {
   const base = baseMimetype(mimetype);

@@ -19,6 +19,7 @@ import {
   overLimitReason,
   probedFacts,
   remoteMediaToMatrix,
+  settledMimetype,
   settleMediaKind,
   THUMBNAIL_MAX,
   thumbnailMimetype,
@@ -153,7 +154,7 @@ export class MatrixMedia {
       return null;
     });
     const kind = settleMediaKind(claimed.kind, probe);
-    const media: RemoteMedia = { ...claimed, kind, ...probedFacts(kind, probe) };
+    const media: RemoteMedia = { ...claimed, kind, mimetype: settledMimetype(claimed.kind, kind, claimed.mimetype), ...probedFacts(kind, probe) };
     if (kind !== claimed.kind) log.debug("received media kind settled by probing", { claimed: claimed.kind, kind });
     const temporary: string[] = [];
     try {

@@ -2,7 +2,7 @@ import { createHash, createHmac, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { BridgeConfig } from "../config";
-import { fileNameFor, isOggOpus, overLimitReason, probedFacts, settleMediaKind, waveformFromPeaks } from "../convert/media";
+import { fileNameFor, isOggOpus, overLimitReason, probedFacts, settledMimetype, settleMediaKind, waveformFromPeaks } from "../convert/media";
 import { getLogger } from "../logging";
 import { InteropClient } from "../protocol/client";
 import { EndpointError, SecureEndpoint } from "../protocol/endpoint";
@@ -87,9 +87,9 @@ export class InteropConnector implements NetworkConnector {
       logger: getLogger("e2ee"),
     });
     const media = config.network.media;
-    this.mediaTemp = path.join(media.directory!, "tmp");
+    this.mediaTemp = path.join(media.directory, "tmp");
     this.mediaHost = new MediaHost({
-      dir: path.join(media.directory!, "blobs"),
+      dir: path.join(media.directory, "blobs"),
       index: store.hostedMedia,
       publicUrl: media.public_url,
       lifetimeMs: media.expiry_days * 24 * 60 * 60 * 1000,
@@ -254,7 +254,7 @@ export class InteropConnector implements NetworkConnector {
       let probe = await probeMedia(file);
       const kind = settleMediaKind(claimed.kind, probe);
       if (kind !== claimed.kind) log.debug("media kind settled by probing", { claimed: claimed.kind, kind });
-      let media: RemoteMedia = { kind, mimetype: claimed.mimetype, filename: claimed.filename };
+      let media: RemoteMedia = { kind, mimetype: settledMimetype(claimed.kind, kind, claimed.mimetype), filename: claimed.filename };
       if (kind === "voice") {
         if (!isOggOpus(probe)) {
           const converted = path.join(this.mediaTemp, `voice-${randomBytes(8).toString("hex")}.ogg`);

@@ -354,6 +354,7 @@ describe("media from Matrix to WhatsApp", () => {
     await uploadAndSend(chat, files.report, "image/png", { msgtype: "m.image", body: "not-really.png" });
     const entry = await waitForMedia(chat, (e) => e.filename === "not-really.png");
     assert.equal(entry.mediaKind, "file");
+    assert.equal(entry.contentType, "application/octet-stream", "the false image/png is not passed on");
     assert.equal(entry.sha256, sha256OfFile(files.report));
   });
 

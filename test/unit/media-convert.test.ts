@@ -16,6 +16,7 @@ import {
   parseFfprobe,
   probedFacts,
   remoteMediaToMatrix,
+  settledMimetype,
   settleMediaKind,
   waveformFromPeaks,
   type MediaProbe,
@@ -79,6 +80,13 @@ describe("what a file is", () => {
       ["file", probe("png"), "file"],
     ];
     for (const [claimed, p, expected] of table) assert.equal(settleMediaKind(claimed, p), expected, `${claimed} → ${expected}`);
+  });
+
+  it("drops a content type that claimed a kind the file turned out not to be", () => {
+    assert.equal(settledMimetype("image", "file", "image/png"), "application/octet-stream");
+    assert.equal(settledMimetype("image", "image", "image/png"), "image/png");
+    assert.equal(settledMimetype("file", "file", "image/png"), "image/png", "a picture sent as a document keeps its type");
+    assert.equal(settledMimetype("video", "file", "application/pdf"), "application/pdf");
   });
 
   it("takes dimensions for pictures and videos, durations for what plays", () => {
