@@ -126,6 +126,13 @@ async function downloadSha(chat: Chat, mxc: unknown): Promise<{ sha: string; dat
   return { sha: sha256(media.data), data: media.data, contentType: media.contentType };
 }
 
+/** Downloads the event's file as the Matrix user and checks it is the original, byte for byte. */
+async function assertSameBytes(t: TestContext, chat: Chat, mxc: unknown, original: string): Promise<void> {
+  const { sha } = await downloadSha(chat, mxc);
+  t.diagnostic(`sha256 at the Matrix end ${sha}, original ${path.basename(original)} ${sha256OfFile(original)}`);
+  assert.equal(sha, sha256OfFile(original), "SHA-256 at the Matrix end equals the original's");
+}
+
 async function uploadAndSend(chat: Chat, file: string, mimetype: string, content: Record<string, unknown>): Promise<string> {
   const bytes = fs.readFileSync(file);
   const mxc = await chat.client.uploadMedia(bytes, mimetype, path.basename(file));
@@ -135,6 +142,10 @@ async function uploadAndSend(chat: Chat, file: string, mimetype: string, content
 
 function waitForMedia(chat: Chat, match: (e: InboxEntry) => boolean): Promise<InboxEntry> {
   return stack.sim.waitForInbox(chat.phone, (e) => e.kind === "media" && match(e), 60_000);
+}
+
+function showHash(t: TestContext, entry: InboxEntry, original: string): void {
+  t.diagnostic(`sha256 at the WhatsApp end ${entry.sha256}, original ${path.basename(original)} ${sha256OfFile(original)}`);
 }
 
 before(async () => {
@@ -173,9 +184,7 @@ describe("media from WhatsApp to Matrix", () => {
     assert.equal(c.info.thumbnail_info.h, 600);
     const thumb = await downloadSha(chat, c.info.thumbnail_url);
     assert.equal(thumb.data.length, c.info.thumbnail_info.size);
-    const original = await downloadSha(chat, c.url);
-    assert.equal(original.sha, sha256OfFile(files.photo), "SHA-256 at the Matrix end equals the original's");
-    t.diagnostic(`sha256 ${original.sha} (original ${sha256OfFile(files.photo)})`);
+    await assertSameBytes(t, chat, c.url, files.photo);
   });
 
   test("a small JPEG arrives as m.image without a thumbnail, its file name as the body", async (t) => {
@@ -189,7 +198,7 @@ describe("media from WhatsApp to Matrix", () => {
     assert.deepEqual([c.info.w, c.info.h, c.info.mimetype], [320, 240, "image/jpeg"]);
     assert.equal(c.info.thumbnail_url, undefined, "pictures within 800×600 need no thumbnail");
     assert.ok(isBlurhashValid(c.info["xyz.amorgan.blurhash"]).result);
-    assert.equal((await downloadSha(chat, c.url)).sha, sha256OfFile(files.snapshot));
+    await assertSameBytes(t, chat, c.url, files.snapshot);
   });
 
   test("a video arrives as m.video with duration, dimensions and a JPEG thumbnail", async (t) => {
@@ -208,7 +217,7 @@ describe("media from WhatsApp to Matrix", () => {
     const thumb = await downloadSha(chat, c.info.thumbnail_url);
     assert.equal(thumb.data.subarray(0, 2).toString("hex"), "ffd8", "the thumbnail is a JPEG");
     assert.ok(isBlurhashValid(c.info["xyz.amorgan.blurhash"]).result);
-    assert.equal((await downloadSha(chat, c.url)).sha, sha256OfFile(files.clip));
+    await assertSameBytes(t, chat, c.url, files.clip);
   });
 
   test("a voice note arrives as an MSC3245 voice message with duration and a waveform", async (t) => {
@@ -226,7 +235,7 @@ describe("media from WhatsApp to Matrix", () => {
     assert.equal(Math.max(...audio.waveform), 1024);
     const middle = audio.waveform[Math.floor(audio.waveform.length / 2)];
     assert.ok(middle < 300, `the quiet middle second is low in the waveform (${middle})`);
-    assert.equal((await downloadSha(chat, c.url)).sha, sha256OfFile(files.voice));
+    await assertSameBytes(t, chat, c.url, files.voice);
   });
 
   test("other audio arrives as plain m.audio with its duration", async (t) => {
@@ -238,7 +247,7 @@ describe("media from WhatsApp to Matrix", () => {
     assert.equal("org.matrix.msc3245.voice" in c, false, "not a voice message");
     assert.ok(Math.abs(c.info.duration - 2000) <= 100);
     assert.equal(c.info.mimetype, "audio/mp4");
-    assert.equal((await downloadSha(chat, c.url)).sha, sha256OfFile(files.tone));
+    await assertSameBytes(t, chat, c.url, files.tone);
   });
 
   test("a document arrives as m.file with its name, type and size", async (t) => {
@@ -249,7 +258,7 @@ describe("media from WhatsApp to Matrix", () => {
     assert.equal(c.filename, "report.pdf");
     assert.equal(c.body, "the numbers");
     assert.deepEqual([c.info.mimetype, c.info.size], ["application/pdf", fs.statSync(files.report).size]);
-    assert.equal((await downloadSha(chat, c.url)).sha, sha256OfFile(files.report));
+    await assertSameBytes(t, chat, c.url, files.report);
   });
 
   test("a file over the size limit is not fetched: the room gets a notice naming it and why", async (t) => {
@@ -284,6 +293,7 @@ describe("media from Matrix to WhatsApp", () => {
     assert.deepEqual([entry.width, entry.height], [1280, 960]);
     assert.equal(entry.size, fs.statSync(files.photo).size);
     assert.equal(entry.encryptedSize, fs.statSync(files.photo).size + 16, "AES-GCM ciphertext plus its 16-byte tag");
+    showHash(t, entry, files.photo);
     assert.equal(entry.sha256, sha256OfFile(files.photo), "SHA-256 at the WhatsApp end equals the original's");
   });
 
@@ -295,6 +305,7 @@ describe("media from Matrix to WhatsApp", () => {
     assert.deepEqual([entry.width, entry.height], [640, 480], "probed, although the event gave no w/h");
     assert.ok(Math.abs(Number(entry.durationMs) - 2000) <= 100);
     assert.equal(entry.caption, undefined);
+    showHash(t, entry, files.clip);
     assert.equal(entry.sha256, sha256OfFile(files.clip));
   });
 
@@ -311,6 +322,7 @@ describe("media from Matrix to WhatsApp", () => {
     t.diagnostic(`WhatsApp inbox: ${JSON.stringify(entry)}`);
     assert.equal(entry.contentType, "audio/ogg; codecs=opus");
     assert.equal(entry.filename, "Voice message.ogg");
+    showHash(t, entry, files.voice);
     assert.ok(Math.abs(Number(entry.durationMs) - 3000) <= 100);
     assert.deepEqual(entry.waveform, waveform.map((v) => Math.round((v / 1024) * 255)), "Element's waveform, on the wire's 0..255 scale");
   });
@@ -343,10 +355,12 @@ describe("media from Matrix to WhatsApp", () => {
     t.diagnostic(`WhatsApp inbox: ${JSON.stringify(file)}`);
     assert.equal(audio.mediaKind, "audio");
     assert.ok(Math.abs(Number(audio.durationMs) - 2000) <= 100);
+    showHash(t, audio, files.tone);
     assert.equal(audio.sha256, sha256OfFile(files.tone));
     assert.equal(file.mediaKind, "file");
     assert.equal(file.contentType, "application/pdf");
     assert.equal(file.width, undefined);
+    showHash(t, file, files.report);
     assert.equal(file.sha256, sha256OfFile(files.report));
   });
 
