@@ -1,4 +1,5 @@
 import { MESSAGE_STATUS_EVENT_TYPE, MessageStatusInfo, MessageStatusReason, messageStatusContent } from "../convert/message-status";
+import { mediaFailureNotice, notSentText, overLimitReason } from "../convert/media";
 import { matrixToRemote, remoteToMatrix } from "../convert/message-content";
 import { normalizePhone } from "../convert/phone";
 import { asReply, editContent, reactionContent, redactedEventId, relationOf } from "../convert/relations";
@@ -7,6 +8,8 @@ import {
   ChatRef,
   ConnectionState,
   DeliveryReceipt,
+  LocalMedia,
+  MediaError,
   NetworkConnector,
   NetworkError,
   NetworkEventHandler,
@@ -132,7 +135,7 @@ export class BridgeCore implements NetworkEventHandler {
     await this.inboundQueue.run(`portal:${portal.id}`, async () => {
       if (this.store.outbound.inboundSeen(receiver, message.id)) return;
       const ghost = await this.ghostFor(message.sender);
-      let content = remoteToMatrix(message.content);
+      let content = message.content.type === "media" ? await this.mediaToMatrix(receiver, ghost, message.content) : remoteToMatrix(message.content);
       // A reply to a message this room never showed stays a plain message.
       const replied = message.replyTo === undefined ? undefined : this.store.messages.byRemoteId(portal.id, message.replyTo);
       if (replied) content = asReply(content, replied.eventId);
@@ -146,6 +149,36 @@ export class BridgeCore implements NetworkEventHandler {
       });
       log.debug("bridged message to Matrix", { portal: portal.id, remoteId: message.id, eventId });
     });
+  }
+
+  /**
+   * Received media → the content of its Matrix event: the file fetched from the network and
+   * uploaded as the ghost, or, if that cannot be done, a notice naming the file and why.
+   * Only a homeserver that is down (a retryable Matrix-side failure) makes it throw, so the
+   * message is delivered again later.
+   */
+  private async mediaToMatrix(receiver: string, ghost: string, content: Extract<RemoteContent, { type: "media" }>): Promise<Record<string, unknown>> {
+    const max = this.network.capabilities.maxMediaSize;
+    const media = content.media;
+    if (media.size !== undefined && media.size > max) return mediaFailureNotice(media, overLimitReason(media.size, max));
+    if (content.source.from !== "network" || !this.network.downloadMedia) return mediaFailureNotice(media, "the network did not provide the file");
+    let file: LocalMedia;
+    try {
+      file = await this.network.downloadMedia(receiver, content.source.ref, max);
+    } catch (err) {
+      if (!(err instanceof MediaError)) throw err;
+      log.warn("could not fetch received media", { code: err.code, kind: media.kind });
+      return mediaFailureNotice(media, err.reason);
+    }
+    try {
+      return await this.matrix.mediaMessage(ghost, file, media, content.caption);
+    } catch (err) {
+      if (!(err instanceof MediaError) || err.retryable) throw err;
+      log.warn("could not upload received media", { code: err.code, kind: media.kind });
+      return mediaFailureNotice(media, err.reason);
+    } finally {
+      await file.release();
+    }
   }
 
   async onProfile(profile: RemoteProfile): Promise<void> {
@@ -351,6 +384,13 @@ export class BridgeCore implements NetworkEventHandler {
       await this.matrix.notice(this.portalGhost(portal), event.room_id, `Your ${noun} was not sent: ${content.reason}.`, `notice.${event.event_id}`);
       return;
     }
+    const max = this.network.capabilities.maxMediaSize;
+    if (content.type === "media" && content.media.size !== undefined && content.media.size > max) {
+      // Refused before anything is downloaded.
+      if (!this.store.outbound.markProcessed(event.event_id)) return;
+      await this.matrix.notice(this.portalGhost(portal), event.room_id, notSentText(content.media, overLimitReason(content.media.size, max)), `notice.${event.event_id}`);
+      return;
+    }
     const payload: QueuedPayload =
       relation?.type === "edit"
         ? { kind: "edit", target: relation.eventId, content, ts: event.origin_server_ts }
@@ -458,15 +498,40 @@ export class BridgeCore implements NetworkEventHandler {
     if (!portal) return this.store.outbound.remove(item.seq);
     const payload = JSON.parse(item.payload) as QueuedPayload;
     const chat = this.chatOf(portal);
+    // Media is fetched from the homeserver at most once for all attempts, and deleted after.
+    const media: { local?: LocalMedia } = {};
+    try {
+      await this.sendWithRetries(portal, chat, item, payload, media);
+    } finally {
+      await media.local?.release();
+    }
+  }
+
+  /** Queued media still on the homeserver → a local file the connector can send. */
+  private async withLocalMedia(content: RemoteContent, media: { local?: LocalMedia }): Promise<RemoteContent> {
+    if (content.type !== "media" || content.source.from !== "matrix") return content;
+    media.local ??= await this.matrix.downloadMedia(content.source.mxc, this.network.capabilities.maxMediaSize);
+    return { ...content, source: { from: "file", path: media.local.path, size: media.local.size } };
+  }
+
+  private async sendWithRetries(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: QueuedPayload, media: { local?: LocalMedia }): Promise<void> {
+    const portalId = portal.id;
     let delay = this.opts.retryDelayMs ?? 1000;
     for (;;) {
       try {
         this.store.outbound.recordAttempt(item.seq);
         await this.network.ensureUser(portal.receiver, null);
-        const sent = await this.sendQueued(portal, chat, item, payload);
+        const sent = await this.sendQueued(portal, chat, item, payload, media);
         if (sent && portal.roomId) await this.postSentStatus(portal, portal.roomId, item.eventId);
         return;
       } catch (err) {
+        const isMessage = payload.kind === undefined || payload.kind === "message";
+        if (err instanceof MediaError && !err.retryable && isMessage && !("unbridgeable" in payload.content) && payload.content.type === "media") {
+          this.store.outbound.remove(item.seq);
+          log.warn("media could not be sent", { portal: portalId, code: err.code });
+          if (portal.roomId) await this.matrix.notice(this.portalGhost(portal), portal.roomId, notSentText(payload.content.media, err.reason), `fail.${item.eventId}`).catch(() => undefined);
+          return;
+        }
         const refused = err instanceof EventRefusal || (err instanceof NetworkError && !err.retryable);
         if (refused) {
           this.store.outbound.remove(item.seq);
@@ -488,7 +553,7 @@ export class BridgeCore implements NetworkEventHandler {
    * takes it off the queue. Returns false when there was nothing to send (a redaction of an
    * event that was never bridged). Throws EventRefusal when a capability check fails.
    */
-  private async sendQueued(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: QueuedPayload): Promise<boolean> {
+  private async sendQueued(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: QueuedPayload, media: { local?: LocalMedia }): Promise<boolean> {
     const caps = this.network.capabilities;
     const user = portal.receiver;
     const txnId = item.eventId;
@@ -500,7 +565,8 @@ export class BridgeCore implements NetworkEventHandler {
           return false;
         }
         const replied = payload.replyTo && caps.replies ? this.bridgedMessage(portal, payload.replyTo) : undefined;
-        const result = await this.network.sendMessage(user, chat, { txnId, content: payload.content, timestamp: payload.ts, ...(replied ? { replyTo: replied.remoteId } : {}) });
+        const content = await this.withLocalMedia(payload.content, media);
+        const result = await this.network.sendMessage(user, chat, { txnId, content, timestamp: payload.ts, ...(replied ? { replyTo: replied.remoteId } : {}) });
         this.store.transaction(() => {
           this.store.messages.insert({ portalId: portal.id, remoteId: result.remoteId, part: 0, eventId: txnId, sender: user, timestamp: result.timestamp, replyTo: replied?.remoteId });
           this.store.outbound.remove(item.seq);

@@ -1,4 +1,4 @@
-import { RemoteProfile } from "../network/connector";
+import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 
 /** A Matrix event as the core needs it (client-server event format). */
 export interface MatrixEvent {
@@ -51,4 +51,8 @@ export interface MatrixPort {
   recentEvents(asMxid: string, roomId: string, limit: number): Promise<MatrixEvent[]>;
   /** A link a Matrix client opens, e.g. https://matrix.to/#/!room:server */
   roomLink(roomId: string): string;
+  /** Streams a Matrix file (mxc://) into a temporary file of at most maxBytes; rejects with MediaError. */
+  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia>;
+  /** Uploads received media as asMxid and returns the m.room.message content to send; rejects with MediaError. */
+  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>>;
 }

@@ -49,7 +49,9 @@ export class MatrixAppservice {
         onEphemeralEvent: (request) => this.routeEphemeral(request.getData() as unknown as EphemeralEvent),
       },
     });
-    this.port = new AppserviceMatrixPort(this.bridge, config, store);
+    const asToken = registration.getAppServiceToken();
+    if (!asToken) throw new Error("the registration has no as_token");
+    this.port = new AppserviceMatrixPort(this.bridge, config, store, asToken);
   }
 
   async start(core: BridgeCore): Promise<void> {

@@ -1,10 +1,12 @@
+import path from "node:path";
 import { Bridge, Intent } from "matrix-appservice-bridge";
 import { MatrixEvent, MatrixPort, SendOptions } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
 import { getLogger } from "../logging";
-import { RemoteProfile } from "../network/connector";
+import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 import { BridgeStore } from "../store";
 import { GhostIds } from "./ghost-ids";
+import { MatrixMedia } from "./media";
 
 const log = getLogger("matrix");
 
@@ -12,14 +14,17 @@ const log = getLogger("matrix");
 export class AppserviceMatrixPort implements MatrixPort {
   readonly botMxid: string;
   private readonly ids: GhostIds;
+  private readonly media: MatrixMedia;
 
   constructor(
     private readonly bridge: Bridge,
     private readonly config: BridgeConfig,
     private readonly store: BridgeStore,
+    asToken: string,
   ) {
     this.ids = new GhostIds(config);
     this.botMxid = `@${config.appservice.bot.localpart}:${config.homeserver.domain}`;
+    this.media = new MatrixMedia({ homeserverUrl: config.homeserver.url, asToken, tempDir: path.join(config.network.media.directory, "tmp-matrix") });
   }
 
   ghostMxid(remoteUserId: string): string {
@@ -140,5 +145,13 @@ export class AppserviceMatrixPort implements MatrixPort {
 
   roomLink(roomId: string): string {
     return `https://matrix.to/#/${roomId}`;
+  }
+
+  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia> {
+    return this.media.download(mxc, maxBytes);
+  }
+
+  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
+    return this.media.prepareMessage(asMxid, file, media, caption);
   }
 }

@@ -38,7 +38,43 @@ export interface RemoteProfile {
 export type RemoteContent =
   /** GFM-MIMI markdown; an emote starts with "/me " (our wire convention, docs/protocol.md). */
   | { type: "text"; markdown: string }
-  | { type: "unsupported"; what: string; description: string };
+  | { type: "unsupported"; what: string; description: string }
+  /** A photo, video, voice note, audio file or document; `caption` is GFM-MIMI markdown. */
+  | { type: "media"; media: RemoteMedia; source: MediaSource; caption?: string };
+
+/** Voice notes are recorded in the chat (WhatsApp's push-to-talk); audio is a sent sound file. */
+export type MediaKind = "image" | "video" | "voice" | "audio" | "file";
+
+/** What a piece of media is, apart from its bytes. */
+export interface RemoteMedia {
+  kind: MediaKind;
+  /** Content type of the plaintext, e.g. "image/jpeg". */
+  mimetype: string;
+  filename: string;
+  /** Plaintext bytes, when known before the transfer (the size limit is checked against it). */
+  size?: number;
+  width?: number;
+  height?: number;
+  durationMs?: number;
+  /** Loudness along a voice note: up to 100 integers 0..1024. */
+  waveform?: number[];
+}
+
+/** Where the bytes of a piece of media are. */
+export type MediaSource =
+  /** On the homeserver (Matrix → network, while the message waits in the outbound queue). */
+  | { from: "matrix"; mxc: string }
+  /** On the network; `ref` is the connector's own description, handed back to `downloadMedia`. */
+  | { from: "network"; ref: string }
+  /** A verified plaintext file on this machine, valid during the call that is given it. */
+  | { from: "file"; path: string; size: number };
+
+/** A temporary plaintext file; `release` deletes it. */
+export interface LocalMedia {
+  path: string;
+  size: number;
+  release(): Promise<void>;
+}
 
 export interface RemoteMessage {
   /** The network's id of the message, unique within the chat. */
@@ -138,6 +174,21 @@ export class NetworkError extends Error {
   }
 }
 
+/**
+ * Media that could not be bridged. `reason` is for the user and completes a sentence such as
+ * "clip.mp4 could not be sent: <reason>"; `retryable` says whether trying again later can help.
+ */
+export class MediaError extends Error {
+  constructor(
+    readonly code: string,
+    readonly reason: string,
+    readonly retryable = false,
+  ) {
+    super(reason);
+    this.name = "MediaError";
+  }
+}
+
 /** What the connector calls on the core. Each promise resolves once the event is durably handled. */
 export interface NetworkEventHandler {
   /** A message for the Matrix user `receiver`. The connector acknowledges it to the network only after this resolves. */
@@ -192,7 +243,10 @@ export interface NetworkConnector {
   getProfile(remoteUserId: string): Promise<RemoteProfile | null>;
   /** The DM chat between a Matrix user and a remote user (deterministic: both sides name it alike). */
   dmChat(matrixUserId: string, remoteUserId: string): ChatRef;
-  /** Sends a message; resolves when the network accepted it, rejects with NetworkError. */
+  /**
+   * Sends a message; resolves when the network accepted it, rejects with NetworkError (or
+   * MediaError for media it could not prepare). Media content arrives with `source.from === "file"`.
+   */
   sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult>;
   /** Sends an edit, deletion, reaction or withdrawn reaction (capabilities say which exist); as sendMessage. */
   sendChange?(matrixUserId: string, chat: ChatRef, change: OutboundChange): Promise<SendResult>;
@@ -200,4 +254,9 @@ export interface NetworkConnector {
   sendReadReceipt?(matrixUserId: string, chat: ChatRef, messageIds: string[]): Promise<void>;
   /** Live typing notice; returns false when it could not be sent now (it is never queued). */
   sendTyping?(matrixUserId: string, chat: ChatRef, typing: boolean): boolean;
+  /**
+   * Fetches the media of a received message (`source.ref`) for `receiver` into a verified
+   * temporary file of at most `maxBytes`; rejects with MediaError. Absent on networks without media.
+   */
+  downloadMedia?(receiver: string, ref: string, maxBytes: number): Promise<LocalMedia>;
 }

@@ -1,16 +1,22 @@
-import { createHash, createHmac } from "node:crypto";
+import { createHash, createHmac, randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
 import { BridgeConfig } from "../config";
+import { fileNameFor, isOggOpus, overLimitReason, probedFacts, settledMimetype, settleMediaKind, waveformFromPeaks } from "../convert/media";
 import { getLogger } from "../logging";
 import { InteropClient } from "../protocol/client";
 import { EndpointError, SecureEndpoint } from "../protocol/endpoint";
 import { dmRoomUri, parseMimiUri, Profile, TypingFrame, userUri } from "../protocol/frames";
 import { computeMessageId, decodeMimi, encodeMimi, MimiError, MimiMessage } from "../protocol/mimi";
+import { sha256File } from "../protocol/media-crypto";
 import { MAX_READ_IDS, Payload } from "../protocol/payload";
 import { deriveStoreKey, EncryptedRecordStore } from "../protocol/signal";
 import { BridgeStore } from "../store";
 import {
   ChatRef,
   ConnectionState,
+  LocalMedia,
+  MediaError,
   NetworkCapabilities,
   NetworkConnector,
   NetworkError,
@@ -18,10 +24,14 @@ import {
   OutboundChange,
   OutboundMessage,
   RemoteContent,
+  RemoteMedia,
   RemoteProfile,
   SendResult,
 } from "./connector";
-import { changeToMimi, MimiEvent, mimiIdOf, mimiToRemoteEvent, remoteContentToMimi } from "./mimi-content";
+import { audioPeaks, FfmpegError, probeMedia, transcodeToOggOpus } from "./ffmpeg";
+import { fetchBlob } from "./media-fetch";
+import { MediaHost } from "./media-host";
+import { blobRefOf, changeToMimi, mediaToMimi, MimiEvent, mimiIdOf, mimiToRemoteEvent, remoteContentToMimi } from "./mimi-content";
 
 const log = getLogger("network");
 
@@ -48,6 +58,9 @@ export class InteropConnector implements NetworkConnector {
   private readonly client: InteropClient;
   private readonly endpoint: SecureEndpoint;
   private readonly storeKey: Uint8Array;
+  private readonly mediaHost: MediaHost;
+  /** Temporary plaintext files of media in transit (downloads, conversions). */
+  private readonly mediaTemp: string;
   private readonly ready = new Map<string, Promise<void>>();
   private handler?: NetworkEventHandler;
   private state: ConnectionState = { state: "connecting" };
@@ -90,6 +103,15 @@ export class InteropConnector implements NetworkConnector {
       },
       logger: getLogger("e2ee"),
     });
+    const media = config.network.media;
+    this.mediaTemp = path.join(media.directory, "tmp");
+    this.mediaHost = new MediaHost({
+      dir: path.join(media.directory, "blobs"),
+      index: store.hostedMedia,
+      publicUrl: media.public_url,
+      lifetimeMs: media.expiry_days * 24 * 60 * 60 * 1000,
+      logger: getLogger("media-host"),
+    });
   }
 
   private uriOfMatrixUser(mxid: string): string {
@@ -123,6 +145,12 @@ export class InteropConnector implements NetworkConnector {
     });
     const pruned = this.store.sentFrames.prune(GATEWAY_RETENTION_MS);
     if (pruned > 0) log.info("forgot sends no delivery receipt can come for any more", { count: pruned });
+    // Leftovers of transfers a previous run did not finish.
+    fs.rmSync(this.mediaTemp, { recursive: true, force: true });
+    fs.mkdirSync(this.mediaTemp, { recursive: true, mode: 0o700 });
+    const media = this.config.network.media;
+    await this.mediaHost.listen(media.bind_hostname, media.port);
+    this.mediaHost.startSweeping();
     await this.client.connect();
     // Users known from earlier runs log in again, so messages queued for them flow at once.
     for (const user of this.store.users.all()) void this.ensureUser(user.mxid, null).catch((err: Error) => log.warn("could not log a user in", { user: user.mxid, error: err.message }));
@@ -130,6 +158,7 @@ export class InteropConnector implements NetworkConnector {
 
   async stop(): Promise<void> {
     await this.client.close();
+    await this.mediaHost.close();
   }
 
   connectionState(): ConnectionState {
@@ -192,7 +221,15 @@ export class InteropConnector implements NetworkConnector {
   async sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult> {
     this.dmPeer(chat);
     const from = this.uriOfMatrixUser(matrixUserId);
-    return this.sendMimi(matrixUserId, chat, message.txnId, remoteContentToMimi(message.content, from, chat.id, message.replyTo));
+    let mimi: MimiMessage;
+    if (message.content.type === "media") {
+      mimi = await this.hostMedia(message.content, message, from, chat.id);
+      // A media reply keeps its target like a text reply does.
+      if (message.replyTo) mimi.inReplyTo = mimiIdOf(message.replyTo);
+    } else {
+      mimi = remoteContentToMimi(message.content, from, chat.id, message.replyTo);
+    }
+    return this.sendMimi(matrixUserId, chat, message.txnId, mimi);
   }
 
   async sendChange(matrixUserId: string, chat: ChatRef, change: OutboundChange): Promise<SendResult> {
@@ -251,6 +288,63 @@ export class InteropConnector implements NetworkConnector {
     }
   }
 
+  /** Secret-derived bytes for `label` of one message, so a retried send rebuilds the same blob and message. */
+  private derive(label: string, txnId: string, plaintextSha256: string, length: number): Buffer {
+    return createHmac("sha256", this.storeKey).update(`${label}:${txnId}:${plaintextSha256}`).digest().subarray(0, length);
+  }
+
+  /**
+   * Matrix media (a local plaintext file) → a hosted encrypted blob and the MIMI message naming
+   * it. The probe settles what the file is and measures it; voice notes become Ogg/Opus.
+   */
+  private async hostMedia(content: Extract<RemoteContent, { type: "media" }>, message: OutboundMessage, from: string, room: string) {
+    const source = content.source;
+    if (source.from !== "file") throw new Error("media must be downloaded before it is sent");
+    const converted: string[] = [];
+    try {
+      const { media, file } = await this.describeOutgoing(content.media, source.path, converted);
+      const size = (await fs.promises.stat(file)).size;
+      if (size > this.capabilities.maxMediaSize) throw new MediaError("too_large", overLimitReason(size, this.capabilities.maxMediaSize));
+      const digest = (await sha256File(file)).toString("hex");
+      const blob = await this.mediaHost.host(file, {
+        token: this.derive("media-token", message.txnId, digest, 32).toString("base64url"),
+        blobKey: { key: new Uint8Array(this.derive("media-key", message.txnId, digest, 16)), nonce: new Uint8Array(this.derive("media-nonce", message.txnId, digest, 12)) },
+        expiresAt: message.timestamp + this.config.network.media.expiry_days * 24 * 60 * 60 * 1000,
+      });
+      log.debug("hosted outgoing media", { kind: media.kind, size: blob.size });
+      return mediaToMimi(media, content.caption, blob, from, room);
+    } finally {
+      for (const f of converted) await fs.promises.rm(f, { force: true });
+    }
+  }
+
+  private async describeOutgoing(claimed: RemoteMedia, file: string, temporary: string[]): Promise<{ media: RemoteMedia; file: string }> {
+    try {
+      let probe = await probeMedia(file);
+      const kind = settleMediaKind(claimed.kind, probe);
+      if (kind !== claimed.kind) log.debug("media kind settled by probing", { claimed: claimed.kind, kind });
+      let media: RemoteMedia = { kind, mimetype: settledMimetype(claimed.kind, kind, claimed.mimetype), filename: claimed.filename };
+      if (kind === "voice") {
+        if (!isOggOpus(probe)) {
+          const converted = path.join(this.mediaTemp, `voice-${randomBytes(8).toString("hex")}.ogg`);
+          temporary.push(converted);
+          await transcodeToOggOpus(file, converted);
+          file = converted;
+          probe = await probeMedia(file);
+        }
+        media = { ...media, mimetype: "audio/ogg; codecs=opus", filename: fileNameFor("voice", "audio/ogg", claimed.filename.replace(/\.[A-Za-z0-9]{1,5}$/, "")) };
+        media.waveform = claimed.waveform?.length ? claimed.waveform : waveformFromPeaks(await audioPeaks(file));
+      }
+      return { media: { ...media, ...probedFacts(kind, probe) }, file };
+    } catch (err) {
+      if (err instanceof FfmpegError) {
+        log.warn("could not examine outgoing media", { error: err.message });
+        throw new MediaError("probe_failed", "the bridge could not examine or convert the file");
+      }
+      throw err;
+    }
+  }
+
   sendTyping(matrixUserId: string, chat: ChatRef, typing: boolean): boolean {
     const to = this.dmPeer(chat);
     return this.client.typing({ from: this.uriOfMatrixUser(matrixUserId), to, room: chat.id, state: typing ? "on" : "off" });
@@ -290,6 +384,17 @@ export class InteropConnector implements NetworkConnector {
       log.warn("could not show a delivery receipt", { error: (err as Error).message });
     }
     this.store.sentFrames.delete(frameId);
+  }
+
+  async downloadMedia(_receiver: string, ref: string, maxBytes: number): Promise<LocalMedia> {
+    let blobRef;
+    try {
+      blobRef = blobRefOf(ref);
+    } catch {
+      throw new MediaError("bad_ref", "the message's media reference is unreadable");
+    }
+    const fetched = await fetchBlob(blobRef, { maxBytes, allowedHosts: this.config.network.media.allowed_hosts, tempDir: this.mediaTemp });
+    return { path: fetched.path, size: fetched.size, release: () => fs.promises.rm(fetched.path, { force: true }) };
   }
 
   private async onPayload(ev: { to: string; from: string; room: string; id: Uint8Array; ts: number; payload: Payload }): Promise<void> {

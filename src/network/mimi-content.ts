@@ -1,18 +1,26 @@
+import { fileNameFor, kindOfMimetype, WAVEFORM_MAX_VALUE } from "../convert/media";
+import { plaintextSize } from "../protocol/media-crypto";
 import {
   MIMI_CONTENT_TYPE_MARKDOWN,
   MIMI_CONTENT_TYPE_PLAIN,
   MIMI_DISPOSITION,
+  MIMI_ENC_AES_128_GCM,
+  MIMI_HASH_SHA256,
   MIMI_MESSAGE_ID_LENGTH,
+  MimiExternalPart,
   MimiMessage,
   MimiNestedPart,
+  newAttachment,
   newDelete,
   newEdit,
   newReaction,
   newTextMessage,
   newUnreaction,
 } from "../protocol/mimi";
-import { isSticker } from "../protocol/payload";
-import { MessageChange, RemoteContent } from "./connector";
+import { isSticker, WA_KIND_VOICE, waKindOf, waMediaOf, withWaKind, withWaMedia } from "../protocol/payload";
+import { MediaKind, MessageChange, RemoteContent, RemoteMedia } from "./connector";
+import type { BlobRef } from "./media-fetch";
+import type { HostedBlob } from "./media-host";
 
 const utf8 = new TextDecoder("utf-8", { fatal: false });
 
@@ -36,6 +44,8 @@ export function mimiToRemoteContent(message: MimiMessage): RemoteContent {
     return { type: "unsupported", what: "sticker", description: "sent a sticker. Third-party chats don't support stickers, so it can't be shown here." };
   }
   const body = message.body;
+  const media = mediaOf(message);
+  if (media) return media;
   if (body.disposition === MIMI_DISPOSITION.render || body.disposition === MIMI_DISPOSITION.unspecified) {
     const text = textOf(body);
     if (text !== null) {
@@ -52,6 +62,120 @@ export function mimiToRemoteContent(message: MimiMessage): RemoteContent {
 
 function escapeMarkdown(text: string): string {
   return text.replace(/([\\`*_{}[\]()#+\-.!|~<>])/g, "\\$1");
+}
+
+/** The media part and caption of an attachment message (docs/mimi.md: external part, or processAll [external, caption]). */
+function attachmentParts(body: MimiNestedPart): { external: MimiExternalPart; caption?: string } | null {
+  if (body.cardinality === "external") return { external: body };
+  if (body.cardinality !== "multi" || body.partSemantics !== "processAll") return null;
+  const external = body.parts.find((p): p is MimiExternalPart => p.cardinality === "external");
+  if (!external) return null;
+  const captionPart = body.parts.find((p) => p.cardinality === "single" && textOf(p) !== null);
+  const caption = captionPart ? textOf(captionPart) ?? undefined : undefined;
+  return caption ? { external, caption } : { external };
+}
+
+/**
+ * How a receiver tells media kinds apart (docs/protocol.md §17.2): "x-wa-kind" voice marks a
+ * voice note; the attachment disposition marks a document whatever its type; otherwise the
+ * content type's top level decides.
+ */
+function kindOf(message: MimiMessage, external: MimiExternalPart): MediaKind {
+  const byType = kindOfMimetype(external.contentType);
+  if (waKindOf(message) === WA_KIND_VOICE && byType === "audio") return "voice";
+  if (external.disposition === MIMI_DISPOSITION.attachment) return "file";
+  return byType;
+}
+
+/** A message carrying an external part → media content whose bytes the connector fetches with `ref`. */
+function mediaOf(message: MimiMessage): RemoteContent | null {
+  const parts = attachmentParts(message.body);
+  if (!parts) return null;
+  const { external } = parts;
+  const kind = kindOf(message, external);
+  const filename = fileNameFor(kind, external.contentType, external.filename);
+  if (external.encAlg !== MIMI_ENC_AES_128_GCM || external.hashAlg !== MIMI_HASH_SHA256 || external.key.length !== 16 || external.nonce.length !== 12 || external.contentHash.length !== 32) {
+    return {
+      type: "unsupported",
+      what: "media:unencrypted",
+      description: `sent ${filename}, which this bridge cannot open: it is not encrypted with AES-128-GCM and hashed with SHA-256 as the protocol requires.`,
+    };
+  }
+  const info = waMediaOf(message);
+  const media: RemoteMedia = { kind, mimetype: external.contentType, filename, size: plaintextSize(external.size) };
+  if ((kind === "image" || kind === "video") && info.width && info.height) {
+    media.width = info.width;
+    media.height = info.height;
+  }
+  if (kind !== "image" && kind !== "file" && info.durationMs) media.durationMs = info.durationMs;
+  if (kind === "voice" && info.waveform) media.waveform = [...info.waveform].map((v) => Math.round((v / 255) * WAVEFORM_MAX_VALUE));
+  const ref: BlobRefJson = {
+    url: external.url,
+    expires: external.expires,
+    size: external.size,
+    sha256: Buffer.from(external.contentHash).toString("hex"),
+    key: Buffer.from(external.key).toString("hex"),
+    nonce: Buffer.from(external.nonce).toString("hex"),
+  };
+  const content: RemoteContent = { type: "media", media, source: { from: "network", ref: JSON.stringify(ref) } };
+  if (parts.caption !== undefined) content.caption = parts.caption;
+  return content;
+}
+
+/** How a media `ref` is written: the external part's transport fields, binary ones in hex. */
+interface BlobRefJson {
+  url: string;
+  expires: number;
+  size: number;
+  sha256: string;
+  key: string;
+  nonce: string;
+}
+
+/** A `ref` made by mimiToRemoteContent → what media-fetch needs. */
+export function blobRefOf(ref: string): BlobRef {
+  const j = JSON.parse(ref) as BlobRefJson;
+  return {
+    url: j.url,
+    expires: j.expires,
+    size: j.size,
+    sha256: new Uint8Array(Buffer.from(j.sha256, "hex")),
+    key: new Uint8Array(Buffer.from(j.key, "hex")),
+    nonce: new Uint8Array(Buffer.from(j.nonce, "hex")),
+  };
+}
+
+/**
+ * Media hosted as `blob` → a MIMI attachment from `sender` in `room`: documents with the
+ * attachment disposition, everything else inline; voice notes marked with "x-wa-kind" voice;
+ * dimensions, duration and waveform in "x-wa-media".
+ */
+export function mediaToMimi(media: RemoteMedia, caption: string | undefined, blob: HostedBlob, sender: string, room: string): MimiMessage {
+  let message = newAttachment({
+    sender,
+    room,
+    disposition: media.kind === "file" ? MIMI_DISPOSITION.attachment : MIMI_DISPOSITION.inline,
+    external: {
+      contentType: media.mimetype,
+      url: blob.url,
+      expires: blob.expires,
+      size: blob.size,
+      encAlg: MIMI_ENC_AES_128_GCM,
+      key: blob.key,
+      nonce: blob.nonce,
+      hashAlg: MIMI_HASH_SHA256,
+      contentHash: blob.sha256,
+      filename: media.filename,
+    },
+    ...(caption?.trim() ? { caption } : {}),
+  });
+  if (media.kind === "voice") message = withWaKind(message, WA_KIND_VOICE);
+  return withWaMedia(message, {
+    width: media.kind === "image" || media.kind === "video" ? media.width : undefined,
+    height: media.kind === "image" || media.kind === "video" ? media.height : undefined,
+    durationMs: media.kind === "image" || media.kind === "file" ? undefined : media.durationMs,
+    waveform: media.kind === "voice" && media.waveform?.length ? new Uint8Array(media.waveform.map((v) => Math.round((Math.min(WAVEFORM_MAX_VALUE, Math.max(0, v)) / WAVEFORM_MAX_VALUE) * 255))) : undefined,
+  });
 }
 
 /** The core's content → a MIMI message from `sender` in `room`, optionally replying to the message `inReplyTo` (a network id). */

@@ -1,5 +1,6 @@
 import { Database, openDatabase } from "./database";
 import { GhostStore } from "./ghosts";
+import { HostedMediaStore } from "./hosted-media";
 import { MessageStore } from "./messages";
 import { OutboundStore } from "./outbound";
 import { PortalStore } from "./portals";
@@ -17,6 +18,7 @@ export type { PortalRow, PortalKind } from "./portals";
 export type { MessageRow } from "./messages";
 export type { OutboundItem } from "./outbound";
 export type { ReactionRow } from "./reactions";
+export type { HostedMediaRow } from "./hosted-media";
 
 /** Everything the bridge persists, one object per concern over one SQLite database. */
 export class BridgeStore {
@@ -28,6 +30,7 @@ export class BridgeStore {
   readonly reactions: ReactionStore;
   readonly readMarkers: ReadMarkerStore;
   readonly sentFrames: SentFrameStore;
+  readonly hostedMedia: HostedMediaStore;
 
   constructor(readonly db: Database) {
     this.users = new UserStore(db);
@@ -38,6 +41,7 @@ export class BridgeStore {
     this.reactions = new ReactionStore(db);
     this.readMarkers = new ReadMarkerStore(db);
     this.sentFrames = new SentFrameStore(db);
+    this.hostedMedia = new HostedMediaStore(db);
   }
 
   static open(file: string): BridgeStore {

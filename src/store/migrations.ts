@@ -128,6 +128,20 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX sent_frames_age ON sent_frames(created_at);
     `,
   },
+  {
+    version: 4,
+    name: "encrypted media blobs this bridge hosts for receivers",
+    sql: `
+      -- One row per blob served by the media host; the file is <media directory>/blobs/<token>.
+      CREATE TABLE hosted_media (
+        token TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+      );
+      CREATE INDEX hosted_media_expiry ON hosted_media(expires_at);
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

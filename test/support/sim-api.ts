@@ -79,6 +79,15 @@ export class SimApi {
     return this.request("POST", `/users/${encodeURIComponent(phone)}/typing`, { to, state });
   }
 
+  /** Sends a file (an absolute path on this machine) as a photo, video, voice note, audio file or document. */
+  sendMedia(
+    phone: string,
+    to: string,
+    media: { file: string; mimetype: string; kind?: string; filename?: string; caption?: string; waveform?: number[]; width?: number; height?: number; durationMs?: number },
+  ): Promise<{ id: string; ts: number; url: string; size: number; sha256: string }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/media`, { to, ...media });
+  }
+
   inbox(phone: string, after = 0): Promise<InboxEntry[]> {
     return this.request("GET", `/users/${encodeURIComponent(phone)}/inbox?after=${after}`);
   }

@@ -85,7 +85,8 @@ export class Stack {
         provider_secret: "bridge-secret-for-tests",
         home_domain: HOME_DOMAIN,
         store_key: "store-key-for-tests",
-        media: { bind_hostname: "127.0.0.1", port: mediaPort },
+        // The simulator hosts the WhatsApp side's media on its control API port.
+        media: { bind_hostname: "127.0.0.1", port: mediaPort, allowed_hosts: [`127.0.0.1:${simPort}`] },
       },
       bridge: { third_party_chats_default: true },
       logging: { level: opts.logLevel ?? "debug", format: "json" },
