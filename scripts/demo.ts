@@ -57,8 +57,10 @@ async function main(): Promise<void> {
     - Accept the two chat invites from ${friends.map((f) => `${f.name} (WhatsApp)`).join(" and ")}: they greeted you.
     - Reply with formatting (bold, italic, code); see what they received:
         node dist/sim/cli.js --api ${stack.sim.url} inbox ${friends[0].phone}
-    - Make them write again:
+    - Make them write again, or send a photo, video, voice note or file:
         node dist/sim/cli.js --api ${stack.sim.url} send ${friends[0].phone} ${demo.userId} "Hi again"
+        node dist/sim/cli.js --api ${stack.sim.url} media ${friends[0].phone} ${demo.userId} photo.jpg --caption "Look!"
+    - Send them photos, videos, voice messages and files from your client; the inbox shows what arrived.
     - Talk to the bridge bot ${stack.botId}: help, status, list, start ${friends[1].phone}, inbox dedicated
     - Metrics and health: ${stack.metricsUrl}/metrics  ${stack.metricsUrl}/health
   Logs: ${dir}/bridge.log, gateway.log, sim.log.  Stop with Ctrl-C.

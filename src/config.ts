@@ -22,9 +22,18 @@ export interface BridgeConfig {
     provider_secret: string;
     home_domain: string;
     store_key?: string;
-    media: { bind_hostname: string; port: number; public_url?: string; max_size: number };
+    media: {
+      bind_hostname: string;
+      port: number;
+      public_url?: string;
+      max_size: number;
+      /** Hosted blobs and temporary files; filled in from the database's folder when not set. */
+      directory: string;
+      allowed_hosts: string[];
+      expiry_days: number;
+    };
   };
-  bridge: { permissions: Record<string, PermissionLevel>; third_party_chats_default: boolean };
+  bridge: { permissions: Record<string, PermissionLevel>; third_party_chats_default: boolean; edit_window_seconds: number };
   provisioning: { enabled: boolean; shared_secret?: string };
   metrics: { enabled: boolean; hostname: string; port: number };
   logging: { level: LogLevel; format: "pretty" | "json" };
@@ -80,6 +89,8 @@ export function validateConfig(raw: unknown, configDir = process.cwd()): BridgeC
   }
   const config = raw as BridgeConfig;
   if (!path.isAbsolute(config.database.path)) config.database.path = path.resolve(configDir, config.database.path);
+  const media = config.network.media;
+  media.directory = media.directory ? path.resolve(configDir, media.directory) : path.join(path.dirname(config.database.path), "media");
   if (!config.network.media.public_url) {
     config.network.media.public_url = `http://${config.network.media.bind_hostname}:${config.network.media.port}`;
   }

@@ -1,4 +1,4 @@
-import { RemoteProfile } from "../network/connector";
+import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 
 /** A Matrix event as the core needs it (client-server event format). */
 export interface MatrixEvent {
@@ -9,6 +9,8 @@ export interface MatrixEvent {
   state_key?: string;
   origin_server_ts: number;
   content: Record<string, unknown>;
+  /** Redactions in room versions before 11 (from 11 on it is content.redacts). */
+  redacts?: string;
 }
 
 export interface SendOptions {
@@ -35,6 +37,12 @@ export interface MatrixPort {
   join(asMxid: string, roomId: string): Promise<void>;
   leave(asMxid: string, roomId: string, reason?: string): Promise<void>;
   send(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string>;
+  /** Redacts an event; the txnId makes a retry a no-op. */
+  redact(asMxid: string, roomId: string, eventId: string, opts: { txnId: string; reason?: string }): Promise<void>;
+  /** Shows (or stops showing) asMxid as typing; Matrix ends it on its own after timeoutMs. */
+  setTyping(asMxid: string, roomId: string, typing: boolean, timeoutMs: number): Promise<void>;
+  /** A public read receipt (m.read) of asMxid up to eventId. */
+  sendReadReceipt(asMxid: string, roomId: string, eventId: string): Promise<void>;
   /** A notice from the bridge (as the given sender, by default the bot if it is in the room, else the ghost). */
   notice(asMxid: string, roomId: string, text: string, txnId?: string): Promise<void>;
   /** Joined and invited members. */
@@ -52,9 +60,8 @@ export interface MatrixPort {
   kick(asMxid: string, roomId: string, userId: string, reason?: string): Promise<void>;
   /** A notice from the bot, written in markdown (bot DMs). */
   botNotice(roomId: string, markdown: string, txnId: string): Promise<void>;
-  /**
-   * Marks the user's message `eventId` as failed: a notice in reply to it saying why, and a
-   * com.beeper.message_send_status event for clients that show send status.
-   */
-  reportFailure(asMxid: string, roomId: string, eventId: string, reason: string): Promise<void>;
+  /** Streams a Matrix file (mxc://) into a temporary file of at most maxBytes; rejects with MediaError. */
+  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia>;
+  /** Uploads received media as asMxid and returns the m.room.message content to send; rejects with MediaError. */
+  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>>;
 }

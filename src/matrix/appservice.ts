@@ -3,6 +3,7 @@ import { UserControls } from "../bridge/controls";
 import { BridgeCore } from "../bridge/core";
 import { MatrixEvent } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
+import { readReceiptsOf, typingUsersOf } from "../convert/ephemeral";
 import { getLogger } from "../logging";
 import { BridgeStore } from "../store";
 import { BotCommands } from "./bot";
@@ -22,6 +23,13 @@ const TIMED_EVENT_TYPES: ReadonlySet<string> = new Set([
   "m.room.topic",
   "m.room.avatar",
 ]);
+
+/** An ephemeral event as the homeserver pushes it to appservices (with its room). */
+interface EphemeralEvent {
+  type: string;
+  room_id?: string;
+  content: Record<string, unknown>;
+}
 
 /**
  * The appservice: receives the homeserver's transactions, routes each event to the core or the
@@ -47,11 +55,18 @@ export class MatrixAppservice {
       disableStores: true,
       disableContext: true,
       suppressEcho: true,
+      // The library would drop edits of someone else's message without a word (and fetch the
+      // original for every edit); the core refuses those itself and tells the user why.
+      eventValidation: {},
       controller: {
         onEvent: (request: Request<WeakEvent>) => this.route(request),
+        // Typing and receipts (the registration sets push_ephemeral).
+        onEphemeralEvent: (request) => this.routeEphemeral(request.getData() as unknown as EphemeralEvent),
       },
     });
-    this.port = new AppserviceMatrixPort(this.bridge, config, store);
+    const asToken = registration.getAppServiceToken();
+    if (!asToken) throw new Error("the registration has no as_token");
+    this.port = new AppserviceMatrixPort(this.bridge, config, store, asToken);
   }
 
   async start(core: BridgeCore): Promise<void> {
@@ -97,6 +112,27 @@ export class MatrixAppservice {
       });
   }
 
+  private routeEphemeral(event: EphemeralEvent): void {
+    const core = this.core;
+    if (!core || typeof event.room_id !== "string" || typeof event.content !== "object" || event.content === null) return;
+    if (event.type === "m.typing") {
+      try {
+        core.onMatrixTyping(event.room_id, typingUsersOf(event.content));
+      } catch (err) {
+        // The library awaits this handler without a catch: a throw here would be an unhandled rejection.
+        log.warn("failed to handle typing", { room: event.room_id, error: (err as Error).message });
+      }
+    } else if (event.type === "m.receipt") {
+      for (const receipt of readReceiptsOf(event.content)) {
+        // Receipts of the bridge's own users (ghosts) are what it sent itself.
+        if (this.port.remoteIdOfGhost(receipt.userId) || receipt.userId === this.port.botMxid) continue;
+        void core
+          .onMatrixReadReceipt(event.room_id, receipt.userId, receipt.eventId, receipt.ts)
+          .catch((err: Error) => log.warn("failed to handle a read receipt", { room: event.room_id, error: err.message }));
+      }
+    }
+  }
+
   private async handle(event: MatrixEvent): Promise<void> {
     const core = this.core!;
     if (event.type === "m.room.member" && event.state_key) {
@@ -117,6 +153,14 @@ export class MatrixAppservice {
         }
         return core.onUserLeft(event.room_id, event.state_key);
       }
+      return;
+    }
+    if (event.type === "m.reaction") {
+      await core.onMatrixReaction(event);
+      return;
+    }
+    if (event.type === "m.room.redaction") {
+      await core.onMatrixRedaction(event);
       return;
     }
     if (event.type === "m.room.message") {

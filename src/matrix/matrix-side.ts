@@ -1,11 +1,13 @@
+import path from "node:path";
 import { Bridge, Intent } from "matrix-appservice-bridge";
 import { MatrixEvent, MatrixPort, SendOptions } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
 import { markdownToMatrix } from "../convert/formatting";
 import { getLogger } from "../logging";
-import { RemoteProfile } from "../network/connector";
+import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 import { BridgeStore } from "../store";
 import { GhostIds } from "./ghost-ids";
+import { MatrixMedia } from "./media";
 
 const log = getLogger("matrix");
 
@@ -14,15 +16,18 @@ export class AppserviceMatrixPort implements MatrixPort {
   readonly botMxid: string;
   readonly serverName: string;
   private readonly ids: GhostIds;
+  private readonly media: MatrixMedia;
 
   constructor(
     private readonly bridge: Bridge,
     private readonly config: BridgeConfig,
     private readonly store: BridgeStore,
+    asToken: string,
   ) {
     this.ids = new GhostIds(config);
     this.botMxid = `@${config.appservice.bot.localpart}:${config.homeserver.domain}`;
     this.serverName = config.homeserver.domain;
+    this.media = new MatrixMedia({ homeserverUrl: config.homeserver.url, asToken, tempDir: path.join(config.network.media.directory, "tmp-matrix") });
   }
 
   ghostMxid(remoteUserId: string): string {
@@ -105,6 +110,22 @@ export class AppserviceMatrixPort implements MatrixPort {
     return result.event_id;
   }
 
+  async redact(asMxid: string, roomId: string, eventId: string, opts: { txnId: string; reason?: string }): Promise<void> {
+    const client = this.intent(asMxid).matrixClient;
+    const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/redact/${encodeURIComponent(eventId)}/${encodeURIComponent(opts.txnId)}`;
+    await client.doRequest("PUT", path, null, opts.reason ? { reason: opts.reason } : {});
+  }
+
+  // The client directly, not intent.sendTyping/sendReadReceipt: those check membership first
+  // (an extra request for a ghost that is in the room) and typing would get a fixed 30 s timeout.
+  async setTyping(asMxid: string, roomId: string, typing: boolean, timeoutMs: number): Promise<void> {
+    await this.intent(asMxid).matrixClient.setTyping(roomId, typing, timeoutMs);
+  }
+
+  async sendReadReceipt(asMxid: string, roomId: string, eventId: string): Promise<void> {
+    await this.intent(asMxid).matrixClient.sendReadReceipt(roomId, eventId);
+  }
+
   async notice(asMxid: string, roomId: string, text: string, txnId?: string): Promise<void> {
     const content = { msgtype: "m.notice", body: text };
     if (txnId) await this.send(asMxid, roomId, content, { txnId });
@@ -156,20 +177,11 @@ export class AppserviceMatrixPort implements MatrixPort {
     await this.send(this.botMxid, roomId, { ...markdownToMatrix(markdown), msgtype: "m.notice" }, { txnId });
   }
 
-  async reportFailure(asMxid: string, roomId: string, eventId: string, reason: string): Promise<void> {
-    await this.send(asMxid, roomId, { msgtype: "m.notice", body: reason, "m.relates_to": { "m.in_reply_to": { event_id: eventId } } }, { txnId: `fail.${eventId}` });
-    // The status event Beeper-style clients use to mark the message itself as failed.
-    await this.send(
-      asMxid,
-      roomId,
-      {
-        network: "whatsapp",
-        "m.relates_to": { rel_type: "m.reference", event_id: eventId },
-        status: "FAIL_PERMANENT",
-        reason: "m.foreign_network_error",
-        message: reason,
-      },
-      { txnId: `status.${eventId}`, type: "com.beeper.message_send_status" },
-    ).catch((err: Error) => log.debug("could not send a message status", { error: err.message }));
+  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia> {
+    return this.media.download(mxc, maxBytes);
+  }
+
+  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
+    return this.media.prepareMessage(asMxid, file, media, caption);
   }
 }

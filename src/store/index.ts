@@ -1,8 +1,12 @@
 import { Database, openDatabase } from "./database";
 import { GhostStore } from "./ghosts";
+import { HostedMediaStore } from "./hosted-media";
 import { MessageStore } from "./messages";
 import { OutboundStore } from "./outbound";
 import { PortalStore } from "./portals";
+import { ReactionStore } from "./reactions";
+import { ReadMarkerStore } from "./read-markers";
+import { SentFrameStore } from "./sent-frames";
 import { SignalRecordTable } from "./signal-records";
 import { UserStore } from "./users";
 
@@ -13,6 +17,8 @@ export type { GhostRow } from "./ghosts";
 export type { PortalRow, PortalKind } from "./portals";
 export type { MessageRow } from "./messages";
 export type { OutboundItem } from "./outbound";
+export type { ReactionRow } from "./reactions";
+export type { HostedMediaRow } from "./hosted-media";
 
 /** Everything the bridge persists, one object per concern over one SQLite database. */
 export class BridgeStore {
@@ -21,6 +27,10 @@ export class BridgeStore {
   readonly portals: PortalStore;
   readonly messages: MessageStore;
   readonly outbound: OutboundStore;
+  readonly reactions: ReactionStore;
+  readonly readMarkers: ReadMarkerStore;
+  readonly sentFrames: SentFrameStore;
+  readonly hostedMedia: HostedMediaStore;
 
   constructor(readonly db: Database) {
     this.users = new UserStore(db);
@@ -28,6 +38,10 @@ export class BridgeStore {
     this.portals = new PortalStore(db);
     this.messages = new MessageStore(db);
     this.outbound = new OutboundStore(db);
+    this.reactions = new ReactionStore(db);
+    this.readMarkers = new ReadMarkerStore(db);
+    this.sentFrames = new SentFrameStore(db);
+    this.hostedMedia = new HostedMediaStore(db);
   }
 
   static open(file: string): BridgeStore {

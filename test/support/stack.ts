@@ -91,7 +91,8 @@ export class Stack {
         provider_secret: "bridge-secret-for-tests",
         home_domain: HOME_DOMAIN,
         store_key: "store-key-for-tests",
-        media: { bind_hostname: "127.0.0.1", port: mediaPort },
+        // The simulator hosts the WhatsApp side's media on its control API port.
+        media: { bind_hostname: "127.0.0.1", port: mediaPort, allowed_hosts: [`127.0.0.1:${simPort}`] },
       },
       // Third-Party Chats stay off by default, as in the product: tests turn them on (botRoom's enable).
       provisioning: { shared_secret: PROVISIONING_SECRET },

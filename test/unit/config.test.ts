@@ -68,3 +68,26 @@ test("unreadable and non-YAML files are explained", () => {
   fs.writeFileSync(path.join(dir, "list.yaml"), "- a\n- b\n");
   assert.throws(() => loadConfig(path.join(dir, "list.yaml")), /must be a YAML mapping/);
 });
+
+test("media settings: a folder next to the database by default, 30-day links, only listed hosts", () => {
+  const config = validateConfig({
+    homeserver: { url: "http://hs:8008", domain: "hs" },
+    appservice: { port: 1234 },
+    database: { path: "/srv/bridge/bridge.db" },
+    network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: "12345678", home_domain: "wa.example" },
+  });
+  assert.equal(config.network.media.directory, "/srv/bridge/media");
+  assert.equal(config.network.media.expiry_days, 30);
+  assert.deepEqual(config.network.media.allowed_hosts, []);
+  assert.equal(config.network.media.max_size, 100 * 1024 * 1024);
+  const relative = sample();
+  relative.network.media.directory = "./blobs";
+  assert.equal(validateConfig(relative, "/etc/bridge").network.media.directory, "/etc/bridge/blobs", "relative to the config's folder");
+  assert.equal(problem((c) => (c.network.media.allowed_hosts = ["https://media.example"])), 'network.media.allowed_hosts.0: must be a host name, host:port or "*"');
+  assert.match(problem((c) => (c.network.media.expiry_days = 0)), /^network\.media\.expiry_days: must be > 0/);
+  for (const ok of ["media.whatsapp.example", "127.0.0.1:29600", "[::1]:8080", "*"]) {
+    const c = sample();
+    c.network.media.allowed_hosts = [ok];
+    assert.doesNotThrow(() => validateConfig(c), ok);
+  }
+});
