@@ -192,10 +192,12 @@ export class InteropConnector implements NetworkConnector {
     }
   }
 
-  /** Unenlists the user (the gateway deletes its account, keys and queue) and deletes its keys and sessions here. */
+  /** Unenlists the user (the gateway deletes its account, keys and queue) and deletes its keys, sessions and send records here. */
   async removeUser(matrixUserId: string): Promise<void> {
     this.ready.delete(matrixUserId);
-    await this.endpoint.removeUser(this.uriOfMatrixUser(matrixUserId), { unenlist: true });
+    const uri = this.uriOfMatrixUser(matrixUserId);
+    await this.endpoint.removeUser(uri, { unenlist: true });
+    this.store.sentFrames.deleteSender(uri);
   }
 
   private toRemoteProfile(remoteUserId: string, p: { displayName?: string; avatar?: Profile["avatar"] }): RemoteProfile {

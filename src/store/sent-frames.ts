@@ -20,6 +20,11 @@ export class SentFrameStore {
     this.db.prepare("DELETE FROM sent_frames WHERE frame_id = ?").run(frameId);
   }
 
+  /** Drops every record of one sender (the user asked the bridge to forget them); returns how many. */
+  deleteSender(sender: string): number {
+    return this.db.prepare("DELETE FROM sent_frames WHERE sender = ?").run(sender).changes;
+  }
+
   /** Drops records older than maxAgeMs (the network keeps undelivered messages no longer); returns how many. */
   prune(maxAgeMs: number): number {
     return this.db.prepare("DELETE FROM sent_frames WHERE created_at < ?").run(Date.now() - maxAgeMs).changes;

@@ -146,7 +146,7 @@ export class UserStore {
         queued: count("SELECT COUNT(*) AS n FROM outbound_queue WHERE portal_id IN (SELECT id FROM portals WHERE receiver = ?)"),
         refusedContacts: count("SELECT COUNT(*) AS n FROM refused_contacts WHERE mxid = ?"),
       };
-      // Foreign keys cascade to participants, messages and the outbound queue.
+      // Foreign keys cascade to participants, messages, the outbound queue, reactions and read markers.
       this.db.prepare("DELETE FROM portals WHERE receiver = ?").run(mxid);
       this.db.prepare("DELETE FROM inbound_seen WHERE receiver = ?").run(mxid);
       this.db.prepare("DELETE FROM matrix_users WHERE mxid = ?").run(mxid);

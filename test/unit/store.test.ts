@@ -143,8 +143,11 @@ test("read markers only move forward and pick the unread messages of the other s
   store.close();
 });
 
-test("sent frames are found by transport id and pruned by age", () => {
+test("sent frames are found by transport id, pruned by age and forgotten by sender", () => {
   const store = BridgeStore.open(tempDb());
+  store.sentFrames.put("f0", "mimi://p/u/@gone:hs", "$e0");
+  assert.equal(store.sentFrames.deleteSender("mimi://p/u/@gone:hs"), 1);
+  assert.equal(store.sentFrames.get("f0"), undefined);
   store.sentFrames.put("f1", "mimi://p/u/@u:hs", "$e1");
   assert.deepEqual(store.sentFrames.get("f1"), { sender: "mimi://p/u/@u:hs", txnId: "$e1" });
   assert.equal(store.sentFrames.prune(60_000), 0);
@@ -174,6 +177,8 @@ test("erasing a user deletes their settings, portals, message map, queue and ref
     store.outbound.enqueue(portal.id, `$out-${mxid}`, mxid, { text: "x" });
     store.outbound.markInboundSeen(mxid, "r1");
     store.users.recordRefused(mxid, "+492", 5);
+    store.reactions.put({ portalId: portal.id, targetRemoteId: `m-${mxid}`, sender: mxid, emoji: "👍", eventId: `$r-${mxid}`, remoteId: `x-${mxid}`, timestamp: 2 });
+    store.readMarkers.advance(portal.id, 1);
   }
   assert.equal(store.users.recordRefused("@gone:hs", "+492", 9), 2, "attempts are counted per contact");
   assert.equal(store.users.markExplained("@gone:hs"), true);
@@ -185,6 +190,9 @@ test("erasing a user deletes their settings, portals, message map, queue and ref
   assert.equal(store.outbound.depthForUser("@gone:hs"), 0);
   assert.equal(store.outbound.inboundSeen("@gone:hs", "r1"), false);
   assert.deepEqual(store.users.refusedContacts("@gone:hs"), []);
+  assert.equal(store.reactions.byEventId("$r-@gone:hs"), undefined, "their reactions are gone");
+  assert.equal((store.db.prepare("SELECT COUNT(*) AS n FROM read_markers").get() as { n: number }).n, 1, "only the other user's read marker is left");
+  assert.ok(store.reactions.byEventId("$r-@stays:hs"));
   assert.ok(store.users.get("@stays:hs"));
   assert.equal(store.outbound.depthForUser("@stays:hs"), 1);
   assert.equal(store.users.refusedContacts("@stays:hs")[0]?.attempts, 1);
