@@ -425,7 +425,7 @@ describe("across a bridge restart", () => {
 
   test("an edit after WhatsApp's edit window is not sent; the user is told why", async () => {
     const config = YAML.parse(fs.readFileSync(stack.configPath, "utf8"));
-    config.bridge.edit_window_seconds = 2;
+    (config.bridge ??= {}).edit_window_seconds = 2;
     fs.writeFileSync(stack.configPath, YAML.stringify(config));
     await stack.restartBridge();
     const chat = await openChat("editlate", "Rui");
