@@ -26,7 +26,8 @@ COPY --from=build /src/config ./config
 COPY docker/run.sh ./run.sh
 ENV NODE_ENV=production
 VOLUME /data
-# 29400: appservice (homeserver → bridge); 29401: the encrypted media the bridge hosts.
-EXPOSE 29400 29401
+# 29400: appservice (homeserver → bridge) and provisioning API; 29401: the encrypted media the bridge hosts;
+# 29402: /metrics, /health and /ready (bound to 127.0.0.1 unless metrics.hostname says otherwise).
+EXPOSE 29400 29401 29402
 USER bridge
 ENTRYPOINT ["/usr/bin/tini", "--", "/opt/matrix-interop-bridge/run.sh"]

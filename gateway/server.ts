@@ -491,7 +491,7 @@ export class GatewayServer {
         this.requireOwnUser(conn, frame.user, "user");
         if (conn.provider === this.config.homeProvider)
           throw new ProtocolError("forbidden", "enlist: home provider accounts are made with account.upsert");
-        const { created, changed } = store.upsertAccount(frame.user, conn.provider!, false, frame.displayName, undefined);
+        const { created, changed } = store.upsertAccount(frame.user, conn.provider!, false, frame.displayName, undefined, frame.thirdPartyChats);
         if (changed && !created) this.fanOutProfile(frame.user);
         return { created };
       }
@@ -520,11 +520,11 @@ export class GatewayServer {
         return { created };
       }
       case "settings.set": {
-        this.requireHome(conn, frame.t);
+        // Home and third-party providers alike set the setting of their own accounts.
         this.requireOwnUser(conn, frame.user, "user");
         const changed = store.setThirdPartyChats(frame.user, frame.thirdPartyChats);
         if (changed === undefined) throw new ProtocolError("unknown_user", `settings.set: no account ${frame.user}`);
-        if (changed) this.fanOutProfile(frame.user);
+        if (changed && store.getAccount(frame.user)?.home) this.fanOutProfile(frame.user);
         return {};
       }
       case "profile.get":
@@ -547,7 +547,7 @@ export class GatewayServer {
         this.requireSession(conn, frame.from, "from");
         const target = store.getAccount(frame.user);
         if (!target) throw new ProtocolError("unknown_user", `keys.fetch: no account ${frame.user}`);
-        this.checkReachable(store.getAccount(frame.from)!, target);
+        this.checkReachable(store.getAccount(frame.from)!, target, dmRoomUri(frame.from, frame.user, this.config.roomDomain));
         const taken = store.takeBundle(frame.user);
         if (!taken) throw new ProtocolError("no_keys", `keys.fetch: ${frame.user} has published no keys`);
         if (taken.remaining < this.config.keysLowThreshold) {
@@ -583,7 +583,7 @@ export class GatewayServer {
     const recipient = store.getAccount(frame.to);
     if (!recipient) throw new ProtocolError("unknown_user", `send: no account ${frame.to}`);
     this.checkRoom(frame.from, frame.to, frame.room);
-    this.checkReachable(store.getAccount(frame.from)!, recipient);
+    this.checkReachable(store.getAccount(frame.from)!, recipient, frame.room);
     return this.sendOutcome(frame, store.acceptSend(frame));
   }
 
@@ -689,15 +689,22 @@ export class GatewayServer {
 
   /**
    * Interop connects WhatsApp users with third-party users: at least one side
-   * must be a home account, and a home account takes part only with its
-   * Third-Party Chats setting on.
+   * must be a home account, and each side takes part only with its
+   * Third-Party Chats setting on (the home user's first). When `room` is given
+   * (a send or keys.fetch by actor `a`) and the third-party side is the one that
+   * is off, it is told who tried, once per sender until it acks (§6.4).
    */
-  private checkReachable(a: Account, b: Account): void {
+  private checkReachable(a: Account, b: Account, room?: string): void {
     if (!a.home && !b.home)
       throw new ProtocolError("forbidden", "third-party users can only reach users of the home provider");
     if (a.home && b.home) return;
     const homeSide = a.home ? a : b;
     if (!homeSide.thirdPartyChats)
       throw new ProtocolError("third_party_disabled", `${homeSide.user} has Third-Party Chats turned off`);
+    const thirdPartySide = a.home ? b : a;
+    if (!thirdPartySide.thirdPartyChats) {
+      if (room !== undefined && thirdPartySide === b && this.store!.queueRefused(b.user, a.user, room)) this.pump(b.user);
+      throw new ProtocolError("not_opted_in", `${thirdPartySide.user} has not turned Third-Party Chats on`);
+    }
   }
 }

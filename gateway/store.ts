@@ -14,6 +14,7 @@ import {
   type KeysPublishFrame,
   type PreKeyBundle,
   type ProfileFrame,
+  type RefusedFrame,
   type SendFrame,
 } from "../src/protocol/frames.js";
 
@@ -136,11 +137,23 @@ export class GatewayStore {
     this.db.pragma(`synchronous = ${opts.synchronous ?? "FULL"}`);
     this.db.pragma("foreign_keys = ON");
     this.db.exec(SCHEMA);
+    this.upgrade();
     this.maxQueuePerUser = opts.maxQueuePerUser ?? 10_000;
   }
 
   close(): void {
     if (this.db.open) this.db.close();
+  }
+
+  /** One-time data changes for databases made by older versions, recorded in `meta`. */
+  private upgrade(): void {
+    this.db.transaction(() => {
+      const done = this.db.prepare("SELECT value FROM meta WHERE key = 'third_party_setting'").get();
+      if (done) return;
+      // Before third-party accounts had the setting, every one of them was reachable.
+      this.db.prepare("UPDATE accounts SET third_party_chats = 1 WHERE home = 0").run();
+      this.db.prepare("INSERT INTO meta (key, value) VALUES ('third_party_setting', '1')").run();
+    })();
   }
 
   /**
@@ -174,13 +187,18 @@ export class GatewayStore {
     return account;
   }
 
-  /** Creates or updates an account; returns whether it was new and whether its profile changed. */
+  /**
+   * Creates or updates an account; returns whether it was new and whether its profile changed.
+   * A new home account starts with Third-Party Chats off, a new third-party account with
+   * `thirdPartyChats` (default on); given for an existing account, it replaces the setting.
+   */
   upsertAccount(
     user: string,
     provider: string,
     home: boolean,
     displayName: string,
     avatar: Avatar | undefined,
+    thirdPartyChats?: boolean,
   ): { created: boolean; changed: boolean } {
     return this.db.transaction(() => {
       const before = this.getAccount(user);
@@ -192,11 +210,12 @@ export class GatewayStore {
         this.db
           .prepare(
             `INSERT INTO accounts (user, provider, home, display_name, avatar_url, avatar_mimetype, avatar_size,
-               avatar_sha256, third_party_chats, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)`,
+               avatar_sha256, third_party_chats, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           )
-          .run(user, provider, home ? 1 : 0, displayName, ...av, now, now);
+          .run(user, provider, home ? 1 : 0, displayName, ...av, !home && thirdPartyChats !== false ? 1 : 0, now, now);
         return { created: true, changed: true };
       }
+      if (thirdPartyChats !== undefined) this.setThirdPartyChats(user, thirdPartyChats);
       const changed =
         before.displayName !== displayName ||
         before.avatar?.url !== avatar?.url ||
@@ -371,7 +390,7 @@ export class GatewayStore {
     type: string,
     build: (seq: number) => Uint8Array,
     now: number,
-    deliverMeta?: { sender: string; room: string; id: Uint8Array },
+    deliverMeta?: { sender: string; room: string; id?: Uint8Array },
   ): number {
     this.db.prepare("INSERT INTO queue_state (user, last_seq, acked_seq) VALUES (?, 0, 0) ON CONFLICT DO NOTHING").run(user);
     const seq = this.lastSeq(user) + 1;
@@ -387,7 +406,7 @@ export class GatewayStore {
         Buffer.from(build(seq)),
         deliverMeta?.sender ?? null,
         deliverMeta?.room ?? null,
-        deliverMeta ? Buffer.from(deliverMeta.id) : null,
+        deliverMeta?.id ? Buffer.from(deliverMeta.id) : null,
         now,
       );
     return seq;
@@ -490,6 +509,20 @@ export class GatewayStore {
       this.db.prepare("DELETE FROM queue WHERE user = ? AND seq <= ?").run(user, seq);
       this.db.prepare("UPDATE queue_state SET acked_seq = ? WHERE user = ?").run(seq, user);
       return [...notified];
+    })();
+  }
+
+  /**
+   * Queues a refused event for `user` (a third-party account with the setting off) about
+   * `from`, unless one about the same sender is still unacknowledged. Returns whether it did.
+   */
+  queueRefused(user: string, from: string, room: string): boolean {
+    return this.db.transaction(() => {
+      const pending = this.db.prepare("SELECT 1 FROM queue WHERE user = ? AND type = 'refused' AND sender = ?").get(user, from);
+      if (pending || this.queuedCount(user) >= this.maxQueuePerUser) return false;
+      const now = this.now();
+      this.enqueue(user, "refused", (seq) => encodeFrame({ t: "refused", seq, user, from, room, ts: now } satisfies RefusedFrame), now, { sender: from, room });
+      return true;
     })();
   }
 

@@ -19,7 +19,7 @@ async function main(): Promise<void> {
   const stack = await Stack.start("demo", {
     dir,
     logLevel: "info",
-    ports: { homeserver: Number(process.env.DEMO_HS_PORT ?? 8008), appservice: 29400, media: 29401, gateway: 29500, sim: 29600 },
+    ports: { homeserver: Number(process.env.DEMO_HS_PORT ?? 8008), appservice: 29400, media: 29401, metrics: 29402, gateway: 29500, sim: 29600 },
   });
   const shutdown = async () => {
     process.stderr.write("\ndemo: stopping\n");
@@ -34,6 +34,8 @@ async function main(): Promise<void> {
   const botRoom = await demo.createRoom({ is_direct: true, invite: [stack.botId], preset: "trusted_private_chat" });
   await demo.startSync();
   await demo.waitFor((e) => e.room_id === botRoom && e.sender === stack.botId && e.type === "m.room.message", { timeoutMs: 30_000 });
+  // Third-Party Chats are opt-in: the demo user turns them on, as a user would with `enable`.
+  await stack.enable(demo, botRoom);
   await demo.stopSync();
   const friends = [
     { phone: "+4915112345678", name: "Anna Schmidt", text: "Hallo! 👋 This is **Anna** on WhatsApp. Third-party chats work!" },
@@ -55,9 +57,12 @@ async function main(): Promise<void> {
     - Accept the two chat invites from ${friends.map((f) => `${f.name} (WhatsApp)`).join(" and ")}: they greeted you.
     - Reply with formatting (bold, italic, code); see what they received:
         node dist/sim/cli.js --api ${stack.sim.url} inbox ${friends[0].phone}
-    - Make them write again:
+    - Make them write again, or send a photo, video, voice note or file:
         node dist/sim/cli.js --api ${stack.sim.url} send ${friends[0].phone} ${demo.userId} "Hi again"
-    - Talk to the bridge bot ${stack.botId}: help, list, start ${friends[1].phone}
+        node dist/sim/cli.js --api ${stack.sim.url} media ${friends[0].phone} ${demo.userId} photo.jpg --caption "Look!"
+    - Send them photos, videos, voice messages and files from your client; the inbox shows what arrived.
+    - Talk to the bridge bot ${stack.botId}: help, status, list, start ${friends[1].phone}, inbox dedicated
+    - Metrics and health: ${stack.metricsUrl}/metrics  ${stack.metricsUrl}/health
   Logs: ${dir}/bridge.log, gateway.log, sim.log.  Stop with Ctrl-C.
 `);
 }

@@ -22,12 +22,14 @@ const USAGE = `usage: node dist/sim/cli.js [--api URL] COMMAND ...   (URL defaul
   settings PHONE --third-party on|off
   send PHONE TO TEXT [--reply-to MSGID] [--expires SECONDS]
   react PHONE TO MSGID EMOJI
+  unreact PHONE TO MSGID REACTIONID
   edit PHONE TO MSGID TEXT
   delete PHONE TO MSGID
   read PHONE TO MSGID...
   typing PHONE TO on|off
   status PHONE TEXT
   sticker PHONE TO
+  media PHONE TO FILE [--caption TEXT] [--kind image|video|voice|audio|file] [--mimetype TYPE]
   disappearing PHONE TO SECONDS        (0 = off)
   inbox PHONE [--after N] [--follow]
 TO is a Matrix user id (@alice:example.org), a mimi user URI or a phone number.
@@ -52,6 +54,20 @@ const AVATAR_TYPES: Record<string, string> = {
   ".jpeg": "image/jpeg",
   ".webp": "image/webp",
   ".gif": "image/gif",
+};
+
+const MEDIA_TYPES: Record<string, string> = {
+  ...AVATAR_TYPES,
+  ".mp4": "video/mp4",
+  ".webm": "video/webm",
+  ".mov": "video/quicktime",
+  ".ogg": "audio/ogg",
+  ".opus": "audio/ogg",
+  ".mp3": "audio/mpeg",
+  ".m4a": "audio/mp4",
+  ".wav": "audio/wav",
+  ".pdf": "application/pdf",
+  ".txt": "text/plain",
 };
 
 class Api {
@@ -148,7 +164,7 @@ export function formatEntry(e: Entry): string {
     case "profile":
       return `${head} is now "${e.displayName}"${e.avatar ? " (with a picture)" : ""}`;
     case "media":
-      return `${head}${id} sent ${e.contentType} ${e.filename || ""}${e.text ? `: ${e.text}` : ""}`;
+      return `${head}${id} sent ${e.mediaKind ?? "media"} ${e.filename || ""} (${e.contentType}${typeof e.size === "number" ? `, ${e.size} bytes` : ""})${e.caption ? `: ${e.caption}` : ""}${e.error ? ` — not received: ${e.error}` : ""}`;
     case "sticker":
       return `${head}${id} sent a sticker`;
     case "undecryptable":
@@ -175,6 +191,9 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
           "no-avatar": { type: "boolean" },
           "third-party": { type: "string" },
           "reply-to": { type: "string" },
+          caption: { type: "string" },
+          kind: { type: "string" },
+          mimetype: { type: "string" },
           expires: { type: "string" },
           after: { type: "string" },
           follow: { type: "boolean" },
@@ -257,6 +276,12 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
       print(r, `reacted (${r.id}) at ${time(r.ts)}`);
       return 0;
     }
+    case "unreact": {
+      const [phone, to, target, reaction] = need(args, 4, "unreact PHONE TO MSGID REACTIONID");
+      const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/reactions`, { to, target, reaction });
+      print(r, `withdrew the reaction (${r.id}) at ${time(r.ts)}`);
+      return 0;
+    }
     case "edit": {
       const [phone, to, target, text] = need(args, 4, "edit PHONE TO MSGID TEXT");
       const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/edits`, { to, target, text });
@@ -292,6 +317,19 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
       const [phone, to] = need(args, 2, "sticker PHONE TO");
       const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/stickers`, { to });
       print(r, `sent sticker ${r.id} at ${time(r.ts)}`);
+      return 0;
+    }
+    case "media": {
+      const [phone, to, file] = need(args, 3, "media PHONE TO FILE");
+      const mimetype = values.mimetype ?? MEDIA_TYPES[path.extname(file!).toLowerCase()] ?? "application/octet-stream";
+      const r = await api.call<{ id: string; ts: number; size: number }>("POST", `${user(phone!)}/media`, {
+        to,
+        file: path.resolve(file!),
+        mimetype,
+        ...(values.kind ? { kind: values.kind } : {}),
+        ...(values.caption ? { caption: values.caption } : {}),
+      });
+      print(r, `sent ${values.kind ?? mimetype} ${r.id} at ${time(r.ts)}`);
       return 0;
     }
     case "disappearing": {

@@ -47,10 +47,7 @@ const ROUTES: Route[] = [
   {
     method: "POST",
     pattern: new RegExp(`^/users/${USER}/media$`),
-    handler: async (sim, [phone]) => {
-      sim.requireUser(phone!);
-      throw new SimError(501, "not_implemented", "sending media is not implemented yet");
-    },
+    handler: (sim, [phone], body) => sim.sendMedia(phone!, body),
   },
   {
     method: "GET",
@@ -139,6 +136,7 @@ export class ControlApi {
     try {
       const sim = this.sim;
       if (!sim) throw new SimError(503, "starting", "the simulator is starting");
+      if (sim.mediaHost.handle(req, res)) return;
       const media = /^\/media\/([0-9a-f]{64})$/.exec(url.pathname);
       if (media && (method === "GET" || method === "HEAD")) return this.serveMedia(sim, media[1]!, method, res);
       let pathMatched = false;

@@ -64,11 +64,11 @@ export function describeMimi(message: MimiMessage): { kind: string } & Record<st
       kind: "media",
       contentType: external.contentType,
       url: external.url,
-      size: external.size,
+      encryptedSize: external.size,
       filename: external.filename,
       description: external.description,
       encrypted: external.encAlg !== 0,
-      ...(caption !== undefined ? { text: caption } : {}),
+      ...(caption !== undefined ? { caption } : {}),
     };
   }
   const text = textOf(body);

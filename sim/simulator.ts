@@ -5,6 +5,15 @@
  * specifies, through InteropClient and SecureEndpoint.
  */
 import { createHash, randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { kindOfMimetype, probedFacts } from "../src/convert/media.js";
+import { MediaError, type MediaKind, type RemoteMedia } from "../src/network/connector.js";
+import { probeMedia } from "../src/network/ffmpeg.js";
+import { fetchBlob } from "../src/network/media-fetch.js";
+import { MediaHost } from "../src/network/media-host.js";
+import { blobRefOf, mediaToMimi, mimiToRemoteContent } from "../src/network/mimi-content.js";
+import { sha256File } from "../src/protocol/media-crypto.js";
 import { getLogger, type Logger } from "../src/logging.js";
 import { InteropClient } from "../src/protocol/client.js";
 import { EndpointError, SecureEndpoint, type DeliveredEvent, type PayloadEvent, type UndecryptableEvent } from "../src/protocol/endpoint.js";
@@ -21,9 +30,10 @@ import {
   newEdit,
   newReaction,
   newTextMessage,
+  newUnreaction,
   type MimiMessage,
 } from "../src/protocol/mimi.js";
-import { MAX_READ_IDS, STICKER_CONTENT_TYPE, WA_KIND_STICKER, withWaKind, type Payload } from "../src/protocol/payload.js";
+import { MAX_READ_IDS, STICKER_CONTENT_TYPE, WA_KIND_STICKER, waMediaOf, withWaKind, type Payload } from "../src/protocol/payload.js";
 import { describeMimi } from "./inbox-entry.js";
 import { stickerImage } from "./sticker.js";
 import type { InboxEntry, SimStore, SimUser } from "./store.js";
@@ -70,6 +80,10 @@ export interface AvatarInput {
 
 const MATRIX_ID_RE = /^@[^:\s]+:\S+$/;
 const MAX_AVATAR_BYTES = 5 * 1024 * 1024;
+/** Largest attachment a simulated user sends or accepts. */
+const MAX_MEDIA_BYTES = 512 * 1024 * 1024;
+const MEDIA_LIFETIME_MS = 30 * 24 * 60 * 60 * 1000;
+const MEDIA_KINDS: readonly MediaKind[] = ["image", "video", "voice", "audio", "file"];
 const MAX_WAIT_MS = 60_000;
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -77,6 +91,8 @@ const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 export class Simulator {
   readonly client: InteropClient;
   readonly endpoint: SecureEndpoint;
+  /** The encrypted blobs of media our users send, served by the control API's HTTP server. */
+  readonly mediaHost: MediaHost;
   private readonly store: SimStore;
   private readonly log: Logger;
   private readonly waiters = new Map<string, Set<() => void>>();
@@ -94,12 +110,20 @@ export class Simulator {
       onIdentityChange: (local, peer) => this.record(this.phoneOf(local), null, { kind: "identity_changed", ...this.fromFields(peer), ts: Date.now() }),
       logger: getLogger("sim-endpoint"),
     });
+    this.mediaHost = new MediaHost({
+      dir: path.join(this.store.mediaDir, "blobs"),
+      index: this.store.blobs,
+      publicUrl: opts.mediaBaseUrl,
+      lifetimeMs: MEDIA_LIFETIME_MS,
+      logger: getLogger("sim-media"),
+    });
     this.client.on("typing", (frame) => this.onTyping(frame));
     this.client.onProfile((frame) => this.onProfile(frame));
   }
 
   /** Connects and brings every stored user online again (login, keys). */
   async start(): Promise<void> {
+    this.mediaHost.startSweeping();
     await this.client.connect();
     for (const user of this.store.allUsers()) {
       try {
@@ -112,6 +136,7 @@ export class Simulator {
 
   async stop(): Promise<void> {
     for (const wake of [...this.waiters.values()].flatMap((s) => [...s])) wake();
+    await this.mediaHost.close();
     await this.client.close();
   }
 
@@ -362,8 +387,14 @@ export class Simulator {
     return this.sendMimi(rawPhone, body.to, "text", (sender, room) => newTextMessage({ sender, room, markdown: text, inReplyTo, expires }));
   }
 
-  sendReaction(rawPhone: string, body: { to?: unknown; target?: unknown; emoji?: unknown }): Promise<{ id: string; ts: number }> {
+  /** A reaction, or with `reaction` (the id of an earlier reaction) instead of `emoji`, its withdrawal. */
+  sendReaction(rawPhone: string, body: { to?: unknown; target?: unknown; emoji?: unknown; reaction?: unknown }): Promise<{ id: string; ts: number }> {
     const target = messageIdParam(body.target, "target");
+    if (body.reaction !== undefined) {
+      if (body.emoji !== undefined) throw new SimError(400, "bad_request", "give either emoji (react) or reaction (withdraw), not both");
+      const reaction = messageIdParam(body.reaction, "reaction");
+      return this.sendMimi(rawPhone, body.to, "unreaction", (sender, room) => newUnreaction({ sender, room, reaction, target }));
+    }
     const emoji = requireText(body.emoji, "emoji");
     return this.sendMimi(rawPhone, body.to, "reaction", (sender, room) => newReaction({ sender, room, target, emoji }));
   }
@@ -414,6 +445,83 @@ export class Simulator {
     await this.endpoint.addUser(uri, { home: true });
     this.log.info("simulated user reinstalled (new identity)", { phone: user.phone });
     return { reinstalled: true };
+  }
+
+  private get mediaTemp(): string {
+    const dir = path.join(this.store.mediaDir, "tmp");
+    fs.mkdirSync(dir, { recursive: true });
+    return dir;
+  }
+
+  /**
+   * Sends a photo, video, voice note, audio file or document: the file (a path on this machine,
+   * or base64) is encrypted, hosted under /media/v1/ and announced in a MIMI attachment.
+   * Dimensions and duration are probed with ffprobe unless given.
+   */
+  async sendMedia(
+    rawPhone: string,
+    body: {
+      to?: unknown;
+      file?: unknown;
+      base64?: unknown;
+      mimetype?: unknown;
+      filename?: unknown;
+      kind?: unknown;
+      caption?: unknown;
+      width?: unknown;
+      height?: unknown;
+      durationMs?: unknown;
+      waveform?: unknown;
+    },
+  ): Promise<{ id: string; ts: number; url: string; size: number; sha256: string }> {
+    this.requireUser(rawPhone);
+    if (typeof body.mimetype !== "string" || !/^[\w.+-]+\/[\w.+-]+(\s*;.*)?$/.test(body.mimetype))
+      throw new SimError(400, "bad_request", "mimetype must be a content type such as image/jpeg");
+    const mimetype = body.mimetype;
+    if (body.kind !== undefined && !MEDIA_KINDS.includes(body.kind as MediaKind)) throw new SimError(400, "bad_request", `kind must be one of ${MEDIA_KINDS.join(", ")}`);
+    const kind = (body.kind as MediaKind | undefined) ?? kindOfMimetype(mimetype);
+    if (body.caption !== undefined && typeof body.caption !== "string") throw new SimError(400, "bad_request", "caption must be a string");
+    if (body.filename !== undefined && typeof body.filename !== "string") throw new SimError(400, "bad_request", "filename must be a string");
+    let file: string;
+    let temporary: string | undefined;
+    if (typeof body.file === "string" && body.base64 === undefined) {
+      if (!path.isAbsolute(body.file)) throw new SimError(400, "bad_request", "file must be an absolute path on the simulator's machine");
+      const stat = await fs.promises.stat(body.file).catch(() => null);
+      if (!stat?.isFile()) throw new SimError(400, "bad_request", `${body.file} is not a readable file`);
+      if (stat.size > MAX_MEDIA_BYTES) throw new SimError(413, "too_large", `the file is over ${MAX_MEDIA_BYTES} bytes`);
+      file = body.file;
+    } else if (typeof body.base64 === "string" && body.file === undefined) {
+      const bytes = Buffer.from(body.base64, "base64");
+      if (bytes.length === 0) throw new SimError(400, "bad_request", "base64 is empty");
+      temporary = path.join(this.mediaTemp, `out-${randomBytes(8).toString("hex")}`);
+      await fs.promises.writeFile(temporary, bytes);
+      file = temporary;
+    } else {
+      throw new SimError(400, "bad_request", "give the bytes as either file (an absolute path) or base64");
+    }
+    try {
+      const filename = (body.filename as string | undefined) ?? (typeof body.file === "string" ? path.basename(body.file) : "");
+      const media: RemoteMedia = { kind, mimetype, filename };
+      const given = {
+        width: optionalPositive(body.width, "width"),
+        height: optionalPositive(body.height, "height"),
+        durationMs: optionalPositive(body.durationMs, "durationMs"),
+      };
+      const probed = given.width === undefined && given.durationMs === undefined ? probedFacts(kind, await probeMedia(file).catch(() => null)) : {};
+      Object.assign(media, probed, Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)));
+      if (body.waveform !== undefined) {
+        if (!Array.isArray(body.waveform) || body.waveform.length === 0 || body.waveform.length > 100 || !body.waveform.every((v) => Number.isInteger(v) && v >= 0 && v <= 255))
+          throw new SimError(400, "bad_request", "waveform must be 1..100 integers 0..255");
+        media.waveform = body.waveform.map((v: number) => Math.round((v / 255) * 1024));
+      }
+      const sha256 = (await sha256File(file)).toString("hex");
+      const blob = await this.mediaHost.host(file, { expiresAt: Date.now() + MEDIA_LIFETIME_MS });
+      const caption = body.caption as string | undefined;
+      const sent = await this.sendMimi(rawPhone, body.to, kind === "voice" ? "voice" : "media", (sender, room) => mediaToMimi(media, caption, blob, sender, room));
+      return { ...sent, url: blob.url, size: blob.size, sha256 };
+    } finally {
+      if (temporary) await fs.promises.rm(temporary, { force: true });
+    }
   }
 
   async sendRead(rawPhone: string, body: { to?: unknown; ids?: unknown }): Promise<{ ts: number }> {
@@ -507,7 +615,10 @@ export class Simulator {
         const message = decodeMimi(ev.payload.mimi);
         const id = hex(computeMessageId(ev.from, ev.room, ev.payload.mimi));
         this.store.addContact(phone, ev.from);
-        this.record(phone, source, { ...base, id, ...describeMimi(message) });
+        const entry = describeMimi(message);
+        // A repeat of an event already in the inbox is not downloaded again.
+        if (entry.kind === "media" && !this.store.hasInboxSource(phone, source)) Object.assign(entry, await this.receiveMedia(message));
+        this.record(phone, source, { ...base, id, ...entry });
         return;
       }
       case "read":
@@ -520,6 +631,30 @@ export class Simulator {
         // Third-party chats do not carry status updates (docs/protocol.md §16.2).
         this.log.info("dropped a status update", { phone });
         return;
+    }
+  }
+
+  /** Downloads, verifies and decrypts a received attachment; what arrived, or why not, for the inbox. */
+  private async receiveMedia(message: MimiMessage): Promise<Record<string, unknown>> {
+    const content = mimiToRemoteContent(message);
+    if (content.type !== "media") return { error: content.type === "unsupported" ? content.description : "not an attachment" };
+    const info = waMediaOf(message);
+    const described: Record<string, unknown> = {
+      mediaKind: content.media.kind,
+      ...(info.width ? { width: info.width, height: info.height } : {}),
+      ...(info.durationMs ? { durationMs: info.durationMs } : {}),
+      ...(info.waveform ? { waveform: [...info.waveform] } : {}),
+    };
+    if (content.source.from !== "network") return { ...described, error: "no media reference" };
+    try {
+      const fetched = await fetchBlob(blobRefOf(content.source.ref), { maxBytes: MAX_MEDIA_BYTES, allowedHosts: ["*"], tempDir: this.mediaTemp });
+      const sha256 = (await sha256File(fetched.path)).toString("hex");
+      this.store.adoptMediaFile(fetched.path, content.media.mimetype, sha256, fetched.size);
+      return { ...described, size: fetched.size, sha256, mediaUrl: this.mediaUrl(sha256) };
+    } catch (err) {
+      const reason = err instanceof MediaError ? `${err.code}: ${err.reason}` : (err as Error).message;
+      this.log.warn("could not receive media", { error: reason });
+      return { ...described, error: reason };
     }
   }
 
@@ -570,6 +705,12 @@ function requireText(v: unknown, field: string): string {
   return v;
 }
 
+function optionalPositive(v: unknown, field: string): number | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) throw new SimError(400, "bad_request", `${field} must be a positive whole number`);
+  return v;
+}
+
 function messageIdParam(v: unknown, field: string): Uint8Array {
   if (typeof v !== "string" || !new RegExp(`^[0-9a-fA-F]{${MIMI_MESSAGE_ID_LENGTH * 2}}$`).test(v))
     throw new SimError(400, "bad_request", `${field} must be a MIMI message id: ${MIMI_MESSAGE_ID_LENGTH * 2} hex digits`);
@@ -594,6 +735,7 @@ export function httpStatusOf(err: unknown): { status: number; code: string; mess
 
 const GATEWAY_CODE_STATUS: Record<string, number> = {
   third_party_disabled: 409,
+  not_opted_in: 409,
   no_keys: 409,
   not_logged_in: 409,
   unknown_user: 404,

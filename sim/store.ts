@@ -8,7 +8,7 @@ import path from "node:path";
 import Database from "better-sqlite3";
 import type { SignalRecordStore } from "../src/protocol/signal.js";
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE users (
@@ -62,6 +62,16 @@ CREATE TABLE peers (
 );
 `;
 
+/** Version 2: the encrypted blobs the simulator hosts for the media its users send. */
+const BLOBS = `
+CREATE TABLE blobs (
+  token TEXT PRIMARY KEY,
+  size INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  created_at INTEGER NOT NULL
+);
+`;
+
 export interface SimUser {
   phone: string;
   name: string;
@@ -93,7 +103,12 @@ export class SimStore {
     const version = this.db.pragma("user_version", { simple: true }) as number;
     if (version === 0) {
       this.db.transaction(() => {
-        this.db.exec(SCHEMA);
+        this.db.exec(SCHEMA + BLOBS);
+        this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      })();
+    } else if (version === 1) {
+      this.db.transaction(() => {
+        this.db.exec(BLOBS);
         this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })();
     } else if (version !== SCHEMA_VERSION) {
@@ -149,12 +164,37 @@ export class SimStore {
     return { sha256, mimetype, size: bytes.length };
   }
 
+  /** Moves a verified file into the media directory under its SHA-256 (idempotent). */
+  adoptMediaFile(file: string, mimetype: string, sha256: string, size: number): MediaInfo {
+    const dest = path.join(this.mediaDir, sha256);
+    if (fs.existsSync(dest)) fs.rmSync(file, { force: true });
+    else fs.renameSync(file, dest);
+    this.db.prepare("INSERT OR REPLACE INTO media (sha256, mimetype, size) VALUES (?, ?, ?)").run(sha256, mimetype, size);
+    return { sha256, mimetype, size };
+  }
+
   getMedia(sha256: string): (MediaInfo & { file: string }) | undefined {
     const row = this.db.prepare("SELECT sha256, mimetype, size FROM media WHERE sha256 = ?").get(sha256) as MediaInfo | undefined;
     if (!row) return undefined;
     const file = path.join(this.mediaDir, row.sha256);
     return fs.existsSync(file) ? { ...row, file } : undefined;
   }
+
+  // ---------------------------------------------------------------- hosted blobs (HostedBlobIndex)
+
+  readonly blobs = {
+    save: (row: { token: string; size: number; expiresAt: number; createdAt: number }): void => {
+      this.db.prepare("INSERT OR REPLACE INTO blobs (token, size, expires_at, created_at) VALUES (?, ?, ?, ?)").run(row.token, row.size, row.expiresAt, row.createdAt);
+    },
+    get: (token: string): { token: string; size: number; expiresAt: number } | undefined => {
+      const row = this.db.prepare("SELECT token, size, expires_at FROM blobs WHERE token = ?").get(token) as { token: string; size: number; expires_at: number } | undefined;
+      return row && { token: row.token, size: row.size, expiresAt: row.expires_at };
+    },
+    expired: (now: number): { token: string }[] => this.db.prepare("SELECT token FROM blobs WHERE expires_at <= ? LIMIT 1000").all(now) as { token: string }[],
+    remove: (token: string): void => {
+      this.db.prepare("DELETE FROM blobs WHERE token = ?").run(token);
+    },
+  };
 
   // ---------------------------------------------------------------- Signal records
 
@@ -191,6 +231,10 @@ export class SimStore {
       this.db.prepare("INSERT INTO inbox (phone, n, source, entry) VALUES (?, ?, ?, ?)").run(phone, n, source, JSON.stringify({ n, ...entry }));
       return n;
     })();
+  }
+
+  hasInboxSource(phone: string, source: string): boolean {
+    return this.db.prepare("SELECT 1 FROM inbox WHERE phone = ? AND source = ?").get(phone, source) !== undefined;
   }
 
   inbox(phone: string, after: number, limit = 1000): InboxEntry[] {

@@ -2,6 +2,7 @@ import fs from "node:fs";
 import path from "node:path";
 import Ajv, { ErrorObject } from "ajv";
 import YAML from "yaml";
+import { PermissionLevel, permissionKeyProblem } from "./bridge/permissions";
 import { LogLevel } from "./logging";
 
 /** The validated configuration (config/config.sample.yaml documents every key). */
@@ -21,9 +22,20 @@ export interface BridgeConfig {
     provider_secret: string;
     home_domain: string;
     store_key?: string;
-    media: { bind_hostname: string; port: number; public_url?: string; max_size: number };
+    media: {
+      bind_hostname: string;
+      port: number;
+      public_url?: string;
+      max_size: number;
+      /** Hosted blobs and temporary files; filled in from the database's folder when not set. */
+      directory: string;
+      allowed_hosts: string[];
+      expiry_days: number;
+    };
   };
-  bridge: { permissions: Record<string, "user" | "admin">; third_party_chats_default: boolean };
+  bridge: { permissions: Record<string, PermissionLevel>; third_party_chats_default: boolean; edit_window_seconds: number };
+  provisioning: { enabled: boolean; shared_secret?: string };
+  metrics: { enabled: boolean; hostname: string; port: number };
   logging: { level: LogLevel; format: "pretty" | "json" };
 }
 
@@ -77,6 +89,8 @@ export function validateConfig(raw: unknown, configDir = process.cwd()): BridgeC
   }
   const config = raw as BridgeConfig;
   if (!path.isAbsolute(config.database.path)) config.database.path = path.resolve(configDir, config.database.path);
+  const media = config.network.media;
+  media.directory = media.directory ? path.resolve(configDir, media.directory) : path.join(path.dirname(config.database.path), "media");
   if (!config.network.media.public_url) {
     config.network.media.public_url = `http://${config.network.media.bind_hostname}:${config.network.media.port}`;
   }
@@ -85,6 +99,15 @@ export function validateConfig(raw: unknown, configDir = process.cwd()): BridgeC
   }
   const botInGhostSpace = new RegExp(`^${ghostLocalpartRegex(config)}$`).test(config.appservice.bot.localpart);
   if (botInGhostSpace) throw new ConfigError("appservice.bot.localpart", "must not fall inside the ghost namespace");
+  // Without rules, the homeserver's own users may use the bridge and nobody else.
+  config.bridge.permissions ??= { [config.homeserver.domain]: "user" };
+  for (const key of Object.keys(config.bridge.permissions)) {
+    const problem = permissionKeyProblem(key);
+    if (problem) throw new ConfigError(`bridge.permissions.${key}`, `${problem}`);
+  }
+  const envSecret = process.env.BRIDGE_PROVISIONING_SECRET;
+  if (envSecret !== undefined && envSecret.length < 16) throw new ConfigError("BRIDGE_PROVISIONING_SECRET", "must be at least 16 characters");
+  if (envSecret) config.provisioning.shared_secret = envSecret;
   return config;
 }
 

@@ -1,10 +1,14 @@
 import { AppServiceRegistration } from "matrix-appservice-bridge";
 import { BridgeCore } from "./bridge/core";
+import { Permissions } from "./bridge/permissions";
 import { BridgeConfig } from "./config";
 import { configureLogging, getLogger } from "./logging";
 import { MatrixAppservice } from "./matrix/appservice";
+import { BridgeMetrics } from "./metrics/metrics";
+import { HealthReport, MetricsServer } from "./metrics/server";
 import { InteropConnector } from "./network/interop-connector";
 import { BridgeStore } from "./store";
+import { BRIDGE_VERSION } from "./version";
 
 const log = getLogger("main");
 
@@ -20,8 +24,35 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   const store = BridgeStore.open(config.database.path);
   const connector = new InteropConnector(config, store);
   const appservice = new MatrixAppservice(config, registration, store);
-  const core = new BridgeCore(store, appservice.port, connector, { thirdPartyDefault: config.bridge.third_party_chats_default });
+  const metrics = new BridgeMetrics({ processMetrics: true });
+  const core = new BridgeCore(store, appservice.port, connector, {
+    thirdPartyDefault: config.bridge.third_party_chats_default,
+    permissions: new Permissions(config.bridge.permissions),
+    metrics,
+  });
+  metrics.observe({
+    outboundQueueDepth: () => store.outbound.depth(),
+    inboundChatsBusy: () => core.inboundChatsBusy(),
+    portals: () => store.portals.count(),
+    users: () => store.users.countBySetting(),
+    connection: () => core.connectionState().state,
+  });
+  let appserviceListening = false;
+  const health = (): HealthReport => {
+    let database = "ok";
+    try {
+      store.db.prepare("SELECT 1").get();
+    } catch (err) {
+      database = `error: ${(err as Error).message}`;
+    }
+    const network = core.connectionState().state;
+    const checks = { database, network, appservice: appserviceListening ? "ok" : "starting" };
+    return { ready: database === "ok" && network === "connected" && appserviceListening, checks };
+  };
+  const metricsServer = config.metrics.enabled ? new MetricsServer(metrics, health, BRIDGE_VERSION) : undefined;
+  await metricsServer?.listen(config.metrics.port, config.metrics.hostname);
   await appservice.start(core);
+  appserviceListening = true;
   await connector.start(core);
   await core.start();
   // Matrix events (and those journaled before a restart) flow only once everything is up.
@@ -33,6 +64,7 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
       core.stop();
       await connector.stop();
       await appservice.stop();
+      await metricsServer?.close();
       store.close();
     },
   };

@@ -1,4 +1,4 @@
-import { RemoteProfile } from "../network/connector";
+import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 import { LinkSnapshot } from "./link-health";
 
 /** A Matrix event as the core needs it (client-server event format). */
@@ -10,6 +10,8 @@ export interface MatrixEvent {
   state_key?: string;
   origin_server_ts: number;
   content: Record<string, unknown>;
+  /** Redactions in room versions before 11 (from 11 on it is content.redacts). */
+  redacts?: string;
 }
 
 export interface SendOptions {
@@ -36,6 +38,12 @@ export interface MatrixPort {
   join(asMxid: string, roomId: string): Promise<void>;
   leave(asMxid: string, roomId: string, reason?: string): Promise<void>;
   send(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string>;
+  /** Redacts an event; the txnId makes a retry a no-op. */
+  redact(asMxid: string, roomId: string, eventId: string, opts: { txnId: string; reason?: string }): Promise<void>;
+  /** Shows (or stops showing) asMxid as typing; Matrix ends it on its own after timeoutMs. */
+  setTyping(asMxid: string, roomId: string, typing: boolean, timeoutMs: number): Promise<void>;
+  /** A public read receipt (m.read) of asMxid up to eventId. */
+  sendReadReceipt(asMxid: string, roomId: string, eventId: string): Promise<void>;
   /** A notice from the bridge (as the given sender, by default the bot if it is in the room, else the ghost). */
   /** `replyTo`: the event the notice is about (it is then shown as a reply to it). */
   notice(asMxid: string, roomId: string, text: string, txnId?: string, replyTo?: string): Promise<void>;
@@ -49,4 +57,17 @@ export interface MatrixPort {
   roomLink(roomId: string): string;
   /** Whether the homeserver is reachable (for /health and the metrics). */
   health?(): LinkSnapshot;
+  /** The homeserver's server name (the `via` of space links). */
+  readonly serverName: string;
+  /** The bot creates a Space (a room of type m.space) and invites the user. Returns its room id. */
+  createSpace(name: string, topic: string, invitee: string): Promise<string>;
+  /** Sets a state event (empty content clears link-like events such as m.space.child). */
+  setState(asMxid: string, roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<void>;
+  kick(asMxid: string, roomId: string, userId: string, reason?: string): Promise<void>;
+  /** A notice from the bot, written in markdown (bot DMs). */
+  botNotice(roomId: string, markdown: string, txnId: string): Promise<void>;
+  /** Streams a Matrix file (mxc://) into a temporary file of at most maxBytes; rejects with MediaError. */
+  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia>;
+  /** Uploads received media as asMxid and returns the m.room.message content to send; rejects with MediaError. */
+  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>>;
 }

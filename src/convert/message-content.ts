@@ -1,5 +1,6 @@
 import { RemoteContent } from "../network/connector";
 import { markdownToMatrix, matrixToMarkdown, stripReplyFallback } from "./formatting";
+import { isMatrixMediaMsgtype, matrixMediaToRemote, mediaFailureNotice } from "./media";
 
 /** A Matrix message the network cannot carry: the user is told `reason`. */
 export interface Unbridgeable {
@@ -13,6 +14,7 @@ const TEXT_MSGTYPES = new Set(["m.text", "m.emote", "m.notice"]);
 export function matrixToRemote(content: Record<string, unknown>): RemoteContent | Unbridgeable {
   const msgtype = content.msgtype;
   if (typeof msgtype !== "string") return { unbridgeable: true, reason: "the message has no msgtype" };
+  if (isMatrixMediaMsgtype(msgtype)) return matrixMediaToRemote(content);
   if (typeof content.body !== "string") return { unbridgeable: true, reason: "the message has no text body" };
   if (!TEXT_MSGTYPES.has(msgtype)) {
     return { unbridgeable: true, reason: `messages of type ${msgtype} are not supported yet` };
@@ -32,5 +34,8 @@ export function remoteToMatrix(content: RemoteContent): Record<string, unknown> 
       return { ...markdownToMatrix(content.markdown) };
     case "unsupported":
       return { msgtype: "m.notice", body: content.description };
+    case "media":
+      // Media needs its bytes uploaded first (the core does that); without them only a notice can be shown.
+      return mediaFailureNotice(content.media, "it was not downloaded");
   }
 }

@@ -1,13 +1,15 @@
 import { AppServiceRegistration, Bridge, Request, WeakEvent } from "matrix-appservice-bridge";
+import { UserControls } from "../bridge/controls";
 import { BridgeCore } from "../bridge/core";
 import { MatrixEvent } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
-import { markdownToMatrix } from "../convert/formatting";
+import { readReceiptsOf, typingUsersOf } from "../convert/ephemeral";
 import { getLogger } from "../logging";
 import { BridgeStore } from "../store";
 import { BotCommands } from "./bot";
 import { DurableAppService } from "./durable-appservice";
 import { AppserviceMatrixPort } from "./matrix-side";
+import { ProvisioningApi } from "./provisioning";
 
 const log = getLogger("appservice");
 
@@ -17,6 +19,24 @@ const TRANSACTION_BODY_LIMIT = 16 * 1024 * 1024;
 const JOURNAL_KEEP_MS = 7 * 24 * 3600_000;
 /** How long finished Matrix sends are remembered (the homeserver's own transaction memory is shorter). */
 const SENDS_KEEP_MS = 24 * 3600_000;
+const TIMED_EVENT_TYPES: ReadonlySet<string> = new Set([
+  "m.room.message",
+  "m.room.member",
+  "m.sticker",
+  "m.reaction",
+  "m.room.redaction",
+  "m.room.encrypted",
+  "m.room.name",
+  "m.room.topic",
+  "m.room.avatar",
+]);
+
+/** An ephemeral event as the homeserver pushes it to appservices (with its room). */
+interface EphemeralEvent {
+  type: string;
+  room_id?: string;
+  content: Record<string, unknown>;
+}
 
 /**
  * The appservice: receives the homeserver's transactions, routes each event to the core or the
@@ -29,6 +49,8 @@ export class MatrixAppservice {
   private pruneTimer?: NodeJS.Timeout;
   private core?: BridgeCore;
   private bot?: BotCommands;
+  /** The provisioning API, once registered (the lead of the bridge's HTTP routes). */
+  provisioning?: ProvisioningApi;
 
   constructor(
     private readonly config: BridgeConfig,
@@ -42,20 +64,28 @@ export class MatrixAppservice {
       disableStores: true,
       disableContext: true,
       suppressEcho: true,
+      // The library would drop edits of someone else's message without a word (and fetch the
+      // original for every edit); the core refuses those itself and tells the user why.
+      eventValidation: {},
       controller: {
         onEvent: (request: Request<WeakEvent>) => this.route(request),
+        // Typing and receipts (the registration sets push_ephemeral).
+        onEphemeralEvent: (request) => this.routeEphemeral(request.getData() as unknown as EphemeralEvent),
       },
     });
-    this.port = new AppserviceMatrixPort(this.bridge, config, store);
+    const asToken = registration.getAppServiceToken();
+    if (!asToken) throw new Error("the registration has no as_token");
+    this.port = new AppserviceMatrixPort(this.bridge, config, store, asToken);
     this.port.homeserver.install();
     this.appservice = new DurableAppService({ homeserverToken: registration.getHomeserverToken()!, journal: store.journal, maxBodyBytes: TRANSACTION_BODY_LIMIT });
-    // Routes added with addAppServicePath (ping, later ones) check the token through this, in constant time.
+    // Routes added with addAppServicePath (ping, provisioning) check the token through this, in constant time.
     this.bridge.requestCheckToken = (req) => this.appservice.hasHomeserverToken(req);
   }
 
   async start(core: BridgeCore): Promise<void> {
     this.core = core;
-    this.bot = new BotCommands(core, this.port);
+    const controls = new UserControls(core, this.port);
+    this.bot = new BotCommands(controls, this.port, core.metrics);
     await this.bridge.initialise();
     await this.bridge.listen(this.config.appservice.port, this.config.appservice.hostname, 511, this.appservice);
     // (Added after listen: the library refuses paths before.) matrix-appservice-bridge does not answer the spec's ping (homeservers use it to check the link).
@@ -67,6 +97,10 @@ export class MatrixAppservice {
         res.status(200).json({});
       },
     });
+    if (this.config.provisioning.enabled) {
+      this.provisioning = new ProvisioningApi(controls, this.config, core.metrics);
+      this.provisioning.register(this.bridge);
+    }
     const botIntent = this.bridge.getIntent(this.port.botMxid);
     await botIntent.ensureRegistered();
     await botIntent.setDisplayName(this.config.appservice.bot.displayname).catch((err: Error) => log.warn("could not set the bot's display name", { error: err.message }));
@@ -105,12 +139,37 @@ export class MatrixAppservice {
 
   private route(request: Request<WeakEvent>): void {
     const event = request.getData() as unknown as MatrixEvent;
+    log.debug("matrix event", { type: event.type, room: event.room_id, eventId: event.event_id });
+    // Event types are chosen by senders: only well-known ones become label values.
+    const timer = this.core!.metrics.matrixEventSeconds.startTimer({ type: TIMED_EVENT_TYPES.has(event.type) ? event.type : "other" });
     this.handle(event)
+      .finally(() => timer())
       .then(() => request.resolve(undefined))
       .catch((err: Error) => {
         log.error("failed to handle a Matrix event", { type: event.type, room: event.room_id, eventId: event.event_id, error: err.message });
         request.reject(err);
       });
+  }
+
+  private routeEphemeral(event: EphemeralEvent): void {
+    const core = this.core;
+    if (!core || typeof event.room_id !== "string" || typeof event.content !== "object" || event.content === null) return;
+    if (event.type === "m.typing") {
+      try {
+        core.onMatrixTyping(event.room_id, typingUsersOf(event.content));
+      } catch (err) {
+        // The library awaits this handler without a catch: a throw here would be an unhandled rejection.
+        log.warn("failed to handle typing", { room: event.room_id, error: (err as Error).message });
+      }
+    } else if (event.type === "m.receipt") {
+      for (const receipt of readReceiptsOf(event.content)) {
+        // Receipts of the bridge's own users (ghosts) are what it sent itself.
+        if (this.port.remoteIdOfGhost(receipt.userId) || receipt.userId === this.port.botMxid) continue;
+        void core
+          .onMatrixReadReceipt(event.room_id, receipt.userId, receipt.eventId, receipt.ts)
+          .catch((err: Error) => log.warn("failed to handle a read receipt", { room: event.room_id, error: err.message }));
+      }
+    }
   }
 
   private async handle(event: MatrixEvent): Promise<void> {
@@ -124,8 +183,23 @@ export class MatrixAppservice {
       if (membership === "leave" || membership === "ban") {
         const user = this.store.users.byManagementRoom(event.room_id);
         if (user?.mxid === event.state_key) this.store.users.setManagementRoom(user.mxid, null);
+        const spaceOwner = this.store.users.bySpaceRoom(event.room_id);
+        if (spaceOwner?.mxid === event.state_key) {
+          if (await core.inbox.spaceLeft(spaceOwner.mxid, event.room_id)) {
+            await core.tellUser(spaceOwner.mxid, "You left your Third-Party Chats space, so your chats are back among your other chats. Say `inbox dedicated` to get the space back.", `spaceleft.${event.event_id}`);
+          }
+          return;
+        }
         return core.onUserLeft(event.room_id, event.state_key);
       }
+      return;
+    }
+    if (event.type === "m.reaction") {
+      await core.onMatrixReaction(event);
+      return;
+    }
+    if (event.type === "m.room.redaction") {
+      await core.onMatrixRedaction(event);
       return;
     }
     if (event.type === "m.room.message") {
@@ -133,27 +207,38 @@ export class MatrixAppservice {
       const user = this.store.users.byManagementRoom(event.room_id);
       if (user && user.mxid === event.sender && typeof event.content.body === "string") {
         const reply = await this.bot!.handle(event.sender, event.content.body);
-        await this.replyAsBot(event.room_id, reply, event.event_id);
+        if (reply !== null) await this.replyAsBot(event.room_id, reply, event.event_id);
+        // After `forget` the bridge keeps nothing about the user, this room included.
+        if (!this.store.users.get(event.sender)) await this.bridge.getIntent(this.port.botMxid).leave(event.room_id).catch(() => undefined);
       }
+      return;
     }
+    // Everything else a user does in a portal that the network cannot carry gets a notice.
+    await core.onMatrixEvent(event);
   }
 
   private async onBotInvite(event: MatrixEvent): Promise<void> {
     const intent = this.bridge.getIntent(this.port.botMxid);
     await intent.join(event.room_id);
+    if (!this.core!.permissions.mayUse(event.sender)) {
+      // A polite refusal, and nothing is created for them: no user record, no network identity.
+      log.info("refused a user who may not use the bridge", { user: event.sender });
+      await this.replyAsBot(event.room_id, BotCommands.notPermittedText(), `refuse.${event.event_id}`);
+      await intent.leave(event.room_id);
+      return;
+    }
     if (event.content.is_direct !== true) {
       await intent.sendMessage(event.room_id, { msgtype: "m.notice", body: "I only work in a direct chat. Start a direct chat with me to manage your Third-Party Chats." });
       await intent.leave(event.room_id);
       return;
     }
-    await this.core!.welcomeUser(event.sender);
+    const welcome = await this.core!.welcomeUser(event.sender);
     this.store.users.setManagementRoom(event.sender, event.room_id);
     log.info("management room set", { user: event.sender, room: event.room_id });
-    await this.replyAsBot(event.room_id, this.bot!.helpText(), `welcome.${event.event_id}`);
+    await this.replyAsBot(event.room_id, this.bot!.welcomeText(welcome.firstContact, welcome.enabled), `welcome.${event.event_id}`);
   }
 
   private async replyAsBot(roomId: string, markdown: string, inReplyTo: string): Promise<void> {
-    const content = { ...markdownToMatrix(markdown), msgtype: "m.notice" };
-    await this.port.send(this.port.botMxid, roomId, content, { txnId: `bot.${inReplyTo}` });
+    await this.port.botNotice(roomId, markdown, `bot.${inReplyTo}`);
   }
 }

@@ -1,12 +1,15 @@
+import path from "node:path";
 import { Bridge, Intent } from "matrix-appservice-bridge";
 import { MatrixEvent, MatrixPort, SendOptions } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
+import { markdownToMatrix } from "../convert/formatting";
 import { getLogger } from "../logging";
-import { RemoteProfile } from "../network/connector";
+import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 import { BridgeStore } from "../store";
 import { LinkSnapshot } from "../bridge/link-health";
 import { GhostIds } from "./ghost-ids";
 import { HomeserverLink, isAmbiguousFailure } from "./homeserver-link";
+import { MatrixMedia } from "./media";
 
 const log = getLogger("matrix");
 
@@ -26,16 +29,21 @@ export class AppserviceMatrixPort implements MatrixPort {
   readonly botMxid: string;
   /** Requests that cannot reach the homeserver wait for it (installed by the appservice). */
   readonly homeserver: HomeserverLink;
+  readonly serverName: string;
   private readonly ids: GhostIds;
+  private readonly media: MatrixMedia;
 
   constructor(
     private readonly bridge: Bridge,
     private readonly config: BridgeConfig,
     private readonly store: BridgeStore,
+    asToken: string,
   ) {
     this.ids = new GhostIds(config);
     this.homeserver = new HomeserverLink(config.homeserver.url.replace(/\/+$/, ""));
     this.botMxid = `@${config.appservice.bot.localpart}:${config.homeserver.domain}`;
+    this.serverName = config.homeserver.domain;
+    this.media = new MatrixMedia({ homeserverUrl: config.homeserver.url, asToken, tempDir: path.join(config.network.media.directory, "tmp-matrix") });
   }
 
   ghostMxid(remoteUserId: string): string {
@@ -152,6 +160,22 @@ export class AppserviceMatrixPort implements MatrixPort {
     return result.event_id;
   }
 
+  async redact(asMxid: string, roomId: string, eventId: string, opts: { txnId: string; reason?: string }): Promise<void> {
+    const client = this.intent(asMxid).matrixClient;
+    const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/redact/${encodeURIComponent(eventId)}/${encodeURIComponent(opts.txnId)}`;
+    await client.doRequest("PUT", path, null, opts.reason ? { reason: opts.reason } : {});
+  }
+
+  // The client directly, not intent.sendTyping/sendReadReceipt: those check membership first
+  // (an extra request for a ghost that is in the room) and typing would get a fixed 30 s timeout.
+  async setTyping(asMxid: string, roomId: string, typing: boolean, timeoutMs: number): Promise<void> {
+    await this.intent(asMxid).matrixClient.setTyping(roomId, typing, timeoutMs);
+  }
+
+  async sendReadReceipt(asMxid: string, roomId: string, eventId: string): Promise<void> {
+    await this.intent(asMxid).matrixClient.sendReadReceipt(roomId, eventId);
+  }
+
   /** The event an interrupted send created, if it is among the sender's recent events in the room. */
   private async findEarlierSend(
     asMxid: string,
@@ -217,5 +241,40 @@ export class AppserviceMatrixPort implements MatrixPort {
 
   roomLink(roomId: string): string {
     return `https://matrix.to/#/${roomId}`;
+  }
+
+  async createSpace(name: string, topic: string, invitee: string): Promise<string> {
+    const options: Record<string, unknown> = {
+      name,
+      topic,
+      preset: "private_chat",
+      visibility: "private",
+      invite: [invitee],
+      creation_content: { type: "m.space" },
+      // The bot keeps the list; the user reads it (a Space has no conversation of its own).
+      power_level_content_override: { users: { [this.botMxid]: 100 }, events_default: 100 },
+    };
+    const { room_id } = await this.intent(this.botMxid).createRoom({ createAsClient: true, options });
+    return room_id;
+  }
+
+  async setState(asMxid: string, roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<void> {
+    await this.intent(asMxid).sendStateEvent(roomId, type, stateKey, content);
+  }
+
+  async kick(asMxid: string, roomId: string, userId: string, reason?: string): Promise<void> {
+    await this.intent(asMxid).kick(roomId, userId, reason);
+  }
+
+  async botNotice(roomId: string, markdown: string, txnId: string): Promise<void> {
+    await this.send(this.botMxid, roomId, { ...markdownToMatrix(markdown), msgtype: "m.notice" }, { txnId });
+  }
+
+  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia> {
+    return this.media.download(mxc, maxBytes);
+  }
+
+  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
+    return this.media.prepareMessage(asMxid, file, media, caption);
   }
 }

@@ -38,7 +38,43 @@ export interface RemoteProfile {
 export type RemoteContent =
   /** GFM-MIMI markdown; an emote starts with "/me " (our wire convention, docs/protocol.md). */
   | { type: "text"; markdown: string }
-  | { type: "unsupported"; what: string; description: string };
+  | { type: "unsupported"; what: string; description: string }
+  /** A photo, video, voice note, audio file or document; `caption` is GFM-MIMI markdown. */
+  | { type: "media"; media: RemoteMedia; source: MediaSource; caption?: string };
+
+/** Voice notes are recorded in the chat (WhatsApp's push-to-talk); audio is a sent sound file. */
+export type MediaKind = "image" | "video" | "voice" | "audio" | "file";
+
+/** What a piece of media is, apart from its bytes. */
+export interface RemoteMedia {
+  kind: MediaKind;
+  /** Content type of the plaintext, e.g. "image/jpeg". */
+  mimetype: string;
+  filename: string;
+  /** Plaintext bytes, when known before the transfer (the size limit is checked against it). */
+  size?: number;
+  width?: number;
+  height?: number;
+  durationMs?: number;
+  /** Loudness along a voice note: up to 100 integers 0..1024. */
+  waveform?: number[];
+}
+
+/** Where the bytes of a piece of media are. */
+export type MediaSource =
+  /** On the homeserver (Matrix → network, while the message waits in the outbound queue). */
+  | { from: "matrix"; mxc: string }
+  /** On the network; `ref` is the connector's own description, handed back to `downloadMedia`. */
+  | { from: "network"; ref: string }
+  /** A verified plaintext file on this machine, valid during the call that is given it. */
+  | { from: "file"; path: string; size: number };
+
+/** A temporary plaintext file; `release` deletes it. */
+export interface LocalMedia {
+  path: string;
+  size: number;
+  release(): Promise<void>;
+}
 
 export interface RemoteMessage {
   /** The network's id of the message, unique within the chat. */
@@ -48,12 +84,75 @@ export interface RemoteMessage {
   /** The sender's timestamp in ms (kept on the Matrix side). */
   timestamp: number;
   content: RemoteContent;
+  /** The network id of the message this one replies to (absent: not a reply). */
+  replyTo?: string;
+}
+
+/**
+ * Something a user does to an earlier message, named by its network id (`target`). Networks
+ * that allow one reaction per user per message (WhatsApp) replace the earlier one with a new one.
+ */
+export type MessageChange =
+  /**
+   * New content for the target; the target is always the first version, never an earlier edit.
+   * `replyTo`: what the target replied to, for networks that repeat it (MIMI does).
+   */
+  | { type: "edit"; target: string; content: RemoteContent; replyTo?: string }
+  /** The target is withdrawn for everyone. */
+  | { type: "delete"; target: string; replyTo?: string }
+  | { type: "reaction"; target: string; emoji: string }
+  /** Withdraws the reaction whose network id is `reaction` from `target`. */
+  | { type: "unreaction"; target: string; reaction: string };
+
+/** A change made by a remote user. */
+export interface RemoteChange {
+  /** The network's id of the change itself (unique within the chat, like a message id). */
+  id: string;
+  chat: ChatRef;
+  sender: string;
+  timestamp: number;
+  change: MessageChange;
+}
+
+/** A remote user has read these messages (network ids of messages the Matrix user sent). */
+export interface RemoteReadReceipt {
+  chat: ChatRef;
+  sender: string;
+  messageIds: string[];
+  timestamp: number;
+}
+
+/** A remote user started or stopped typing. Live only: nothing is stored or retried. */
+export interface RemoteTyping {
+  chat: ChatRef;
+  sender: string;
+  typing: boolean;
+}
+
+/** The network confirms that something the bridge sent reached the recipient's side. */
+export interface DeliveryReceipt {
+  chat: ChatRef;
+  /** The txnId the message or change was sent with. */
+  txnId: string;
+  /** The remote user it was delivered to. */
+  recipient: string;
+  timestamp: number;
 }
 
 export interface OutboundMessage {
   /** Stable idempotency key (the Matrix event id): sending it twice must deliver once. */
   txnId: string;
   content: RemoteContent;
+  timestamp: number;
+  /** The network id of the message replied to; the core leaves it out when the target was never bridged. */
+  replyTo?: string;
+}
+
+/** A change the Matrix user makes to an earlier message (the core has checked the capabilities). */
+export interface OutboundChange {
+  /** Stable idempotency key (the Matrix event id of the edit, reaction or redaction). */
+  txnId: string;
+  change: MessageChange;
   timestamp: number;
 }
 
@@ -75,6 +174,21 @@ export class NetworkError extends Error {
   }
 }
 
+/**
+ * Media that could not be bridged. `reason` is for the user and completes a sentence such as
+ * "clip.mp4 could not be sent: <reason>"; `retryable` says whether trying again later can help.
+ */
+export class MediaError extends Error {
+  constructor(
+    readonly code: string,
+    readonly reason: string,
+    readonly retryable = false,
+  ) {
+    super(reason);
+    this.name = "MediaError";
+  }
+}
+
 /** What the connector calls on the core. Each promise resolves once the event is durably handled. */
 export interface NetworkEventHandler {
   /** A message for the Matrix user `receiver`. The connector acknowledges it to the network only after this resolves. */
@@ -84,12 +198,41 @@ export interface NetworkEventHandler {
   onConnectionState(state: ConnectionState): void;
   /** The other side's encryption identity changed (reinstall, new phone): worth a notice. */
   onIdentityChange?(receiver: string, remoteUserId: string): Promise<void>;
+  /**
+   * The network turned `remoteUserId` away because `receiver` has Third-Party Chats off. Nothing
+   * of their message reached the bridge; this only says who tried.
+   */
+  onRefused?(receiver: string, remoteUserId: string, timestamp: number): Promise<void>;
+  /** Something for `receiver` that third-party chats do not carry was dropped on purpose (e.g. a status update). */
+  onDropped?(receiver: string, what: string): void;
+  /** An edit, deletion, reaction or withdrawn reaction. Acknowledged to the network after it resolves, like onMessage. */
+  onChange?(receiver: string, change: RemoteChange): Promise<void>;
+  onReadReceipt?(receiver: string, receipt: RemoteReadReceipt): Promise<void>;
+  /** Must not block: typing is live, a late notice is worthless. */
+  onTyping?(receiver: string, typing: RemoteTyping): void;
+  /** Resolving acknowledges the receipt; it should resolve even when Matrix is unreachable (a status is not worth a stuck queue). */
+  onDelivered?(receiver: string, receipt: DeliveryReceipt): Promise<void>;
 }
 
-/** Limits the core checks before calling the connector (see mautrix capabilities). */
+/**
+ * Limits the core checks before calling the connector (see mautrix capabilities). An absent
+ * optional feature means the network has none; the core then tells the user instead of sending.
+ */
 export interface NetworkCapabilities {
   maxTextLength: number;
   maxMediaSize: number;
+  /** Messages may name the message they reply to (OutboundMessage.replyTo). */
+  replies?: boolean;
+  /** Only the sender may edit, and only for maxAgeMs after sending (0: no time limit). */
+  edits?: { maxAgeMs: number };
+  /** Only the sender may delete for everyone, and only for maxAgeMs after sending (0: no time limit). */
+  deletes?: { maxAgeMs: number };
+  /** How many reactions one user may have on one message; a new one beyond that replaces the oldest. */
+  reactions?: { maxPerUser: number };
+  readReceipts?: boolean;
+  typing?: boolean;
+  /** The network reports when a sent message reached the recipient (onDelivered). */
+  deliveryReceipts?: boolean;
 }
 
 export interface NetworkConnector {
@@ -98,8 +241,13 @@ export interface NetworkConnector {
   start(handler: NetworkEventHandler): Promise<void>;
   stop(): Promise<void>;
   connectionState(): ConnectionState;
-  /** Makes a Matrix user reachable on the network (identity, keys, login). Idempotent. */
+  /**
+   * Makes a Matrix user known on the network (identity, keys, login), with the Third-Party Chats
+   * setting stored for them: a user who has it off is known but not reachable. Idempotent.
+   */
   ensureUser(matrixUserId: string, displayName: string | null): Promise<void>;
+  /** Tells the network whether the user accepts Third-Party Chats (whether others may reach them). */
+  setThirdPartyChats(matrixUserId: string, on: boolean): Promise<void>;
   /** Removes a Matrix user's identity and keys from the network and from local storage. */
   removeUser(matrixUserId: string): Promise<void>;
   /** Looks up a remote user by a human identifier (a phone number); null when there is none. */
@@ -107,6 +255,20 @@ export interface NetworkConnector {
   getProfile(remoteUserId: string): Promise<RemoteProfile | null>;
   /** The DM chat between a Matrix user and a remote user (deterministic: both sides name it alike). */
   dmChat(matrixUserId: string, remoteUserId: string): ChatRef;
-  /** Sends a message; resolves when the network accepted it, rejects with NetworkError. */
+  /**
+   * Sends a message; resolves when the network accepted it, rejects with NetworkError (or
+   * MediaError for media it could not prepare). Media content arrives with `source.from === "file"`.
+   */
   sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult>;
+  /** Sends an edit, deletion, reaction or withdrawn reaction (capabilities say which exist); as sendMessage. */
+  sendChange?(matrixUserId: string, chat: ChatRef, change: OutboundChange): Promise<SendResult>;
+  /** Tells the other side the Matrix user read these messages (network ids); rejects with NetworkError. */
+  sendReadReceipt?(matrixUserId: string, chat: ChatRef, messageIds: string[]): Promise<void>;
+  /** Live typing notice; returns false when it could not be sent now (it is never queued). */
+  sendTyping?(matrixUserId: string, chat: ChatRef, typing: boolean): boolean;
+  /**
+   * Fetches the media of a received message (`source.ref`) for `receiver` into a verified
+   * temporary file of at most `maxBytes`; rejects with MediaError. Absent on networks without media.
+   */
+  downloadMedia?(receiver: string, ref: string, maxBytes: number): Promise<LocalMedia>;
 }

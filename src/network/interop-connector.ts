@@ -1,25 +1,37 @@
-import { createHash, createHmac } from "node:crypto";
+import { createHash, createHmac, randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
 import { BridgeConfig } from "../config";
+import { fileNameFor, isOggOpus, overLimitReason, probedFacts, settledMimetype, settleMediaKind, waveformFromPeaks } from "../convert/media";
 import { getLogger } from "../logging";
 import { InteropClient } from "../protocol/client";
 import { EndpointError, SecureEndpoint } from "../protocol/endpoint";
-import { dmRoomUri, parseMimiUri, Profile, userUri } from "../protocol/frames";
-import { computeMessageId, decodeMimi, encodeMimi, MimiError } from "../protocol/mimi";
-import { Payload } from "../protocol/payload";
+import { dmRoomUri, parseMimiUri, Profile, TypingFrame, userUri } from "../protocol/frames";
+import { computeMessageId, decodeMimi, encodeMimi, MimiError, MimiMessage } from "../protocol/mimi";
+import { sha256File } from "../protocol/media-crypto";
+import { MAX_READ_IDS, Payload } from "../protocol/payload";
 import { deriveStoreKey, EncryptedRecordStore } from "../protocol/signal";
 import { BridgeStore } from "../store";
 import {
   ChatRef,
   ConnectionState,
+  LocalMedia,
+  MediaError,
   NetworkCapabilities,
   NetworkConnector,
   NetworkError,
   NetworkEventHandler,
+  OutboundChange,
   OutboundMessage,
+  RemoteContent,
+  RemoteMedia,
   RemoteProfile,
   SendResult,
 } from "./connector";
-import { mimiToRemoteContent, remoteContentToMimi } from "./mimi-content";
+import { audioPeaks, FfmpegError, probeMedia, transcodeToOggOpus } from "./ffmpeg";
+import { fetchBlob } from "./media-fetch";
+import { MediaHost } from "./media-host";
+import { blobRefOf, changeToMimi, mediaToMimi, MimiEvent, mimiIdOf, mimiToRemoteEvent, remoteContentToMimi } from "./mimi-content";
 
 const log = getLogger("network");
 
@@ -34,6 +46,9 @@ const REFUSALS: Record<string, string> = {
 
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex");
 
+/** The gateway keeps undelivered messages this long (docs/protocol.md §9.5); no receipt can come later. */
+const GATEWAY_RETENTION_MS = 30 * 24 * 3600 * 1000;
+
 /**
  * The connector for our interop gateway (docs/protocol.md): one authenticated provider
  * connection, a Signal session per Matrix user and contact, MIMI content inside.
@@ -43,6 +58,9 @@ export class InteropConnector implements NetworkConnector {
   private readonly client: InteropClient;
   private readonly endpoint: SecureEndpoint;
   private readonly storeKey: Uint8Array;
+  private readonly mediaHost: MediaHost;
+  /** Temporary plaintext files of media in transit (downloads, conversions). */
+  private readonly mediaTemp: string;
   private readonly ready = new Map<string, Promise<void>>();
   private handler?: NetworkEventHandler;
   private state: ConnectionState = { state: "connecting" };
@@ -51,7 +69,19 @@ export class InteropConnector implements NetworkConnector {
     private readonly config: BridgeConfig,
     private readonly store: BridgeStore,
   ) {
-    this.capabilities = { maxTextLength: 64 * 1024, maxMediaSize: config.network.media.max_size };
+    const editWindowSeconds = config.bridge.edit_window_seconds;
+    // WhatsApp's rules: one reaction per person per message, edits only for a while (configurable), any message deleted by its sender.
+    this.capabilities = {
+      maxTextLength: 64 * 1024,
+      maxMediaSize: config.network.media.max_size,
+      replies: true,
+      ...(editWindowSeconds > 0 ? { edits: { maxAgeMs: editWindowSeconds * 1000 } } : {}),
+      deletes: { maxAgeMs: 0 },
+      reactions: { maxPerUser: 1 },
+      readReceipts: true,
+      typing: true,
+      deliveryReceipts: true,
+    };
     const secret = process.env.BRIDGE_STORE_KEY ?? config.network.store_key;
     if (!secret) throw new Error("network.store_key (or BRIDGE_STORE_KEY) is needed to encrypt keys at rest");
     this.storeKey = deriveStoreKey(secret);
@@ -65,12 +95,22 @@ export class InteropConnector implements NetworkConnector {
       client: this.client,
       openRecords: (uri) => new EncryptedRecordStore(this.store.signalRecords(uri), this.storeKey),
       onPayload: (ev) => this.onPayload(ev),
+      onDelivered: (ev) => this.onDelivered(ev),
       onIdentityChange: (local, peer) => {
         const receiver = this.matrixUserOf(local);
         const remote = this.remoteUserOf(peer);
         if (receiver && remote) void this.handler?.onIdentityChange?.(receiver, remote);
       },
       logger: getLogger("e2ee"),
+    });
+    const media = config.network.media;
+    this.mediaTemp = path.join(media.directory, "tmp");
+    this.mediaHost = new MediaHost({
+      dir: path.join(media.directory, "blobs"),
+      index: store.hostedMedia,
+      publicUrl: media.public_url,
+      lifetimeMs: media.expiry_days * 24 * 60 * 60 * 1000,
+      logger: getLogger("media-host"),
     });
   }
 
@@ -98,10 +138,24 @@ export class InteropConnector implements NetworkConnector {
       this.state = state === "disconnected" ? { state, reason: info.reason ?? "connection lost", retryInMs: info.retryInMs } : { state };
       handler.onConnectionState(this.state);
     });
+    this.client.on("typing", (frame: TypingFrame) => this.onTypingFrame(frame));
     this.client.onProfile(async (frame) => {
       const remote = this.remoteUserOf(frame.subject);
       if (remote) await handler.onProfile(this.toRemoteProfile(remote, frame));
     });
+    this.client.onRefused(async (frame) => {
+      const receiver = this.matrixUserOf(frame.user);
+      const remote = this.remoteUserOf(frame.from);
+      if (receiver && remote) await handler.onRefused?.(receiver, remote, frame.ts);
+    });
+    const pruned = this.store.sentFrames.prune(GATEWAY_RETENTION_MS);
+    if (pruned > 0) log.info("forgot sends no delivery receipt can come for any more", { count: pruned });
+    // Leftovers of transfers a previous run did not finish.
+    fs.rmSync(this.mediaTemp, { recursive: true, force: true });
+    fs.mkdirSync(this.mediaTemp, { recursive: true, mode: 0o700 });
+    const media = this.config.network.media;
+    await this.mediaHost.listen(media.bind_hostname, media.port);
+    this.mediaHost.startSweeping();
     await this.client.connect();
     // Users known from earlier runs log in again, so messages queued for them flow at once.
     for (const user of this.store.users.all()) void this.ensureUser(user.mxid, null).catch((err: Error) => log.warn("could not log a user in", { user: user.mxid, error: err.message }));
@@ -109,6 +163,7 @@ export class InteropConnector implements NetworkConnector {
 
   async stop(): Promise<void> {
     await this.client.close();
+    await this.mediaHost.close();
   }
 
   connectionState(): ConnectionState {
@@ -118,16 +173,31 @@ export class InteropConnector implements NetworkConnector {
   ensureUser(matrixUserId: string, displayName: string | null): Promise<void> {
     let pending = this.ready.get(matrixUserId);
     if (!pending) {
-      pending = this.endpoint.addUser(this.uriOfMatrixUser(matrixUserId), { displayName: displayName ?? matrixUserId });
+      // Enlisted with the stored setting in the same step, so a user who is off is never reachable.
+      const thirdPartyChats = this.store.users.get(matrixUserId)?.thirdPartyEnabled ?? false;
+      pending = this.endpoint.addUser(this.uriOfMatrixUser(matrixUserId), { displayName: displayName ?? matrixUserId, thirdPartyChats });
       this.ready.set(matrixUserId, pending);
       pending.catch(() => this.ready.delete(matrixUserId));
     }
     return pending;
   }
 
+  async setThirdPartyChats(matrixUserId: string, on: boolean): Promise<void> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      await this.client.setSettings(this.uriOfMatrixUser(matrixUserId), { thirdPartyChats: on });
+    } catch (err) {
+      const e = err as { code?: string; message: string; retryable?: boolean };
+      throw new NetworkError(e.code ?? "internal", `the network did not take the setting: ${e.message}`, e.retryable ?? false);
+    }
+  }
+
+  /** Unenlists the user (the gateway deletes its account, keys and queue) and deletes its keys, sessions and send records here. */
   async removeUser(matrixUserId: string): Promise<void> {
     this.ready.delete(matrixUserId);
-    await this.endpoint.removeUser(this.uriOfMatrixUser(matrixUserId));
+    const uri = this.uriOfMatrixUser(matrixUserId);
+    await this.endpoint.removeUser(uri, { unenlist: true });
+    this.store.sentFrames.deleteSender(uri);
   }
 
   private toRemoteProfile(remoteUserId: string, p: { displayName?: string; avatar?: Profile["avatar"] }): RemoteProfile {
@@ -163,27 +233,188 @@ export class InteropConnector implements NetworkConnector {
     };
   }
 
-  async sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult> {
+  private dmPeer(chat: ChatRef): string {
     if (chat.kind !== "dm" || chat.participants.length !== 1) throw new NetworkError("unsupported", "group chats are not supported yet", false);
+    return this.uriOfRemote(chat.participants[0]);
+  }
+
+  async sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult> {
+    this.dmPeer(chat);
     const from = this.uriOfMatrixUser(matrixUserId);
-    const to = this.uriOfRemote(chat.participants[0]);
-    const mimi = remoteContentToMimi(message.content, from, chat.id);
+    let mimi: MimiMessage;
+    if (message.content.type === "media") {
+      mimi = await this.hostMedia(message.content, message, from, chat.id);
+      // A media reply keeps its target like a text reply does.
+      if (message.replyTo) mimi.inReplyTo = mimiIdOf(message.replyTo);
+    } else {
+      mimi = remoteContentToMimi(message.content, from, chat.id, message.replyTo);
+    }
+    return this.sendMimi(matrixUserId, chat, message.txnId, mimi);
+  }
+
+  async sendChange(matrixUserId: string, chat: ChatRef, change: OutboundChange): Promise<SendResult> {
+    this.dmPeer(chat);
+    let mimi: MimiMessage;
+    try {
+      mimi = changeToMimi(change.change, this.uriOfMatrixUser(matrixUserId), chat.id);
+    } catch (err) {
+      throw new NetworkError("unsupported", `this message cannot be changed on WhatsApp (${(err as Error).message})`, false);
+    }
+    return this.sendMimi(matrixUserId, chat, change.txnId, mimi);
+  }
+
+  /** Sends one MIMI message as a content payload; the same txnId always gives the same bytes, message id and transport id. */
+  private async sendMimi(matrixUserId: string, chat: ChatRef, txnId: string, mimi: MimiMessage): Promise<SendResult> {
+    const from = this.uriOfMatrixUser(matrixUserId);
+    const to = this.dmPeer(chat);
     // A retry after a crash must produce the very same message (same MIMI id), so the salt is
     // derived from the event id under a secret instead of drawn at random.
-    mimi.salt = new Uint8Array(createHmac("sha256", this.storeKey).update(`salt:${message.txnId}`).digest().subarray(0, 16));
+    mimi.salt = new Uint8Array(createHmac("sha256", this.storeKey).update(`salt:${txnId}`).digest().subarray(0, 16));
     const bytes = encodeMimi(mimi);
     const messageId = computeMessageId(from, chat.id, bytes);
-    const frameId = new Uint8Array(createHash("sha256").update(`frame:${message.txnId}`).digest().subarray(0, 16));
+    const frameId = new Uint8Array(createHash("sha256").update(`frame:${txnId}`).digest().subarray(0, 16));
+    // Recorded first: the delivery receipt can come right behind the gateway's answer.
+    this.store.sentFrames.put(hex(frameId), from, txnId);
     try {
       await this.ensureUser(matrixUserId, null);
       const { ts } = await this.endpoint.send(from, to, chat.id, { kind: "content", mimi: bytes }, frameId);
       return { remoteId: hex(messageId), timestamp: ts };
     } catch (err) {
       if (err instanceof EndpointError) {
+        if (!err.retryable) this.store.sentFrames.delete(hex(frameId));
         throw new NetworkError(err.code, REFUSALS[err.code] ?? err.message, err.retryable);
       }
       throw err;
     }
+  }
+
+  async sendReadReceipt(matrixUserId: string, chat: ChatRef, messageIds: string[]): Promise<void> {
+    const to = this.dmPeer(chat);
+    const from = this.uriOfMatrixUser(matrixUserId);
+    // Ids that name no MIMI message (notices the bridge made up) cannot be read on the other side.
+    const ids = messageIds.map(mimiIdOf).filter((id): id is Uint8Array => id !== null);
+    try {
+      await this.ensureUser(matrixUserId, null);
+      for (let i = 0; i < ids.length; i += MAX_READ_IDS) {
+        const batch = ids.slice(i, i + MAX_READ_IDS);
+        // The same receipt sent again is the same frame, which the gateway delivers once.
+        const frameId = createHash("sha256").update("read:").update(from);
+        for (const id of batch) frameId.update(id);
+        await this.endpoint.send(from, to, chat.id, { kind: "read", ids: batch }, new Uint8Array(frameId.digest().subarray(0, 16)));
+      }
+    } catch (err) {
+      if (err instanceof EndpointError) throw new NetworkError(err.code, REFUSALS[err.code] ?? err.message, err.retryable);
+      throw err;
+    }
+  }
+
+  /** Secret-derived bytes for `label` of one message, so a retried send rebuilds the same blob and message. */
+  private derive(label: string, txnId: string, plaintextSha256: string, length: number): Buffer {
+    return createHmac("sha256", this.storeKey).update(`${label}:${txnId}:${plaintextSha256}`).digest().subarray(0, length);
+  }
+
+  /**
+   * Matrix media (a local plaintext file) → a hosted encrypted blob and the MIMI message naming
+   * it. The probe settles what the file is and measures it; voice notes become Ogg/Opus.
+   */
+  private async hostMedia(content: Extract<RemoteContent, { type: "media" }>, message: OutboundMessage, from: string, room: string) {
+    const source = content.source;
+    if (source.from !== "file") throw new Error("media must be downloaded before it is sent");
+    const converted: string[] = [];
+    try {
+      const { media, file } = await this.describeOutgoing(content.media, source.path, converted);
+      const size = (await fs.promises.stat(file)).size;
+      if (size > this.capabilities.maxMediaSize) throw new MediaError("too_large", overLimitReason(size, this.capabilities.maxMediaSize));
+      const digest = (await sha256File(file)).toString("hex");
+      const blob = await this.mediaHost.host(file, {
+        token: this.derive("media-token", message.txnId, digest, 32).toString("base64url"),
+        blobKey: { key: new Uint8Array(this.derive("media-key", message.txnId, digest, 16)), nonce: new Uint8Array(this.derive("media-nonce", message.txnId, digest, 12)) },
+        expiresAt: message.timestamp + this.config.network.media.expiry_days * 24 * 60 * 60 * 1000,
+      });
+      log.debug("hosted outgoing media", { kind: media.kind, size: blob.size });
+      return mediaToMimi(media, content.caption, blob, from, room);
+    } finally {
+      for (const f of converted) await fs.promises.rm(f, { force: true });
+    }
+  }
+
+  private async describeOutgoing(claimed: RemoteMedia, file: string, temporary: string[]): Promise<{ media: RemoteMedia; file: string }> {
+    try {
+      let probe = await probeMedia(file);
+      const kind = settleMediaKind(claimed.kind, probe);
+      if (kind !== claimed.kind) log.debug("media kind settled by probing", { claimed: claimed.kind, kind });
+      let media: RemoteMedia = { kind, mimetype: settledMimetype(claimed.kind, kind, claimed.mimetype), filename: claimed.filename };
+      if (kind === "voice") {
+        if (!isOggOpus(probe)) {
+          const converted = path.join(this.mediaTemp, `voice-${randomBytes(8).toString("hex")}.ogg`);
+          temporary.push(converted);
+          await transcodeToOggOpus(file, converted);
+          file = converted;
+          probe = await probeMedia(file);
+        }
+        media = { ...media, mimetype: "audio/ogg; codecs=opus", filename: fileNameFor("voice", "audio/ogg", claimed.filename.replace(/\.[A-Za-z0-9]{1,5}$/, "")) };
+        media.waveform = claimed.waveform?.length ? claimed.waveform : waveformFromPeaks(await audioPeaks(file));
+      }
+      return { media: { ...media, ...probedFacts(kind, probe) }, file };
+    } catch (err) {
+      if (err instanceof FfmpegError) {
+        log.warn("could not examine outgoing media", { error: err.message });
+        throw new MediaError("probe_failed", "the bridge could not examine or convert the file");
+      }
+      throw err;
+    }
+  }
+
+  sendTyping(matrixUserId: string, chat: ChatRef, typing: boolean): boolean {
+    const to = this.dmPeer(chat);
+    return this.client.typing({ from: this.uriOfMatrixUser(matrixUserId), to, room: chat.id, state: typing ? "on" : "off" });
+  }
+
+  private onTypingFrame(frame: TypingFrame): void {
+    const receiver = this.matrixUserOf(frame.to);
+    const sender = this.remoteUserOf(frame.from);
+    if (!receiver || !sender || !this.handler?.onTyping) return;
+    try {
+      this.handler.onTyping(receiver, { chat: { id: frame.room, kind: "dm", participants: [sender] }, sender, typing: frame.state === "on" });
+    } catch (err) {
+      // Typing is live and worth nothing later: never let it disturb the connection's frame handling.
+      log.warn("failed to handle typing", { error: (err as Error).message });
+    }
+  }
+
+  private async onDelivered(ev: { user: string; to: string; room: string; id: Uint8Array; ts: number }): Promise<void> {
+    const frameId = hex(ev.id);
+    const sent = this.store.sentFrames.get(frameId);
+    const receiver = this.matrixUserOf(ev.user);
+    const recipient = this.remoteUserOf(ev.to);
+    if (!sent || !receiver || !recipient) {
+      // Read receipts and sends of an earlier version are not recorded; nothing to show for them.
+      log.debug("delivery receipt for a send the bridge does not track", { frame: frameId });
+      return;
+    }
+    try {
+      await this.handler?.onDelivered?.(receiver, {
+        chat: { id: ev.room, kind: "dm", participants: [recipient] },
+        txnId: sent.txnId,
+        recipient,
+        timestamp: ev.ts,
+      });
+    } catch (err) {
+      // A status event is not worth holding up the user's queue of incoming messages.
+      log.warn("could not show a delivery receipt", { error: (err as Error).message });
+    }
+    this.store.sentFrames.delete(frameId);
+  }
+
+  async downloadMedia(_receiver: string, ref: string, maxBytes: number): Promise<LocalMedia> {
+    let blobRef;
+    try {
+      blobRef = blobRefOf(ref);
+    } catch {
+      throw new MediaError("bad_ref", "the message's media reference is unreadable");
+    }
+    const fetched = await fetchBlob(blobRef, { maxBytes, allowedHosts: this.config.network.media.allowed_hosts, tempDir: this.mediaTemp });
+    return { path: fetched.path, size: fetched.size, release: () => fs.promises.rm(fetched.path, { force: true }) };
   }
 
   private async onPayload(ev: { to: string; from: string; room: string; id: Uint8Array; ts: number; payload: Payload }): Promise<void> {
@@ -197,24 +428,30 @@ export class InteropConnector implements NetworkConnector {
     const payload = ev.payload;
     switch (payload.kind) {
       case "content": {
-        let content;
+        let event: MimiEvent;
         let id: string;
         try {
           const mimi = decodeMimi(payload.mimi);
-          content = mimiToRemoteContent(mimi);
+          event = mimiToRemoteEvent(mimi);
           id = hex(computeMessageId(ev.from, ev.room, payload.mimi));
         } catch (err) {
           if (!(err instanceof MimiError)) throw err;
           log.warn("undecodable MIMI content", { from: ev.from, error: err.message });
-          content = { type: "unsupported" as const, what: "invalid", description: "sent a message this bridge could not read." };
+          const content: RemoteContent = { type: "unsupported", what: "invalid", description: "sent a message this bridge could not read." };
+          event = { kind: "message", content };
           id = hex(ev.id);
         }
-        await this.handler.onMessage(receiver, { id, chat, sender, timestamp: ev.ts, content });
+        if (event.kind === "change") {
+          if (this.handler.onChange) await this.handler.onChange(receiver, { id, chat, sender, timestamp: ev.ts, change: event.change });
+          return;
+        }
+        await this.handler.onMessage(receiver, { id, chat, sender, timestamp: ev.ts, content: event.content, ...(event.replyTo ? { replyTo: event.replyTo } : {}) });
         return;
       }
       case "status":
         // Third-party chats do not carry status updates: drop without a trace in any room.
         log.debug("dropped a status update", { from: ev.from });
+        this.handler.onDropped?.(receiver, "status_update");
         return;
       case "disappearing":
         await this.handler.onMessage(receiver, {
@@ -233,6 +470,7 @@ export class InteropConnector implements NetworkConnector {
         });
         return;
       case "read":
+        await this.handler.onReadReceipt?.(receiver, { chat, sender, messageIds: payload.ids.map(hex), timestamp: ev.ts });
         return;
     }
   }

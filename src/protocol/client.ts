@@ -10,7 +10,7 @@
  *    (from, to, id) key. keys.fetch is the exception that merely wastes a key.
  *  - send() calls for one (from, to) pair are transmitted one at a time, in call
  *    order, so they are accepted (and delivered) in call order even across retries.
- *  - Queued events (deliver, delivered, profile) of one user reach the handlers
+ *  - Queued events (deliver, delivered, profile, refused) of one user reach the handlers
  *    one at a time in seq order; the ack goes out only after the handler's promise
  *    resolves. Different users proceed in parallel.
  */
@@ -43,6 +43,7 @@ import {
   type Profile,
   type ProfileFrame,
   type QueuedFrame,
+  type RefusedFrame,
   type RequestBody,
   type RequestFrame,
   type TypingFrame,
@@ -118,9 +119,10 @@ export interface InteropClientEvents {
   keysLow: [frame: KeysLowFrame];
   /** A user's session ended without logout(): taken over elsewhere, or its re-login was refused. */
   sessionEnded: [user: string, reason: string];
-  /** Emitted for delivered/profile events when no handler is registered (they are then acked at once). */
+  /** Emitted for delivered/profile/refused events when no handler is registered (they are then acked at once). */
   delivered: [frame: DeliveredFrame];
   profile: [frame: ProfileFrame];
+  refused: [frame: RefusedFrame];
   /** A handler rejected; the same event is offered again after a delay. */
   handlerError: [error: unknown, frame: QueuedFrame];
   /** An error frame that answered no request of ours (e.g. a refused ack or typing). */
@@ -181,6 +183,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     deliver?: QueuedHandler<DeliverFrame>;
     delivered?: QueuedHandler<DeliveredFrame>;
     profile?: QueuedHandler<ProfileFrame>;
+    refused?: QueuedHandler<RefusedFrame>;
   } = {};
   private deliverHandlerWaiters: (() => void)[] = [];
   private connectedWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
@@ -305,9 +308,14 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     await this.request({ t: "logout", user });
   }
 
-  /** Creates (or renames) a third-party account; resolves with whether it was new. */
-  async enlist(user: string, displayName: string): Promise<{ created: boolean }> {
-    const ok = await this.request({ t: "enlist", user, displayName });
+  /**
+   * Creates (or renames) a third-party account; resolves with whether it was new. With
+   * thirdPartyChats the account's Third-Party Chats setting is set in the same step.
+   */
+  async enlist(user: string, displayName: string, opts: { thirdPartyChats?: boolean } = {}): Promise<{ created: boolean }> {
+    const body: RequestBody = { t: "enlist", user, displayName };
+    if (opts.thirdPartyChats !== undefined) body.thirdPartyChats = opts.thirdPartyChats;
+    const ok = await this.request(body);
     return { created: ok.created ?? false };
   }
 
@@ -326,7 +334,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     return { created: ok.created ?? false };
   }
 
-  /** Home provider only: the Third-Party Chats setting of a WhatsApp account. */
+  /** The Third-Party Chats setting of one of this provider's accounts (home or third-party). */
   async setSettings(user: string, settings: { thirdPartyChats: boolean }): Promise<void> {
     await this.request({ t: "settings.set", user, thirdPartyChats: settings.thirdPartyChats });
   }
@@ -413,6 +421,11 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
   /** Handles profile changes of chat peers (otherwise emitted as "profile" and acked at once). */
   onProfile(handler: QueuedHandler<ProfileFrame>): void {
     this.handlers.profile = handler;
+  }
+
+  /** Handles reports of home users refused because ours had Third-Party Chats off (otherwise emitted as "refused" and acked at once). */
+  onRefused(handler: QueuedHandler<RefusedFrame>): void {
+    this.handlers.refused = handler;
   }
 
   // ---------------------------------------------------------------- connection
@@ -622,6 +635,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       case "deliver":
       case "delivered":
       case "profile":
+      case "refused":
         return this.onQueued(frame);
       case "typing":
         this.emit("typing", frame);
@@ -698,6 +712,10 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       case "profile":
         if (this.handlers.profile) return this.handlers.profile(frame);
         this.emit("profile", frame);
+        return;
+      case "refused":
+        if (this.handlers.refused) return this.handlers.refused(frame);
+        this.emit("refused", frame);
         return;
     }
   }

@@ -280,7 +280,7 @@ export class SecureEndpoint {
    * are made by the caller with account.upsert and passed with home: true), logs in and makes
    * sure the key directory holds current keys. Idempotent; concurrent calls share one run.
    */
-  addUser(uri: string, opts: { displayName?: string; home?: boolean } = {}): Promise<void> {
+  addUser(uri: string, opts: { displayName?: string; home?: boolean; thirdPartyChats?: boolean } = {}): Promise<void> {
     const running = this.adding.get(uri);
     if (running) return running;
     const setup = this.setUp(uri, opts);
@@ -291,12 +291,12 @@ export class SecureEndpoint {
     return setup;
   }
 
-  private async setUp(uri: string, opts: { displayName?: string; home?: boolean }): Promise<void> {
+  private async setUp(uri: string, opts: { displayName?: string; home?: boolean; thirdPartyChats?: boolean }): Promise<void> {
     const parsed = parseMimiUri(uri);
     if (parsed?.kind !== "u") throw new EndpointError("bad_argument", "addUser: not a user URI", false);
     try {
       const user = this.openUser(uri);
-      if (!opts.home) await this.client.enlist(uri, opts.displayName ?? parsed.id);
+      if (!opts.home) await this.client.enlist(uri, opts.displayName ?? parsed.id, opts.thirdPartyChats === undefined ? {} : { thirdPartyChats: opts.thirdPartyChats });
       await this.client.login(uri);
       await this.maintainKeys(user);
       this.log.info("local user ready", { user: uri });

@@ -35,6 +35,7 @@ export type ErrorCode =
   | "unknown_user"
   | "unknown_room"
   | "third_party_disabled"
+  | "not_opted_in"
   | "no_keys"
   | "queue_full"
   | "too_large"
@@ -53,6 +54,7 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "unknown_user",
   "unknown_room",
   "third_party_disabled",
+  "not_opted_in",
   "no_keys",
   "queue_full",
   "too_large",
@@ -196,6 +198,8 @@ export interface EnlistFrame {
   rid: number;
   user: string;
   displayName: string;
+  /** The user's Third-Party Chats setting; a new account without it starts with the setting on. */
+  thirdPartyChats?: boolean;
 }
 export interface UnenlistFrame {
   t: "unenlist";
@@ -347,6 +351,18 @@ export interface ProfileFrame {
   thirdPartyChats?: boolean;
   ts: number;
 }
+/** A home user tried to reach the queue owner, a third-party user with Third-Party Chats off. */
+export interface RefusedFrame {
+  t: "refused";
+  seq: number;
+  /** Queue owner: the third-party user who was not reached. */
+  user: string;
+  /** The home user who tried. */
+  from: string;
+  room: string;
+  /** When the attempt was refused. */
+  ts: number;
+}
 
 // Live pushes from the gateway (not stored, not acknowledged)
 export interface KeysLowFrame {
@@ -373,7 +389,7 @@ export type RequestFrame =
   | KeysFetchFrame
   | KeysCountFrame
   | SendFrame;
-export type QueuedFrame = DeliverFrame | DeliveredFrame | ProfileFrame;
+export type QueuedFrame = DeliverFrame | DeliveredFrame | ProfileFrame | RefusedFrame;
 export type Frame =
   | HelloFrame
   | WelcomeFrame
@@ -405,7 +421,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set([
   "keys.count",
   "send",
 ]);
-export const QUEUED_TYPES: ReadonlySet<string> = new Set(["deliver", "delivered", "profile"]);
+export const QUEUED_TYPES: ReadonlySet<string> = new Set(["deliver", "delivered", "profile", "refused"]);
 
 export function isRequest(frame: Frame): frame is RequestFrame {
   return REQUEST_TYPES.has(frame.t);
@@ -603,7 +619,7 @@ const SCHEMAS: Record<FrameType, Schema> = {
   pong: { nonce: { kind: "uint" } },
   login: { rid: ridField, user: userField },
   logout: { rid: ridField, user: userField },
-  enlist: { rid: ridField, user: userField, displayName },
+  enlist: { rid: ridField, user: userField, displayName, thirdPartyChats: opt({ kind: "bool" }) },
   unenlist: { rid: ridField, user: userField },
   "account.upsert": { rid: ridField, user: userField, displayName, avatar: opt(avatarField) },
   "settings.set": { rid: ridField, user: userField, thirdPartyChats: { kind: "bool" } },
@@ -659,6 +675,7 @@ const SCHEMAS: Record<FrameType, Schema> = {
     thirdPartyChats: opt({ kind: "bool" }),
     ts: tsField,
   },
+  refused: { seq: seqField, user: userField, from: userField, room: roomField, ts: tsField },
   "keys.low": { user: userField, remaining: { kind: "uint" } },
   "session.ended": { user: userField, reason: { kind: "enum", values: ["replaced"] } },
 };

@@ -56,6 +56,11 @@ export const MAX_DISAPPEARING_SECONDS = 0xffffffff;
 /** MIMI extension (text key) naming a WhatsApp message kind the MIMI model has no slot for. */
 export const WA_KIND_EXTENSION = "x-wa-kind";
 export const WA_KIND_STICKER = "sticker";
+/** A voice note (push-to-talk recording), as opposed to a sent audio file. */
+export const WA_KIND_VOICE = "voice";
+/** MIMI extension (text key) describing a message's media: see WaMediaInfo. */
+export const WA_MEDIA_EXTENSION = "x-wa-media";
+export const WA_WAVEFORM_MAX_SAMPLES = 100;
 export const STICKER_CONTENT_TYPE = "image/webp";
 
 export type PayloadErrorCode =
@@ -212,4 +217,56 @@ export function withWaKind(message: MimiMessage, kind: string): MimiMessage {
       unknown: [...message.extensions.unknown.filter((e) => e.key !== WA_KIND_EXTENSION), ext],
     },
   };
+}
+
+/**
+ * What the sender knows about a message's media, so receivers can lay it out before they
+ * download it (docs/protocol.md §17.2). Every field is optional and informative.
+ */
+export interface WaMediaInfo {
+  /** Pixels of the picture or video as displayed. */
+  width?: number;
+  height?: number;
+  /** Length of a video, audio file or voice note. */
+  durationMs?: number;
+  /** Loudness along a voice note: 1..100 samples, 0 silent .. 255 loudest. */
+  waveform?: Uint8Array;
+}
+
+function positiveSafeInt(v: unknown): number | undefined {
+  return typeof v === "number" && Number.isSafeInteger(v) && v > 0 ? v : undefined;
+}
+
+/** The "x-wa-media" extension, if any; fields of the wrong type are left out (they are only hints). */
+export function waMediaOf(message: MimiMessage): WaMediaInfo {
+  const ext = message.extensions.unknown.find((e) => e.key === WA_MEDIA_EXTENSION);
+  if (!ext) return {};
+  const value: unknown = cborDecode(ext.encodedValue, DECODE_OPTIONS);
+  if (!isTextKeyedMap(value)) return {};
+  const info: WaMediaInfo = {};
+  const width = positiveSafeInt(value["width"]);
+  const height = positiveSafeInt(value["height"]);
+  if (width && height) {
+    info.width = width;
+    info.height = height;
+  }
+  const durationMs = positiveSafeInt(value["durationMs"]);
+  if (durationMs) info.durationMs = durationMs;
+  const waveform = value["waveform"];
+  if (waveform instanceof Uint8Array && waveform.length > 0 && waveform.length <= WA_WAVEFORM_MAX_SAMPLES) info.waveform = plainBytes(waveform);
+  return info;
+}
+
+/** A copy of the message carrying "x-wa-media" = info (replacing an earlier value); an empty info adds nothing. */
+export function withWaMedia(message: MimiMessage, info: WaMediaInfo): MimiMessage {
+  const map: Record<string, unknown> = {};
+  if (info.width && info.height) {
+    map["width"] = info.width;
+    map["height"] = info.height;
+  }
+  if (info.durationMs) map["durationMs"] = info.durationMs;
+  if (info.waveform && info.waveform.length > 0) map["waveform"] = plainBytes(info.waveform.subarray(0, WA_WAVEFORM_MAX_SAMPLES));
+  const others = message.extensions.unknown.filter((e) => e.key !== WA_MEDIA_EXTENSION);
+  const unknown = Object.keys(map).length > 0 ? [...others, { key: WA_MEDIA_EXTENSION, encodedValue: cborEncode(map, ENCODE_OPTIONS) }] : others;
+  return { ...message, extensions: { ...message.extensions, unknown } };
 }

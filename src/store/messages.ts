@@ -7,6 +7,8 @@ export interface MessageRow {
   eventId: string;
   sender: string;
   timestamp: number;
+  /** The network id of the message this one replies to. */
+  replyTo?: string | null;
 }
 
 interface Raw {
@@ -16,6 +18,7 @@ interface Raw {
   event_id: string;
   sender: string;
   timestamp: number;
+  reply_to: string | null;
 }
 
 const fromRaw = (r: Raw): MessageRow => ({
@@ -25,6 +28,7 @@ const fromRaw = (r: Raw): MessageRow => ({
   eventId: r.event_id,
   sender: r.sender,
   timestamp: r.timestamp,
+  replyTo: r.reply_to,
 });
 
 /** The message map: remote message id ↔ Matrix event id, per portal. */
@@ -33,8 +37,8 @@ export class MessageStore {
 
   insert(row: MessageRow): void {
     this.db
-      .prepare("INSERT OR IGNORE INTO messages (portal_id, remote_id, part, event_id, sender, timestamp) VALUES (?, ?, ?, ?, ?, ?)")
-      .run(row.portalId, row.remoteId, row.part, row.eventId, row.sender, row.timestamp);
+      .prepare("INSERT OR IGNORE INTO messages (portal_id, remote_id, part, event_id, sender, timestamp, reply_to) VALUES (?, ?, ?, ?, ?, ?, ?)")
+      .run(row.portalId, row.remoteId, row.part, row.eventId, row.sender, row.timestamp, row.replyTo ?? null);
   }
 
   byRemoteId(portalId: number, remoteId: string, part = 0): MessageRow | undefined {
@@ -45,6 +49,20 @@ export class MessageStore {
   byEventId(eventId: string): MessageRow | undefined {
     const raw = this.db.prepare("SELECT * FROM messages WHERE event_id = ?").get(eventId) as Raw | undefined;
     return raw && fromRaw(raw);
+  }
+
+  /** Forgets a message (deleted for everyone) and the reactions on it. */
+  delete(portalId: number, remoteId: string): void {
+    this.db.prepare("DELETE FROM messages WHERE portal_id = ? AND remote_id = ?").run(portalId, remoteId);
+    this.db.prepare("DELETE FROM reactions WHERE portal_id = ? AND target_remote_id = ?").run(portalId, remoteId);
+  }
+
+  /** Messages not sent by `exceptSender` with afterTs < timestamp <= upToTs, oldest first. */
+  receivedBetween(portalId: number, exceptSender: string, afterTs: number, upToTs: number, limit: number): MessageRow[] {
+    const rows = this.db
+      .prepare("SELECT * FROM messages WHERE portal_id = ? AND sender != ? AND part = 0 AND timestamp > ? AND timestamp <= ? ORDER BY timestamp, remote_id LIMIT ?")
+      .all(portalId, exceptSender, afterTs, upToTs, limit) as Raw[];
+    return rows.map(fromRaw);
   }
 
   countInPortal(portalId: number): number {

@@ -96,6 +96,71 @@ export const MIGRATIONS: readonly Migration[] = [
     `,
   },
   {
+    version: 3,
+    name: "conversation fidelity: reply targets, reactions, read markers, sent frames",
+    sql: `
+      -- The network id of the message a message replies to (edits and deletes repeat it, as MIMI's examples do).
+      ALTER TABLE messages ADD COLUMN reply_to TEXT;
+      -- The current reaction of each user on each message (WhatsApp keeps one per user per message).
+      -- sender is a remote user id, or the portal's Matrix user id for reactions sent from Matrix.
+      CREATE TABLE reactions (
+        portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
+        target_remote_id TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        emoji TEXT NOT NULL,
+        event_id TEXT NOT NULL UNIQUE,
+        remote_id TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        PRIMARY KEY (portal_id, target_remote_id, sender)
+      );
+      -- Network timestamp of the newest remote message the portal's user was reported to have read.
+      CREATE TABLE read_markers (
+        portal_id INTEGER PRIMARY KEY REFERENCES portals(id) ON DELETE CASCADE,
+        read_up_to INTEGER NOT NULL
+      );
+      -- Transport ids of what the bridge sent and is waiting for a delivery receipt of.
+      CREATE TABLE sent_frames (
+        frame_id TEXT PRIMARY KEY,
+        sender TEXT NOT NULL,
+        txn_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+      );
+      CREATE INDEX sent_frames_age ON sent_frames(created_at);
+    `,
+  },
+  {
+    version: 4,
+    name: "encrypted media blobs this bridge hosts for receivers",
+    sql: `
+      -- One row per blob served by the media host; the file is <media directory>/blobs/<token>.
+      CREATE TABLE hosted_media (
+        token TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+      );
+      CREATE INDEX hosted_media_expiry ON hosted_media(expires_at);
+    `,
+  },
+  {
+    version: 5,
+    name: "Third-Party Chats controls: one-time explanation, contacts refused while off",
+    sql: `
+      -- When the user got the one short explanation of Third-Party Chats (NULL: not yet).
+      ALTER TABLE matrix_users ADD COLUMN explained_at INTEGER;
+      -- WhatsApp users the network turned away because this user had Third-Party Chats off.
+      -- Only who and when: the refused messages themselves were never stored anywhere.
+      CREATE TABLE refused_contacts (
+        mxid TEXT NOT NULL REFERENCES matrix_users(mxid) ON DELETE CASCADE,
+        remote_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (mxid, remote_id)
+      );
+    `,
+  },
+  {
     version: 6,
     name: "appservice transaction journal, Matrix send records",
     sql: `

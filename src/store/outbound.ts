@@ -65,6 +65,13 @@ export class OutboundStore {
     this.db.prepare("DELETE FROM outbound_queue WHERE seq = ?").run(seq);
   }
 
+  /** Messages of one Matrix user waiting for the network. */
+  depthForUser(mxid: string): number {
+    return (
+      this.db.prepare("SELECT COUNT(*) AS n FROM outbound_queue WHERE portal_id IN (SELECT id FROM portals WHERE receiver = ?)").get(mxid) as { n: number }
+    ).n;
+  }
+
   depth(): number {
     return (this.db.prepare("SELECT COUNT(*) AS n FROM outbound_queue").get() as { n: number }).n;
   }

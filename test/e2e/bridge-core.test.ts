@@ -75,7 +75,7 @@ describe("bridge core", () => {
     const phone = "+4915100000001";
     await stack.sim.createUser(phone, "Ana");
     const alice = await stack.user("alice");
-    await stack.botRoom(alice);
+    await stack.botRoom(alice, { enable: true });
     const sent = await stack.sim.sendText(phone, uriOf(alice.userId), "Hello **Alice**, see `code` and ~~old~~ [docs](https://example.org)");
     const invite = await alice.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     assert.equal(invite.isDirect, true, "the invite is marked as a direct chat, so Element lists it under People");
@@ -98,7 +98,7 @@ describe("bridge core", () => {
     const phone = "+4915100000002";
     await stack.sim.createUser(phone, "Ben");
     const bob = await stack.user("bob");
-    await stack.botRoom(bob);
+    await stack.botRoom(bob, { enable: true });
     await stack.sim.sendText(phone, uriOf(bob.userId), "hi");
     const invite = await bob.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     await bob.joinRoom(invite.roomId);
@@ -123,7 +123,7 @@ describe("bridge core", () => {
     const phone = "+4915100000003";
     await stack.sim.createUser(phone, "Cleo");
     const carol = await stack.user("carol");
-    await stack.botRoom(carol);
+    await stack.botRoom(carol, { enable: true });
     const ghost = stack.ghostId(phone);
     const roomId = await carol.createRoom({ is_direct: true, invite: [ghost], preset: "trusted_private_chat" });
     await carol.sendText(roomId, "sent before the ghost joined");
@@ -138,7 +138,7 @@ describe("bridge core", () => {
     const phone = "+4915100000004";
     await stack.sim.createUser(phone, "Dora");
     const dave = await stack.user("dave");
-    const botRoom = await stack.botRoom(dave);
+    const botRoom = await stack.botRoom(dave, { enable: true });
     await dave.sendText(botRoom, `start ${phone}`);
     const invite = await dave.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     await dave.waitFor((e) => e.room_id === botRoom && e.sender === stack.botId && String(e.content.body).includes(invite.roomId));
@@ -156,7 +156,7 @@ describe("bridge core", () => {
     const phone = "+4915100000005";
     await stack.sim.createUser(phone, "Emil");
     const erin = await stack.user("erin");
-    await stack.botRoom(erin);
+    await stack.botRoom(erin, { enable: true });
     const ghost = stack.ghostId(phone);
     const [roomId] = await Promise.all([
       erin.createRoom({ is_direct: true, invite: [ghost], preset: "trusted_private_chat" }).then(async (id) => {
@@ -182,7 +182,7 @@ describe("bridge core", () => {
     const phone = "+4915100000006";
     await stack.sim.createUser(phone, "Finn");
     const fay = await stack.user("fay");
-    await stack.botRoom(fay);
+    await stack.botRoom(fay, { enable: true });
     await stack.sim.sendText(phone, uriOf(fay.userId), "hi");
     const invite = await fay.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     await fay.joinRoom(invite.roomId);
@@ -194,7 +194,7 @@ describe("bridge core", () => {
     const phone = "+4915100000007";
     await stack.sim.createUser(phone, "Gus");
     const gina = await stack.user("gina");
-    await stack.botRoom(gina);
+    await stack.botRoom(gina, { enable: true });
     await stack.sim.sendText(phone, uriOf(gina.userId), "before restart");
     const invite = await gina.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     await gina.joinRoom(invite.roomId);

@@ -43,7 +43,7 @@ function recordedFrames(): RecordedFrame[] {
 /** Opens a chat (the WhatsApp user writes first) and returns the joined room. */
 async function openChat(client: TestClient, phone: string, name: string): Promise<string> {
   await stack.sim.createUser(phone, name);
-  await stack.botRoom(client);
+  await stack.botRoom(client, { enable: true });
   await stack.sim.sendText(phone, uriOf(client.userId), `hello from ${name}`);
   const invite = await client.waitForInvite((i) => i.inviter === stack.ghostId(phone));
   await client.joinRoom(invite.roomId);

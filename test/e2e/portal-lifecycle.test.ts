@@ -32,7 +32,7 @@ describe("portal lifecycle", () => {
     const phone = "+4915300000001";
     await stack.sim.createUser(phone, "Pia", { mimetype: "image/png", base64: png.toString("base64") });
     const alice = await stack.user("alice");
-    await stack.botRoom(alice);
+    await stack.botRoom(alice, { enable: true });
     await stack.sim.sendText(phone, uriOf(alice.userId), "look at my picture");
     const invite = await alice.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     await alice.joinRoom(invite.roomId);
@@ -47,7 +47,7 @@ describe("portal lifecycle", () => {
     const phone = "+4915300000002";
     await stack.sim.createUser(phone, "Quinn");
     const bob = await stack.user("bob");
-    await stack.botRoom(bob);
+    await stack.botRoom(bob, { enable: true });
     await stack.sim.sendText(phone, uriOf(bob.userId), "first chat");
     const first = await bob.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     await bob.joinRoom(first.roomId);

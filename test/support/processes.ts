@@ -46,6 +46,11 @@ export class ManagedProcess {
     return this.output.split("\n").slice(-lines).join("\n");
   }
 
+  /** The OS process id while it runs (e.g. to read its memory use from /proc). */
+  get pid(): number | undefined {
+    return this.running ? this.child!.pid : undefined;
+  }
+
   get running(): boolean {
     return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
   }

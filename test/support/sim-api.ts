@@ -50,8 +50,55 @@ export class SimApi {
     return this.request("POST", `/users/${encodeURIComponent(phone)}/messages`, { to, text, ...extra });
   }
 
+  sendSticker(phone: string, to: string): Promise<{ id: string; ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/stickers`, { to });
+  }
+
+  /** A status update to every third-party contact of the user. */
+  sendStatus(phone: string, text: string): Promise<{ sent: { to: string; id: string; ts: number }[]; failed: { to: string; error: string }[] }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/status`, { text });
+  }
+
+  setDisappearing(phone: string, to: string, seconds: number): Promise<{ ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/disappearing`, { to, seconds });
+  }
+
   reinstall(phone: string): Promise<unknown> {
     return this.request("POST", `/users/${encodeURIComponent(phone)}/reinstall`, {});
+  }
+
+  sendReaction(phone: string, to: string, target: string, emoji: string): Promise<{ id: string; ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/reactions`, { to, target, emoji });
+  }
+
+  /** Withdraws the reaction `reaction` from `target` ("unlike"). */
+  withdrawReaction(phone: string, to: string, target: string, reaction: string): Promise<{ id: string; ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/reactions`, { to, target, reaction });
+  }
+
+  sendEdit(phone: string, to: string, target: string, text: string): Promise<{ id: string; ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/edits`, { to, target, text });
+  }
+
+  sendDeletion(phone: string, to: string, target: string): Promise<{ id: string; ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/deletions`, { to, target });
+  }
+
+  sendRead(phone: string, to: string, ids: string[]): Promise<{ ts: number }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/read`, { to, ids });
+  }
+
+  sendTyping(phone: string, to: string, state: "on" | "off"): Promise<{ sent: true }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/typing`, { to, state });
+  }
+
+  /** Sends a file (an absolute path on this machine) as a photo, video, voice note, audio file or document. */
+  sendMedia(
+    phone: string,
+    to: string,
+    media: { file: string; mimetype: string; kind?: string; filename?: string; caption?: string; waveform?: number[]; width?: number; height?: number; durationMs?: number },
+  ): Promise<{ id: string; ts: number; url: string; size: number; sha256: string }> {
+    return this.request("POST", `/users/${encodeURIComponent(phone)}/media`, { to, ...media });
   }
 
   inbox(phone: string, after = 0): Promise<InboxEntry[]> {

@@ -11,7 +11,7 @@ import { SimApi } from "./sim-api";
 export interface StackOptions {
   bridgeConfig?: (c: Record<string, any>) => void;
   /** Fixed ports (the demo uses well-known ones); free ports are chosen otherwise. */
-  ports?: Partial<Record<"homeserver" | "appservice" | "media" | "gateway" | "sim", number>>;
+  ports?: Partial<Record<"homeserver" | "appservice" | "media" | "gateway" | "sim" | "metrics", number>>;
   /** Where config, databases and logs go; a fresh temporary folder by default. */
   dir?: string;
   logLevel?: "error" | "warn" | "info" | "debug";
@@ -23,6 +23,7 @@ export interface StackOptions {
 
 export const HOME_DOMAIN = "whatsapp.example";
 export const PROVIDER_DOMAIN = "matrix.localhost";
+export const PROVISIONING_SECRET = "provisioning-secret-for-tests";
 
 /**
  * A whole product stack for one e2e test file: a real Synapse, our gateway, the WhatsApp
@@ -45,6 +46,10 @@ export class Stack {
     readonly bridge: ManagedProcess,
     simUrl: string,
     readonly gatewayUrl: string,
+    /** The bridge's appservice listener (also serves the provisioning API). */
+    readonly appserviceUrl: string,
+    /** The bridge's /metrics, /health and /ready listener. */
+    readonly metricsUrl: string,
   ) {
     this.sim = new SimApi(simUrl);
   }
@@ -68,6 +73,7 @@ export class Stack {
     const ports = opts.ports ?? {};
     const asPort = ports.appservice ?? (await freePort());
     const mediaPort = ports.media ?? (await freePort());
+    const metricsPort = ports.metrics ?? (await freePort());
     const gatewayPort = ports.gateway ?? (await freePort());
     const simPort = ports.sim ?? (await freePort());
     const configPath = path.join(dir, "config.yaml");
@@ -89,9 +95,12 @@ export class Stack {
         provider_secret: "bridge-secret-for-tests",
         home_domain: HOME_DOMAIN,
         store_key: "store-key-for-tests",
-        media: { bind_hostname: "127.0.0.1", port: mediaPort },
+        // The simulator hosts the WhatsApp side's media on its control API port.
+        media: { bind_hostname: "127.0.0.1", port: mediaPort, allowed_hosts: [`127.0.0.1:${simPort}`] },
       },
-      bridge: { third_party_chats_default: true },
+      // Third-Party Chats stay off by default, as in the product: tests turn them on (botRoom's enable).
+      provisioning: { shared_secret: PROVISIONING_SECRET },
+      metrics: { hostname: "127.0.0.1", port: metricsPort },
       logging: { level: opts.logLevel ?? "debug", format: "json" },
     };
     opts.bridgeConfig?.(config);
@@ -123,7 +132,10 @@ export class Stack {
       ...(opts.simArgs ?? []),
     ], path.join(dir, "sim.log"), childEnv);
     const bridge = new ManagedProcess("bridge", process.execPath, [cli, "-c", configPath, "-f", registrationPath], path.join(dir, "bridge.log"));
-    const stack = new Stack(name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl);
+    const stack = new Stack(
+      name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl,
+      `http://127.0.0.1:${bridgePort}`, `http://127.0.0.1:${metricsPort}`,
+    );
     try {
       await gateway.start(/gateway listening/);
       await simProcess.start(/sim: listening/);
@@ -152,14 +164,54 @@ export class Stack {
     return client;
   }
 
-  /** Opens the user's management room with the bot and returns its id. */
-  async botRoom(client: TestClient): Promise<string> {
+  /**
+   * Opens the user's management room with the bot and returns its id. With `enable`, the user
+   * also turns Third-Party Chats on (they start off, as in the product).
+   */
+  async botRoom(client: TestClient, opts: { enable?: boolean } = {}): Promise<string> {
     const roomId = await client.createRoom({ is_direct: true, invite: [this.botId], preset: "trusted_private_chat" });
-    // The welcome comes once the bridge has made the user reachable on the network.
+    // The welcome comes once the bridge has made the user known on the network.
     await client.waitFor((e) => e.room_id === roomId && e.type === "m.room.message" && e.sender === this.botId, {
       description: "the bot's welcome in its DM",
+      timeoutMs: 30_000,
     });
+    if (opts.enable) await this.enable(client, roomId);
     return roomId;
+  }
+
+  /** Says `enable` in the bot room and waits for the confirmation. */
+  async enable(client: TestClient, botRoom: string): Promise<void> {
+    const asked = await client.sendText(botRoom, "enable");
+    await client.waitFor(
+      (e) => e.room_id === botRoom && e.sender === this.botId && /Third-Party Chats (are \*\*on\*\*|were already on)/.test(String(e.content.body)) && this.after(client, botRoom, asked, e.event_id),
+      { description: "the bot confirming `enable`", timeoutMs: 30_000 },
+    );
+  }
+
+  /** Whether event `later` comes after event `earlier` in what the client synced of a room. */
+  after(client: TestClient, roomId: string, earlier: string, later: string | undefined): boolean {
+    const ids = client.eventsIn(roomId).map((e) => e.event_id);
+    return ids.indexOf(earlier) >= 0 && ids.indexOf(later!) > ids.indexOf(earlier);
+  }
+
+  /** The bridge's Prometheus exposition. */
+  async metrics(): Promise<string> {
+    const res = await fetch(`${this.metricsUrl}/metrics`);
+    if (!res.ok) throw new Error(`GET /metrics answered ${res.status}`);
+    return res.text();
+  }
+
+  /** One sample of a metric (0 when the series does not exist yet), e.g. metric("bridge_messages_dropped_total", {reason: "sticker"}). */
+  async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
+    const text = await this.metrics();
+    for (const line of text.split("\n")) {
+      if (!line.startsWith(name)) continue;
+      const m = /^([a-z_]+)(\{([^}]*)\})? (\S+)$/.exec(line);
+      if (!m || m[1] !== name) continue;
+      const have = Object.fromEntries([...(m[3] ?? "").matchAll(/([a-z_]+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+      if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[4]);
+    }
+    return 0;
   }
 
   logs(): string {

@@ -36,7 +36,11 @@ test("the sample config is valid and defaults are filled", () => {
     network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: "12345678", home_domain: "wa.example" },
   });
   assert.equal(minimal.logging.level, "info");
-  assert.equal(minimal.bridge.third_party_chats_default, true);
+  assert.equal(minimal.bridge.third_party_chats_default, false, "Third-Party Chats are opt-in");
+  assert.deepEqual(minimal.bridge.permissions, { hs: "user" }, "without rules, the homeserver's own users may use the bridge");
+  assert.deepEqual(minimal.metrics, { enabled: true, hostname: "127.0.0.1", port: 29402 });
+  assert.equal(minimal.provisioning.enabled, true);
+  assert.equal(minimal.provisioning.shared_secret, undefined);
   assert.equal(minimal.network.media.public_url, "http://127.0.0.1:29401");
 });
 
@@ -51,6 +55,9 @@ test("each kind of bad value names its field", () => {
   assert.equal(problem((c) => (c.appservice.ghosts.localpart_template = "whatsapp")), "appservice.ghosts.localpart_template: must be a lowercase localpart containing {phone}");
   assert.equal(problem((c) => (c.appservice.bot.localpart = "whatsapp_123")), "appservice.bot.localpart: must not fall inside the ghost namespace");
   assert.equal(problem((c) => delete c.network), "network: is missing");
+  assert.equal(problem((c) => (c.bridge.permissions = { "*": "owner" })), 'bridge.permissions.*: must be one of "none", "user", "admin"');
+  assert.equal(problem((c) => (c.bridge.permissions = { "@alice": "user" })), 'bridge.permissions.@alice: "@alice" is not a Matrix user id (@localpart:server)');
+  assert.equal(problem((c) => (c.provisioning = { shared_secret: "short" })), "provisioning.shared_secret: must be at least 16 characters");
 });
 
 test("unreadable and non-YAML files are explained", () => {
@@ -60,4 +67,27 @@ test("unreadable and non-YAML files are explained", () => {
   assert.throws(() => loadConfig(path.join(dir, "bad.yaml")), (e: Error) => e instanceof ConfigError && /not valid YAML/.test(e.message));
   fs.writeFileSync(path.join(dir, "list.yaml"), "- a\n- b\n");
   assert.throws(() => loadConfig(path.join(dir, "list.yaml")), /must be a YAML mapping/);
+});
+
+test("media settings: a folder next to the database by default, 30-day links, only listed hosts", () => {
+  const config = validateConfig({
+    homeserver: { url: "http://hs:8008", domain: "hs" },
+    appservice: { port: 1234 },
+    database: { path: "/srv/bridge/bridge.db" },
+    network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: "12345678", home_domain: "wa.example" },
+  });
+  assert.equal(config.network.media.directory, "/srv/bridge/media");
+  assert.equal(config.network.media.expiry_days, 30);
+  assert.deepEqual(config.network.media.allowed_hosts, []);
+  assert.equal(config.network.media.max_size, 100 * 1024 * 1024);
+  const relative = sample();
+  relative.network.media.directory = "./blobs";
+  assert.equal(validateConfig(relative, "/etc/bridge").network.media.directory, "/etc/bridge/blobs", "relative to the config's folder");
+  assert.equal(problem((c) => (c.network.media.allowed_hosts = ["https://media.example"])), 'network.media.allowed_hosts.0: must be a host name, host:port or "*"');
+  assert.match(problem((c) => (c.network.media.expiry_days = 0)), /^network\.media\.expiry_days: must be > 0/);
+  for (const ok of ["media.whatsapp.example", "127.0.0.1:29600", "[::1]:8080", "*"]) {
+    const c = sample();
+    c.network.media.allowed_hosts = [ok];
+    assert.doesNotThrow(() => validateConfig(c), ok);
+  }
 });

@@ -260,7 +260,7 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
   it("finds the event the interrupted attempt created instead of sending a second one", async () => {
     const { store } = tempStore();
     const hs = fakeHomeserver();
-    const port = new AppserviceMatrixPort(hs.bridge, config(), store);
+    const port = new AppserviceMatrixPort(hs.bridge, config(), store, "as-token-for-tests");
     const ghost = "@whatsapp_491:hs";
     const content = { msgtype: "m.text", body: "hello" };
     hs.crashNextPut(true);
@@ -280,7 +280,7 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
   it("does not take an equal message sent just before (same text, same timestamp) for the interrupted one", async () => {
     const { store } = tempStore();
     const hs = fakeHomeserver();
-    const port = new AppserviceMatrixPort(hs.bridge, config(), store);
+    const port = new AppserviceMatrixPort(hs.bridge, config(), store, "as-token-for-tests");
     const ghost = "@whatsapp_491:hs";
     const content = { msgtype: "m.text", body: "ok" };
     assert.equal(await port.send(ghost, "!r:hs", content, { txnId: "in.1.first", ts: 7000 }), "$1");
@@ -293,7 +293,7 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
   it("sends again when the interrupted attempt never reached the room", async () => {
     const { store } = tempStore();
     const hs = fakeHomeserver();
-    const port = new AppserviceMatrixPort(hs.bridge, config(), store);
+    const port = new AppserviceMatrixPort(hs.bridge, config(), store, "as-token-for-tests");
     store.matrixSends.begin("!r:hs", "in.1.lost", "@whatsapp_491:hs");
     const eventId = await port.send("@whatsapp_491:hs", "!r:hs", { msgtype: "m.text", body: "lost" }, { txnId: "in.1.lost", ts: 6000 });
     assert.equal(eventId, "$1");
@@ -304,6 +304,8 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
 describe("a portal room created just before a crash is not created twice", () => {
   it("the next run finds the room no portal maps and makes it the portal", async () => {
     const { BridgeCore } = await import("../../src/bridge/core.js");
+    const { Permissions } = await import("../../src/bridge/permissions.js");
+    const opts = { thirdPartyDefault: true, permissions: new Permissions({ hs: "user" }) };
     const { store } = tempStore();
     const receiver = "@alice:hs";
     const ghost = "@whatsapp_491:hs";
@@ -330,11 +332,11 @@ describe("a portal room created just before a crash is not created twice", () =>
     } as unknown as import("../../src/network/connector").NetworkConnector;
     const chat = { id: "mimi://whatsapp.example/r/dm", kind: "dm" as const, participants: ["+491"] };
 
-    await assert.rejects(new BridgeCore(store, matrix, network, { thirdPartyDefault: true }).ensurePortal(receiver, chat), /killed/);
+    await assert.rejects(new BridgeCore(store, matrix, network, opts).ensurePortal(receiver, chat), /killed/);
     crashAfterCreate = false;
     // An unrelated room of the ghost with someone else is not taken.
     rooms.set("!other:hs", [ghost, "@bob:hs"]);
-    const portal = await new BridgeCore(store, matrix, network, { thirdPartyDefault: true }).ensurePortal(receiver, chat);
+    const portal = await new BridgeCore(store, matrix, network, opts).ensurePortal(receiver, chat);
     assert.equal(portal.roomId, "!room1:hs");
     assert.equal(created, 1, "no second room");
     assert.equal(store.portals.byRoom("!room1:hs")?.id, portal.id);

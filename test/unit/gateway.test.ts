@@ -24,6 +24,7 @@ import {
   type Frame,
   type KeysLowFrame,
   type ProfileFrame,
+  type RefusedFrame,
 } from "../../src/protocol/frames.js";
 
 const MAIN = path.resolve(__dirname, "../../gateway/main.js");
@@ -289,6 +290,46 @@ describe("interop gateway", () => {
       (e: ProtocolError) => e.code === "unknown_room",
     );
     await bridge.close();
+  });
+
+  it("refuses home users' messages to a third-party user who has Third-Party Chats off, and tells that user once", async () => {
+    const carol = `mimi://${BRIDGE}/u/@carol:example.org`;
+    const bridge = track(client(gw, BRIDGE));
+    const wa = track(client(gw, HOME));
+    const refused: RefusedFrame[] = [];
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // The first report stays unacknowledged until released: meanwhile no second one is queued.
+    bridge.onRefused(async (f) => {
+      refused.push(f);
+      if (refused.length === 1) await held;
+    });
+    await Promise.all([bridge.connect(), wa.connect()]);
+    assert.deepEqual(await bridge.enlist(carol, "Carol", { thirdPartyChats: false }), { created: true });
+    await bridge.login(carol);
+    await wa.login(wa1);
+    await assert.rejects(wa.send({ from: wa1, to: carol, payload: payload("are you there?") }), (e: ProtocolError) => e.code === "not_opted_in");
+    await assert.rejects(wa.fetchKeys(wa1, carol), (e: ProtocolError) => e.code === "not_opted_in");
+    await assert.rejects(bridge.send({ from: carol, to: wa1, payload: payload("hi") }), (e: ProtocolError) => e.code === "not_opted_in");
+    await until("refused", () => refused.length === 1);
+    await wa.send({ from: wa1, to: carol, payload: payload("still there?") }).catch(() => undefined);
+    release();
+    assert.equal(refused.length, 1, "one report per sender while unacknowledged");
+    assert.equal(refused[0]!.user, carol);
+    assert.equal(refused[0]!.from, wa1);
+    assert.equal(refused[0]!.room, dmRoomUri(wa1, carol, HOME));
+    // Acked now: the next attempt is reported again; the refused sends were never stored.
+    await wa.send({ from: wa1, to: carol, payload: payload("again") }).catch(() => undefined);
+    await until("second refused", () => refused.length === 2);
+    await assert.rejects(wa.setSettings(carol, { thirdPartyChats: true }), (e: ProtocolError) => e.code === "forbidden", "only the owning provider sets it");
+    await bridge.setSettings(carol, { thirdPartyChats: true });
+    const got: DeliverFrame[] = [];
+    bridge.onDeliver(async (f) => void got.push(f));
+    await wa.send({ from: wa1, to: carol, payload: payload("now it works") });
+    await until("deliver", () => got.length === 1);
+    assert.deepEqual(got.map(text), ["now it works"], "nothing refused earlier arrives late");
+    await bridge.close();
+    await wa.close();
   });
 
   it("accepts a repeated send (same id) once and answers it the same way", async () => {

@@ -10,6 +10,7 @@ import Transport from "winston-transport";
 import { BridgeCore } from "../../src/bridge/core";
 import { LinkHealth } from "../../src/bridge/link-health";
 import { MatrixPort } from "../../src/bridge/matrix-port";
+import { Permissions } from "../../src/bridge/permissions";
 import { getLogger } from "../../src/logging";
 import { HomeserverLink, isAmbiguousFailure } from "../../src/matrix/homeserver-link";
 import { NetworkConnector } from "../../src/network/connector";
@@ -113,7 +114,7 @@ describe("link health", () => {
 
   it("the core reports the gateway connection as one outage across reconnect attempts, in its health object", () => {
     const store = BridgeStore.open(":memory:");
-    const core = new BridgeCore(store, {} as MatrixPort, {} as NetworkConnector, { thirdPartyDefault: true });
+    const core = new BridgeCore(store, {} as MatrixPort, {} as NetworkConnector, { thirdPartyDefault: true, permissions: new Permissions({}) });
     core.onConnectionState({ state: "connected" });
     assert.equal(core.health().network.state, "up");
     for (let i = 0; i < 4; i++) {

@@ -7,10 +7,13 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
+import { fetchBlob } from "../../src/network/media-fetch.js";
+import { MediaHost, type HostedBlobIndex } from "../../src/network/media-host.js";
+import { blobRefOf, mediaToMimi, mimiToRemoteContent } from "../../src/network/mimi-content.js";
 import { InteropClient } from "../../src/protocol/client.js";
 import { EndpointError, SecureEndpoint, type PayloadEvent } from "../../src/protocol/endpoint.js";
 import { dmRoomUri, userUri, type ProfileFrame, type TypingFrame } from "../../src/protocol/frames.js";
@@ -147,6 +150,17 @@ const PNG_1x1 = Buffer.from(
   "hex",
 );
 
+/** Hosted-blob bookkeeping in memory, for a media host in a test. */
+function memoryIndex(): HostedBlobIndex {
+  const rows = new Map<string, { token: string; size: number; expiresAt: number }>();
+  return {
+    save: (row) => void rows.set(row.token, row),
+    get: (token) => rows.get(token),
+    expired: (now) => [...rows.values()].filter((r) => r.expiresAt <= now),
+    remove: (token) => void rows.delete(token),
+  };
+}
+
 describe("the WhatsApp simulator", () => {
   let dir: string;
   let gw: GatewayProcess;
@@ -255,7 +269,8 @@ describe("the WhatsApp simulator", () => {
 
   it("sends reactions, edits, deletions, read receipts, stickers, timers and typing", async () => {
     const original = await sim.ok<{ id: string }>("POST", `${phonePath}/messages`, { to: ALICE_MXID, text: "to be worked on" });
-    await sim.ok("POST", `${phonePath}/reactions`, { to: ALICE_MXID, target: original.id, emoji: "👍" });
+    const thumbs = await sim.ok<{ id: string }>("POST", `${phonePath}/reactions`, { to: ALICE_MXID, target: original.id, emoji: "👍" });
+    await sim.ok("POST", `${phonePath}/reactions`, { to: ALICE_MXID, target: original.id, reaction: thumbs.id });
     await sim.ok("POST", `${phonePath}/edits`, { to: ALICE_MXID, target: original.id, text: "worked on" });
     await sim.ok("POST", `${phonePath}/deletions`, { to: ALICE_MXID, target: original.id });
     await sim.ok("POST", `${phonePath}/read`, { to: ALICE_MXID, ids: [original.id] });
@@ -266,6 +281,8 @@ describe("the WhatsApp simulator", () => {
     const target = (m: MimiMessage, field: "inReplyTo" | "replaces"): boolean => m[field] !== null && Buffer.from(m[field]!).toString("hex") === original.id;
     const reaction = await matrix.waitForMessage((m) => target(m, "inReplyTo") && m.body.disposition === 2);
     assert.equal(textOf(reaction.message), "👍");
+    const unlike = await matrix.waitForMessage((m) => target(m, "inReplyTo") && m.body.disposition === 2 && m.body.cardinality === "null");
+    assert.equal(Buffer.from(unlike.message.replaces!).toString("hex"), thumbs.id, "the withdrawal replaces the reaction");
     await matrix.waitForMessage((m) => target(m, "replaces") && textOf(m) === "worked on");
     await matrix.waitForMessage((m) => target(m, "replaces") && m.body.cardinality === "null");
     const stickerMsg = await matrix.waitForMessage((m, ev) => isSticker(m) && Buffer.from(computeMessageId(ev.from, ev.room, (ev.payload as { mimi: Uint8Array }).mimi)).toString("hex") === sticker.id);
@@ -329,10 +346,57 @@ describe("the WhatsApp simulator", () => {
     assert.equal(fetchesAfter, fetchesBefore);
   });
 
+  it("sends media as an encrypted blob it hosts, and downloads, verifies and decrypts media it receives", async () => {
+    const mediaTemp = path.join(dir, "matrix-side");
+    const bytes = randomBytes(50_000);
+    const sent = await sim.ok<{ id: string; url: string; size: number; sha256: string }>("POST", `${phonePath}/media`, {
+      to: ALICE_MXID,
+      base64: bytes.toString("base64"),
+      mimetype: "application/pdf",
+      filename: "notes.pdf",
+      caption: "my *notes*",
+    });
+    assert.equal(sent.size, bytes.length + 16);
+    assert.equal(sent.sha256, createHash("sha256").update(bytes).digest("hex"));
+    const { message } = await matrix.waitForMessage((m) => Buffer.from(computeMessageId(wa, dmRoomUri(alice, wa, HOME), encodeMimi(m))).toString("hex") === sent.id);
+    const received = mimiToRemoteContent(message);
+    assert.equal(received.type, "media");
+    const media = received as Extract<typeof received, { type: "media" }>;
+    assert.deepEqual([media.media.kind, media.media.filename, media.caption], ["file", "notes.pdf", "my *notes*"]);
+    const fetched = await fetchBlob(blobRefOf((media.source as { ref: string }).ref), { maxBytes: 1e6, allowedHosts: [new URL(sim.url).host], tempDir: mediaTemp });
+    assert.equal(createHash("sha256").update(readFileSync(fetched.path)).digest("hex"), sent.sha256, "the Matrix side gets the very bytes");
+
+    // The other way: the Matrix side hosts a voice note and sends it.
+    const voice = path.join(mediaTemp, "voice.bin");
+    writeFileSync(voice, randomBytes(20_000));
+    const host = new MediaHost({ dir: path.join(mediaTemp, "blobs"), index: memoryIndex(), lifetimeMs: 60_000 });
+    await host.listen("127.0.0.1", 0);
+    try {
+      const blob = await host.host(voice);
+      const room = dmRoomUri(alice, wa, HOME);
+      const mimi = encodeMimi(mediaToMimi({ kind: "voice", mimetype: "audio/ogg; codecs=opus", filename: "v.ogg", durationMs: 1500, waveform: [0, 1024] }, undefined, blob, alice, room));
+      await matrix.endpoint.send(alice, wa, room, { kind: "content", mimi }, new Uint8Array(randomBytes(16)));
+      const entry = await sim.waitFor(PHONE, (e) => e.kind === "media" && e.filename === "v.ogg");
+      assert.equal(entry.error, undefined);
+      assert.deepEqual([entry.mediaKind, entry.durationMs, entry.waveform, entry.size], ["voice", 1500, [0, 255], 20_000]);
+      assert.equal(entry.sha256, createHash("sha256").update(readFileSync(voice)).digest("hex"));
+      const stored = Buffer.from(await (await fetch(String(entry.mediaUrl))).arrayBuffer());
+      assert.equal(createHash("sha256").update(stored).digest("hex"), entry.sha256, "the simulator serves what it received");
+      // A blob that fails its checks shows as an error, and nothing is stored.
+      const tampered = encodeMimi(mediaToMimi({ kind: "file", mimetype: "text/plain", filename: "bad.txt" }, undefined, { ...blob, sha256: new Uint8Array(32) }, alice, room));
+      await matrix.endpoint.send(alice, wa, room, { kind: "content", mimi: tampered }, new Uint8Array(randomBytes(16)));
+      const bad = await sim.waitFor(PHONE, (e) => e.kind === "media" && e.filename === "bad.txt");
+      assert.match(String(bad.error), /^bad_hash: /);
+      assert.equal(bad.sha256, undefined);
+    } finally {
+      await host.close();
+    }
+  });
+
   it("answers errors as JSON with a status", async () => {
-    const media = await sim.call<{ error: string }>("POST", `${phonePath}/media`, { to: ALICE_MXID });
-    assert.equal(media.status, 501);
-    assert.equal(media.json.error, "not_implemented");
+    const media = await sim.call<{ error: string }>("POST", `${phonePath}/media`, { to: ALICE_MXID, mimetype: "image/png" });
+    assert.equal(media.status, 400, "media without its bytes");
+    assert.equal(media.json.error, "bad_request");
     assert.equal((await sim.call("GET", "/nope")).status, 404);
     assert.equal((await sim.call("DELETE", "/users")).status, 405);
     const badPhone = await sim.call<{ error: string }>("POST", "/users", { phone: "12ab", name: "x" });

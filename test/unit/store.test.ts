@@ -109,3 +109,93 @@ test("deleting a portal removes its participants and messages", () => {
   assert.deepEqual(store.portals.participants(p.id), []);
   store.close();
 });
+
+test("one reaction per sender and message: a new one replaces the old; deleting a message drops its reactions", () => {
+  const store = BridgeStore.open(tempDb());
+  const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  store.messages.insert({ portalId: p.id, remoteId: "m1", part: 0, eventId: "$m1", sender: "+49", timestamp: 1 });
+  store.reactions.put({ portalId: p.id, targetRemoteId: "m1", sender: "@u:hs", emoji: "👍", eventId: "$r1", remoteId: "x1", timestamp: 2 });
+  store.reactions.put({ portalId: p.id, targetRemoteId: "m1", sender: "+49", emoji: "😂", eventId: "$r2", remoteId: "x2", timestamp: 2 });
+  store.reactions.put({ portalId: p.id, targetRemoteId: "m1", sender: "@u:hs", emoji: "❤️", eventId: "$r3", remoteId: "x3", timestamp: 3 });
+  assert.equal(store.reactions.get(p.id, "m1", "@u:hs")?.emoji, "❤️");
+  assert.equal(store.reactions.byEventId("$r1"), undefined, "the replaced reaction is gone");
+  assert.equal(store.reactions.byEventId("$r3")?.remoteId, "x3");
+  store.reactions.delete(p.id, "m1", "@u:hs");
+  assert.equal(store.reactions.get(p.id, "m1", "@u:hs"), undefined);
+  store.messages.delete(p.id, "m1");
+  assert.equal(store.messages.byEventId("$m1"), undefined);
+  assert.equal(store.reactions.byEventId("$r2"), undefined);
+  store.close();
+});
+
+test("read markers only move forward and pick the unread messages of the other side", () => {
+  const store = BridgeStore.open(tempDb());
+  const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  for (const [id, sender, ts] of [["a", "+49", 10], ["b", "@u:hs", 20], ["c", "+49", 30], ["d", "+49", 40]] as const) {
+    store.messages.insert({ portalId: p.id, remoteId: id, part: 0, eventId: `$${id}`, sender, timestamp: ts });
+  }
+  assert.equal(store.readMarkers.get(p.id), 0);
+  assert.deepEqual(store.messages.receivedBetween(p.id, "@u:hs", 0, 30, 10).map((m) => m.remoteId), ["a", "c"]);
+  store.readMarkers.advance(p.id, 30);
+  store.readMarkers.advance(p.id, 10);
+  assert.equal(store.readMarkers.get(p.id), 30);
+  assert.deepEqual(store.messages.receivedBetween(p.id, "@u:hs", store.readMarkers.get(p.id), 100, 10).map((m) => m.remoteId), ["d"]);
+  store.close();
+});
+
+test("sent frames are found by transport id, pruned by age and forgotten by sender", () => {
+  const store = BridgeStore.open(tempDb());
+  store.sentFrames.put("f0", "mimi://p/u/@gone:hs", "$e0");
+  assert.equal(store.sentFrames.deleteSender("mimi://p/u/@gone:hs"), 1);
+  assert.equal(store.sentFrames.get("f0"), undefined);
+  store.sentFrames.put("f1", "mimi://p/u/@u:hs", "$e1");
+  assert.deepEqual(store.sentFrames.get("f1"), { sender: "mimi://p/u/@u:hs", txnId: "$e1" });
+  assert.equal(store.sentFrames.prune(60_000), 0);
+  store.db.prepare("UPDATE sent_frames SET created_at = 0").run();
+  assert.equal(store.sentFrames.prune(60_000), 1);
+  assert.equal(store.sentFrames.get("f1"), undefined);
+  store.close();
+});
+
+test("a message remembers what it replied to", () => {
+  const store = BridgeStore.open(tempDb());
+  const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  store.messages.insert({ portalId: p.id, remoteId: "q", part: 0, eventId: "$q", sender: "+49", timestamp: 1 });
+  store.messages.insert({ portalId: p.id, remoteId: "a", part: 0, eventId: "$a", sender: "@u:hs", timestamp: 2, replyTo: "q" });
+  assert.equal(store.messages.byEventId("$a")?.replyTo, "q");
+  assert.equal(store.messages.byEventId("$q")?.replyTo, null);
+  store.close();
+});
+
+test("erasing a user deletes their settings, portals, message map, queue and refused contacts, and nobody else's", () => {
+  const store = BridgeStore.open(tempDb());
+  for (const mxid of ["@gone:hs", "@stays:hs"]) {
+    store.users.getOrCreate(mxid, { thirdPartyEnabled: true });
+    const portal = store.portals.getOrCreate(`chat-${mxid}`, mxid, "dm", ["+491"]);
+    store.portals.setRoom(portal.id, `!room-${mxid}`);
+    store.messages.insert({ portalId: portal.id, remoteId: `m-${mxid}`, part: 0, eventId: `$e-${mxid}`, sender: "+491", timestamp: 1 });
+    store.outbound.enqueue(portal.id, `$out-${mxid}`, mxid, { text: "x" });
+    store.outbound.markInboundSeen(mxid, "r1");
+    store.users.recordRefused(mxid, "+492", 5);
+    store.reactions.put({ portalId: portal.id, targetRemoteId: `m-${mxid}`, sender: mxid, emoji: "👍", eventId: `$r-${mxid}`, remoteId: `x-${mxid}`, timestamp: 2 });
+    store.readMarkers.advance(portal.id, 1);
+  }
+  assert.equal(store.users.recordRefused("@gone:hs", "+492", 9), 2, "attempts are counted per contact");
+  assert.equal(store.users.markExplained("@gone:hs"), true);
+  assert.equal(store.users.markExplained("@gone:hs"), false, "the explanation is given once");
+  assert.deepEqual(store.users.erase("@gone:hs"), { portals: 1, messages: 1, queued: 1, refusedContacts: 1 });
+  assert.equal(store.users.get("@gone:hs"), undefined);
+  assert.deepEqual(store.portals.forReceiver("@gone:hs"), []);
+  assert.equal(store.messages.byEventId("$e-@gone:hs"), undefined);
+  assert.equal(store.outbound.depthForUser("@gone:hs"), 0);
+  assert.equal(store.outbound.inboundSeen("@gone:hs", "r1"), false);
+  assert.deepEqual(store.users.refusedContacts("@gone:hs"), []);
+  assert.equal(store.reactions.byEventId("$r-@gone:hs"), undefined, "their reactions are gone");
+  assert.equal((store.db.prepare("SELECT COUNT(*) AS n FROM read_markers").get() as { n: number }).n, 1, "only the other user's read marker is left");
+  assert.ok(store.reactions.byEventId("$r-@stays:hs"));
+  assert.ok(store.users.get("@stays:hs"));
+  assert.equal(store.outbound.depthForUser("@stays:hs"), 1);
+  assert.equal(store.users.refusedContacts("@stays:hs")[0]?.attempts, 1);
+  assert.deepEqual(store.users.countBySetting(), { on: 1, off: 0 });
+  store.close();
+});

@@ -1,0 +1,150 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** Which way a message was going. */
+export type Direction = "to_matrix" | "to_network";
+
+/** What the metrics read from the running bridge when Prometheus scrapes. */
+export interface MetricSources {
+  /** Matrix messages accepted for the network and not yet taken by it (durable queue). */
+  outboundQueueDepth(): number;
+  /** Chats with network → Matrix work queued or running. */
+  inboundChatsBusy(): number;
+  /** Portals that have a room. */
+  portals(): number;
+  users(): { on: number; off: number };
+  connection(): "connecting" | "connected" | "disconnected";
+}
+
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/**
+ * The bridge's Prometheus metrics, in a registry of their own (so tests can run several
+ * bridges in one process). Counting is cheap and synchronous; gauges are read on scrape.
+ */
+export class BridgeMetrics {
+  readonly registry = new Registry();
+  private readonly bridgedTotal: Counter<"direction" | "type">;
+  private readonly droppedTotal: Counter<"direction" | "reason">;
+  private readonly failedTotal: Counter<"direction" | "reason">;
+  readonly matrixEventSeconds: Histogram<"type">;
+  readonly networkSendSeconds: Histogram<"outcome">;
+  readonly provisioningSeconds: Histogram<"route" | "method" | "status">;
+  readonly botCommandsTotal: Counter<"command" | "outcome">;
+
+  constructor(opts: { processMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    this.bridgedTotal = new Counter({
+      name: "bridge_messages_bridged_total",
+      help: "Messages bridged, by direction and content type",
+      labelNames: ["direction", "type"],
+      registers,
+    });
+    this.droppedTotal = new Counter({
+      name: "bridge_messages_dropped_total",
+      help: "Messages and events not bridged on purpose (the network cannot carry them, the user has Third-Party Chats off, ...), by reason",
+      labelNames: ["direction", "reason"],
+      registers,
+    });
+    this.failedTotal = new Counter({
+      name: "bridge_message_failures_total",
+      help: "Messages that could not be delivered (the user was told), by reason",
+      labelNames: ["direction", "reason"],
+      registers,
+    });
+    this.matrixEventSeconds = new Histogram({
+      name: "bridge_matrix_event_duration_seconds",
+      help: "Time to handle one event pushed by the homeserver, by event type",
+      labelNames: ["type"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.networkSendSeconds = new Histogram({
+      name: "bridge_network_send_duration_seconds",
+      help: "Time until the network accepted (or refused) one outgoing message, per attempt",
+      labelNames: ["outcome"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.provisioningSeconds = new Histogram({
+      name: "bridge_provisioning_request_duration_seconds",
+      help: "Provisioning API requests, by route, method and HTTP status",
+      labelNames: ["route", "method", "status"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.botCommandsTotal = new Counter({
+      name: "bridge_bot_commands_total",
+      help: "Bot commands, by command and outcome (ok, refused, rate_limited, failed)",
+      labelNames: ["command", "outcome"],
+      registers,
+    });
+    if (opts.processMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  bridged(direction: Direction, type: string): void {
+    this.bridgedTotal.inc({ direction, type });
+  }
+
+  dropped(direction: Direction, reason: string): void {
+    this.droppedTotal.inc({ direction, reason });
+  }
+
+  failed(direction: Direction, reason: string): void {
+    this.failedTotal.inc({ direction, reason });
+  }
+
+  /** Registers the gauges that read the bridge's state on every scrape. */
+  observe(sources: MetricSources): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: "bridge_outbound_queue_depth",
+      help: "Matrix messages waiting for the network (durable queue)",
+      registers,
+      collect() {
+        this.set(sources.outboundQueueDepth());
+      },
+    });
+    new Gauge({
+      name: "bridge_inbound_chats_busy",
+      help: "Chats with network messages queued or being bridged to Matrix",
+      registers,
+      collect() {
+        this.set(sources.inboundChatsBusy());
+      },
+    });
+    new Gauge({
+      name: "bridge_portals",
+      help: "Bridged chats (portals with a Matrix room)",
+      registers,
+      collect() {
+        this.set(sources.portals());
+      },
+    });
+    new Gauge({
+      name: "bridge_users",
+      help: "Matrix users known to the bridge, by their Third-Party Chats setting",
+      labelNames: ["third_party_chats"],
+      registers,
+      collect() {
+        const users = sources.users();
+        this.set({ third_party_chats: "on" }, users.on);
+        this.set({ third_party_chats: "off" }, users.off);
+      },
+    });
+    new Gauge({
+      name: "bridge_network_connection_state",
+      help: "The connection to the chat network: 1 for the current state",
+      labelNames: ["state"],
+      registers,
+      collect() {
+        const current = sources.connection();
+        for (const state of ["connecting", "connected", "disconnected"] as const) this.set({ state }, state === current ? 1 : 0);
+      },
+    });
+  }
+
+  /** The text exposition Prometheus scrapes. */
+  async exposition(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
