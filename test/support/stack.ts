@@ -15,6 +15,10 @@ export interface StackOptions {
   /** Where config, databases and logs go; a fresh temporary folder by default. */
   dir?: string;
   logLevel?: "error" | "warn" | "info" | "debug";
+  /** Node flags for the bridge process, e.g. --cpu-prof (bridge.leadingArgs changes them for the next start). */
+  bridgeNodeArgs?: string[];
+  /** The gateway records every frame to gateway-frames.log (default true; the benchmark turns it off). */
+  recordFrames?: boolean;
 }
 
 export const HOME_DOMAIN = "whatsapp.example";
@@ -106,7 +110,7 @@ export class Stack {
       "--home-provider", HOME_DOMAIN,
       "--provider", `${HOME_DOMAIN}=sim-secret-for-tests`,
       "--provider", `${PROVIDER_DOMAIN}=bridge-secret-for-tests`,
-      "--record-frames", path.join(dir, "gateway-frames.log"),
+      ...(opts.recordFrames === false ? [] : ["--record-frames", path.join(dir, "gateway-frames.log")]),
     ], path.join(dir, "gateway.log"));
     const simProcess = new ManagedProcess("sim", process.execPath, [
       path.join(root, "dist", "sim", "main.js"),
@@ -117,6 +121,7 @@ export class Stack {
       "--db", path.join(dir, "sim.db"),
     ], path.join(dir, "sim.log"));
     const bridge = new ManagedProcess("bridge", process.execPath, [cli, "-c", configPath, "-f", registrationPath], path.join(dir, "bridge.log"));
+    bridge.leadingArgs = opts.bridgeNodeArgs ?? [];
     const stack = new Stack(name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl);
     try {
       await gateway.start(/gateway listening/);
