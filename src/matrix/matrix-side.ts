@@ -93,10 +93,12 @@ export class AppserviceMatrixPort implements MatrixPort {
   }
 
   async send(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string> {
-    const client = this.intent(asMxid).matrixClient;
+    // The bot's client sends as the ghost (appservice identity assertion, user_id): a ghost that
+    // only sends needs no Intent, which the libraries would each keep in memory for up to an hour.
+    const client = this.intent(this.botMxid).matrixClient;
     const type = opts.type ?? "m.room.message";
     const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(opts.txnId)}`;
-    const qs: Record<string, unknown> = {};
+    const qs: Record<string, unknown> = { user_id: asMxid };
     if (opts.ts) qs.ts = opts.ts;
     const result = (await client.doRequest("PUT", path, qs, content)) as { event_id: string };
     return result.event_id;
