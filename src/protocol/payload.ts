@@ -7,7 +7,8 @@
  * encoding itself, so that a sender that drifts from the spec fails loudly. Fields it does not
  * know are ignored, as in the frames, so a later version can add optional ones.
  */
-import { decode as cborDecode, encode as cborEncode } from "cbor2";
+import { decode as cborDecode } from "cbor2";
+import { encodeDeterministic } from "./deterministic-cbor.js";
 import {
   MIMI_MESSAGE_ID_LENGTH,
   MimiError,
@@ -132,7 +133,7 @@ function checkSticker(field: string, message: MimiMessage): void {
 
 /** Validates a payload (the same checks the decoder makes) and encodes it as deterministic CBOR. */
 export function encodePayload(payload: Payload): Uint8Array {
-  return cborEncode(checkPayload(payload), ENCODE_OPTIONS);
+  return encodeDeterministic(checkPayload(payload), ENCODE_OPTIONS);
 }
 
 /** Decodes and validates one payload; any problem is a PayloadError. */
@@ -146,7 +147,7 @@ export function decodePayload(bytes: Uint8Array): Payload {
     fail("payload", `is not one deterministically encoded CBOR item: ${(err as Error).message}`);
   }
   // Re-encoding catches what the CDE decoder lets through (e.g. a float where an int would do).
-  if (Buffer.compare(cborEncode(value, ENCODE_OPTIONS), input) !== 0)
+  if (Buffer.compare(encodeDeterministic(value, ENCODE_OPTIONS), input) !== 0)
     fail("payload", "is not in deterministic CBOR encoding (RFC 8949 section 4.2.1)");
   return checkPayload(value);
 }
@@ -197,7 +198,7 @@ export function isSticker(message: MimiMessage): boolean {
 
 /** A copy of the message carrying "x-wa-kind" = kind (replacing an earlier value). */
 export function withWaKind(message: MimiMessage, kind: string): MimiMessage {
-  const ext: MimiUnknownExtension = { key: WA_KIND_EXTENSION, encodedValue: cborEncode(kind, ENCODE_OPTIONS) };
+  const ext: MimiUnknownExtension = { key: WA_KIND_EXTENSION, encodedValue: encodeDeterministic(kind, ENCODE_OPTIONS) };
   return {
     ...message,
     extensions: {
