@@ -3,8 +3,8 @@
  * payloads and MIMI messages are made of, byte for byte what cbor2's encoder produces, only
  * without its cost: cbor2 2.3 encodes every map key through a fresh encoder (copied options and
  * a new 4 KB buffer each), which made CBOR encoding the bridge's heaviest CPU cost in the
- * benchmark's profile (docs/benchmarks.md). Anything else (floats, -0, bigints, tags, Maps,
- * class instances, objects with toCBOR/toJSON, undefined) is handed to cbor2 with the caller's
+ * benchmark's profile (docs/benchmarks.md). Anything else (floats, -0, bigints, tags, Buffers
+ * (a map to cbor2!), class instances, objects with toCBOR/toJSON, undefined) is handed to cbor2 with the caller's
  * options and spliced in, so the output never differs from cbor2's.
  */
 import { encode as cborEncode, type EncodeOptions } from "cbor2";
@@ -19,8 +19,12 @@ const MAJOR_MAP = 5;
 const utf8 = new TextEncoder();
 
 class ByteSink {
-  private buf = new Uint8Array(256);
+  private buf: Uint8Array;
   length = 0;
+
+  constructor(capacity = 256) {
+    this.buf = new Uint8Array(capacity);
+  }
 
   private room(n: number): void {
     if (this.length + n <= this.buf.length) return;
@@ -83,6 +87,20 @@ function compareBytes(a: Uint8Array, b: Uint8Array): number {
   return a.length - b.length;
 }
 
+function writeMap(sink: ByteSink, pairs: Array<[unknown, unknown]>, options: EncodeOptions): void {
+  const entries = pairs.map(([k, v]) => {
+    const key = new ByteSink(32);
+    write(key, k, options);
+    return { key: key.result(), value: v };
+  });
+  entries.sort((a, b) => compareBytes(a.key, b.key));
+  sink.head(MAJOR_MAP, entries.length);
+  for (const e of entries) {
+    sink.bytes(e.key);
+    write(sink, e.value, options);
+  }
+}
+
 function write(sink: ByteSink, value: unknown, options: EncodeOptions): void {
   switch (typeof value) {
     case "string": {
@@ -116,20 +134,9 @@ function write(sink: ByteSink, value: unknown, options: EncodeOptions): void {
         for (let i = 0; i < value.length; i++) write(sink, value[i], options);
         return;
       }
-      if (isPlainObject(value)) {
-        const entries = Object.entries(value).map(([k, v]) => {
-          const key = new ByteSink();
-          write(key, k, options);
-          return { key: key.result(), value: v };
-        });
-        entries.sort((a, b) => compareBytes(a.key, b.key));
-        sink.head(MAJOR_MAP, entries.length);
-        for (const e of entries) {
-          sink.bytes(e.key);
-          write(sink, e.value, options);
-        }
-        return;
-      }
+      if (isPlainObject(value)) return writeMap(sink, Object.entries(value), options);
+      // MIMI's maps have integer keys, so they are Maps.
+      if (value.constructor === Map) return writeMap(sink, [...(value as Map<unknown, unknown>)], options);
       break;
   }
   // Not one of the plain kinds above: cbor2 decides (and refuses what the options refuse).

@@ -43,6 +43,10 @@ const plainValue = fc.letrec((tie) => ({
     fc.uint8Array({ maxLength: 40 }),
     fc.array(tie("value"), { maxLength: 5 }),
     fc.dictionary(fc.string({ unit: "grapheme-composite", maxLength: 30 }), tie("value"), { maxKeys: 6 }),
+    // MIMI's shape: Maps with integer (and sometimes text) keys.
+    fc
+      .uniqueArray(fc.tuple(fc.oneof(fc.integer({ min: -300, max: 70000 }), fc.string({ maxLength: 5 })), tie("value")), { maxLength: 6, selector: ([k]) => k })
+      .map((pairs) => new Map(pairs)),
   ),
 })).value;
 
