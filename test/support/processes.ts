@@ -48,7 +48,7 @@ export class ManagedProcess {
     return this.output.split("\n").slice(-lines).join("\n");
   }
 
-  /** The process id while it runs (for reading its memory in /proc). */
+  /** The OS process id while it runs (e.g. to read its memory use from /proc). */
   get pid(): number | undefined {
     return this.running ? this.child!.pid : undefined;
   }
