@@ -121,11 +121,11 @@ export class Stack {
       "--db", path.join(dir, "sim.db"),
     ], path.join(dir, "sim.log"));
     const bridge = new ManagedProcess("bridge", process.execPath, [cli, "-c", configPath, "-f", registrationPath], path.join(dir, "bridge.log"));
-    bridge.leadingArgs = opts.bridgeNodeArgs ?? [];
     const stack = new Stack(name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl);
     try {
       await gateway.start(/gateway listening/);
       await simProcess.start(/sim: listening/);
+      bridge.leadingArgs = opts.bridgeNodeArgs ?? [];
       await stack.startBridge();
     } catch (err) {
       await stack.stop();
