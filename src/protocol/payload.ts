@@ -7,7 +7,7 @@
  * encoding itself, so that a sender that drifts from the spec fails loudly. Fields it does not
  * know are ignored, as in the frames, so a later version can add optional ones.
  */
-import { decode as cborDecode } from "cbor2";
+import { decode as cborDecode, encode as cborEncode } from "cbor2";
 import { encodeDeterministic } from "./deterministic-cbor.js";
 import {
   MIMI_MESSAGE_ID_LENGTH,
