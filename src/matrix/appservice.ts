@@ -103,7 +103,7 @@ export class MatrixAppservice {
     }
     const botIntent = this.bridge.getIntent(this.port.botMxid);
     await botIntent.ensureRegistered();
-    await botIntent.setDisplayName(this.config.appservice.bot.displayname).catch((err: Error) => log.warn("could not set the bot's display name", { error: err.message }));
+    await this.ensureBotDisplayName(botIntent);
     log.info("appservice listening", { hostname: this.config.appservice.hostname, port: this.config.appservice.port, bot: this.port.botMxid });
   }
 
@@ -135,6 +135,17 @@ export class MatrixAppservice {
     clearInterval(this.pruneTimer);
     this.appservice.stopDispatching();
     await this.bridge.close();
+  }
+
+  /** Sets the bot's name only when it differs: every change is a membership event in each of its rooms. */
+  private async ensureBotDisplayName(botIntent: ReturnType<Bridge["getIntent"]>): Promise<void> {
+    const wanted = this.config.appservice.bot.displayname;
+    try {
+      const current = await botIntent.getProfileInfo(this.port.botMxid, "displayname", false).catch(() => undefined);
+      if (current?.displayname !== wanted) await botIntent.setDisplayName(wanted);
+    } catch (err) {
+      log.warn("could not set the bot's display name", { error: (err as Error).message });
+    }
   }
 
   private route(request: Request<WeakEvent>): void {

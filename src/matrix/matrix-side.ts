@@ -151,9 +151,13 @@ export class AppserviceMatrixPort implements MatrixPort {
     } else {
       this.store.matrixSends.begin(roomId, opts.txnId, asMxid);
     }
-    const client = this.intent(asMxid).matrixClient;
+    // The bot's client sends as the ghost (appservice identity assertion, user_id): a ghost that
+    // only sends needs no Intent, which the libraries would each keep in memory for up to an hour.
+    // Synapse keys appservice transaction ids by (path, appservice), not by the asserted user, so
+    // the stable txn id deduplicates exactly as it did through the ghost's own client.
+    const client = this.intent(this.botMxid).matrixClient;
     const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(opts.txnId)}`;
-    const qs: Record<string, unknown> = {};
+    const qs: Record<string, unknown> = { user_id: asMxid };
     if (opts.ts) qs.ts = opts.ts;
     const result = (await client.doRequest("PUT", path, qs, content)) as { event_id: string };
     this.store.matrixSends.finish(roomId, opts.txnId, result.event_id);

@@ -9,7 +9,8 @@
  * (group rooms, more payload kinds) do not break version-1 peers.
  */
 import { createHash } from "node:crypto";
-import { decode as cborDecode, encode as cborEncode } from "cbor2";
+import { decode as cborDecode } from "cbor2";
+import { encodeDeterministic } from "./deterministic-cbor.js";
 
 export const PROTOCOL_VERSION = 1;
 /** WebSocket path of protocol version 1. */
@@ -789,7 +790,7 @@ export interface CodecOptions {
 /** Validates the frame and encodes it as deterministic CBOR. */
 export function encodeFrame(frame: Frame, opts: CodecOptions = {}): Uint8Array {
   const clean = validateFrame(frame);
-  const bytes = cborEncode(clean, ENCODE_OPTIONS);
+  const bytes = encodeDeterministic(clean, ENCODE_OPTIONS);
   if (opts.maxFrameBytes !== undefined && bytes.length > opts.maxFrameBytes)
     throw new ProtocolError("too_large", `${frame.t} frame is ${bytes.length} bytes, limit ${opts.maxFrameBytes}`);
   return bytes;

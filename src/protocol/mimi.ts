@@ -7,7 +7,8 @@
  * - JSON: `MimiJson`, what the `mimi` CLI prints and reads (see `mimiToJson` for its conventions).
  */
 import { createHash, randomBytes } from "node:crypto";
-import { decode as cborDecode, encode as cborEncode, Tag, type DecodeOptions, type EncodeOptions, type Writer } from "cbor2";
+import { decode as cborDecode, Tag, type DecodeOptions, type EncodeOptions, type Writer } from "cbor2";
+import { encodeDeterministic } from "./deterministic-cbor.js";
 
 export type MimiErrorCode =
   | "MALFORMED_CBOR" // bytes are not one well-formed CBOR item
@@ -342,7 +343,7 @@ function extensionsFromWire(v: unknown): MimiExtensions {
     else if (key === MIMI_EXTENSION_ROOM_URI) extensions.roomUri = textField("extensions[2] (roomUri)", value);
     else {
       checkExtensionValue(extensionField(key), value, 2);
-      extensions.unknown.push({ key, encodedValue: cborEncode(value, ENCODE_OPTIONS) });
+      extensions.unknown.push({ key, encodedValue: encodeDeterministic(value, ENCODE_OPTIONS) });
     }
   }
   return extensions;
@@ -413,7 +414,7 @@ function unknownExtensionToWire(field: string, ext: MimiUnknownExtension): Encod
     return fail(`${field}.encodedValue`, err.reason, err.code);
   }
   checkExtensionValue(field, value, 2);
-  if (firstDifference(cborEncode(value, ENCODE_OPTIONS), bytes) !== -1) {
+  if (firstDifference(encodeDeterministic(value, ENCODE_OPTIONS), bytes) !== -1) {
     fail(`${field}.encodedValue`, "not in deterministic CBOR encoding", "NOT_DETERMINISTIC");
   }
   return new EncodedItem(bytes);
@@ -511,7 +512,7 @@ export function decodeMimi(bytes: Uint8Array): MimiMessage {
   const input = toPlainBytes(bytes);
   if (input.length === 0) throw new MimiError("MALFORMED_CBOR", "empty input: a MIMI message is at least a few bytes of CBOR");
   const msg = messageFromWire(strictCborDecode(input));
-  const canonical = cborEncode(messageToWire(msg), ENCODE_OPTIONS);
+  const canonical = encodeDeterministic(messageToWire(msg), ENCODE_OPTIONS);
   const at = firstDifference(canonical, input);
   if (at !== -1) {
     throw new MimiError("NOT_DETERMINISTIC", `not in deterministic CBOR encoding (RFC 8949 section 4.2.1): re-encoding differs at byte ${at}`);
@@ -521,7 +522,7 @@ export function decodeMimi(bytes: Uint8Array): MimiMessage {
 
 /** Encodes in deterministic CBOR; throws MimiError naming the field when the model breaks the draft's rules. */
 export function encodeMimi(msg: MimiMessage): Uint8Array {
-  return cborEncode(messageToWire(msg), ENCODE_OPTIONS);
+  return encodeDeterministic(messageToWire(msg), ENCODE_OPTIONS);
 }
 
 function uint16BigEndian(n: number): Uint8Array {

@@ -8,6 +8,7 @@
  * know are ignored, as in the frames, so a later version can add optional ones.
  */
 import { decode as cborDecode, encode as cborEncode } from "cbor2";
+import { encodeDeterministic } from "./deterministic-cbor.js";
 import {
   MIMI_MESSAGE_ID_LENGTH,
   MimiError,
@@ -137,7 +138,7 @@ function checkSticker(field: string, message: MimiMessage): void {
 
 /** Validates a payload (the same checks the decoder makes) and encodes it as deterministic CBOR. */
 export function encodePayload(payload: Payload): Uint8Array {
-  return cborEncode(checkPayload(payload), ENCODE_OPTIONS);
+  return encodeDeterministic(checkPayload(payload), ENCODE_OPTIONS);
 }
 
 /** Decodes and validates one payload; any problem is a PayloadError. */
@@ -153,7 +154,7 @@ export function decodePayload(bytes: Uint8Array): Payload {
   // Re-encoding catches what the CDE decoder lets through (e.g. a float where an int would do).
   let reencoded: Uint8Array;
   try {
-    reencoded = cborEncode(value, ENCODE_OPTIONS);
+    reencoded = encodeDeterministic(value, ENCODE_OPTIONS);
   } catch (err) {
     // Found by fuzzing: CBOR `undefined` decodes but does not re-encode; an exception other than
     // PayloadError here would make the endpoint retry the frame forever instead of dropping it.
@@ -209,7 +210,7 @@ export function isSticker(message: MimiMessage): boolean {
 
 /** A copy of the message carrying "x-wa-kind" = kind (replacing an earlier value). */
 export function withWaKind(message: MimiMessage, kind: string): MimiMessage {
-  const ext: MimiUnknownExtension = { key: WA_KIND_EXTENSION, encodedValue: cborEncode(kind, ENCODE_OPTIONS) };
+  const ext: MimiUnknownExtension = { key: WA_KIND_EXTENSION, encodedValue: encodeDeterministic(kind, ENCODE_OPTIONS) };
   return {
     ...message,
     extensions: {

@@ -41,6 +41,28 @@ export function migrate(db: Database, upTo = LATEST_SCHEMA_VERSION): number {
   return schemaVersion(db);
 }
 
+/** More distinct SQL texts than the store has; past it, statements are compiled per call again. */
+const MAX_CACHED_STATEMENTS = 500;
+
+/**
+ * Makes db.prepare compile each SQL text once: the store classes prepare on every call, and
+ * compiling a statement costs more than running one of our small queries (the benchmark's CPU
+ * profile showed prepare as the bridge's heaviest SQLite cost). A cached statement is shared by
+ * every caller of the same SQL, so nobody may switch it to pluck/raw/expand mode.
+ */
+function cacheStatements(db: Database): void {
+  const compile = db.prepare.bind(db);
+  const statements = new Map<string, BetterSqlite3.Statement>();
+  db.prepare = ((sql: string) => {
+    let statement = statements.get(sql);
+    if (!statement) {
+      statement = compile(sql);
+      if (statements.size < MAX_CACHED_STATEMENTS) statements.set(sql, statement);
+    }
+    return statement;
+  }) as Database["prepare"];
+}
+
 /** Opens (creating 0600 if needed) the SQLite database in WAL mode and migrates it. */
 export function openDatabase(file: string, opts: { migrateUpTo?: number } = {}): Database {
   if (file !== ":memory:") {
@@ -48,6 +70,7 @@ export function openDatabase(file: string, opts: { migrateUpTo?: number } = {}):
     if (!fs.existsSync(file)) fs.closeSync(fs.openSync(file, "a", 0o600));
   }
   const db = new BetterSqlite3(file);
+  cacheStatements(db);
   db.pragma("journal_mode = WAL");
   db.pragma("foreign_keys = ON");
   // NORMAL is durable in WAL mode across process crashes (only an OS crash can lose the last commits).

@@ -6,6 +6,8 @@ export class ManagedProcess {
   private child?: ChildProcess;
   private output = "";
   private exited?: Promise<number | null>;
+  /** Put before `args` on the next start, e.g. node flags such as --cpu-prof for a benchmark run. */
+  leadingArgs: string[] = [];
 
   constructor(
     readonly name: string,
@@ -19,7 +21,7 @@ export class ManagedProcess {
   async start(ready: RegExp, timeoutMs = 30_000): Promise<void> {
     const log = fs.createWriteStream(this.logFile, { flags: "a" });
     this.output = "";
-    const child = spawn(this.command, this.args, { env: { ...process.env, ...this.env }, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(this.command, [...this.leadingArgs, ...this.args], { env: { ...process.env, ...this.env }, stdio: ["ignore", "pipe", "pipe"] });
     this.child = child;
     this.exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
     await new Promise<void>((resolve, reject) => {

@@ -19,6 +19,10 @@ export interface StackOptions {
   simArgs?: string[];
   /** LOG_LEVEL of the gateway and simulator processes (default: inherited). */
   childLogLevel?: "error" | "warn" | "info" | "debug";
+  /** Node flags for the bridge process, e.g. --cpu-prof (bridge.leadingArgs changes them for the next start). */
+  bridgeNodeArgs?: string[];
+  /** The gateway records every frame to gateway-frames.log (default true; the benchmark turns it off). */
+  recordFrames?: boolean;
 }
 
 export const HOME_DOMAIN = "whatsapp.example";
@@ -120,7 +124,7 @@ export class Stack {
       "--home-provider", HOME_DOMAIN,
       "--provider", `${HOME_DOMAIN}=sim-secret-for-tests`,
       "--provider", `${PROVIDER_DOMAIN}=bridge-secret-for-tests`,
-      "--record-frames", path.join(dir, "gateway-frames.log"),
+      ...(opts.recordFrames === false ? [] : ["--record-frames", path.join(dir, "gateway-frames.log")]),
     ], path.join(dir, "gateway.log"), childEnv);
     const simProcess = new ManagedProcess("sim", process.execPath, [
       path.join(root, "dist", "sim", "main.js"),
@@ -139,6 +143,7 @@ export class Stack {
     try {
       await gateway.start(/gateway listening/);
       await simProcess.start(/sim: listening/);
+      bridge.leadingArgs = opts.bridgeNodeArgs ?? [];
       await stack.startBridge();
     } catch (err) {
       await stack.stop();

@@ -1,0 +1,325 @@
+/**
+ * `npm run bench [-- --quick] [-- --json]`: starts a real Synapse, the gateway, the WhatsApp
+ * simulator and the bridge (test/support/stack.ts) and measures, in one run, what the bridge
+ * adds to the paths a message takes without it: throughput and latency both ways as ratios and
+ * differences against direct paths measured in the same run, startup and memory with 10,000
+ * portals, and (when bench/media-rss.ts exists) memory while a large video crosses.
+ * docs/benchmarks.md explains the method and the latest results.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readdirSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+import { Stack } from "../test/support/stack";
+import { formatHeap, nodeArgsForHeapSnapshots, summarizeHeap, takeHeapSnapshot } from "./heap";
+import { compareThroughput, latencies, pathsOf, throughput, ThroughputResult } from "./paths";
+import { cpuMs, INSPECT_ARGS, inspectorUrlFrom, memoryAtRest } from "./process-stats";
+import { formatProfile, monotonicUs, readProfile, summarizeProfile } from "./profile";
+import { Metric, Report, toJsonLines, toTable } from "./report";
+import { measureScale, readyMsFrom, registerActivityReceivers } from "./scale";
+import { benchPhone, inParallel, setUpScenario } from "./scenario";
+import { addedLatency, ratio, summarize } from "./stats";
+
+interface Sizes {
+  chats: number;
+  perChat: number;
+  /** Alternating direct/bridged rounds the throughput messages are split into. */
+  rounds: number;
+  receivers: number;
+  latencySamples: number;
+  scalePortals: number;
+  scaleUsers: number;
+  activityPortals: number;
+  activityReceivers: number;
+  timeoutMs: number;
+}
+
+const FULL: Sizes = {
+  chats: 100,
+  perChat: 20,
+  rounds: 4,
+  receivers: 10,
+  latencySamples: 200,
+  scalePortals: 10_000,
+  scaleUsers: 100,
+  activityPortals: 1_000,
+  activityReceivers: 50,
+  timeoutMs: 240_000,
+};
+
+const QUICK: Sizes = {
+  chats: 20,
+  perChat: 10,
+  rounds: 2,
+  receivers: 4,
+  latencySamples: 40,
+  scalePortals: 10_000,
+  scaleUsers: 100,
+  activityPortals: 100,
+  activityReceivers: 10,
+  timeoutMs: 90_000,
+};
+
+interface Options {
+  quick: boolean;
+  json: boolean;
+  profile: boolean;
+  heapSnapshots: boolean;
+  sizes: Sizes;
+}
+
+const USAGE = `usage: npm run bench [-- [--quick] [--json] [--no-profile] [--heap-snapshots] [--chats-per-user N]]
+  --quick             a smaller run (under 2 minutes)
+  --json              one JSON object per metric and line on stdout, instead of the table
+  --no-profile        do not run the bridge under the CPU profiler
+  --heap-snapshots    take a heap snapshot of the bridge at each memory reading and list what holds the heap
+  --chats-per-user N  spread the chats over Matrix users so each has N (default: 10 full, 5 quick)
+`;
+
+function parseArgs(argv: string[]): Options {
+  const flags = new Set(["--quick", "--json", "--no-profile", "--heap-snapshots", "--help", "-h"]);
+  let chatsPerUser: number | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--chats-per-user") {
+      chatsPerUser = Number(argv[++i]);
+      if (!Number.isInteger(chatsPerUser) || chatsPerUser < 1) {
+        process.stderr.write(`bench: --chats-per-user needs a whole number ≥ 1\n${USAGE}`);
+        process.exit(2);
+      }
+    } else if (!flags.has(argv[i])) {
+      process.stderr.write(`bench: unknown option ${argv[i]}\n${USAGE}`);
+      process.exit(2);
+    }
+  }
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  // `npm run bench --quick` (without "--") hands the flag to npm, which passes it on as npm_config_quick.
+  const quick = argv.includes("--quick") || process.env.npm_config_quick === "true";
+  const json = argv.includes("--json") || process.env.npm_config_json === "true";
+  const base = quick ? QUICK : FULL;
+  const sizes = chatsPerUser ? { ...base, receivers: Math.ceil(base.chats / chatsPerUser) } : base;
+  return { quick, json, profile: !argv.includes("--no-profile"), heapSnapshots: argv.includes("--heap-snapshots"), sizes };
+}
+
+const started = performance.now();
+function say(line: string): void {
+  process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(0).padStart(3)} s] ${line}\n`);
+}
+
+interface MediaBenchmark {
+  measureMediaRss(stack: Stack): Promise<unknown>;
+  /** Turns measureMediaRss's result into metric lines. */
+  mediaRssMetrics?(result: unknown): unknown;
+}
+
+/** Loads bench/media-rss.ts (written in parallel with this file) if this build has it. */
+function loadMediaBenchmark(): MediaBenchmark | undefined {
+  const file = path.join(__dirname, "media-rss.js");
+  if (!existsSync(file)) return undefined;
+  // A computed path: the build must not need the file to exist.
+  const mod = require(file) as Partial<MediaBenchmark>;
+  return typeof mod.measureMediaRss === "function" ? (mod as MediaBenchmark) : undefined;
+}
+
+const MEDIA_TARGET: Metric["target"] = { op: "<=", value: 32 };
+
+/** Adds the media benchmark's metric lines ({metric, value, unit}); the 100 MB figure gets its target. */
+function addMediaResult(report: Report, lines: unknown): void {
+  if (!Array.isArray(lines) || !lines.every((m) => m && typeof m.metric === "string" && typeof m.value === "number" && typeof m.unit === "string")) {
+    report.missing("rss_growth_mb_100mb_video", "MB", `bench/media-rss.ts answered ${JSON.stringify(lines)?.slice(0, 100)}, not metric lines`, MEDIA_TARGET);
+    return;
+  }
+  for (const m of lines as Metric[]) report.add({ metric: m.metric, value: m.value, unit: m.unit, ...(m.metric === "rss_growth_mb_100mb_video" ? { target: MEDIA_TARGET } : {}) });
+  if (!report.get("rss_growth_mb_100mb_video")) report.missing("rss_growth_mb_100mb_video", "MB", "bench/media-rss.ts reported no such metric", MEDIA_TARGET);
+}
+
+function throughputMetrics(report: Report, direction: "remote_to_matrix" | "matrix_to_remote", direct: ThroughputResult, bridged: ThroughputResult): void {
+  const spent = (r: ThroughputResult) => `${r.messages} messages in ${(r.ms / 1000).toFixed(1)} s`;
+  report.add({ metric: `throughput_${direction}_direct`, value: direct.perSecond, unit: "msg/s", note: spent(direct) });
+  report.add({ metric: `throughput_${direction}_bridged`, value: bridged.perSecond, unit: "msg/s", note: spent(bridged) });
+  report.add({ metric: `throughput_ratio_${direction}`, value: ratio(bridged.perSecond, direct.perSecond), unit: "ratio", target: { op: ">=", value: 0.9 } });
+}
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  const { sizes } = opts;
+  const report = new Report();
+  say(`${opts.quick ? "quick" : "full"} run: starting Synapse, gateway, simulator and bridge`);
+  const dir = mkdtempSync(path.join(os.tmpdir(), "mib-bench-"));
+  const diagnostics = path.join(dir, "diagnostics");
+  mkdirSync(diagnostics);
+  // The inspector lets the benchmark ask for a full GC before memory readings; the heap
+  // snapshot flags are for --heap-snapshots; the profiler writes when the bridge exits.
+  const nodeArgs = opts.heapSnapshots ? nodeArgsForHeapSnapshots(diagnostics) : [];
+  const profileArgs = opts.profile ? ["--cpu-prof", "--cpu-prof-dir", diagnostics] : [];
+  const heapSnapshot = async (label: string, pid: number) => {
+    if (!opts.heapSnapshots) return;
+    const file = await takeHeapSnapshot(pid, diagnostics);
+    report.note(formatHeap(label, file, summarizeHeap(file)));
+  };
+  const stack = await Stack.start("bench", { logLevel: "info", dir, bridgeNodeArgs: [...INSPECT_ARGS, ...nodeArgs, ...profileArgs], recordFrames: false });
+  say(`stack up in ${stack.dir}`);
+  let failed = false;
+  let profiled: { fromUs: number; toUs: number } | undefined;
+  try {
+    const firstOutput = stack.bridge.tail(400);
+    report.add({ metric: "startup_ms_empty_store", value: readyMsFrom(firstOutput), unit: "ms", note: '"bridge ready" on its first start, for comparison' });
+    const inspector = inspectorUrlFrom(firstOutput);
+
+    // The WhatsApp users and Matrix accounts of the scale phase's activity are made now, while
+    // nothing is being measured, so that phase times only the bridge.
+    const activityPhones = Array.from({ length: sizes.activityPortals }, (_, i) => benchPhone(1720, i));
+    const activityReady = Promise.all([
+      inParallel(activityPhones, 4, (phone, i) => stack.sim.createUser(phone, `Activity ${i}`)),
+      registerActivityReceivers(stack, sizes.activityReceivers),
+    ]);
+    activityReady.catch(() => undefined);
+
+    const scenario = await setUpScenario(stack, { chats: sizes.chats, receivers: sizes.receivers, say, timeoutMs: sizes.timeoutMs });
+    const paths = pathsOf(stack, scenario);
+    const { chats } = scenario;
+    await activityReady;
+    say(`${activityPhones.length} WhatsApp users for the scale phase are ready`);
+
+    // ---- throughput
+    profiled = { fromUs: monotonicUs(), toUs: 0 };
+    const bridgeCpu = () => cpuMs(stack.bridge.pid!);
+    const inbound = await compareThroughput(paths.remoteToMatrix, chats, sizes.perChat, sizes.rounds, sizes.timeoutMs, bridgeCpu);
+    say(`WhatsApp → Matrix: ${inbound.bridged.perSecond.toFixed(1)}/s bridged, ${inbound.direct.perSecond.toFixed(1)}/s Matrix → Matrix`);
+    throughputMetrics(report, "remote_to_matrix", inbound.direct, inbound.bridged);
+    const outbound = await compareThroughput(paths.matrixToRemote, chats, sizes.perChat, sizes.rounds, sizes.timeoutMs, bridgeCpu);
+    say(`Matrix → WhatsApp: ${outbound.bridged.perSecond.toFixed(1)}/s bridged, ${outbound.direct.perSecond.toFixed(1)}/s WhatsApp → WhatsApp`);
+    throughputMetrics(report, "matrix_to_remote", outbound.direct, outbound.bridged);
+    // The bridge's CPU per message (its whole process: Signal, gateway protocol, HTTP, GC): what a busier bridge would run out of first.
+    const cpuNote = "CPU time of the bridge process during the bridged rounds, per message";
+    report.add({ metric: "bridge_cpu_ms_per_message_remote_to_matrix", value: inbound.bridgeCpuMs / inbound.bridged.messages, unit: "ms", note: cpuNote });
+    report.add({ metric: "bridge_cpu_ms_per_message_matrix_to_remote", value: outbound.bridgeCpuMs / outbound.bridged.messages, unit: "ms", note: cpuNote });
+    profiled.toUs = monotonicUs();
+    // The pace Synapse accepted the Matrix user's sends at in the same rounds: what the bridge was fed.
+    report.add({
+      metric: "throughput_ratio_matrix_to_remote_vs_homeserver_accept",
+      value: ratio(outbound.bridged.perSecond, (outbound.bridged.messages * 1000) / outbound.bridged.sendMs),
+      unit: "ratio",
+      note: `bridged end to end over the rate Synapse accepted the sends (${((outbound.bridged.messages * 1000) / outbound.bridged.sendMs).toFixed(1)}/s): 1 = the bridge keeps up with the homeserver`,
+    });
+    const afterThroughput = await memoryAtRest(stack.bridge.pid!, inspector, sizes.timeoutMs);
+    report.add({
+      metric: "rss_mb_after_throughput",
+      value: afterThroughput.afterGcMb,
+      unit: "MB",
+      note: `${chats.length} portals, after ${chats.length * sizes.perChat * 2} bridged messages; ${afterThroughput.asFoundMb.toFixed(0)} MB before a full GC`,
+    });
+    await heapSnapshot("after the throughput runs", stack.bridge.pid!);
+
+    // ---- latency, one message at a time, all four paths interleaved
+    // The GC above may have thrown away optimized code: one message each way first.
+    await throughput(paths.remoteToMatrix.bridged, chats, 1, sizes.timeoutMs);
+    await throughput(paths.matrixToRemote.bridged, chats, 1, sizes.timeoutMs);
+    const [inD, inB, outD, outB] = await latencies(
+      [paths.remoteToMatrix.direct, paths.remoteToMatrix.bridged, paths.matrixToRemote.direct, paths.matrixToRemote.bridged],
+      chats,
+      sizes.latencySamples,
+      sizes.timeoutMs,
+    );
+    const addedIn = addedLatency(inB, inD);
+    const addedOut = addedLatency(outB, outD);
+    for (const [label, samples] of [
+      ["remote_to_matrix_direct", inD],
+      ["remote_to_matrix_bridged", inB],
+      ["matrix_to_remote_direct", outD],
+      ["matrix_to_remote_bridged", outB],
+    ] as const) {
+      const s = summarize(samples);
+      report.add({ metric: `latency_p50_ms_${label}`, value: s.p50, unit: "ms", note: `${s.count} samples` });
+      report.add({ metric: `latency_p99_ms_${label}`, value: s.p99, unit: "ms", note: `max ${s.max.toFixed(1)} ms` });
+    }
+    report.add({ metric: "added_latency_p50_ms_remote_to_matrix", value: addedIn.p50, unit: "ms", note: "bridged − Matrix → Matrix" });
+    report.add({ metric: "added_latency_p99_ms_remote_to_matrix", value: addedIn.p99, unit: "ms", note: "bridged − Matrix → Matrix" });
+    report.add({ metric: "added_latency_p50_ms_matrix_to_remote", value: addedOut.p50, unit: "ms", note: "bridged − WhatsApp → WhatsApp" });
+    report.add({ metric: "added_latency_p99_ms_matrix_to_remote", value: addedOut.p99, unit: "ms", note: "bridged − WhatsApp → WhatsApp" });
+    report.add({ metric: "added_latency_p50_ms", value: Math.max(addedIn.p50, addedOut.p50), unit: "ms", target: { op: "<=", value: 5 }, note: "the worse direction" });
+    report.add({ metric: "added_latency_p99_ms", value: Math.max(addedIn.p99, addedOut.p99), unit: "ms", target: { op: "<=", value: 20 }, note: "the worse direction" });
+    // What neither Synapse nor the gateway explains: bridged minus both direct legs (medians; percentiles do not add up).
+    const bridgeShare = (bridged: number[]) => summarize(bridged).p50 - summarize(inD).p50 - summarize(outD).p50;
+    const shareNote = "bridged p50 − Matrix → Matrix p50 − WhatsApp → WhatsApp p50";
+    report.add({ metric: "bridge_share_latency_p50_ms_remote_to_matrix", value: bridgeShare(inB), unit: "ms", note: shareNote });
+    report.add({ metric: "bridge_share_latency_p50_ms_matrix_to_remote", value: bridgeShare(outB), unit: "ms", note: shareNote });
+    say("latency measured");
+    const gaps = scenario.syncGaps();
+    if (gaps > 0) report.note(`warning: ${gaps} /sync responses had timeline gaps (a message in a gap is never counted)`);
+    await scenario.stop();
+
+    // ---- media (restarts the stack's bridge: its CPU profile is written then; no profiler from here on)
+    stack.bridge.leadingArgs = [...INSPECT_ARGS, ...nodeArgs];
+    const media = loadMediaBenchmark();
+    if (opts.quick) report.missing("rss_growth_mb_100mb_video", "MB", "skipped by --quick (a 100 MB video each way takes minutes)", MEDIA_TARGET);
+    else if (!media) report.missing("rss_growth_mb_100mb_video", "MB", "bench/media-rss.ts (measureMediaRss) is not in this build", MEDIA_TARGET);
+    else {
+      try {
+        const result = await media.measureMediaRss(stack);
+        addMediaResult(report, media.mediaRssMetrics ? media.mediaRssMetrics(result) : result);
+      } catch (err) {
+        report.missing("rss_growth_mb_100mb_video", "MB", `measureMediaRss failed: ${(err as Error).message.split("\n")[0]}`, MEDIA_TARGET);
+      }
+      say("media measured");
+    }
+
+    // ---- scale
+    const scale = await measureScale(stack, {
+      portals: sizes.scalePortals,
+      users: sizes.scaleUsers,
+      activityPhones,
+      activityReceivers: sizes.activityReceivers,
+      timeoutMs: sizes.timeoutMs,
+      say,
+      nodeArgs,
+      afterReading: heapSnapshot,
+    });
+    const storeNote = `${scale.portalsInStore} portals, ${sizes.scaleUsers} more Matrix users`;
+    report.add({ metric: "startup_ms_10k_portals", value: scale.readyMs, unit: "ms", target: { op: "<=", value: 2000 }, note: `"bridge ready"; ${storeNote}` });
+    report.add({ metric: "startup_wall_ms_10k_portals", value: scale.wallMs, unit: "ms", note: "spawn to the ready line, module loading included" });
+    const quietNote = (quiet: boolean) => (quiet ? "" : "; the bridge never went quiet");
+    report.add({
+      metric: "rss_mb_10k_portals",
+      value: scale.atRest.afterGcMb,
+      unit: "MB",
+      target: { op: "<=", value: 150 },
+      note: `at rest after startup and a full GC; ${scale.atRest.asFoundMb.toFixed(0)} MB before${quietNote(scale.atRest.quiet)}`,
+    });
+    report.add({
+      metric: `rss_mb_after_activity_${sizes.activityPortals}_portals`,
+      value: scale.afterActivity.afterGcMb,
+      unit: "MB",
+      note: `${sizes.activityPortals} new chats over ${sizes.activityReceivers} users in ${(scale.activityMs / 1000).toFixed(0)} s; ${scale.afterActivity.asFoundMb.toFixed(0)} MB before a full GC${quietNote(scale.afterActivity.quiet)}`,
+    });
+    const growth = scale.afterActivity.afterGcMb - scale.atRest.afterGcMb;
+    report.add({ metric: "rss_growth_mb_activity", value: growth, unit: "MB", note: `${((growth * 1024) / sizes.activityPortals).toFixed(1)} KB per new portal` });
+  } catch (err) {
+    failed = true;
+    say(`failed: ${(err as Error).stack ?? err}`);
+    say(`log tails:\n${stack.logs()}`);
+  } finally {
+    await stack.stop();
+  }
+  if (opts.profile && profiled && profiled.toUs > 0) {
+    const profiles = readdirSync(diagnostics).filter((f) => f.endsWith(".cpuprofile"));
+    // The stack's bridge is the first process to exit with a profile; the scale bridge is not profiled.
+    const file = profiles.sort()[0];
+    if (!file) report.note("CPU profile: none was written (did the bridge exit cleanly?)");
+    else {
+      const summary = summarizeProfile(readProfile(path.join(diagnostics, file)), 12, profiled);
+      report.note(`CPU profile of the bridge during the throughput runs (${path.join(diagnostics, file)}):\n${formatProfile(summary)}`);
+    }
+  }
+  report.note(`whole run: ${((performance.now() - started) / 1000).toFixed(0)} s (${opts.quick ? "quick" : "full"}); state and logs in ${dir}`);
+  if (opts.json) {
+    process.stdout.write(toJsonLines(report) + "\n");
+    // The profile and heap summaries are for people: stderr, next to the progress lines.
+    if (report.notes.length) process.stderr.write(report.notes.join("\n") + "\n");
+  } else process.stdout.write(toTable(report) + "\n");
+  if (failed) process.exitCode = 1;
+}
+
+void main();

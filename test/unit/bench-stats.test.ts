@@ -1,0 +1,138 @@
+/**
+ * The benchmark's arithmetic (bench/stats.ts, bench/report.ts, bench/profile.ts): percentiles,
+ * rates, ratios and added latency, what counts as a met target, and how a CPU profile's time is
+ * attributed. Numbers only, no timing: the benchmark itself runs with `npm run bench`.
+ */
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { met, Report, toJsonLines, toTable } from "../../bench/report";
+import { ownerOf, summarizeProfile } from "../../bench/profile";
+import { addedLatency, percentile, rate, ratio, round, summarize } from "../../bench/stats";
+
+describe("percentile", () => {
+  test("interpolates between closest ranks", () => {
+    assert.equal(percentile([1, 2, 3, 4], 50), 2.5);
+    assert.equal(percentile([10, 20, 30, 40, 50], 50), 30);
+    assert.equal(percentile([10, 20, 30, 40, 50], 25), 20);
+    assert.equal(percentile([0, 100], 99), 99);
+  });
+
+  test("does not care about input order and leaves the input alone", () => {
+    const samples = [5, 1, 4, 2, 3];
+    assert.equal(percentile(samples, 50), 3);
+    assert.deepEqual(samples, [5, 1, 4, 2, 3]);
+  });
+
+  test("p0 and p100 are the extremes; one sample is every percentile", () => {
+    assert.equal(percentile([3, 9, 1], 0), 1);
+    assert.equal(percentile([3, 9, 1], 100), 9);
+    assert.equal(percentile([7], 99), 7);
+  });
+
+  test("p99 of 200 samples sits between the two largest", () => {
+    const samples = Array.from({ length: 200 }, (_, i) => i + 1);
+    assert.equal(round(percentile(samples, 99), 2), 198.01);
+  });
+
+  test("refuses no samples and percentiles outside 0..100", () => {
+    assert.throws(() => percentile([], 50), RangeError);
+    assert.throws(() => percentile([1], 101), RangeError);
+    assert.throws(() => percentile([1], -1), RangeError);
+    assert.throws(() => percentile([1], NaN), RangeError);
+  });
+});
+
+describe("summary, rate, ratio, added latency", () => {
+  test("summarize gives count, p50, p99, mean and max", () => {
+    const s = summarize([4, 1, 3, 2]);
+    assert.deepEqual({ ...s, p99: round(s.p99, 6) }, { count: 4, p50: 2.5, p99: 3.97, mean: 2.5, max: 4 });
+  });
+
+  test("rate is messages per second", () => {
+    assert.equal(rate(2000, 40_000), 50);
+    assert.throws(() => rate(10, 0), RangeError);
+  });
+
+  test("ratio is bridged over direct and needs a positive baseline", () => {
+    assert.equal(ratio(45, 90), 0.5);
+    assert.equal(ratio(100, 80), 1.25);
+    assert.throws(() => ratio(1, 0), RangeError);
+  });
+
+  test("added latency subtracts percentile from percentile, and may be negative", () => {
+    const added = addedLatency([12, 14, 16], [10, 10, 10]);
+    assert.equal(added.p50, 4);
+    assert.equal(round(added.p99, 6), 5.96);
+    assert.equal(addedLatency([1, 1], [2, 2]).p50, -1);
+  });
+});
+
+describe("report", () => {
+  test("a target is met, missed, or unknown without a value", () => {
+    assert.equal(met({ metric: "r", value: 0.95, unit: "ratio", target: { op: ">=", value: 0.9 } }), true);
+    assert.equal(met({ metric: "r", value: 0.85, unit: "ratio", target: { op: ">=", value: 0.9 } }), false);
+    assert.equal(met({ metric: "l", value: 5, unit: "ms", target: { op: "<=", value: 5 } }), true);
+    assert.equal(met({ metric: "l", value: null, unit: "ms", target: { op: "<=", value: 5 } }), undefined);
+    assert.equal(met({ metric: "x", value: 1, unit: "ms" }), undefined);
+  });
+
+  test("JSON lines carry metric, value and unit; a missing metric has a null value and says why", () => {
+    const report = new Report();
+    report.add({ metric: "throughput_ratio_remote_to_matrix", value: 0.91234, unit: "ratio", target: { op: ">=", value: 0.9 } });
+    report.missing("rss_growth_mb_100mb_video", "MB", "no media benchmark yet");
+    const lines = toJsonLines(report).split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(lines[0], { metric: "throughput_ratio_remote_to_matrix", value: 0.91, unit: "ratio", target: ">= 0.9", met: true });
+    assert.deepEqual(lines[1], { metric: "rss_growth_mb_100mb_video", value: null, unit: "MB", note: "not measured: no media benchmark yet" });
+  });
+
+  test("the table shows a dash, never a number, for what was not measured", () => {
+    const report = new Report();
+    report.missing("rss_growth_mb_100mb_video", "MB", "no media benchmark yet");
+    const row = toTable(report).split("\n")[2];
+    assert.match(row, /^rss_growth_mb_100mb_video\s+—\s+MB/);
+  });
+});
+
+describe("CPU profile summary", () => {
+  const frame = (functionName: string, url: string) => ({ functionName, url, lineNumber: 0 });
+
+  test("scripts belong to the bridge, a package, node, or V8", () => {
+    assert.equal(ownerOf(frame("onMessage", "file:///repo/dist/src/bridge/core.js")), "bridge");
+    assert.equal(ownerOf(frame("e", "file:///repo/node_modules/cbor2/lib/writer.js")), "cbor2");
+    assert.equal(ownerOf(frame("x", "file:///repo/node_modules/@signalapp/libsignal-client/dist/index.js")), "@signalapp/libsignal-client");
+    assert.equal(ownerOf(frame("readFile", "node:fs")), "node");
+    assert.equal(ownerOf(frame("(garbage collector)", "")), "(garbage collector)");
+  });
+
+  test("self time goes to the sampled function, total time to every caller once, inside the window", () => {
+    // root → handle (bridge) → encode (cbor2); handle calls itself once (recursion counts once).
+    const profile = {
+      nodes: [
+        { id: 1, callFrame: frame("(root)", ""), children: [2, 5] },
+        { id: 2, callFrame: frame("handle", "file:///r/dist/src/core.js"), children: [3] },
+        { id: 3, callFrame: frame("handle", "file:///r/dist/src/core.js"), children: [4] },
+        { id: 4, callFrame: frame("encode", "file:///r/node_modules/cbor2/w.js") },
+        { id: 5, callFrame: frame("(idle)", "") },
+      ],
+      startTime: 1_000_000,
+      endTime: 1_010_000,
+      samples: [4, 4, 3, 5, 5, 4],
+      timeDeltas: [1000, 1000, 1000, 1000, 1000, 1000],
+    };
+    const all = summarizeProfile(profile);
+    assert.equal(all.idleMs, 2);
+    const handle = all.ownFunctions.find((f) => f.name === "handle")!;
+    assert.equal(handle.totalMs, 4);
+    assert.equal(handle.selfMs, 1);
+    assert.deepEqual(all.byOwner, [
+      { owner: "cbor2", selfMs: 3 },
+      { owner: "bridge", selfMs: 1 },
+    ]);
+    // Samples stamped 1,001,000 … 1,006,000 µs; the window keeps the first three.
+    const early = summarizeProfile(profile, 12, { fromUs: 1_000_000, toUs: 1_003_000 });
+    assert.equal(early.durationMs, 3);
+    assert.equal(early.idleMs, 0);
+    assert.equal(early.hottest[0].name, "encode");
+    assert.equal(early.hottest[0].selfMs, 2);
+  });
+});
