@@ -3,10 +3,10 @@
  * simulator and the bridge (test/support/stack.ts) and measures, in one run, what the bridge
  * adds to the paths a message takes without it: throughput and latency both ways as ratios and
  * differences against direct paths measured in the same run, startup and memory with 10,000
- * portals, and (when bench/media-rss.ts exists) memory while a large video crosses.
+ * portals, and memory while a large video crosses (bench/media-rss.ts).
  * docs/benchmarks.md explains the method and the latest results.
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -16,6 +16,7 @@ import { compareThroughput, latencies, pathsOf, throughput, ThroughputResult } f
 import { cpuMs, INSPECT_ARGS, inspectorUrlFrom, memoryAtRest } from "./process-stats";
 import { formatProfile, monotonicUs, readProfile, summarizeProfile } from "./profile";
 import { Metric, Report, toJsonLines, toTable } from "./report";
+import { measureMediaRss, mediaRssMetrics } from "./media-rss";
 import { measureScale, readyMsFrom, registerActivityReceivers } from "./scale";
 import { benchPhone, inParallel, setUpScenario } from "./scenario";
 import { addedLatency, ratio, summarize } from "./stats";
@@ -106,21 +107,6 @@ function parseArgs(argv: string[]): Options {
 const started = performance.now();
 function say(line: string): void {
   process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(0).padStart(3)} s] ${line}\n`);
-}
-
-interface MediaBenchmark {
-  measureMediaRss(stack: Stack): Promise<unknown>;
-  /** Turns measureMediaRss's result into metric lines. */
-  mediaRssMetrics?(result: unknown): unknown;
-}
-
-/** Loads bench/media-rss.ts (written in parallel with this file) if this build has it. */
-function loadMediaBenchmark(): MediaBenchmark | undefined {
-  const file = path.join(__dirname, "media-rss.js");
-  if (!existsSync(file)) return undefined;
-  // A computed path: the build must not need the file to exist.
-  const mod = require(file) as Partial<MediaBenchmark>;
-  return typeof mod.measureMediaRss === "function" ? (mod as MediaBenchmark) : undefined;
 }
 
 const MEDIA_TARGET: Metric["target"] = { op: "<=", value: 32 };
@@ -253,13 +239,10 @@ async function main(): Promise<void> {
 
     // ---- media (restarts the stack's bridge: its CPU profile is written then; no profiler from here on)
     stack.bridge.leadingArgs = [...INSPECT_ARGS, ...nodeArgs];
-    const media = loadMediaBenchmark();
     if (opts.quick) report.missing("rss_growth_mb_100mb_video", "MB", "skipped by --quick (a 100 MB video each way takes minutes)", MEDIA_TARGET);
-    else if (!media) report.missing("rss_growth_mb_100mb_video", "MB", "bench/media-rss.ts (measureMediaRss) is not in this build", MEDIA_TARGET);
     else {
       try {
-        const result = await media.measureMediaRss(stack);
-        addMediaResult(report, media.mediaRssMetrics ? media.mediaRssMetrics(result) : result);
+        addMediaResult(report, mediaRssMetrics(await measureMediaRss(stack)));
       } catch (err) {
         report.missing("rss_growth_mb_100mb_video", "MB", `measureMediaRss failed: ${(err as Error).message.split("\n")[0]}`, MEDIA_TARGET);
       }

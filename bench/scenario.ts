@@ -63,7 +63,8 @@ export async function setUpScenario(
   const { say, timeoutMs } = opts;
   const receivers = await inParallel(Array.from({ length: opts.receivers }, (_, r) => r), 4, (r) => stack.user(`bench${r}`));
   const directSender = await stack.user("direct");
-  await inParallel(receivers, 4, (client) => stack.botRoom(client));
+  // Third-Party Chats are off for a new user: the benchmark's users turn them on.
+  await inParallel(receivers, 4, (client) => stack.botRoom(client, { enable: true }));
   say(`${receivers.length} Matrix users talked to the bot`);
 
   const chats = Array.from({ length: opts.chats }, (_, index) => ({
