@@ -36,6 +36,10 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
     portals: () => store.portals.count(),
     users: () => store.users.countBySetting(),
     connection: () => core.connectionState().state,
+    links: () => {
+      const { homeserver, network } = core.health();
+      return { ...(homeserver ? { homeserver } : {}), network };
+    },
   });
   let appserviceListening = false;
   const health = (): HealthReport => {
@@ -47,7 +51,10 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
     }
     const network = core.connectionState().state;
     const checks = { database, network, appservice: appserviceListening ? "ok" : "starting" };
-    return { ready: database === "ok" && network === "connected" && appserviceListening, checks };
+    // The homeserver link is reported, not part of readiness: an unready bridge could be taken out of service just when the homeserver returns to push what it held.
+    const { homeserver, network: gateway, outboundQueue } = core.health();
+    const links = { ...(homeserver ? { homeserver } : {}), network: gateway, outbound_queue: outboundQueue };
+    return { ready: database === "ok" && network === "connected" && appserviceListening, checks, links };
   };
   const metricsServer = config.metrics.enabled ? new MetricsServer(metrics, health, BRIDGE_VERSION) : undefined;
   await metricsServer?.listen(config.metrics.port, config.metrics.hostname);

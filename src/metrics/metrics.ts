@@ -1,4 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { LinkSnapshot } from "../bridge/link-health";
 
 /** Which way a message was going. */
 export type Direction = "to_matrix" | "to_network";
@@ -13,6 +14,8 @@ export interface MetricSources {
   portals(): number;
   users(): { on: number; off: number };
   connection(): "connecting" | "connected" | "disconnected";
+  /** The homeserver and network links (BridgeCore.health()). */
+  links?(): Record<string, LinkSnapshot>;
 }
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -141,6 +144,38 @@ export class BridgeMetrics {
         for (const state of ["connecting", "connected", "disconnected"] as const) this.set({ state }, state === current ? 1 : 0);
       },
     });
+    const links = sources.links;
+    if (links) {
+      new Gauge({
+        name: "bridge_link_state",
+        help: "Links the bridge depends on (homeserver, network): 1 for the current state",
+        labelNames: ["link", "state"],
+        registers,
+        collect() {
+          for (const [link, snap] of Object.entries(links())) {
+            for (const state of ["unknown", "up", "down"] as const) this.set({ link, state }, state === snap.state ? 1 : 0);
+          }
+        },
+      });
+      new Gauge({
+        name: "bridge_link_outages",
+        help: "Outages of each link since the bridge started",
+        labelNames: ["link"],
+        registers,
+        collect() {
+          for (const [link, snap] of Object.entries(links())) this.set({ link }, snap.outages);
+        },
+      });
+      new Gauge({
+        name: "bridge_link_held",
+        help: "Requests or messages that waited for the link in its current (or last) outage",
+        labelNames: ["link"],
+        registers,
+        collect() {
+          for (const [link, snap] of Object.entries(links())) this.set({ link }, snap.held);
+        },
+      });
+    }
   }
 
   /** The text exposition Prometheus scrapes. */

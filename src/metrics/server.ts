@@ -9,6 +9,8 @@ export interface HealthReport {
   /** Ready to bridge: every check is "ok" (or "connected"). */
   ready: boolean;
   checks: Record<string, string>;
+  /** The links the bridge depends on and its outbound queue (BridgeCore.health()): an outage shows here. */
+  links?: Record<string, unknown>;
 }
 
 /**
@@ -56,7 +58,7 @@ export class MetricsServer {
       }
       if (path === "/health" || path === "/ready") {
         const report = this.health();
-        const body = JSON.stringify({ status: "ok", ready: report.ready, checks: report.checks, version: this.version, uptime_seconds: Math.round((Date.now() - this.started) / 1000) });
+        const body = JSON.stringify({ status: "ok", ready: report.ready, checks: report.checks, ...(report.links ? { links: report.links } : {}), version: this.version, uptime_seconds: Math.round((Date.now() - this.started) / 1000) });
         return this.send(res, path === "/ready" && !report.ready ? 503 : 200, "application/json", body);
       }
       this.send(res, 404, "application/json", JSON.stringify({ error: "not found; try /metrics, /health or /ready" }));

@@ -102,7 +102,8 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
   const clients: TestClient[] = [];
   for (let u = 0; u < userCount; u++) clients.push(await stack.user(`chaos${pad(u, 2)}`));
   await inBatches(clients, 4, async (client) => {
-    await stack.botRoom(client);
+    // Third-Party Chats are off by default: every chaos user turns them on.
+    await stack.botRoom(client, { enable: true });
   });
   const chats: Chat[] = [];
   await inBatches(

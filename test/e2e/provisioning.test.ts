@@ -189,6 +189,11 @@ describe("metrics and health", () => {
     assert.equal(report.status, "ok");
     assert.equal(report.ready, true);
     assert.deepEqual(report.checks, { database: "ok", network: "connected", appservice: "ok" });
+    assert.deepEqual(
+      { homeserver: report.links.homeserver.state, network: report.links.network.state, queue: report.links.outbound_queue },
+      { homeserver: "up", network: "up", queue: 0 },
+      "the links the bridge depends on, and its outbound queue",
+    );
     assert.equal((await fetch(`${stack.metricsUrl}/ready`)).status, 200);
     assert.equal((await fetch(`${stack.metricsUrl}/nope`)).status, 404);
 
@@ -202,6 +207,9 @@ describe("metrics and health", () => {
       "bridge_portals",
       "bridge_users",
       "bridge_network_connection_state",
+      "bridge_link_state",
+      "bridge_link_outages",
+      "bridge_link_held",
       "bridge_matrix_event_duration_seconds",
       "bridge_network_send_duration_seconds",
       "bridge_provisioning_request_duration_seconds",

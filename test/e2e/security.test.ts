@@ -27,7 +27,7 @@ after(async () => {
 async function converse(stack: Stack, phone: string, bodies: string[]): Promise<void> {
   const alice = await stack.user("alice");
   await stack.sim.createUser(phone, "Sam");
-  const botRoom = await stack.botRoom(alice);
+  const botRoom = await stack.botRoom(alice, { enable: true });
   await stack.sim.sendText(phone, uriOf(alice.userId), bodies[0]);
   const invite = await alice.waitForInvite((i) => i.inviter === stack.ghostId(phone));
   await alice.joinRoom(invite.roomId);
