@@ -243,7 +243,10 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
       throw new Error(`unexpected ${method} ${urlPath}`);
     };
     const bridge = {
-      getIntent: (mxid: string) => ({ matrixClient: { doRequest: (m: string, p: string, q: Record<string, unknown>, b: Record<string, unknown>) => doRequest(m, p, q ?? {}, b, mxid) } }),
+      // An appservice's user_id query parameter asserts who sends (identity assertion), whichever client asks.
+      getIntent: (mxid: string) => ({
+        matrixClient: { doRequest: (m: string, p: string, q: Record<string, unknown>, b: Record<string, unknown>) => doRequest(m, p, q ?? {}, b, q?.user_id ? String(q.user_id) : mxid) },
+      }),
     } as unknown as Bridge;
     return {
       bridge,
