@@ -145,7 +145,16 @@ async function main(): Promise<void> {
     const file = await takeHeapSnapshot(pid, diagnostics);
     report.note(formatHeap(label, file, summarizeHeap(file)));
   };
-  const stack = await Stack.start("bench", { logLevel: "info", dir, bridgeNodeArgs: [...INSPECT_ARGS, ...nodeArgs, ...profileArgs], recordFrames: false });
+  const stack = await Stack.start("bench", {
+    logLevel: "info",
+    dir,
+    bridgeNodeArgs: [...INSPECT_ARGS, ...nodeArgs, ...profileArgs],
+    recordFrames: false,
+    // The benchmark's Matrix users chat from the start, as on a bridge configured so.
+    bridgeConfig: (c) => {
+      c.bridge = { ...(c.bridge ?? {}), third_party_chats_default: true };
+    },
+  });
   say(`stack up in ${stack.dir}`);
   let failed = false;
   let profiled: { fromUs: number; toUs: number } | undefined;
