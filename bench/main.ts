@@ -150,10 +150,7 @@ async function main(): Promise<void> {
     dir,
     bridgeNodeArgs: [...INSPECT_ARGS, ...nodeArgs, ...profileArgs],
     recordFrames: false,
-    // The benchmark's Matrix users chat from the start, as on a bridge configured so.
-    bridgeConfig: (c) => {
-      c.bridge = { ...(c.bridge ?? {}), third_party_chats_default: true };
-    },
+    // Third-Party Chats stay off by default, as in the product: each benchmark user says `enable` (scenario.ts, media-rss.ts).
   });
   say(`stack up in ${stack.dir}`);
   let failed = false;
