@@ -257,6 +257,16 @@ function positiveInt(v: unknown): number | undefined {
 }
 
 /**
+ * The server name and media id of an mxc:// URI, or null when it is not one the spec allows
+ * (server name: DNS name, IPv4 or [IPv6], optional port; media id: [A-Za-z0-9_-]). Anything
+ * else is refused before a request is made of it: a homeserver may fail on it for ever.
+ */
+export function parseMxc(uri: string): { serverName: string; mediaId: string } | null {
+  const m = /^mxc:\/\/((?:[A-Za-z0-9.-]{1,255}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?)\/([A-Za-z0-9_-]+)$/.exec(uri);
+  return m ? { serverName: m[1]!, mediaId: m[2]! } : null;
+}
+
+/**
  * An m.image / m.video / m.audio / m.file event → media content whose bytes are still on the
  * homeserver (`source.from === "matrix"`). An Element voice message (MSC3245) becomes a voice
  * note. The probe later confirms or corrects the kind; sizes and dimensions here are the
@@ -272,7 +282,7 @@ export function matrixMediaToRemote(content: Record<string, unknown>): RemoteCon
       reason: content.file ? "encrypted attachments cannot be bridged (this room is end-to-end encrypted)" : "the attachment has no URL",
     };
   }
-  if (!/^mxc:\/\/[^/]+\/[^/]+$/.test(content.url)) return { unbridgeable: true, reason: "the attachment's URL is not an mxc:// URI" };
+  if (!parseMxc(content.url)) return { unbridgeable: true, reason: "the attachment's URL is not an mxc:// URI" };
   if (kind === "audio" && typeof content["org.matrix.msc3245.voice"] === "object" && content["org.matrix.msc3245.voice"] !== null) kind = "voice";
   const info = (typeof content.info === "object" && content.info !== null ? content.info : {}) as Record<string, unknown>;
   const mimetype = typeof info.mimetype === "string" && info.mimetype ? info.mimetype : "application/octet-stream";

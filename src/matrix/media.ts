@@ -17,6 +17,7 @@ import {
   blurhashSampleSize,
   needsThumbnail,
   overLimitReason,
+  parseMxc,
   probedFacts,
   remoteMediaToMatrix,
   settledMimetype,
@@ -61,9 +62,9 @@ export class MatrixMedia {
 
   /** Streams a Matrix file into a temporary file, refusing it once it passes `maxBytes`. */
   async download(mxc: string, maxBytes: number): Promise<LocalMedia> {
-    const m = /^mxc:\/\/([^/]+)\/([^/?#]+)$/.exec(mxc);
+    const m = parseMxc(mxc);
     if (!m) throw new MediaError("bad_url", "the attachment's URL is not an mxc:// URI");
-    const url = `${this.base}/_matrix/client/v1/media/download/${encodeURIComponent(m[1]!)}/${encodeURIComponent(m[2]!)}`;
+    const url = `${this.base}/_matrix/client/v1/media/download/${encodeURIComponent(m.serverName)}/${encodeURIComponent(m.mediaId)}`;
     let response: Response;
     try {
       response = await fetch(url, { headers: { authorization: `Bearer ${this.opts.asToken}` }, signal: AbortSignal.timeout(this.opts.timeoutMs ?? 10 * 60_000) });

@@ -14,6 +14,7 @@ import {
   mediaFailureNotice,
   notSentText,
   parseFfprobe,
+  parseMxc,
   probedFacts,
   remoteMediaToMatrix,
   settledMimetype,
@@ -174,6 +175,16 @@ describe("Matrix media events → network", () => {
       reason: "encrypted attachments cannot be bridged (this room is end-to-end encrypted)",
     });
     assert.equal((matrixToRemote({ msgtype: "m.video", body: "x", url: "https://example.org/x.mp4" }) as { reason: string }).reason, "the attachment's URL is not an mxc:// URI");
+  });
+
+  it("accepts only mxc URIs the spec allows: a homeserver may fail for ever on the others", () => {
+    assert.deepEqual(parseMxc("mxc://example.org/abc_D-9"), { serverName: "example.org", mediaId: "abc_D-9" });
+    assert.deepEqual(parseMxc("mxc://[::1]:8448/x"), { serverName: "[::1]:8448", mediaId: "x" });
+    assert.deepEqual(parseMxc("mxc://127.0.0.1:8008/x"), { serverName: "127.0.0.1:8008", mediaId: "x" });
+    for (const bad of ["mxc://ser ver/id", "mxc://localhost/../../etc/passwd", "mxc://hs/a.b", "mxc://hs/a%2F", "mxc://hs/", "mxc:///id", "mxc://hs:port/x", "mxc://hs/x?y", "MXC://hs/x"]) {
+      assert.equal(parseMxc(bad), null, bad);
+      assert.equal((matrixToRemote({ msgtype: "m.file", body: "f", url: bad }) as { reason?: string }).reason, "the attachment's URL is not an mxc:// URI", bad);
+    }
   });
 });
 
