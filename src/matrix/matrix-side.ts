@@ -151,13 +151,11 @@ export class AppserviceMatrixPort implements MatrixPort {
     } else {
       this.store.matrixSends.begin(roomId, opts.txnId, asMxid);
     }
-    // The bot's client sends as the ghost (appservice identity assertion, user_id): a ghost that
-    // only sends needs no Intent, which the libraries would each keep in memory for up to an hour.
-    // Synapse keys appservice transaction ids by (path, appservice), not by the asserted user, so
-    // the stable txn id deduplicates exactly as it did through the ghost's own client.
-    const client = this.intent(this.botMxid).matrixClient;
+    // Through the sender's own client: the bot's client may be set to assert the bot's identity,
+    // which overrides a user_id given here and would send a ghost's message as the bot.
+    const client = this.intent(asMxid).matrixClient;
     const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(opts.txnId)}`;
-    const qs: Record<string, unknown> = { user_id: asMxid };
+    const qs: Record<string, unknown> = {};
     if (opts.ts) qs.ts = opts.ts;
     const result = (await client.doRequest("PUT", path, qs, content)) as { event_id: string };
     this.store.matrixSends.finish(roomId, opts.txnId, result.event_id);
