@@ -33,6 +33,7 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   metrics.observe({
     outboundQueueDepth: () => store.outbound.depth(),
     inboundChatsBusy: () => core.inboundChatsBusy(),
+    inboundQueueDepth: () => store.inbound.depth(),
     portals: () => store.portals.count(),
     users: () => store.users.countBySetting(),
     connection: () => core.connectionState().state,
@@ -52,8 +53,8 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
     const network = core.connectionState().state;
     const checks = { database, network, appservice: appserviceListening ? "ok" : "starting" };
     // The homeserver link is reported, not part of readiness: an unready bridge could be taken out of service just when the homeserver returns to push what it held.
-    const { homeserver, network: gateway, outboundQueue } = core.health();
-    const links = { ...(homeserver ? { homeserver } : {}), network: gateway, outbound_queue: outboundQueue };
+    const { homeserver, network: gateway, outboundQueue, inboundQueue } = core.health();
+    const links = { ...(homeserver ? { homeserver } : {}), network: gateway, outbound_queue: outboundQueue, inbound_queue: inboundQueue };
     return { ready: database === "ok" && network === "connected" && appserviceListening, checks, links };
   };
   const metricsServer = config.metrics.enabled ? new MetricsServer(metrics, health, BRIDGE_VERSION) : undefined;

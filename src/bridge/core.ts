@@ -21,7 +21,7 @@ import {
   RemoteTyping,
 } from "../network/connector";
 import { BridgeMetrics } from "../metrics/metrics";
-import { BridgeStore, MatrixUserRow, MessageRow, OutboundItem, PortalRow } from "../store";
+import { BridgeStore, InboundItem, MatrixUserRow, MessageRow, OutboundItem, PortalRow } from "../store";
 import { unbridgeableEvent, unappliedExpiry } from "../convert/unbridgeable";
 import { InboxManager } from "./inbox";
 import { KeyedQueue } from "./keyed-queue";
@@ -113,6 +113,8 @@ export class BridgeCore implements NetworkEventHandler {
   private readonly outboundQueue = new KeyedQueue();
   private readonly portalLocks = new KeyedQueue();
   private readonly receiptQueue = new KeyedQueue();
+  /** Portals with an inbound run queued that has not started yet. */
+  private readonly inboundScheduled = new Set<number>();
   /** Portals whose user is typing now, with the timer that repeats "on". */
   private readonly typingTimers = new Map<number, NodeJS.Timeout>();
   /** "Sent" statuses being posted, so a delivery receipt right behind cannot overtake its own "sent". */
@@ -145,6 +147,8 @@ export class BridgeCore implements NetworkEventHandler {
       log.info("user no longer permitted: Third-Party Chats turned off", { user: user.mxid });
     }
     for (const portalId of this.store.outbound.portalsWithPending()) this.drainOutbound(portalId);
+    // Network events acknowledged before a stop or crash and not yet on Matrix.
+    for (const portalId of this.store.inbound.portalsWithPending()) void this.drainInbound(portalId);
   }
 
   /** Chats with network → Matrix work in progress (for metrics). */
@@ -170,37 +174,87 @@ export class BridgeCore implements NetworkEventHandler {
 
   // ---- network → Matrix ------------------------------------------------------------------
 
+  /**
+   * A message from the network: committed to the portal's durable inbound queue and answered,
+   * so the network acknowledges it and moves on while the portal sends to Matrix on its own.
+   */
   async onMessage(receiver: string, message: RemoteMessage): Promise<void> {
     if (this.store.outbound.inboundSeen(receiver, message.id)) return;
     const portal = await this.ensurePortal(receiver, message.chat);
-    await this.inboundQueue.run(`portal:${portal.id}`, async () => {
-      if (this.store.outbound.inboundSeen(receiver, message.id)) return;
-      const ghost = await this.ghostFor(message.sender);
-      let content: Record<string, unknown>;
-      if (message.content.type === "unsupported") {
-        // The description reads as the rest of a sentence whose subject is the sender.
-        const name = this.store.ghosts.get(message.sender)?.displayName ?? message.sender;
-        content = { msgtype: "m.notice", body: `${name} ${message.content.description}` };
-        this.metrics.dropped("to_matrix", message.content.what);
-      } else if (message.content.type === "media") {
-        content = await this.mediaToMatrix(receiver, ghost, message.content);
-      } else {
-        content = remoteToMatrix(message.content);
-        this.metrics.bridged("to_matrix", message.content.type);
+    this.store.inbound.enqueue(portal.id, receiver, message.id, "message", message);
+    void this.drainInbound(portal.id);
+  }
+
+  /** Runs the portal's inbound queue unless a run is already waiting to start (it will see the new event). */
+  private drainInbound(portalId: number): Promise<void> {
+    if (this.inboundScheduled.has(portalId)) return Promise.resolve();
+    this.inboundScheduled.add(portalId);
+    return this.inboundQueue.run(`portal:${portalId}`, async () => {
+      this.inboundScheduled.delete(portalId);
+      let delay = this.opts.retryDelayMs ?? 1000;
+      while (!this.stopping) {
+        const item = this.store.inbound.next(portalId);
+        if (!item) return;
+        try {
+          this.store.inbound.recordAttempt(item.seq);
+          await this.bridgeInbound(item);
+          delay = this.opts.retryDelayMs ?? 1000;
+        } catch (err) {
+          if (this.stopping) return;
+          // Only Matrix-side trouble (the homeserver down or refusing) gets here: the event waits, the chat behind it too.
+          log.warn("could not bridge to Matrix, will retry", { portal: portalId, kind: item.kind, attempts: item.attempts + 1, error: (err as Error).message, inMs: delay });
+          await new Promise((r) => setTimeout(r, delay));
+          delay = Math.min(delay * 2, this.opts.maxRetryDelayMs ?? 30_000);
+        }
       }
-      // A reply to a message this room never showed stays a plain message.
-      const replied = message.replyTo === undefined ? undefined : this.store.messages.byRemoteId(portal.id, message.replyTo);
-      if (replied) content = asReply(content, replied.eventId);
-      const eventId = await this.matrix.send(ghost, portal.roomId!, content, {
-        txnId: `in.${portal.id}.${message.id}`,
-        ts: message.timestamp,
-      });
-      this.store.transaction(() => {
-        this.store.messages.insert({ portalId: portal.id, remoteId: message.id, part: 0, eventId, sender: message.sender, timestamp: message.timestamp, replyTo: replied?.remoteId });
-        this.store.outbound.markInboundSeen(receiver, message.id);
-      });
-      log.debug("bridged message to Matrix", { portal: portal.id, remoteId: message.id, eventId });
     });
+  }
+
+  private async bridgeInbound(item: InboundItem): Promise<void> {
+    const portal = this.store.portals.get(item.portalId);
+    if (!portal?.roomId || this.store.outbound.inboundSeen(item.receiver, item.remoteId)) {
+      this.store.inbound.remove(item.seq);
+      return;
+    }
+    if (item.kind === "message") await this.bridgeMessage(portal, item, JSON.parse(item.payload) as RemoteMessage);
+    else await this.bridgeChange(portal, item, JSON.parse(item.payload) as RemoteChange);
+  }
+
+  /** Records the event as bridged and takes it off the queue, with whatever else `effect` stores, in one transaction. */
+  private finishInbound(item: InboundItem, effect?: () => void): void {
+    this.store.transaction(() => {
+      effect?.();
+      this.store.outbound.markInboundSeen(item.receiver, item.remoteId);
+      this.store.inbound.remove(item.seq);
+    });
+  }
+
+  private async bridgeMessage(portal: PortalRow, item: InboundItem, message: RemoteMessage): Promise<void> {
+    const receiver = item.receiver;
+    const ghost = await this.ghostFor(message.sender);
+    let content: Record<string, unknown>;
+    if (message.content.type === "unsupported") {
+      // The description reads as the rest of a sentence whose subject is the sender.
+      const name = this.store.ghosts.get(message.sender)?.displayName ?? message.sender;
+      content = { msgtype: "m.notice", body: `${name} ${message.content.description}` };
+      this.metrics.dropped("to_matrix", message.content.what);
+    } else if (message.content.type === "media") {
+      content = await this.mediaToMatrix(receiver, ghost, message.content);
+    } else {
+      content = remoteToMatrix(message.content);
+      this.metrics.bridged("to_matrix", message.content.type);
+    }
+    // A reply to a message this room never showed stays a plain message.
+    const replied = message.replyTo === undefined ? undefined : this.store.messages.byRemoteId(portal.id, message.replyTo);
+    if (replied) content = asReply(content, replied.eventId);
+    const eventId = await this.matrix.send(ghost, portal.roomId!, content, {
+      txnId: `in.${portal.id}.${message.id}`,
+      ts: message.timestamp,
+    });
+    this.finishInbound(item, () =>
+      this.store.messages.insert({ portalId: portal.id, remoteId: message.id, part: 0, eventId, sender: message.sender, timestamp: message.timestamp, replyTo: replied?.remoteId }),
+    );
+    log.debug("bridged message to Matrix", { portal: portal.id, remoteId: message.id, eventId });
   }
 
   /**
@@ -255,9 +309,9 @@ export class BridgeCore implements NetworkEventHandler {
   }
 
   /** The links the bridge depends on and its queues, for /health and the metrics. */
-  health(): { homeserver?: LinkSnapshot; network: LinkSnapshot; outboundQueue: number } {
+  health(): { homeserver?: LinkSnapshot; network: LinkSnapshot; outboundQueue: number; inboundQueue: number } {
     const homeserver = this.matrix.health?.();
-    return { ...(homeserver ? { homeserver } : {}), network: this.networkLink.snapshot(), outboundQueue: this.store.outbound.depth() };
+    return { ...(homeserver ? { homeserver } : {}), network: this.networkLink.snapshot(), outboundQueue: this.store.outbound.depth(), inboundQueue: this.store.inbound.depth() };
   }
 
   /** A WhatsApp user was turned away because the receiver has the chats off: tell the receiver once per contact. */
@@ -301,7 +355,7 @@ export class BridgeCore implements NetworkEventHandler {
     );
   }
 
-  /** An edit, deletion or reaction from the network, in order with the chat's messages. */
+  /** An edit, deletion or reaction from the network: queued behind the chat's messages, durably. */
   async onChange(receiver: string, event: RemoteChange): Promise<void> {
     if (this.store.outbound.inboundSeen(receiver, event.id)) return;
     const portal = this.store.portals.byChat(event.chat.id, receiver);
@@ -310,73 +364,58 @@ export class BridgeCore implements NetworkEventHandler {
       log.debug("dropping a change in a chat without a room", { type: event.change.type });
       return;
     }
-    const roomId = portal.roomId;
-    await this.inboundQueue.run(`portal:${portal.id}`, async () => {
-      if (this.store.outbound.inboundSeen(receiver, event.id)) return;
-      const markSeen = () => this.store.outbound.markInboundSeen(receiver, event.id);
-      const change = event.change;
-      const target = this.store.messages.byRemoteId(portal.id, change.target);
-      if (!target) {
-        log.info("dropping a change of a message this room never showed", { portal: portal.id, type: change.type });
-        markSeen();
+    this.store.inbound.enqueue(portal.id, receiver, event.id, "change", event);
+    void this.drainInbound(portal.id);
+  }
+
+  private async bridgeChange(portal: PortalRow, item: InboundItem, event: RemoteChange): Promise<void> {
+    const roomId = portal.roomId!;
+    const change = event.change;
+    const target = this.store.messages.byRemoteId(portal.id, change.target);
+    if (!target) {
+      log.info("dropping a change of a message this room never showed", { portal: portal.id, type: change.type });
+      return this.finishInbound(item);
+    }
+    const ghost = await this.ghostFor(event.sender);
+    const txnId = `in.${portal.id}.${event.id}`;
+    switch (change.type) {
+      case "edit":
+      case "delete": {
+        if (target.sender !== event.sender) {
+          log.warn("dropping a change of someone else's message", { portal: portal.id, type: change.type });
+          return this.finishInbound(item);
+        }
+        if (change.type === "edit") {
+          await this.matrix.send(ghost, roomId, editContent(target.eventId, remoteToMatrix(change.content)), { txnId, ts: event.timestamp });
+          this.finishInbound(item);
+        } else {
+          await this.matrix.redact(ghost, roomId, target.eventId, { txnId, reason: "Deleted on WhatsApp" });
+          this.finishInbound(item, () => this.store.messages.delete(portal.id, target.remoteId));
+        }
+        log.debug("bridged a change to Matrix", { portal: portal.id, type: change.type });
         return;
       }
-      const ghost = await this.ghostFor(event.sender);
-      const txnId = `in.${portal.id}.${event.id}`;
-      switch (change.type) {
-        case "edit":
-        case "delete": {
-          if (target.sender !== event.sender) {
-            log.warn("dropping a change of someone else's message", { portal: portal.id, type: change.type });
-            markSeen();
-            return;
-          }
-          if (change.type === "edit") {
-            await this.matrix.send(ghost, roomId, editContent(target.eventId, remoteToMatrix(change.content)), { txnId, ts: event.timestamp });
-            markSeen();
-          } else {
-            await this.matrix.redact(ghost, roomId, target.eventId, { txnId, reason: "Deleted on WhatsApp" });
-            this.store.transaction(() => {
-              this.store.messages.delete(portal.id, target.remoteId);
-              markSeen();
-            });
-          }
-          log.debug("bridged a change to Matrix", { portal: portal.id, type: change.type });
-          return;
+      case "reaction": {
+        const previous = this.store.reactions.get(portal.id, target.remoteId, event.sender);
+        if (previous?.emoji === change.emoji) {
+          // The same reaction again: Matrix already shows it (and refuses a duplicate annotation).
+          return this.finishInbound(item, () => this.store.reactions.put({ ...previous, remoteId: event.id, timestamp: event.timestamp }));
         }
-        case "reaction": {
-          const previous = this.store.reactions.get(portal.id, target.remoteId, event.sender);
-          if (previous?.emoji === change.emoji) {
-            // The same reaction again: Matrix already shows it (and refuses a duplicate annotation).
-            this.store.transaction(() => {
-              this.store.reactions.put({ ...previous, remoteId: event.id, timestamp: event.timestamp });
-              markSeen();
-            });
-            return;
-          }
-          // One reaction per person, as on WhatsApp: the new one replaces the old.
-          if (previous) await this.matrix.redact(ghost, roomId, previous.eventId, { txnId: `${txnId}.replaces`, reason: "Reaction changed on WhatsApp" });
-          const eventId = await this.matrix.send(ghost, roomId, reactionContent(target.eventId, change.emoji), { txnId, ts: event.timestamp, type: "m.reaction" });
-          this.store.transaction(() => {
-            this.store.reactions.put({ portalId: portal.id, targetRemoteId: target.remoteId, sender: event.sender, emoji: change.emoji, eventId, remoteId: event.id, timestamp: event.timestamp });
-            markSeen();
-          });
-          return;
-        }
-        case "unreaction": {
-          const current = this.store.reactions.get(portal.id, target.remoteId, event.sender);
-          // A withdrawal of a reaction that was already replaced changes nothing.
-          if (current?.remoteId === change.reaction) {
-            await this.matrix.redact(ghost, roomId, current.eventId, { txnId, reason: "Reaction removed on WhatsApp" });
-            this.store.transaction(() => {
-              this.store.reactions.delete(portal.id, target.remoteId, event.sender);
-              markSeen();
-            });
-          } else markSeen();
-          return;
-        }
+        // One reaction per person, as on WhatsApp: the new one replaces the old.
+        if (previous) await this.matrix.redact(ghost, roomId, previous.eventId, { txnId: `${txnId}.replaces`, reason: "Reaction changed on WhatsApp" });
+        const eventId = await this.matrix.send(ghost, roomId, reactionContent(target.eventId, change.emoji), { txnId, ts: event.timestamp, type: "m.reaction" });
+        return this.finishInbound(item, () =>
+          this.store.reactions.put({ portalId: portal.id, targetRemoteId: target.remoteId, sender: event.sender, emoji: change.emoji, eventId, remoteId: event.id, timestamp: event.timestamp }),
+        );
       }
-    });
+      case "unreaction": {
+        const current = this.store.reactions.get(portal.id, target.remoteId, event.sender);
+        // A withdrawal of a reaction that was already replaced changes nothing.
+        if (current?.remoteId !== change.reaction) return this.finishInbound(item);
+        await this.matrix.redact(ghost, roomId, current.eventId, { txnId, reason: "Reaction removed on WhatsApp" });
+        return this.finishInbound(item, () => this.store.reactions.delete(portal.id, target.remoteId, event.sender));
+      }
+    }
   }
 
   /** The remote user read messages the Matrix user sent: the ghost's read receipt moves to the newest of them. */

@@ -34,7 +34,7 @@ export function isAmbiguousFailure(err: unknown): boolean {
  * Every HTTP request the appservice library makes goes through the matrix-bot-sdk's request
  * function; this wraps it. A request that cannot reach the homeserver (refused, proxy 502/503)
  * is repeated until the homeserver answers: callers (a message for a Matrix room, say) just
- * wait, and the gateway keeps what is not acknowledged meanwhile. The outage is logged once.
+ * wait (network events in the inbound queue, Matrix events in the journal). The outage is logged once.
  */
 export class HomeserverLink {
   readonly health = new LinkHealth("homeserver", log, "Matrix-bound messages wait until it is back");

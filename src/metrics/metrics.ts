@@ -10,6 +10,7 @@ export interface MetricSources {
   outboundQueueDepth(): number;
   /** Chats with network → Matrix work queued or running. */
   inboundChatsBusy(): number;
+  inboundQueueDepth(): number;
   /** Portals that have a room. */
   portals(): number;
   users(): { on: number; off: number };
@@ -105,6 +106,14 @@ export class BridgeMetrics {
       registers,
       collect() {
         this.set(sources.outboundQueueDepth());
+      },
+    });
+    new Gauge({
+      name: "bridge_inbound_queue_depth",
+      help: "Network events acknowledged and waiting to be bridged to Matrix (durable queue)",
+      registers,
+      collect() {
+        this.set(sources.inboundQueueDepth());
       },
     });
     new Gauge({

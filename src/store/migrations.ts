@@ -191,6 +191,27 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX matrix_sends_event ON matrix_sends(room_id, event_id);
     `,
   },
+  {
+    version: 7,
+    name: "durable inbound queue",
+    sql: `
+      -- Network events committed before the network is acknowledged, removed in the transaction
+      -- that records their effect on Matrix: the gateway's queue moves on at once while each
+      -- portal sends to Matrix on its own, in order, and a crash in between loses nothing.
+      CREATE TABLE inbound_queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
+        receiver TEXT NOT NULL,
+        remote_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('message', 'change')),
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        UNIQUE (receiver, remote_id)
+      );
+      CREATE INDEX inbound_queue_portal ON inbound_queue(portal_id, seq);
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -1,0 +1,246 @@
+/**
+ * The durable network → Matrix queue of the bridge core, with a fake homeserver and network:
+ * an event is committed before it is acknowledged, each chat works through its own events in
+ * order and apart from the others, Matrix trouble is retried, and a restart resumes the rest.
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, describe, it } from "node:test";
+import { BridgeCore } from "../../src/bridge/core";
+import type { MatrixPort, SendOptions } from "../../src/bridge/matrix-port";
+import { Permissions } from "../../src/bridge/permissions";
+import type { ChatRef, NetworkConnector, RemoteChange, RemoteMessage } from "../../src/network/connector";
+import { BridgeStore } from "../../src/store";
+
+const USER = "@alice:hs";
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+function tempDb(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-inbound-"));
+  dirs.push(dir);
+  return path.join(dir, "bridge.db");
+}
+
+interface Sent {
+  as: string;
+  roomId: string;
+  content: Record<string, unknown>;
+  opts: SendOptions;
+}
+
+/** A homeserver that records sends; `gate(roomId)` holds a room's sends until released, `failNext` refuses some. */
+class FakeHomeserver {
+  readonly sent: Sent[] = [];
+  private rooms = 0;
+  private readonly gates = new Map<string, { promise: Promise<void>; release: () => void }>();
+  failNext = 0;
+  attempts = 0;
+
+  gate(roomId: string): () => void {
+    let release!: () => void;
+    const promise = new Promise<void>((r) => (release = r));
+    this.gates.set(roomId, { promise, release });
+    return () => {
+      this.gates.delete(roomId);
+      release();
+    };
+  }
+
+  port(): MatrixPort {
+    const port: Partial<MatrixPort> = {
+      botMxid: "@bot:hs",
+      serverName: "hs",
+      ghostMxid: (id) => `@wa_${id.replace("+", "")}:hs`,
+      remoteIdOfGhost: () => null,
+      ensureGhost: async (id) => `@wa_${id.replace("+", "")}:hs`,
+      createDm: async () => `!room${++this.rooms}:hs`,
+      joinedRooms: async () => [],
+      members: async () => [],
+      send: async (as, roomId, content, opts) => {
+        this.attempts += 1;
+        await this.gates.get(roomId)?.promise;
+        if (this.failNext > 0) {
+          this.failNext -= 1;
+          throw new Error("M_UNKNOWN: the homeserver had a bad moment");
+        }
+        this.sent.push({ as, roomId, content, opts });
+        return `$ev${this.sent.length}`;
+      },
+      redact: async () => undefined,
+    };
+    return port as MatrixPort;
+  }
+
+  bodies(roomId?: string): string[] {
+    return this.sent.filter((s) => !roomId || s.roomId === roomId).map((s) => String(s.content.body));
+  }
+}
+
+function fakeNetwork(): NetworkConnector {
+  const network: Partial<NetworkConnector> = {
+    capabilities: { maxTextLength: 65536, maxMediaSize: 1 << 20 },
+    ensureUser: async () => undefined,
+    getProfile: async (id) => ({ userId: id, displayName: `Contact ${id}`, avatar: null }),
+    dmChat: (_mxid, remote) => ({ id: `dm:${remote}`, kind: "dm", participants: [remote] }),
+  };
+  return network as NetworkConnector;
+}
+
+function makeCore(file: string, hs: FakeHomeserver) {
+  const store = BridgeStore.open(file);
+  store.users.getOrCreate(USER, { thirdPartyEnabled: true });
+  const core = new BridgeCore(store, hs.port(), fakeNetwork(), {
+    thirdPartyDefault: true,
+    permissions: new Permissions({ "*": "user" }),
+    retryDelayMs: 5,
+    maxRetryDelayMs: 20,
+  });
+  return { store, core };
+}
+
+const chat = (remote: string): ChatRef => ({ id: `dm:${remote}`, kind: "dm", participants: [remote] });
+const message = (remote: string, n: number): RemoteMessage => ({
+  id: `${remote}-m${n}`,
+  chat: chat(remote),
+  sender: remote,
+  timestamp: 1_700_000_000_000 + n,
+  content: { type: "text", markdown: `${remote} says ${n}` },
+});
+
+async function until(what: string, check: () => boolean): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+describe("the durable inbound queue", () => {
+  it("answers the network once the message is committed, before Matrix has it; Matrix gets it after", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs);
+    const release = hs.gate("!room1:hs");
+    await core.onMessage(USER, message("+491", 1));
+    // Acknowledgeable now: the row is in the database although the homeserver has not answered.
+    assert.equal(store.inbound.depth(), 1);
+    assert.equal(hs.sent.length, 0, "the homeserver has not answered");
+    release();
+    await until("the message reaches Matrix", () => hs.sent.length === 1);
+    await until("the queue is empty", () => store.inbound.depth() === 0);
+    const portal = store.portals.byChat("dm:+491", USER)!;
+    assert.equal(store.messages.byRemoteId(portal.id, "+491-m1")?.eventId, "$ev1");
+    assert.equal(hs.sent[0].opts.ts, 1_700_000_000_001);
+    core.stop();
+    store.close();
+  });
+
+  it("keeps each chat in order, and one chat's stuck send does not hold up another chat", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs);
+    await core.onMessage(USER, message("+491", 0));
+    await core.onMessage(USER, message("+492", 0));
+    await until("both rooms exist", () => hs.sent.length === 2);
+    const [roomA, roomB] = [store.portals.byChat("dm:+491", USER)!.roomId!, store.portals.byChat("dm:+492", USER)!.roomId!];
+    const release = hs.gate(roomA);
+    for (let n = 1; n <= 20; n++) {
+      await core.onMessage(USER, message("+491", n));
+      await core.onMessage(USER, message("+492", n));
+    }
+    await until("chat B is through", () => hs.bodies(roomB).length === 21);
+    assert.equal(hs.bodies(roomA).length, 1, "chat A waits for its homeserver answer");
+    assert.equal(store.inbound.depth(), 20, "chat A's messages wait in the database");
+    release();
+    await until("chat A is through", () => hs.bodies(roomA).length === 21);
+    for (const [room, remote] of [[roomA, "+491"], [roomB, "+492"]]) {
+      assert.deepEqual(hs.bodies(room), Array.from({ length: 21 }, (_, n) => `${remote} says ${n}`));
+    }
+    core.stop();
+    store.close();
+  });
+
+  it("tries a send the homeserver refused again, and nothing behind it overtakes it", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs);
+    await core.onMessage(USER, message("+491", 0));
+    await until("the room exists", () => hs.sent.length === 1);
+    hs.failNext = 3;
+    await core.onMessage(USER, message("+491", 1));
+    await core.onMessage(USER, message("+491", 2));
+    await until("both are through", () => hs.sent.length === 3);
+    assert.deepEqual(hs.bodies(), ["+491 says 0", "+491 says 1", "+491 says 2"]);
+    assert.ok(hs.attempts >= 6, `three refusals were retried (${hs.attempts} attempts)`);
+    assert.equal(store.inbound.depth(), 0);
+    core.stop();
+    store.close();
+  });
+
+  it("queues a redelivered message once and ignores it once it is on Matrix", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs);
+    const release = hs.gate("!room1:hs");
+    await core.onMessage(USER, message("+491", 1));
+    await core.onMessage(USER, message("+491", 1));
+    assert.equal(store.inbound.depth(), 1);
+    release();
+    await until("it is on Matrix", () => store.inbound.depth() === 0 && hs.sent.length === 1);
+    await core.onMessage(USER, message("+491", 1));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(hs.sent.length, 1);
+    assert.equal(store.inbound.depth(), 0);
+    core.stop();
+    store.close();
+  });
+
+  it("applies an edit queued behind its message to the event the message became", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs);
+    const release = hs.gate("!room1:hs");
+    await core.onMessage(USER, message("+491", 1));
+    const edit: RemoteChange = {
+      id: "+491-e1",
+      chat: chat("+491"),
+      sender: "+491",
+      timestamp: 1_700_000_000_100,
+      change: { type: "edit", target: "+491-m1", content: { type: "text", markdown: "corrected" } },
+    };
+    await core.onChange(USER, edit);
+    assert.equal(store.inbound.depth(), 2);
+    release();
+    await until("both are on Matrix", () => hs.sent.length === 2);
+    const relates = hs.sent[1].content["m.relates_to"] as { rel_type: string; event_id: string };
+    assert.deepEqual(relates, { rel_type: "m.replace", event_id: "$ev1" });
+    core.stop();
+    store.close();
+  });
+
+  it("resumes after a restart what was acknowledged but not yet on Matrix", async () => {
+    const file = tempDb();
+    const hs = new FakeHomeserver();
+    const first = makeCore(file, hs);
+    hs.gate("!room1:hs");
+    for (let n = 1; n <= 5; n++) await first.core.onMessage(USER, message("+491", n));
+    assert.equal(first.store.inbound.depth(), 5);
+    // The process dies: the stuck send never returns, the database stays as it is.
+    first.core.stop();
+    first.store.close();
+
+    const hs2 = new FakeHomeserver();
+    const second = makeCore(file, hs2);
+    await second.core.start();
+    await until("the five are on Matrix", () => hs2.sent.length === 5);
+    assert.deepEqual(hs2.bodies("!room1:hs"), [1, 2, 3, 4, 5].map((n) => `+491 says ${n}`));
+    assert.deepEqual(
+      hs2.sent.map((s) => s.opts.txnId),
+      [1, 2, 3, 4, 5].map((n) => `in.1.+491-m${n}`),
+      "the same transaction ids as the first attempt, so a send the homeserver took is not repeated",
+    );
+    assert.equal(second.store.inbound.depth(), 0);
+    second.core.stop();
+    second.store.close();
+  });
+});
