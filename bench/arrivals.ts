@@ -139,12 +139,28 @@ export class MatrixReader {
   private async sync(since: string | undefined, timeout: number): Promise<SyncResponse> {
     const params = new URLSearchParams({ timeout: String(timeout), filter: MatrixReader.FILTER, set_presence: "offline" });
     if (since) params.set("since", since);
-    const res = await fetch(`${this.baseUrl}/_matrix/client/v3/sync?${params}`, {
-      headers: { authorization: `Bearer ${this.accessToken}` },
-      signal: this.abort.signal,
+    return withOwnSignal(this.abort.signal, async (signal) => {
+      const res = await fetch(`${this.baseUrl}/_matrix/client/v3/sync?${params}`, { headers: { authorization: `Bearer ${this.accessToken}` }, signal });
+      if (!res.ok) throw new Error(`/sync → ${res.status} ${await res.text()}`);
+      return (await res.json()) as SyncResponse;
     });
-    if (!res.ok) throw new Error(`/sync → ${res.status} ${await res.text()}`);
-    return (await res.json()) as SyncResponse;
+  }
+}
+
+/**
+ * Runs one request with a signal of its own, aborted with `stop`. Handing fetch the long-lived
+ * signal itself left a listener on it per request (undici in Node 20): the benchmark warned
+ * "MaxListenersExceededWarning" after 1,500 long polls.
+ */
+async function withOwnSignal<T>(stop: AbortSignal, request: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const own = new AbortController();
+  const abort = () => own.abort();
+  stop.addEventListener("abort", abort, { once: true });
+  if (stop.aborted) own.abort();
+  try {
+    return await request(own.signal);
+  } finally {
+    stop.removeEventListener("abort", abort);
   }
 }
 
@@ -176,9 +192,12 @@ export class SimReader {
   private async run(phone: string, after: number): Promise<void> {
     while (!this.abort.signal.aborted) {
       try {
-        const res = await fetch(`${this.sim.url}/users/${encodeURIComponent(phone)}/inbox/wait?after=${after}&timeoutMs=20000`, { signal: this.abort.signal });
-        if (!res.ok) throw new Error(`inbox/wait → ${res.status} ${await res.text()}`);
-        const entries = (await res.json()) as Array<{ n: number; kind: string; text?: string }>;
+        const url = `${this.sim.url}/users/${encodeURIComponent(phone)}/inbox/wait?after=${after}&timeoutMs=20000`;
+        const entries = await withOwnSignal(this.abort.signal, async (signal) => {
+          const res = await fetch(url, { signal });
+          if (!res.ok) throw new Error(`inbox/wait → ${res.status} ${await res.text()}`);
+          return (await res.json()) as Array<{ n: number; kind: string; text?: string }>;
+        });
         const at = performance.now();
         for (const e of entries) {
           after = Math.max(after, e.n);

@@ -250,7 +250,11 @@ async function main(): Promise<void> {
       try {
         addMediaResult(report, mediaRssMetrics(await measureMediaRss(stack)));
       } catch (err) {
-        report.missing("rss_growth_mb_100mb_video", "MB", `measureMediaRss failed: ${(err as Error).message.split("\n")[0]}`, MEDIA_TARGET);
+        // undici says only "fetch failed"; the reason (refused, reset, …) is in its cause.
+        const cause = (err as Error & { cause?: Error }).cause;
+        const why = `${(err as Error).message.split("\n")[0]}${cause ? ` (${cause.message})` : ""}`;
+        process.stderr.write(`measureMediaRss: ${(err as Error).stack ?? why}\n`);
+        report.missing("rss_growth_mb_100mb_video", "MB", `measureMediaRss failed: ${why}`, MEDIA_TARGET);
       }
       say("media measured");
     }

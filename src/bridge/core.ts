@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { MESSAGE_STATUS_EVENT_TYPE, MessageStatusInfo, MessageStatusReason, messageStatusContent } from "../convert/message-status";
 import { mediaFailureNotice, notSentText, overLimitReason } from "../convert/media";
 import { matrixToRemote, remoteToMatrix } from "../convert/message-content";
@@ -55,6 +56,8 @@ export interface CoreOptions {
   /** Delay before retrying a send the network could not take (ms); doubles up to maxRetryDelayMs. */
   retryDelayMs?: number;
   maxRetryDelayMs?: number;
+  /** How long a "sent" status waits for the delivery receipt (config bridge.sent_status_delay_ms); 0: at once. */
+  sentStatusDelayMs?: number;
 }
 
 /** A Matrix event the bridge will not send on: `reason` for the status event, the message for the user. */
@@ -119,6 +122,8 @@ export class BridgeCore implements NetworkEventHandler {
   private readonly typingTimers = new Map<number, NodeJS.Timeout>();
   /** "Sent" statuses being posted, so a delivery receipt right behind cannot overtake its own "sent". */
   private readonly sentStatuses = new Map<string, Promise<void>>();
+  /** "Sent" statuses waiting a moment for the delivery receipt (see postSentStatus). */
+  private readonly heldSentStatuses = new Map<string, { timer: NodeJS.Timeout; post: () => Promise<void> }>();
   private stopping = false;
   private connection: ConnectionState = { state: "connecting" };
   private readonly networkLink = new LinkHealth("network gateway", log, "messages for it wait in the outbound queue, the gateway keeps those for Matrix");
@@ -164,6 +169,12 @@ export class BridgeCore implements NetworkEventHandler {
 
   stop(): void {
     this.stopping = true;
+    // Held "sent" statuses go out now rather than never.
+    for (const { timer, post } of this.heldSentStatuses.values()) {
+      clearTimeout(timer);
+      void post();
+    }
+    this.heldSentStatuses.clear();
     for (const timer of this.typingTimers.values()) clearInterval(timer);
     this.typingTimers.clear();
   }
@@ -212,12 +223,21 @@ export class BridgeCore implements NetworkEventHandler {
 
   private async bridgeInbound(item: InboundItem): Promise<void> {
     const portal = this.store.portals.get(item.portalId);
-    if (!portal?.roomId || this.store.outbound.inboundSeen(item.receiver, item.remoteId)) {
-      this.store.inbound.remove(item.seq);
-      return;
+    switch (item.kind) {
+      case "message":
+      case "change":
+        if (!portal?.roomId || this.store.outbound.inboundSeen(item.receiver, item.remoteId)) return this.store.inbound.remove(item.seq);
+        if (item.kind === "message") return this.bridgeMessage(portal, item, JSON.parse(item.payload) as RemoteMessage);
+        return this.bridgeChange(portal, item, JSON.parse(item.payload) as RemoteChange);
+      case "read":
+      case "delivered":
+        // Receipts are not remembered once shown: a repeat shows the same thing again (the same transaction id).
+        if (portal?.roomId) {
+          if (item.kind === "read") await this.bridgeReadReceipt(portal, item.receiver, JSON.parse(item.payload) as RemoteReadReceipt);
+          else await this.bridgeDelivered(portal, JSON.parse(item.payload) as DeliveryReceipt);
+        }
+        return this.store.inbound.remove(item.seq);
     }
-    if (item.kind === "message") await this.bridgeMessage(portal, item, JSON.parse(item.payload) as RemoteMessage);
-    else await this.bridgeChange(portal, item, JSON.parse(item.payload) as RemoteChange);
   }
 
   /** Records the event as bridged and takes it off the queue, with whatever else `effect` stores, in one transaction. */
@@ -418,23 +438,28 @@ export class BridgeCore implements NetworkEventHandler {
     }
   }
 
-  /** The remote user read messages the Matrix user sent: the ghost's read receipt moves to the newest of them. */
+  /** The remote user read messages the Matrix user sent: queued behind the chat's messages, so the ids are mapped by then. */
   async onReadReceipt(receiver: string, receipt: RemoteReadReceipt): Promise<void> {
     const portal = this.store.portals.byChat(receipt.chat.id, receiver);
     if (!portal?.roomId) return;
-    const roomId = portal.roomId;
-    await this.inboundQueue.run(`portal:${portal.id}`, async () => {
-      let newest: MessageRow | undefined;
-      for (const id of receipt.messageIds) {
-        const row = this.store.messages.byRemoteId(portal.id, id);
-        if (row && row.sender === receiver && (!newest || row.timestamp > newest.timestamp)) newest = row;
-      }
-      if (!newest) return;
-      // A receipt is not worth a stuck queue: Matrix trouble is logged, not retried.
-      await this.matrix
-        .sendReadReceipt(this.matrix.ghostMxid(receipt.sender), roomId, newest.eventId)
-        .catch((err: Error) => log.warn("could not bridge a read receipt", { portal: portal.id, error: err.message }));
-    });
+    // A redelivered receipt is the same receipt: queued once while it waits.
+    const key = createHash("sha256").update(receipt.sender).update("\n").update(receipt.messageIds.join("\n")).digest("hex").slice(0, 32);
+    this.store.inbound.enqueue(portal.id, receiver, `read.${key}`, "read", receipt);
+    void this.drainInbound(portal.id);
+  }
+
+  /** The ghost's read receipt moves to the newest of the messages read. */
+  private async bridgeReadReceipt(portal: PortalRow, receiver: string, receipt: RemoteReadReceipt): Promise<void> {
+    let newest: MessageRow | undefined;
+    for (const id of receipt.messageIds) {
+      const row = this.store.messages.byRemoteId(portal.id, id);
+      if (row && row.sender === receiver && (!newest || row.timestamp > newest.timestamp)) newest = row;
+    }
+    if (!newest) return;
+    // A receipt is not worth a stuck queue: Matrix trouble is logged, not retried.
+    await this.matrix
+      .sendReadReceipt(this.matrix.ghostMxid(receipt.sender), portal.roomId!, newest.eventId)
+      .catch((err: Error) => log.warn("could not bridge a read receipt", { portal: portal.id, error: err.message }));
   }
 
   onTyping(receiver: string, typing: RemoteTyping): void {
@@ -449,8 +474,20 @@ export class BridgeCore implements NetworkEventHandler {
   async onDelivered(receiver: string, receipt: DeliveryReceipt): Promise<void> {
     const portal = this.store.portals.byChat(receipt.chat.id, receiver);
     if (!portal?.roomId) return;
+    // Queued, not posted here: the network's next events for this user need not wait for the homeserver.
+    this.store.inbound.enqueue(portal.id, receiver, `delivered.${receipt.txnId}`, "delivered", receipt);
+    void this.drainInbound(portal.id);
+  }
+
+  private async bridgeDelivered(portal: PortalRow, receipt: DeliveryReceipt): Promise<void> {
+    const held = this.heldSentStatuses.get(receipt.txnId);
+    if (held) {
+      // Delivered before the "sent" status went out: one status event says both.
+      clearTimeout(held.timer);
+      this.heldSentStatuses.delete(receipt.txnId);
+    }
     await this.sentStatuses.get(receipt.txnId);
-    await this.postStatus(portal.roomId, this.matrix.ghostMxid(receipt.recipient), "delivered", {
+    await this.postStatus(portal.roomId!, this.matrix.ghostMxid(receipt.recipient), "delivered", {
       eventId: receipt.txnId,
       status: "SUCCESS",
       deliveredTo: [this.matrix.ghostMxid(receipt.recipient)],
@@ -896,19 +933,33 @@ export class BridgeCore implements NetworkEventHandler {
     return row && row.portalId === portal.id ? row : undefined;
   }
 
+  /**
+   * The "sent" status of a message the network took. With delivery receipts it waits up to
+   * sentStatusDelayMs for the receipt, so that one status event says "delivered" instead of
+   * two: each is a room event the homeserver stores and sends to every client.
+   */
   private async postSentStatus(portal: PortalRow, roomId: string, eventId: string): Promise<void> {
-    const posting = this.postStatus(roomId, this.portalGhost(portal), "sent", {
-      eventId,
-      status: "SUCCESS",
-      // Empty, not absent: delivery receipts will follow.
-      ...(this.network.capabilities.deliveryReceipts ? { deliveredTo: [] } : {}),
-    });
-    this.sentStatuses.set(eventId, posting);
-    try {
-      await posting;
-    } finally {
-      this.sentStatuses.delete(eventId);
-    }
+    const post = async () => {
+      const posting = this.postStatus(roomId, this.portalGhost(portal), "sent", {
+        eventId,
+        status: "SUCCESS",
+        // Empty, not absent: delivery receipts will follow.
+        ...(this.network.capabilities.deliveryReceipts ? { deliveredTo: [] } : {}),
+      });
+      this.sentStatuses.set(eventId, posting);
+      try {
+        await posting;
+      } finally {
+        this.sentStatuses.delete(eventId);
+      }
+    };
+    const delay = this.opts.sentStatusDelayMs ?? 0;
+    if (delay <= 0 || !this.network.capabilities.deliveryReceipts) return post();
+    const timer = setTimeout(() => {
+      this.heldSentStatuses.delete(eventId);
+      void post();
+    }, delay);
+    this.heldSentStatuses.set(eventId, { timer, post });
   }
 
   /** One place turns a refusal into what the user sees: a failed status on their event and a notice saying why. */

@@ -77,7 +77,13 @@ export class MatrixAppservice {
     if (!asToken) throw new Error("the registration has no as_token");
     this.port = new AppserviceMatrixPort(this.bridge, config, store, asToken);
     this.port.homeserver.install();
-    this.appservice = new DurableAppService({ homeserverToken: registration.getHomeserverToken()!, journal: store.journal, maxBodyBytes: TRANSACTION_BODY_LIMIT });
+    this.appservice = new DurableAppService({
+      homeserverToken: registration.getHomeserverToken()!,
+      journal: store.journal,
+      maxBodyBytes: TRANSACTION_BODY_LIMIT,
+      // Every message a ghost sends comes back in a transaction; the core would only ignore it.
+      isOwnUser: (mxid) => mxid === this.port.botMxid || this.port.remoteIdOfGhost(mxid) !== null,
+    });
     // Routes added with addAppServicePath (ping, provisioning) check the token through this, in constant time.
     this.bridge.requestCheckToken = (req) => this.appservice.hasHomeserverToken(req);
   }

@@ -14,6 +14,11 @@ export interface DurableAppServiceOptions {
   maxBodyBytes: number;
   /** Delays before a failed event is handled again; after the last one it is given up (logged). */
   retryDelaysMs?: number[];
+  /**
+   * Users whose non-state events are the echo of what the bridge itself sent (its ghosts and
+   * bot): nothing acts on them, so they are answered without being journaled or dispatched.
+   */
+  isOwnUser?: (mxid: string) => boolean;
 }
 
 const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest();
@@ -33,6 +38,7 @@ export class DurableAppService extends AppService {
   private readonly journal: JournalStore;
   private readonly tokenDigest: Buffer;
   private readonly retryDelaysMs: number[];
+  private readonly isOwnUser?: (mxid: string) => boolean;
   private dispatching = false;
   private pumping = false;
   /** Highest journal seq handed to the bridge in this process. */
@@ -44,6 +50,7 @@ export class DurableAppService extends AppService {
     this.journal = opts.journal;
     this.tokenDigest = sha256(opts.homeserverToken);
     this.retryDelaysMs = opts.retryDelaysMs ?? [1_000, 5_000, 30_000];
+    this.isOwnUser = opts.isOwnUser;
     // Body parser refusals as Matrix errors in one log line, not Express's HTML and stack trace.
     this.expressApp.use((err: { status?: number; type?: string; message?: string }, req: Request, res: Response, next: (err?: unknown) => void) => {
       if (res.headersSent) return next(err);
@@ -93,6 +100,8 @@ export class DurableAppService extends AppService {
         log.warn("ignoring a malformed event in a homeserver transaction", { txnId, index, problem });
         return;
       }
+      const { sender, state_key } = event as { sender: string; state_key?: unknown };
+      if (state_key === undefined && this.isOwnUser?.(sender)) return;
       entries.push({ key: (event as { event_id: string }).event_id, kind: "event", body: JSON.stringify(event) });
     });
     ephemeral.forEach((event: unknown, index) => {

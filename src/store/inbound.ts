@@ -1,6 +1,7 @@
 import { Database } from "./database";
 
-export type InboundKind = "message" | "change";
+/** Messages and changes are remembered as seen once bridged (inbound_seen); receipts are not. */
+export type InboundKind = "message" | "change" | "read" | "delivered";
 
 export interface InboundItem {
   seq: number;

@@ -203,7 +203,7 @@ export const MIGRATIONS: readonly Migration[] = [
         portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
         receiver TEXT NOT NULL,
         remote_id TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('message', 'change')),
+        kind TEXT NOT NULL CHECK (kind IN ('message', 'change', 'read', 'delivered')),
         payload TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
         created_at INTEGER NOT NULL,

@@ -41,8 +41,13 @@ const event = (n: number, extra: Record<string, unknown> = {}) => ({
 });
 
 /** An appservice on a free port whose "bridge" records what it was handed, with a chosen outcome. */
-async function startAppservice(store: BridgeStore, handle: (e: Record<string, unknown>) => Promise<void> = async () => undefined, retryDelaysMs?: number[]) {
-  const appservice = new DurableAppService({ homeserverToken: HS_TOKEN, journal: store.journal, maxBodyBytes: 64 * 1024, retryDelaysMs });
+async function startAppservice(
+  store: BridgeStore,
+  handle: (e: Record<string, unknown>) => Promise<void> = async () => undefined,
+  retryDelaysMs?: number[],
+  isOwnUser?: (mxid: string) => boolean,
+) {
+  const appservice = new DurableAppService({ homeserverToken: HS_TOKEN, journal: store.journal, maxBodyBytes: 64 * 1024, retryDelaysMs, isOwnUser });
   const handed: string[] = [];
   appservice.on("event", async (e: Record<string, unknown>) => {
     handed.push(String(e.event_id));
@@ -102,6 +107,23 @@ describe("the appservice transaction journal", () => {
     for (const txn of ["5", "5", "1"]) assert.equal((await as.put(txn, { events: [event(1), event(2)] })).status, 200);
     await until(() => store.journal.pendingCount() === 0, "handling");
     assert.deepEqual(as.handed, ["$event1", "$event2"]);
+    await as.appservice.close();
+  });
+
+  it("answers the echo of the bridge's own messages without journaling it, but keeps its own users' state events", async () => {
+    const { store } = tempStore();
+    const as = await startAppservice(store, async () => undefined, undefined, (mxid) => mxid === "@bot:hs" || mxid.startsWith("@wa_"));
+    as.appservice.startDispatching();
+    const events = [
+      event(1, { sender: "@wa_491:hs" }),
+      event(2),
+      event(3, { sender: "@bot:hs", type: "m.reaction", content: { "m.relates_to": { rel_type: "m.annotation", event_id: "$event2", key: "👍" } } }),
+      event(4, { sender: "@wa_491:hs", type: "m.room.member", state_key: "@alice:hs", content: { membership: "leave" } }),
+    ];
+    assert.equal((await as.put("1", { events })).status, 200);
+    await until(() => as.handed.length === 2, "handling");
+    assert.deepEqual(as.handed, ["$event2", "$event4"], "the ghost's and the bot's messages are echoes; the ghost's kick is not");
+    assert.equal(store.journal.pendingCount(), 0);
     await as.appservice.close();
   });
 

@@ -1,7 +1,8 @@
 /**
- * The durable network → Matrix queue of the bridge core, with a fake homeserver and network:
- * an event is committed before it is acknowledged, each chat works through its own events in
- * order and apart from the others, Matrix trouble is retried, and a restart resumes the rest.
+ * The bridge core's queues with a fake homeserver and network. Network → Matrix: an event is
+ * committed before it is acknowledged, each chat works through its own events in order and
+ * apart from the others, Matrix trouble is retried, and a restart resumes the rest. Matrix →
+ * network: the "sent" status waits for the delivery receipt so that one status event says both.
  */
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -82,8 +83,10 @@ class FakeHomeserver {
 }
 
 function fakeNetwork(): NetworkConnector {
+  let sent = 0;
   const network: Partial<NetworkConnector> = {
-    capabilities: { maxTextLength: 65536, maxMediaSize: 1 << 20 },
+    capabilities: { maxTextLength: 65536, maxMediaSize: 1 << 20, deliveryReceipts: true },
+    sendMessage: async () => ({ remoteId: `out${++sent}`, timestamp: Date.now() }),
     ensureUser: async () => undefined,
     getProfile: async (id) => ({ userId: id, displayName: `Contact ${id}`, avatar: null }),
     dmChat: (_mxid, remote) => ({ id: `dm:${remote}`, kind: "dm", participants: [remote] }),
@@ -91,7 +94,7 @@ function fakeNetwork(): NetworkConnector {
   return network as NetworkConnector;
 }
 
-function makeCore(file: string, hs: FakeHomeserver) {
+function makeCore(file: string, hs: FakeHomeserver, sentStatusDelayMs = 0) {
   const store = BridgeStore.open(file);
   store.users.getOrCreate(USER, { thirdPartyEnabled: true });
   const core = new BridgeCore(store, hs.port(), fakeNetwork(), {
@@ -99,6 +102,7 @@ function makeCore(file: string, hs: FakeHomeserver) {
     permissions: new Permissions({ "*": "user" }),
     retryDelayMs: 5,
     maxRetryDelayMs: 20,
+    sentStatusDelayMs,
   });
   return { store, core };
 }
@@ -241,6 +245,91 @@ describe("the durable inbound queue", () => {
     );
     assert.equal(second.store.inbound.depth(), 0);
     second.core.stop();
+    second.store.close();
+  });
+});
+
+describe("delivery status", () => {
+  const STATUS = "com.beeper.message_send_status";
+  /** A portal with a room, and a Matrix message of its user sent through the core. */
+  async function sendFromMatrix(core: BridgeCore, store: BridgeStore, hs: FakeHomeserver, n: number): Promise<{ eventId: string; roomId: string }> {
+    await core.onMessage(USER, message("+491", 0));
+    await until("the portal exists", () => store.inbound.depth() === 0 && hs.sent.length >= 1);
+    const roomId = store.portals.byChat("dm:+491", USER)!.roomId!;
+    const eventId = `$mine${n}`;
+    await core.onMatrixMessage({ event_id: eventId, room_id: roomId, sender: USER, type: "m.room.message", origin_server_ts: Date.now(), content: { msgtype: "m.text", body: `mine ${n}` } });
+    return { eventId, roomId };
+  }
+  const statuses = (hs: FakeHomeserver, eventId: string) =>
+    hs.sent.filter((s) => s.opts.type === STATUS && (s.content["m.relates_to"] as { event_id: string }).event_id === eventId).map((s) => s.content.delivered_to_users);
+
+  it("posts one status saying delivered when the receipt comes within the wait", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs, 60_000);
+    const { eventId } = await sendFromMatrix(core, store, hs, 1);
+    await until("the network took it", () => store.messages.byEventId(eventId) !== undefined);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(statuses(hs, eventId), [], "the sent status waits");
+    await core.onDelivered(USER, { chat: chat("+491"), txnId: eventId, recipient: "+491", timestamp: Date.now() });
+    await until("the delivered status", () => statuses(hs, eventId).length === 1);
+    assert.deepEqual(statuses(hs, eventId), [["@wa_491:hs"]]);
+    core.stop();
+    assert.deepEqual(statuses(hs, eventId), [["@wa_491:hs"]], "nothing held is left to post at stop");
+    store.close();
+  });
+
+  it("posts sent when the wait ends first, then delivered when the receipt comes", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs, 30);
+    const { eventId } = await sendFromMatrix(core, store, hs, 2);
+    await until("the sent status", () => statuses(hs, eventId).length === 1);
+    assert.deepEqual(statuses(hs, eventId), [[]]);
+    await core.onDelivered(USER, { chat: chat("+491"), txnId: eventId, recipient: "+491", timestamp: Date.now() });
+    await until("the delivered status", () => statuses(hs, eventId).length === 2);
+    assert.deepEqual(statuses(hs, eventId), [[], ["@wa_491:hs"]]);
+    core.stop();
+    store.close();
+  });
+
+  it("answers a delivery receipt at once and shows it when the homeserver answers, after a restart too", async () => {
+    const file = tempDb();
+    const hs = new FakeHomeserver();
+    const first = makeCore(file, hs, 60_000);
+    const { eventId, roomId } = await sendFromMatrix(first.core, first.store, hs, 5);
+    await until("the network took it", () => first.store.messages.byEventId(eventId) !== undefined);
+    hs.gate(roomId);
+    // Resolves (so the network is acknowledged) although the homeserver does not answer.
+    await first.core.onDelivered(USER, { chat: chat("+491"), txnId: eventId, recipient: "+491", timestamp: Date.now() });
+    assert.equal(first.store.inbound.depth(), 1);
+    first.core.stop();
+    first.store.close();
+
+    const hs2 = new FakeHomeserver();
+    const second = makeCore(file, hs2, 60_000);
+    await second.core.start();
+    await until("the delivered status after the restart", () => statuses(hs2, eventId).length === 1);
+    assert.deepEqual(statuses(hs2, eventId), [["@wa_491:hs"]]);
+    await until("the queue is empty", () => second.store.inbound.depth() === 0);
+    second.core.stop();
+    second.store.close();
+  });
+
+  it("posts sent at once with a wait of 0, and a held one when the bridge stops", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs, 0);
+    const { eventId } = await sendFromMatrix(core, store, hs, 3);
+    await until("the sent status", () => statuses(hs, eventId).length === 1);
+    core.stop();
+    store.close();
+
+    const hs2 = new FakeHomeserver();
+    const second = makeCore(tempDb(), hs2, 60_000);
+    const held = await sendFromMatrix(second.core, second.store, hs2, 4);
+    await until("the network took it", () => second.store.messages.byEventId(held.eventId) !== undefined);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(statuses(hs2, held.eventId), []);
+    second.core.stop();
+    await until("the held status went out at stop", () => statuses(hs2, held.eventId).length === 1);
     second.store.close();
   });
 });
