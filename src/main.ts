@@ -29,6 +29,7 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
     thirdPartyDefault: config.bridge.third_party_chats_default,
     permissions: new Permissions(config.bridge.permissions),
     metrics,
+    mediaDownloadAttempts: config.bridge.media_download_attempts,
   });
   metrics.observe({
     outboundQueueDepth: () => store.outbound.depth(),
