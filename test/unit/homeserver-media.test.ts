@@ -25,15 +25,11 @@ after(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-async function refusal(p: Promise<unknown>): Promise<MediaError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof MediaError, `expected a MediaError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected a refusal");
-}
+const refusal = (download: Promise<unknown>): Promise<MediaError> =>
+  download.then(
+    () => assert.fail("expected a refusal"),
+    (err: unknown) => (err instanceof MediaError ? err : assert.fail(`expected a MediaError, got ${String(err)}`)),
+  );
 
 describe("downloading a file from the homeserver", () => {
   /** A homeserver whose media repository answers each media id as the table says. */
