@@ -33,7 +33,13 @@ export interface BridgeConfig {
       expiry_days: number;
     };
   };
-  bridge: { permissions: Record<string, PermissionLevel>; third_party_chats_default: boolean; edit_window_seconds: number; sent_status_delay_ms: number };
+  bridge: {
+    permissions: Record<string, PermissionLevel>;
+    third_party_chats_default: boolean;
+    edit_window_seconds: number;
+    sent_status_delay_ms: number;
+    media_download_attempts: number;
+  };
   provisioning: { enabled: boolean; shared_secret?: string };
   metrics: { enabled: boolean; hostname: string; port: number };
   logging: { level: LogLevel; format: "pretty" | "json" };

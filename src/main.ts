@@ -30,6 +30,7 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
     permissions: new Permissions(config.bridge.permissions),
     metrics,
     sentStatusDelayMs: config.bridge.sent_status_delay_ms,
+    mediaDownloadAttempts: config.bridge.media_download_attempts,
   });
   metrics.observe({
     outboundQueueDepth: () => store.outbound.depth(),

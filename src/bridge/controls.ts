@@ -126,7 +126,8 @@ export class UserControls {
   /**
    * Deletes everything the bridge keeps about the user, as data protection law expects: the
    * network identity with its keys and sessions (on the gateway too), the Space, every portal
-   * (the ghosts leave the rooms) with its message map and queue, and the user's settings. The
+   * (the ghosts leave the rooms) with its message map and queue, the ids kept of Matrix sends and
+   * events in the user's rooms, and the user's settings. The
    * network goes first: if it cannot be reached, nothing is deleted and the user can retry.
    */
   async forget(mxid: string): Promise<ForgetReport> {
@@ -150,7 +151,13 @@ export class UserControls {
       await this.matrix.notice(ghost, portal.roomId, "This chat is closed: you asked the bridge to forget your data. Nothing more is bridged here.").catch(() => undefined);
       await this.matrix.leave(ghost, portal.roomId, "the user asked the bridge to forget them").catch(() => undefined);
     }
-    const erased = store.users.erase(mxid);
+    // The ids the bridge kept of its sends and of the events it received in the user's rooms go too.
+    const rooms = [...store.portals.forReceiver(mxid).map((p) => p.roomId), user.managementRoomId, user.spaceRoomId].filter((r): r is string => r !== null);
+    const erased = store.transaction(() => {
+      store.matrixSends.forgetRooms(rooms);
+      store.journal.forgetRooms(rooms);
+      return store.users.erase(mxid);
+    });
     log.info("forgot a user", { user: mxid, portals: erased.portals });
     return { ...erased, spaceRemoved };
   }

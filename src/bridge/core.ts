@@ -58,6 +58,8 @@ export interface CoreOptions {
   maxRetryDelayMs?: number;
   /** How long a "sent" status waits for the delivery receipt (config bridge.sent_status_delay_ms); 0: at once. */
   sentStatusDelayMs?: number;
+  /** Downloads of a queued file the homeserver may fail before the file is given up (config bridge.media_download_attempts; default 10). */
+  mediaDownloadAttempts?: number;
 }
 
 /** A Matrix event the bridge will not send on: `reason` for the status event, the message for the user. */
@@ -80,6 +82,13 @@ type QueuedPayload =
   | { kind: "edit"; target: string; content: RemoteContent; ts: number }
   | { kind: "reaction"; target: string; key: string; ts: number }
   | { kind: "redaction"; target: string; ts: number };
+
+/** A queued event's file, fetched from the homeserver at most once for all its send attempts. */
+interface QueuedMedia {
+  local?: LocalMedia;
+  /** Downloads the homeserver failed (an outage is waited out in the download, and not counted). */
+  failedDownloads?: number;
+}
 
 /** How a notice names each kind of queued event. */
 const EVENT_NOUN: Record<NonNullable<QueuedPayload["kind"]>, string> = { message: "message", edit: "edit", reaction: "reaction", redaction: "deletion" };
@@ -768,7 +777,7 @@ export class BridgeCore implements NetworkEventHandler {
     }
     const chat = this.chatOf(portal);
     // Media is fetched from the homeserver at most once for all attempts, and deleted after.
-    const media: { local?: LocalMedia } = {};
+    const media: QueuedMedia = {};
     try {
       await this.sendWithRetries(portal, chat, item, payload, media);
     } finally {
@@ -776,14 +785,24 @@ export class BridgeCore implements NetworkEventHandler {
     }
   }
 
-  /** Queued media still on the homeserver → a local file the connector can send. */
-  private async withLocalMedia(content: RemoteContent, media: { local?: LocalMedia }): Promise<RemoteContent> {
+  /**
+   * Queued media still on the homeserver → a local file the connector can send. A file the
+   * homeserver keeps failing to give is given up after mediaDownloadAttempts, so that it
+   * cannot hold the chat's queue for ever.
+   */
+  private async withLocalMedia(content: RemoteContent, media: QueuedMedia): Promise<RemoteContent> {
     if (content.type !== "media" || content.source.from !== "matrix") return content;
-    media.local ??= await this.matrix.downloadMedia(content.source.mxc, this.network.capabilities.maxMediaSize);
+    media.local ??= await this.matrix.downloadMedia(content.source.mxc, this.network.capabilities.maxMediaSize).catch((err: unknown) => {
+      if (!(err instanceof MediaError) || !err.retryable) throw err;
+      media.failedDownloads = (media.failedDownloads ?? 0) + 1;
+      const attempts = this.opts.mediaDownloadAttempts ?? 10;
+      if (media.failedDownloads < attempts) throw err;
+      throw new MediaError(err.code, `${err.reason} after ${attempts} attempt${attempts === 1 ? "" : "s"}`);
+    });
     return { ...content, source: { from: "file", path: media.local.path, size: media.local.size } };
   }
 
-  private async sendWithRetries(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: QueuedPayload, media: { local?: LocalMedia }): Promise<void> {
+  private async sendWithRetries(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: QueuedPayload, media: QueuedMedia): Promise<void> {
     const portalId = portal.id;
     let delay = this.opts.retryDelayMs ?? 1000;
     if (this.networkLink.isDown) this.networkLink.noteHeld();
@@ -838,7 +857,7 @@ export class BridgeCore implements NetworkEventHandler {
    * takes it off the queue. Returns false when there was nothing to send (a redaction of an
    * event that was never bridged). Throws EventRefusal when a capability check fails.
    */
-  private async sendQueued(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: QueuedPayload, media: { local?: LocalMedia }): Promise<boolean> {
+  private async sendQueued(portal: PortalRow, chat: ChatRef, item: OutboundItem, payload: QueuedPayload, media: QueuedMedia): Promise<boolean> {
     const caps = this.network.capabilities;
     const user = portal.receiver;
     const txnId = item.eventId;

@@ -105,7 +105,7 @@ export class MatrixAppservice {
     });
     if (this.config.provisioning.enabled) {
       this.provisioning = new ProvisioningApi(controls, this.config, core.metrics);
-      this.provisioning.register(this.bridge);
+      this.provisioning.register(this.bridge, this.appservice);
     }
     const botIntent = this.bridge.getIntent(this.port.botMxid);
     await botIntent.ensureRegistered();

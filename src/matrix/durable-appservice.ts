@@ -44,6 +44,8 @@ export class DurableAppService extends AppService {
   /** Highest journal seq handed to the bridge in this process. */
   private dispatchedUpTo = 0;
   private readonly retryTimers = new Set<NodeJS.Timeout>();
+  /** Path prefixes whose own error handler (added later) answers and counts body refusals. */
+  private readonly refusalsHandledUnder: string[] = [];
 
   constructor(opts: DurableAppServiceOptions) {
     super({ homeserverToken: opts.homeserverToken, httpMaxSizeBytes: opts.maxBodyBytes });
@@ -53,12 +55,17 @@ export class DurableAppService extends AppService {
     this.isOwnUser = opts.isOwnUser;
     // Body parser refusals as Matrix errors in one log line, not Express's HTML and stack trace.
     this.expressApp.use((err: { status?: number; type?: string; message?: string }, req: Request, res: Response, next: (err?: unknown) => void) => {
-      if (res.headersSent) return next(err);
+      if (res.headersSent || this.refusalsHandledUnder.some((prefix) => req.path.startsWith(prefix))) return next(err);
       const status = typeof err.status === "number" && err.status >= 400 && err.status < 500 ? err.status : 500;
       const errcode = status === 413 ? "M_TOO_LARGE" : err.type === "entity.parse.failed" ? "M_NOT_JSON" : status === 500 ? "M_UNKNOWN" : "M_BAD_JSON";
       log.warn("refused an HTTP request", { method: req.method, path: req.path, status, reason: err.type ?? err.message });
       res.status(status).json({ errcode, error: status === 413 ? `the body is larger than ${opts.maxBodyBytes} bytes` : (err.message ?? "bad request") });
     });
+  }
+
+  /** Leaves body refusals (unreadable JSON, too large) under `prefix` to an error handler registered there. */
+  passBodyRefusalsUnder(prefix: string): void {
+    this.refusalsHandledUnder.push(prefix);
   }
 
   /** Whether a request carries the homeserver token (Authorization: Bearer, or the legacy access_token query parameter). */

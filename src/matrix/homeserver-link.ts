@@ -12,16 +12,44 @@ const MAYBE_SENT = new Set(["ECONNRESET", "ETIMEDOUT", "ESOCKETTIMEDOUT", "EPIPE
 type RequestCallback = (err: (Error & { code?: string }) | null, res?: { statusCode: number }, body?: unknown) => void;
 type RequestFn = (params: { uri?: string; url?: string; method?: string }, callback: RequestCallback) => unknown;
 
-function hasErrcode(body: unknown): boolean {
+/** The Matrix errcode of an error answer's body (parsed or not), if it has one. */
+export function errcodeOf(body: unknown): string | undefined {
   let parsed = body;
   if (typeof body === "string") {
     try {
       parsed = JSON.parse(body);
     } catch {
-      return false;
+      return undefined;
     }
   }
-  return typeof parsed === "object" && parsed !== null && typeof (parsed as { errcode?: unknown }).errcode === "string";
+  const errcode = typeof parsed === "object" && parsed !== null ? (parsed as { errcode?: unknown }).errcode : undefined;
+  return typeof errcode === "string" ? errcode : undefined;
+}
+
+/**
+ * Whether an answer is a proxy's for a homeserver that is down (Synapse's own 5xx carry a
+ * Matrix errcode). 504 counts only for requests that are harmless to repeat: the homeserver
+ * may have acted on the request before the proxy gave up on it.
+ */
+export function isProxyRefusal(status: number, body: unknown, repeatable = false): boolean {
+  return (status === 502 || status === 503 || (repeatable && status === 504)) && errcodeOf(body) === undefined;
+}
+
+/** A request made outside the matrix-bot-sdk found the homeserver down (see HomeserverLink.untilReachable). */
+export class HomeserverUnreachable extends Error {
+  constructor(reason: string) {
+    super(reason);
+    this.name = "HomeserverUnreachable";
+  }
+}
+
+/** Why a request failed without an answer from the homeserver, or undefined if it got one. */
+function unreachableReason(err: unknown): string | undefined {
+  if (err instanceof HomeserverUnreachable) return err.message;
+  // fetch() puts the socket error under `cause`; http.request's errors carry the code themselves.
+  const e = err as { code?: unknown; cause?: { code?: unknown } } | null;
+  const code = typeof e?.code === "string" ? e.code : typeof e?.cause?.code === "string" ? e.cause.code : undefined;
+  return code && (NOT_SENT.has(code) || MAYBE_SENT.has(code)) ? code : undefined;
 }
 
 /** Whether an error from a homeserver request leaves it open whether the homeserver acted on it. */
@@ -56,7 +84,7 @@ export class HomeserverLink {
     return inner(params, (err, res, body) => {
       // A proxy in front of a homeserver that is down answers 502/503 without a Matrix error;
       // Synapse's own 502s (a remote server or the appservice ping failed) carry an errcode.
-      const proxyRefusal = !err && res && (res.statusCode === 502 || res.statusCode === 503) && !hasErrcode(body);
+      const proxyRefusal = !err && res && isProxyRefusal(res.statusCode, body);
       if ((err && err.code && NOT_SENT.has(err.code)) || proxyRefusal) {
         this.health.down(err ? `${err.code}` : `HTTP ${res!.statusCode}`);
         if (!waited) this.health.noteHeld();
@@ -68,5 +96,30 @@ export class HomeserverLink {
       else if (res) this.health.up();
       callback(err, res, body);
     });
+  }
+
+  /**
+   * The same for a request made outside the matrix-bot-sdk (media streams), which must be
+   * harmless to repeat: while it cannot reach the homeserver (a socket error, or `attempt`
+   * throws HomeserverUnreachable for a proxy's refusal) it is repeated, and it counts in the
+   * outage. An answer marks the homeserver reachable; it and any other error are the caller's.
+   */
+  async untilReachable<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+    let delay = this.retry.initialMs;
+    for (let waited = false; ; waited = true) {
+      try {
+        const result = await attempt();
+        this.health.up();
+        return result;
+      } catch (err) {
+        const reason = unreachableReason(err);
+        if (!reason) throw err;
+        this.health.down(reason);
+        if (!waited) this.health.noteHeld();
+        log.debug("homeserver request waits for the homeserver", { what, inMs: delay });
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, this.retry.maxMs);
+      }
+    }
   }
 }

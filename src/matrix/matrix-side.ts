@@ -43,7 +43,7 @@ export class AppserviceMatrixPort implements MatrixPort {
     this.homeserver = new HomeserverLink(config.homeserver.url.replace(/\/+$/, ""));
     this.botMxid = `@${config.appservice.bot.localpart}:${config.homeserver.domain}`;
     this.serverName = config.homeserver.domain;
-    this.media = new MatrixMedia({ homeserverUrl: config.homeserver.url, asToken, tempDir: path.join(config.network.media.directory, "tmp-matrix") });
+    this.media = new MatrixMedia({ homeserverUrl: config.homeserver.url, asToken, homeserver: this.homeserver, tempDir: path.join(config.network.media.directory, "tmp-matrix") });
   }
 
   ghostMxid(remoteUserId: string): string {

@@ -31,6 +31,7 @@ import { noteStreamed, pacedPassThrough } from "../gc-pacing";
 import { getLogger } from "../logging";
 import { LocalMedia, MediaError, RemoteMedia } from "../network/connector";
 import { audioPeaks, makeThumbnail, probeMedia, rawRgba } from "../network/ffmpeg";
+import { errcodeOf, HomeserverLink, HomeserverUnreachable, isProxyRefusal } from "./homeserver-link";
 
 const log = getLogger("matrix-media");
 
@@ -38,6 +39,8 @@ export interface MatrixMediaOptions {
   homeserverUrl: string;
   /** The appservice's as_token: downloads and (with user_id) uploads as any of its users. */
   asToken: string;
+  /** Media requests wait out a homeserver outage and count in it, like the appservice's own requests. */
+  homeserver: HomeserverLink;
   /** Folder for temporary files (emptied at start). */
   tempDir: string;
   timeoutMs?: number;
@@ -60,28 +63,40 @@ export class MatrixMedia {
     return { path: file, size, release: () => fs.promises.rm(file, { force: true }) };
   }
 
-  /** Streams a Matrix file into a temporary file, refusing it once it passes `maxBytes`. */
+  /**
+   * Streams a Matrix file into a temporary file, refusing it once it passes `maxBytes`. While
+   * the homeserver cannot be reached this waits for it, like every Matrix request; a failure
+   * it answers is retryable if it is a server error, final otherwise (404 included).
+   */
   async download(mxc: string, maxBytes: number): Promise<LocalMedia> {
     const m = parseMxc(mxc);
     if (!m) throw new MediaError("bad_url", "the attachment's URL is not an mxc:// URI");
     const url = `${this.base}/_matrix/client/v1/media/download/${encodeURIComponent(m.serverName)}/${encodeURIComponent(m.mediaId)}`;
-    let response: Response;
+    const notFetched = (why: string) => `it could not be fetched from the homeserver (${why})`;
+    let answer: { response: Response; error?: string };
     try {
-      response = await fetch(url, { headers: { authorization: `Bearer ${this.opts.asToken}` }, signal: AbortSignal.timeout(this.opts.timeoutMs ?? 10 * 60_000) });
+      answer = await this.opts.homeserver.untilReachable("media download", async () => {
+        const response = await fetch(url, { headers: { authorization: `Bearer ${this.opts.asToken}` }, signal: AbortSignal.timeout(this.opts.timeoutMs ?? 10 * 60_000) });
+        if (response.ok && response.body) return { response };
+        // An error answer is small: read now, to tell a proxy's refusal from the homeserver's own.
+        const error = await response.text();
+        if (isProxyRefusal(response.status, error, true)) throw new HomeserverUnreachable(`HTTP ${response.status}`);
+        return { response, error };
+      });
     } catch (err) {
-      throw new MediaError("unreachable", `the homeserver could not be reached (${(err as Error).message})`, true);
+      const timedOut = (err as Error).name === "TimeoutError";
+      throw new MediaError(timedOut ? "timeout" : "unreachable", notFetched(timedOut ? "it did not answer in time" : `the request failed: ${(err as Error).message}`), true);
     }
-    if (response.status === 404) {
-      await response.body?.cancel();
-      throw new MediaError("not_found", "the file is no longer on the homeserver");
-    }
-    if (!response.ok || !response.body) {
-      await response.body?.cancel();
-      throw new MediaError("http_error", `the homeserver answered HTTP ${response.status} to the download`, response.status >= 500 || response.status === 429);
+    const { response } = answer;
+    if (answer.error !== undefined) {
+      const errcode = errcodeOf(answer.error);
+      const status = `HTTP ${response.status}${errcode ? ` ${errcode}` : ""}`;
+      if (response.status === 404) throw new MediaError("not_found", `it could not be fetched from the homeserver, which has no such file (${status})`);
+      throw new MediaError("http_error", notFetched(status), response.status >= 500 || response.status === 429);
     }
     const announced = Number(response.headers.get("content-length") ?? NaN);
     if (Number.isFinite(announced) && announced > maxBytes) {
-      await response.body.cancel();
+      await response.body!.cancel();
       throw new MediaError("too_large", overLimitReason(announced, maxBytes));
     }
     const dest = this.tempFile("download");
@@ -95,11 +110,11 @@ export class MatrixMedia {
       },
     });
     try {
-      await pipeline(Readable.fromWeb(response.body as import("node:stream/web").ReadableStream<Uint8Array>), limit, fs.createWriteStream(dest, { mode: 0o600 }));
+      await pipeline(Readable.fromWeb(response.body! as import("node:stream/web").ReadableStream<Uint8Array>), limit, fs.createWriteStream(dest, { mode: 0o600 }));
     } catch (err) {
       await fs.promises.rm(dest, { force: true });
       if (err instanceof MediaError) throw err;
-      throw new MediaError("unreachable", `the download from the homeserver broke off (${(err as Error).message})`, true);
+      throw new MediaError("unreachable", notFetched(`the download broke off: ${(err as Error).message}`), true);
     }
     return this.local(dest, size);
   }
@@ -110,27 +125,36 @@ export class MatrixMedia {
     const url = new URL(`${this.base}/_matrix/media/v3/upload`);
     url.searchParams.set("filename", filename);
     url.searchParams.set("user_id", asMxid);
-    const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const req = (url.protocol === "https:" ? https : http).request(
-        url,
-        {
-          method: "POST",
-          headers: { authorization: `Bearer ${this.opts.asToken}`, "content-type": mimetype, "content-length": String(size) },
-          timeout: this.opts.timeoutMs ?? 10 * 60_000,
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8").slice(0, 4096) }));
-          res.on("error", reject);
-        },
-      );
-      req.on("timeout", () => req.destroy(new Error("upload timed out")));
-      req.on("error", reject);
-      pipeline(fs.createReadStream(file), pacedPassThrough(), req).catch(reject);
-    }).catch((err: Error) => {
-      throw new MediaError("unreachable", `the upload to the homeserver failed (${err.message})`, true);
-    });
+    const post = () =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = (url.protocol === "https:" ? https : http).request(
+          url,
+          {
+            method: "POST",
+            headers: { authorization: `Bearer ${this.opts.asToken}`, "content-type": mimetype, "content-length": String(size) },
+            timeout: this.opts.timeoutMs ?? 10 * 60_000,
+          },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on("data", (c: Buffer) => chunks.push(c));
+            res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8").slice(0, 4096) }));
+            res.on("error", reject);
+          },
+        );
+        req.on("timeout", () => req.destroy(new Error("upload timed out")));
+        req.on("error", reject);
+        pipeline(fs.createReadStream(file), pacedPassThrough(), req).catch(reject);
+      });
+    // Repeating an upload is harmless: at worst the media repository keeps an unused copy.
+    const { status, body } = await this.opts.homeserver
+      .untilReachable("media upload", async () => {
+        const answer = await post();
+        if (isProxyRefusal(answer.status, answer.body, true)) throw new HomeserverUnreachable(`HTTP ${answer.status}`);
+        return answer;
+      })
+      .catch((err: Error) => {
+        throw new MediaError("unreachable", `the upload to the homeserver failed (${err.message})`, true);
+      });
     let json: { content_uri?: string; errcode?: string; error?: string } = {};
     try {
       json = JSON.parse(body);

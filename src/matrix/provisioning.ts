@@ -8,6 +8,7 @@ import { BridgeConfig } from "../config";
 import { normalizePhone } from "../convert/phone";
 import { getLogger } from "../logging";
 import { BridgeMetrics } from "../metrics/metrics";
+import type { DurableAppService } from "./durable-appservice";
 import { GhostIds } from "./ghost-ids";
 
 const log = getLogger("provisioning");
@@ -54,6 +55,8 @@ export class ProvisioningApi {
   private readonly ghosts: GhostIds;
   private readonly botMxid: string;
   private readonly whoamiCache = new Map<string, { user: string; until: number }>();
+  /** "METHOD /path" of every route, to label refusals that happen before a route is reached. */
+  private readonly routes = new Set<string>();
 
   constructor(
     private readonly controls: UserControls,
@@ -64,8 +67,9 @@ export class ProvisioningApi {
     this.botMxid = `@${config.appservice.bot.localpart}:${config.homeserver.domain}`;
   }
 
-  register(bridge: Bridge): void {
-    const route = (method: "GET" | "PUT" | "POST" | "DELETE", path: string, handler: Handler) =>
+  register(bridge: Bridge, appservice: DurableAppService): void {
+    const route = (method: "GET" | "PUT" | "POST" | "DELETE", path: string, handler: Handler) => {
+      this.routes.add(`${method} ${path}`);
       bridge.addAppServicePath({
         method,
         path: PROVISIONING_PREFIX + path,
@@ -73,6 +77,7 @@ export class ProvisioningApi {
         authenticate: false,
         handler: (req: Request, res: Response) => void this.serve(method, path, handler, req, res),
       });
+    };
     route("GET", "/status", async (caller) => ({ body: this.statusBody(caller.user) }));
     route("PUT", "/settings", (caller, body) => this.putSettings(caller, body));
     route("GET", "/chats", async (caller) => ({
@@ -87,13 +92,17 @@ export class ProvisioningApi {
     const app = bridge.appService.expressApp;
     // Unknown routes and unreadable bodies under the prefix answer in JSON like the rest.
     app.use(PROVISIONING_PREFIX, (req: Request, res: Response) => this.reply(res, req.method, "unknown", 404, { errcode: "M_UNRECOGNIZED", error: "unknown provisioning endpoint" }));
-    app.use(PROVISIONING_PREFIX, (err: { type?: string; message?: string }, req: Request, res: Response, next: NextFunction) => {
+    // Bodies the JSON parser refused (unreadable, too large) are answered and counted here too.
+    appservice.passBodyRefusalsUnder(PROVISIONING_PREFIX);
+    app.use(PROVISIONING_PREFIX, (err: { status?: unknown; type?: string; limit?: unknown }, req: Request, res: Response, next: NextFunction) => {
       if (res.headersSent) return next(err);
-      const notJson = err.type === "entity.parse.failed";
-      this.reply(res, req.method, "unknown", notJson ? 400 : 500, {
-        errcode: notJson ? "M_NOT_JSON" : "M_UNKNOWN",
-        error: notJson ? "the request body is not valid JSON" : "the request could not be read",
-      });
+      const route = this.routes.has(`${req.method} ${req.path}`) ? req.path : "unknown";
+      if (err.type === "entity.too.large") {
+        return this.reply(res, req.method, route, 413, { errcode: "M_TOO_LARGE", error: `the body is larger than ${String(err.limit)} bytes` });
+      }
+      if (err.type === "entity.parse.failed") return this.reply(res, req.method, route, 400, { errcode: "M_NOT_JSON", error: "the request body is not valid JSON" });
+      const status = typeof err.status === "number" && err.status >= 400 && err.status < 500 ? err.status : 500;
+      this.reply(res, req.method, route, status, { errcode: status === 500 ? "M_UNKNOWN" : "M_BAD_JSON", error: "the request body could not be read" });
     });
     log.info("provisioning API enabled", { prefix: PROVISIONING_PREFIX, sharedSecret: Boolean(this.config.provisioning.shared_secret) });
   }

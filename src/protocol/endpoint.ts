@@ -33,8 +33,9 @@ import {
   type SignalRecordStore,
 } from "./signal.js";
 
-export interface PayloadEvent {
-  /** The local user the payload is for. */
+/** Where a frame a local user received came from, and where it stands in their queue on the gateway. */
+export interface ReceivedFrame {
+  /** The local user the frame is for. */
   to: string;
   from: string;
   room: string;
@@ -44,6 +45,9 @@ export interface PayloadEvent {
   ts: number;
   /** Position in the local user's queue on the gateway. */
   seq: number;
+}
+
+export interface PayloadEvent extends ReceivedFrame {
   payload: Payload;
 }
 
@@ -55,13 +59,7 @@ export type UndecryptableReason =
   /** A MIMI message whose senderUri/roomUri are not the frame's sender and room. */
   | { stage: "envelope"; code: "envelope_mismatch" };
 
-export interface UndecryptableEvent {
-  to: string;
-  from: string;
-  room: string;
-  id: Uint8Array;
-  ts: number;
-  seq: number;
+export interface UndecryptableEvent extends ReceivedFrame {
   reason: UndecryptableReason;
 }
 

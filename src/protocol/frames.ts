@@ -11,6 +11,7 @@
 import { createHash } from "node:crypto";
 import { decode as cborDecode } from "cbor2";
 import { encodeDeterministic } from "./deterministic-cbor.js";
+import type { PreKeyBundleData, PublishedKeys } from "./signal/types.js";
 
 export const PROTOCOL_VERSION = 1;
 /** WebSocket path of protocol version 1. */
@@ -112,30 +113,9 @@ export interface Avatar {
   sha256: Uint8Array;
 }
 
-export interface SignedPreKey {
-  id: number;
-  publicKey: Uint8Array;
-  signature: Uint8Array;
-}
-export interface KyberPreKey {
-  id: number;
-  publicKey: Uint8Array;
-  signature: Uint8Array;
-}
-export interface OneTimePreKey {
-  id: number;
-  publicKey: Uint8Array;
-}
-
-export interface PreKeyBundle {
+/** The keys the directory hands out for `user` (deviceId: always 1 in version 1, one device per account). */
+export interface PreKeyBundle extends PreKeyBundleData {
   user: string;
-  registrationId: number;
-  /** Always 1 in version 1: one device per account. */
-  deviceId: 1;
-  identityKey: Uint8Array;
-  signedPreKey: SignedPreKey;
-  kyberPreKey: KyberPreKey;
-  oneTimePreKey?: OneTimePreKey;
 }
 
 export interface Payload {
@@ -225,17 +205,11 @@ export interface ProfileGetFrame {
   rid: number;
   user: string;
 }
-export interface KeysPublishFrame {
+/** `user`'s keys for the directory (deviceId: always 1 in version 1, one device per account). */
+export interface KeysPublishFrame extends PublishedKeys {
   t: "keys.publish";
   rid: number;
   user: string;
-  registrationId: number;
-  /** Always 1 in version 1: one device per account. */
-  deviceId: 1;
-  identityKey: Uint8Array;
-  signedPreKey: SignedPreKey;
-  kyberPreKey: KyberPreKey;
-  oneTimePreKeys: OneTimePreKey[];
 }
 export interface KeysFetchFrame {
   t: "keys.fetch";
@@ -581,17 +555,17 @@ const profileField: FieldSpec = {
     thirdPartyChats: opt({ kind: "bool" }),
   },
 };
+/** What a published key set and a bundle handed out of it have in common. */
+const publishedKeyFields: Schema = {
+  registrationId: { kind: "uint", max: 0x3fff },
+  deviceId: { kind: "uint", min: 1, max: 1 },
+  identityKey: ecPublicKey,
+  signedPreKey: signedPreKeyField,
+  kyberPreKey: kyberPreKeyField,
+};
 const bundleField: FieldSpec = {
   kind: "map",
-  fields: {
-    user: userField,
-    registrationId: { kind: "uint", max: 0x3fff },
-    deviceId: { kind: "uint", min: 1, max: 1 },
-    identityKey: ecPublicKey,
-    signedPreKey: signedPreKeyField,
-    kyberPreKey: kyberPreKeyField,
-    oneTimePreKey: opt(oneTimePreKeyField),
-  },
+  fields: { user: userField, ...publishedKeyFields, oneTimePreKey: opt(oneTimePreKeyField) },
 };
 
 const SCHEMAS: Record<FrameType, Schema> = {
@@ -628,11 +602,7 @@ const SCHEMAS: Record<FrameType, Schema> = {
   "keys.publish": {
     rid: ridField,
     user: userField,
-    registrationId: { kind: "uint", max: 0x3fff },
-    deviceId: { kind: "uint", min: 1, max: 1 },
-    identityKey: ecPublicKey,
-    signedPreKey: signedPreKeyField,
-    kyberPreKey: kyberPreKeyField,
+    ...publishedKeyFields,
     oneTimePreKeys: { kind: "array", of: oneTimePreKeyField, max: DEFAULT_LIMITS.maxOneTimeKeysStored },
   },
   "keys.fetch": { rid: ridField, from: userField, user: userField },

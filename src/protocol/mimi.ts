@@ -818,29 +818,13 @@ export interface MimiUnknownExtensionJson {
   cbor: string;
 }
 
-interface MimiPartHeaderJson {
-  disposition: number;
-  language: string;
-}
+/** A part's fields in the JSON form: byte strings as lowercase hex, the rest as they are. */
+type HexBytes<T> = { [K in keyof T]: T[K] extends Uint8Array ? string : T[K] };
 export type MimiPartJson =
-  | (MimiPartHeaderJson & { cardinality: "null" })
-  | (MimiPartHeaderJson & { cardinality: "single"; contentType: string; content: string; contentText?: string })
-  | (MimiPartHeaderJson & {
-      cardinality: "external";
-      contentType: string;
-      url: string;
-      expires: number;
-      size: number;
-      encAlg: number;
-      key: string;
-      nonce: string;
-      aad: string;
-      hashAlg: number;
-      contentHash: string;
-      description: string;
-      filename: string;
-    })
-  | (MimiPartHeaderJson & { cardinality: "multi"; partSemantics: MimiPartSemantics; parts: MimiPartJson[] });
+  | HexBytes<MimiNullPart>
+  | (HexBytes<MimiSinglePart> & { contentText?: string })
+  | HexBytes<MimiExternalPart>
+  | (Omit<MimiMultiPart, "parts"> & { parts: MimiPartJson[] });
 
 export interface MimiJson {
   /** Derived from the encoded message and extensions 1/2; null when either URI is absent. Ignored on input. */

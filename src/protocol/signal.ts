@@ -7,13 +7,4 @@ export {
   type SignalRecordStore,
 } from "./signal/record-store.js";
 export { SignalParty } from "./signal/party.js";
-export {
-  SIGNAL_DEVICE_ID,
-  SignalMessageType,
-  type OneTimePreKey,
-  type PreKeyBundleData,
-  type PublishedKeys,
-  type SignalCiphertext,
-  type SignalPartyOptions,
-  type SignedPublicKey,
-} from "./signal/types.js";
+export * from "./signal/types.js";

@@ -34,9 +34,21 @@ export class JournalStore {
       .all(afterSeq, limit) as JournalEntry[];
   }
 
-  /** Handled (or given up): the body is dropped, the key stays to refuse a repeat. */
+  /**
+   * Handled (or given up): the body is cut to its room id. The key stays to refuse a repeat,
+   * the room id so that forgetting a user can find the entries of their rooms.
+   */
   markDone(seq: number): void {
-    this.db.prepare("UPDATE appservice_journal SET done_at = ?, body = NULL WHERE seq = ?").run(Date.now(), seq);
+    this.db
+      .prepare(
+        "UPDATE appservice_journal SET done_at = ?, body = CASE WHEN json_type(body, '$.room_id') = 'text' THEN json_object('room_id', json_extract(body, '$.room_id')) END WHERE seq = ?",
+      )
+      .run(Date.now(), seq);
+  }
+
+  /** Drops every entry from these rooms, handled or not (their user asked to be forgotten); returns how many. */
+  forgetRooms(roomIds: string[]): number {
+    return this.db.prepare("DELETE FROM appservice_journal WHERE json_extract(body, '$.room_id') IN (SELECT value FROM json_each(?))").run(JSON.stringify(roomIds)).changes;
   }
 
   recordAttempt(seq: number): number {

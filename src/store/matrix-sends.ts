@@ -43,6 +43,11 @@ export class MatrixSendStore {
     return this.db.prepare("SELECT 1 FROM matrix_sends WHERE room_id = ? AND event_id = ?").get(roomId, eventId) !== undefined;
   }
 
+  /** Drops every send in these rooms, finished or not (their user asked to be forgotten); returns how many. */
+  forgetRooms(roomIds: string[]): number {
+    return this.db.prepare("DELETE FROM matrix_sends WHERE room_id IN (SELECT value FROM json_each(?))").run(JSON.stringify(roomIds)).changes;
+  }
+
   /** Forgets finished sends started before `before`; unfinished ones stay until they finish. */
   prune(before: number): number {
     return this.db.prepare("DELETE FROM matrix_sends WHERE event_id IS NOT NULL AND started_at < ?").run(before).changes;

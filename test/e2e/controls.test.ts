@@ -4,7 +4,9 @@
  * may use the bridge at all.
  */
 import assert from "node:assert/strict";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import BetterSqlite3 from "better-sqlite3";
 import { SyncedEvent, TestClient } from "../support/matrix-client";
 import { SimApiError } from "../support/sim-api";
 import { PROVIDER_DOMAIN, PROVISIONING_SECRET, Stack } from "../support/stack";
@@ -342,12 +344,17 @@ describe("bot commands", () => {
     const botRoom = await stack.botRoom(vera, { enable: true });
     const phone = "+4915200000006";
     const portal = await chatFromWhatsApp(vera, phone, "Viktor");
-    await command(vera, botRoom, "inbox dedicated", /space/);
+    const inboxCommand = await vera.sendText(botRoom, "inbox dedicated");
+    await botSays(vera, botRoom, inboxCommand, /space/, "the bot's answer to the inbox command");
+    const lastWords = await vera.sendText(portal, "one last thing");
+    // Delivered: every status the bridge posts about it is in the room before she asks to be forgotten.
+    await vera.waitFor((e) => e.room_id === portal && e.type === "com.beeper.message_send_status" && e.content["m.relates_to"]?.event_id === lastWords && e.content.delivered_to_users?.length > 0, WAIT);
     const preview = await command(vera, botRoom, "forget", /Say `forget confirm` to go ahead/);
     assert.match(body(preview), /your 1 chat\(s\)/);
     const done = await command(vera, botRoom, "forget confirm", /^Done\./);
     assert.match(body(done), /deleted your identity on the WhatsApp interop network with its encryption keys and sessions/);
-    assert.match(body(done), /1 chat\(s\) with 1 message link\(s\), 0 message\(s\) waiting to be sent/);
+    // Viktor's greeting and her last words.
+    assert.match(body(done), /1 chat\(s\) with 2 message link\(s\), 0 message\(s\) waiting to be sent/);
     assert.match(body(done), /your Third-Party Chats space and your settings/);
     await vera.waitFor((e) => e.room_id === portal && e.sender === stack.ghostId(phone) && /This chat is closed: you asked the bridge to forget your data/.test(body(e)), WAIT);
     await vera.waitFor((e) => e.room_id === portal && e.type === "m.room.member" && e.state_key === stack.ghostId(phone) && e.content.membership === "leave", WAIT);
@@ -358,6 +365,16 @@ describe("bot commands", () => {
     // The network no longer knows Vera, and neither does the bridge.
     await assert.rejects(stack.sim.sendText(phone, uriOf(vera.userId), "hello?"), (err: SimApiError) => err.status === 404 && err.code === "unknown_user");
     assert.equal((await provisioningStatus(vera.userId)).status, 404);
+    // Nor does its database keep the ids of what was sent and received in her rooms.
+    const db = new BetterSqlite3(path.join(stack.dir, "bridge.db"), { readonly: true });
+    try {
+      const count = (sql: string, ...params: string[]) => (db.prepare(sql).get(...params) as { n: number }).n;
+      assert.equal(count("SELECT COUNT(*) AS n FROM appservice_journal WHERE event_key IN (?, ?)", lastWords, inboxCommand), 0, "her events are out of the journal");
+      assert.equal(count("SELECT COUNT(*) AS n FROM matrix_sends WHERE room_id = ?", portal), 0, "the chat's sends are forgotten");
+      assert.equal(count("SELECT COUNT(*) AS n FROM matrix_sends WHERE room_id = ? AND txn_id = ?", botRoom, `bot.${inboxCommand}`), 0, "so are the bot's answers before `forget`");
+    } finally {
+      db.close();
+    }
   });
 });
 

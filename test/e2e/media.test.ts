@@ -151,7 +151,12 @@ function showHash(t: TestContext, entry: InboxEntry, original: string): void {
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-media-files-"));
   makeFiles();
-  stack = await Stack.start("media", { bridgeConfig: (c) => (c.network.media.max_size = LIMIT) });
+  stack = await Stack.start("media", {
+    bridgeConfig: (c) => {
+      c.network.media.max_size = LIMIT;
+      c.bridge = { ...c.bridge, media_download_attempts: 2 };
+    },
+  });
 });
 
 after(async () => {
@@ -389,5 +394,29 @@ describe("media from Matrix to WhatsApp", () => {
     const names = (await stack.sim.inbox(chat.phone)).filter((e) => e.kind === "media").map((e) => e.filename);
     assert.equal(names.includes("big.bin"), false);
     assert.equal(names.includes("secret.png"), false);
+  });
+
+  test("a file the homeserver does not have, or never gets, is not sent: a notice says so, and the chat goes on", async (t) => {
+    const info = { mimetype: "application/pdf", size: 1000 };
+    const missing = await chat.client.sendEvent(chat.roomId, "m.room.message", { msgtype: "m.file", body: "missing.pdf", url: `mxc://${stack.domain}/NoSuchMediaHere`, info });
+    // A media id reserved for an upload that never comes: the homeserver answers its download with 504 M_NOT_YET_UPLOADED.
+    const { content_uri: reserved } = await chat.client.request<{ content_uri: string }>("POST", "/_matrix/media/v1/create", {});
+    const pending = await chat.client.sendEvent(chat.roomId, "m.room.message", { msgtype: "m.file", body: "pending.pdf", url: reserved, info });
+    await chat.client.sendText(chat.roomId, "after the files that never came");
+    const notFound = await nextFromGhost(chat, "the notice for the missing file", (e) => e.content.msgtype === "m.notice" && /missing\.pdf/.test(e.content.body));
+    show(t, "m.notice (not sent, not on the homeserver)", notFound);
+    assert.equal(notFound.content.body, "Your file (missing.pdf) was not sent: it could not be fetched from the homeserver, which has no such file (HTTP 404 M_NOT_FOUND).");
+    assert.equal(notFound.content["m.relates_to"]?.["m.in_reply_to"]?.event_id, missing, "the notice answers the file's event");
+    // The homeserver holds each download open for a while before it answers 504; the bridge's config allows 2 attempts.
+    const gaveUp = await chat.client.waitFor(
+      (e) => e.room_id === chat.roomId && e.sender === chat.ghost && e.content.msgtype === "m.notice" && /pending\.pdf/.test(e.content.body),
+      { timeoutMs: 240_000, description: "the notice for the file that was never uploaded" },
+    );
+    show(t, "m.notice (not sent, given up)", gaveUp);
+    assert.equal(gaveUp.content.body, "Your file (pending.pdf) was not sent: it could not be fetched from the homeserver (HTTP 504 M_NOT_YET_UPLOADED) after 2 attempts.");
+    assert.equal(gaveUp.content["m.relates_to"]?.["m.in_reply_to"]?.event_id, pending);
+    await stack.sim.waitForInbox(chat.phone, (e) => e.kind === "text" && e.text === "after the files that never came", 60_000);
+    const names = (await stack.sim.inbox(chat.phone)).filter((e) => e.kind === "media").map((e) => e.filename);
+    assert.deepEqual(names.filter((n) => n === "missing.pdf" || n === "pending.pdf"), []);
   });
 });

@@ -167,7 +167,13 @@ describe("provisioning API", () => {
 
     const asMia = (method: string, path: string, extra: CallOptions) => call(method, path, { token: PROVISIONING_SECRET, userId: mia.userId, ...extra });
     refused(await asMia("PUT", "/settings", { rawBody: "third_party_chats=true", contentType: "application/x-www-form-urlencoded" }), 400, "M_NOT_JSON");
+    // Bodies the JSON parser refuses before any route runs are counted like every other refusal.
+    const refusedBodies = (status: string) => stack.metric("bridge_provisioning_request_duration_seconds_count", { route: "/settings", method: "PUT", status });
+    const badJsonBefore = await refusedBodies("400");
     refused(await asMia("PUT", "/settings", { rawBody: "{not json" }), 400, "M_NOT_JSON");
+    assert.equal(await refusedBodies("400"), badJsonBefore + 1, "the unreadable body is counted");
+    refused(await asMia("PUT", "/settings", { body: { inbox: "x".repeat(17 * 1024 * 1024) } }), 413, "M_TOO_LARGE");
+    assert.equal(await refusedBodies("413"), 1, "the oversized body is counted");
     refused(await asMia("PUT", "/settings", { body: [true] }), 400, "M_BAD_JSON", /JSON object/);
     refused(await asMia("PUT", "/settings", { body: {} }), 400, "M_BAD_JSON", /third_party_chats and\/or inbox/);
     refused(await asMia("PUT", "/settings", { body: { third_party_chats: "yes" } }), 400, "M_BAD_JSON", /true or false/);

@@ -96,10 +96,33 @@ const validFrames: Frame[] = [
   { t: "typing", from: alice, to: wanda, room, state: "on" },
 ] as Frame[];
 
-describe("bad input, generated", () => {
-  it("wire frames: decodeFrame accepts a valid frame or refuses with bad_frame, whatever the bytes", (t) => {
-    const tally = new Tally();
-    const bytes = fc.oneof(
+/**
+ * A decoder or validator the outside world reaches: inputs generated for it, what it must do
+ * with what it accepts, and the one error type it may refuse with.
+ */
+interface Target<E extends Error> {
+  title: string;
+  /** Names it in the diagnostic line. */
+  name: string;
+  inputs: fc.Arbitrary<unknown>;
+  /** Runs one input; throws what the target throws. Checks on what it accepted go here. */
+  accept(input: unknown): void;
+  refusal: abstract new (...args: never[]) => E;
+  /** How a refusal is counted (its code) and any further checks of it. */
+  refused(err: E): string;
+  /** Cases found by the property before, checked as examples. */
+  examples?(): void;
+}
+
+const validMimi = encodeMimi(newTextMessage({ sender: alice, room, markdown: "**hello** _world_" }));
+const validMimiJson = JSON.parse(JSON.stringify(mimiToJson(decodeMimi(validMimi)))) as unknown;
+const sampleConfig = YAML.parse(fs.readFileSync(path.resolve(__dirname, "../../../config/config.sample.yaml"), "utf8")) as unknown;
+
+const targets: Target<Error>[] = [
+  {
+    title: "wire frames: decodeFrame accepts a valid frame or refuses with bad_frame, whatever the bytes",
+    name: "decodeFrame",
+    inputs: fc.oneof(
       fc.uint8Array({ maxLength: 300 }),
       fc.tuple(fc.constantFrom(...validFrames), mutation(cborValue)).map(([frame, m]) => {
         const value = mutate(cborDecode(encodeFrame(frame)), m);
@@ -114,33 +137,20 @@ describe("bad input, generated", () => {
         b[at % b.length] = byte;
         return b;
       }),
-    );
-    fc.assert(
-      fc.property(bytes, (input) => {
-        tally.cases++;
-        try {
-          const frame = decodeFrame(input, { maxFrameBytes: 256 * 1024 });
-          assert.equal(typeof frame.t, "string");
-          tally.accepted++;
-        } catch (err) {
-          assert.ok(err instanceof ProtocolError, `a ProtocolError, got ${String(err)}`);
-          assert.ok(err.code === "bad_frame" || err.code === "too_large");
-          assertClear(err.message);
-          tally.refuse(err.code);
-        }
-      }),
-      { numRuns: RUNS },
-    );
-    assert.throws(() => decodeFrame(new Uint8Array(300), { maxFrameBytes: 200 }), (e: unknown) => e instanceof ProtocolError && e.code === "too_large");
-    t.diagnostic(`decodeFrame: ${tally}`);
-    assert.ok(tally.cases >= RUNS);
-  });
-
-  const validMimi = encodeMimi(newTextMessage({ sender: alice, room, markdown: "**hello** _world_" }));
-
-  it("MIMI content: decodeMimi accepts or refuses with a MimiError; what it accepts re-encodes to the same bytes and converts for the core", (t) => {
-    const tally = new Tally();
-    const bytes = fc.oneof(
+    ),
+    accept: (input) => assert.equal(typeof decodeFrame(input as Uint8Array, { maxFrameBytes: 256 * 1024 }).t, "string"),
+    refusal: ProtocolError,
+    refused: (err) => {
+      const { code } = err as ProtocolError;
+      assert.ok(code === "bad_frame" || code === "too_large");
+      return code;
+    },
+    examples: () => assert.throws(() => decodeFrame(new Uint8Array(300), { maxFrameBytes: 200 }), (e: unknown) => e instanceof ProtocolError && e.code === "too_large"),
+  },
+  {
+    title: "MIMI content: decodeMimi accepts or refuses with a MimiError; what it accepts re-encodes to the same bytes and converts for the core",
+    name: "decodeMimi",
+    inputs: fc.oneof(
       fc.uint8Array({ maxLength: 300 }),
       mutation(cborValue).map((m) => {
         try {
@@ -154,108 +164,94 @@ describe("bad input, generated", () => {
         b[at % b.length] = byte;
         return b;
       }),
-    );
-    fc.assert(
-      fc.property(bytes, (input) => {
-        tally.cases++;
-        try {
-          const message = decodeMimi(input);
-          assert.deepEqual(encodeMimi(message), new Uint8Array(input), "an accepted message re-encodes to its own bytes");
-          const content = mimiToRemoteContent(message);
-          assert.ok(content.type === "text" || content.type === "unsupported");
-          tally.accepted++;
-        } catch (err) {
-          assert.ok(err instanceof MimiError, `a MimiError, got ${String(err)}`);
-          assertClear(err.message);
-          tally.refuse(err.code);
-        }
-      }),
-      { numRuns: RUNS },
-    );
-    t.diagnostic(`decodeMimi: ${tally}`);
-    assert.ok(tally.cases >= RUNS);
-  });
-
-  it("MIMI content: mimiFromJson accepts or refuses with INVALID_JSON naming the field", (t) => {
-    const tally = new Tally();
-    const valid = JSON.parse(JSON.stringify(mimiToJson(decodeMimi(validMimi)))) as unknown;
-    fc.assert(
-      fc.property(fc.oneof(jsonValue, mutation(jsonValue).map((m) => mutate(valid, m))), (input) => {
-        tally.cases++;
-        try {
-          encodeMimi(mimiFromJson(input as never));
-          tally.accepted++;
-        } catch (err) {
-          assert.ok(err instanceof MimiError, `a MimiError, got ${String(err)}`);
-          assertClear(err.message);
-          tally.refuse(err.code);
-        }
-      }),
-      { numRuns: RUNS },
-    );
-    t.diagnostic(`mimiFromJson: ${tally}`);
-    assert.ok(tally.cases >= RUNS);
-  });
-
-  it("payloads: decodePayload accepts or refuses with a PayloadError", (t) => {
-    const tally = new Tally();
-    const valids = [
-      encodePayload({ kind: "content", mimi: validMimi }),
-      encodePayload({ kind: "read", ids: [new Uint8Array(32).fill(3)] } as never),
-      encodePayload({ kind: "disappearing", seconds: 3600 } as never),
-    ];
-    const bytes = fc.oneof(
+    ),
+    accept: (input) => {
+      const message = decodeMimi(input as Uint8Array);
+      assert.deepEqual(encodeMimi(message), new Uint8Array(input as Uint8Array), "an accepted message re-encodes to its own bytes");
+      const content = mimiToRemoteContent(message);
+      assert.ok(content.type === "text" || content.type === "unsupported");
+    },
+    refusal: MimiError,
+    refused: (err) => (err as MimiError).code,
+  },
+  {
+    title: "MIMI content: mimiFromJson accepts or refuses with INVALID_JSON naming the field",
+    name: "mimiFromJson",
+    inputs: fc.oneof(jsonValue, mutation(jsonValue).map((m) => mutate(validMimiJson, m))),
+    accept: (input) => void encodeMimi(mimiFromJson(input as never)),
+    refusal: MimiError,
+    refused: (err) => (err as MimiError).code,
+  },
+  {
+    title: "payloads: decodePayload accepts or refuses with a PayloadError",
+    name: "decodePayload",
+    inputs: fc.oneof(
       fc.uint8Array({ maxLength: 300 }),
-      fc.tuple(fc.constantFrom(...valids), mutation(cborValue)).map(([valid, m]) => {
-        try {
-          return cborEncode(mutate(cborDecode(valid), m), { cde: true });
-        } catch {
-          return new Uint8Array([0xa0]);
-        }
-      }),
-    );
-    fc.assert(
-      fc.property(bytes, (input) => {
-        tally.cases++;
-        try {
-          decodePayload(input);
-          tally.accepted++;
-        } catch (err) {
-          assert.ok(err instanceof PayloadError, `a PayloadError, got ${String(err)}`);
-          assertClear(err.message);
-          tally.refuse(err.code);
-        }
-      }),
-      { numRuns: RUNS },
-    );
+      fc
+        .tuple(
+          fc.constantFrom(
+            encodePayload({ kind: "content", mimi: validMimi }),
+            encodePayload({ kind: "read", ids: [new Uint8Array(32).fill(3)] } as never),
+            encodePayload({ kind: "disappearing", seconds: 3600 } as never),
+          ),
+          mutation(cborValue),
+        )
+        .map(([valid, m]) => {
+          try {
+            return cborEncode(mutate(cborDecode(valid), m), { cde: true });
+          } catch {
+            return new Uint8Array([0xa0]);
+          }
+        }),
+    ),
+    accept: (input) => void decodePayload(input as Uint8Array),
+    refusal: PayloadError,
+    refused: (err) => (err as PayloadError).code,
     // Found by this property: CBOR `undefined` (alone or as a value) decoded, then failed to re-encode with a plain Error.
-    for (const hex of ["f7", "a1646b696e64f7"]) assert.throws(() => decodePayload(Buffer.from(hex, "hex")), (e: unknown) => e instanceof PayloadError && e.code === "malformed");
-    t.diagnostic(`decodePayload: ${tally}`);
-    assert.ok(tally.cases >= RUNS);
-  });
+    examples: () => {
+      for (const hex of ["f7", "a1646b696e64f7"]) assert.throws(() => decodePayload(Buffer.from(hex, "hex")), (e: unknown) => e instanceof PayloadError && e.code === "malformed");
+    },
+  },
+  {
+    title: "configs: validateConfig accepts or refuses with one line naming the setting",
+    name: "validateConfig",
+    inputs: fc.oneof({ weight: 1, arbitrary: jsonValue }, { weight: 5, arbitrary: fc.array(mutation(jsonValue), { minLength: 1, maxLength: 3 }) }),
+    accept: (input) => {
+      const config = Array.isArray(input) && input.every((m) => typeof m === "object" && m !== null && "kind" in m) ? (input as Mutation[]).reduce((c, m) => mutate(c, m), sampleConfig) : input;
+      validateConfig(config, "/tmp");
+    },
+    refusal: ConfigError,
+    refused: (err) => {
+      const { field, message } = err as ConfigError;
+      assert.ok(message.startsWith(`${field || "config"}: `), `starts with the setting it is about: ${message}`);
+      return "ConfigError";
+    },
+  },
+];
 
-  it("configs: validateConfig accepts or refuses with one line naming the setting", (t) => {
-    const tally = new Tally();
-    const sample = YAML.parse(fs.readFileSync(path.resolve(__dirname, "../../../config/config.sample.yaml"), "utf8")) as unknown;
-    fc.assert(
-      fc.property(fc.oneof({ weight: 1, arbitrary: jsonValue }, { weight: 5, arbitrary: fc.array(mutation(jsonValue), { minLength: 1, maxLength: 3 }) }), (input) => {
-        tally.cases++;
-        const config = Array.isArray(input) && input.every((m) => typeof m === "object" && m !== null && "kind" in m) ? (input as Mutation[]).reduce((c, m) => mutate(c, m), sample) : input;
-        try {
-          validateConfig(config, "/tmp");
-          tally.accepted++;
-        } catch (err) {
-          assert.ok(err instanceof ConfigError, `a ConfigError, got ${String(err)}`);
-          assertClear(err.message);
-          assert.ok(err.message.startsWith(`${err.field || "config"}: `), `starts with the setting it is about: ${err.message}`);
-          tally.refuse("ConfigError");
-        }
-      }),
-      { numRuns: RUNS },
-    );
-    t.diagnostic(`validateConfig: ${tally}`);
-    assert.ok(tally.cases >= RUNS);
-  });
+describe("bad input, generated", () => {
+  for (const target of targets) {
+    it(target.title, (t) => {
+      const tally = new Tally();
+      fc.assert(
+        fc.property(target.inputs, (input) => {
+          tally.cases++;
+          try {
+            target.accept(input);
+            tally.accepted++;
+          } catch (err) {
+            assert.ok(err instanceof target.refusal, `a ${target.refusal.name}, got ${String(err)}`);
+            assertClear(err.message);
+            tally.refuse(target.refused(err));
+          }
+        }),
+        { numRuns: RUNS },
+      );
+      target.examples?.();
+      t.diagnostic(`${target.name}: ${tally}`);
+      assert.ok(tally.cases >= RUNS);
+    });
+  }
 
   it("Matrix events: matrixToRemote converts a message or names why it cannot, whatever the content", (t) => {
     const tally = new Tally();

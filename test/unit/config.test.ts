@@ -37,6 +37,7 @@ test("the sample config is valid and defaults are filled", () => {
   });
   assert.equal(minimal.logging.level, "info");
   assert.equal(minimal.bridge.third_party_chats_default, false, "Third-Party Chats are opt-in");
+  assert.equal(minimal.bridge.media_download_attempts, 10);
   assert.deepEqual(minimal.bridge.permissions, { hs: "user" }, "without rules, the homeserver's own users may use the bridge");
   assert.deepEqual(minimal.metrics, { enabled: true, hostname: "127.0.0.1", port: 29402 });
   assert.equal(minimal.provisioning.enabled, true);
@@ -58,6 +59,7 @@ test("each kind of bad value names its field", () => {
   assert.equal(problem((c) => (c.bridge.permissions = { "*": "owner" })), 'bridge.permissions.*: must be one of "none", "user", "admin"');
   assert.equal(problem((c) => (c.bridge.permissions = { "@alice": "user" })), 'bridge.permissions.@alice: "@alice" is not a Matrix user id (@localpart:server)');
   assert.equal(problem((c) => (c.provisioning = { shared_secret: "short" })), "provisioning.shared_secret: must be at least 16 characters");
+  assert.equal(problem((c) => (c.bridge.media_download_attempts = 0)), "bridge.media_download_attempts: must be >= 1");
 });
 
 test("unreadable and non-YAML files are explained", () => {

@@ -3,7 +3,10 @@
  * logged once; a gateway connection that flaps while reconnecting is one outage.
  */
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import http from "node:http";
+import os from "node:os";
+import path from "node:path";
 import { after, describe, it } from "node:test";
 import { doHttpRequest } from "@vector-im/matrix-bot-sdk";
 import Transport from "winston-transport";
@@ -13,6 +16,7 @@ import { MatrixPort } from "../../src/bridge/matrix-port";
 import { Permissions } from "../../src/bridge/permissions";
 import { getLogger } from "../../src/logging";
 import { HomeserverLink, isAmbiguousFailure } from "../../src/matrix/homeserver-link";
+import { MatrixMedia } from "../../src/matrix/media";
 import { NetworkConnector } from "../../src/network/connector";
 import { BridgeStore } from "../../src/store";
 import { freePort } from "../support/homeserver";
@@ -87,6 +91,42 @@ describe("the homeserver link", () => {
     assert.equal(link.health.snapshot().outages, 0, "a Matrix error is an answer, not an outage");
     assert.deepEqual(await doHttpRequest(`http://127.0.0.1:${port}`, "GET", "/_matrix/client/v3/x"), { ok: true });
     assert.equal(link.health.snapshot().outages, 1, "the proxy's 502s were one outage, waited out");
+  });
+
+  it("holds media downloads and uploads through an outage too, in the same outage, logged once", async () => {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const link = new HomeserverLink(url, { initialMs: 20, maxMs: 100 });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-outage-media-"));
+    const media = new MatrixMedia({ homeserverUrl: url, asToken: "as-token", homeserver: link, tempDir: path.join(dir, "tmp") });
+    const upload = path.join(dir, "photo.jpg");
+    fs.writeFileSync(upload, "jpeg bytes");
+    const { lines } = capture("homeserver");
+    const download = media.download("mxc://hs/abc", 1024);
+    const uploaded = media.upload("@whatsapp_491:hs", upload, "image/jpeg", "photo.jpg");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual({ state: link.health.snapshot().state, held: link.health.snapshot().held }, { state: "down", held: 2 });
+    // Back behind a proxy that still refuses a few requests with its own 502/504 page.
+    let proxyErrors = 3;
+    const server = http.createServer((req, res) => {
+      if (proxyErrors-- > 0) {
+        res.writeHead(proxyErrors % 2 ? 502 : 504, { "content-type": "text/html" });
+        return res.end("<html>Bad Gateway</html>");
+      }
+      if (req.method === "GET") return res.end("file bytes");
+      req.resume().on("end", () => res.end(JSON.stringify({ content_uri: "mxc://hs/uploaded" })));
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", () => resolve()));
+    const file = await download;
+    assert.equal(fs.readFileSync(file.path, "utf8"), "file bytes");
+    assert.equal(await uploaded, "mxc://hs/uploaded");
+    assert.deepEqual({ state: link.health.snapshot().state, outages: link.health.snapshot().outages, held: link.health.snapshot().held }, { state: "up", outages: 1, held: 2 });
+    assert.deepEqual(
+      lines.filter((l) => l.module === "homeserver" && l.level !== "debug").map((l) => `${l.level} ${l.message}`),
+      ["warn homeserver unreachable; Matrix-bound messages wait until it is back", "info homeserver reachable again"],
+    );
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it("leaves a request the homeserver may have acted on to its caller", () => {

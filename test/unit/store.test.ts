@@ -199,3 +199,44 @@ test("erasing a user deletes their settings, portals, message map, queue and ref
   assert.deepEqual(store.users.countBySetting(), { on: 1, off: 0 });
   store.close();
 });
+
+test("forgetting rooms drops their Matrix sends and journaled events, handled or not, and no other room's", () => {
+  const store = BridgeStore.open(tempDb());
+  const journaled = (room: string, key: string, kind: "event" | "ephemeral" = "event") => ({ key, kind, body: JSON.stringify({ event_id: key, room_id: room, type: "m.room.message" }) });
+  store.journal.append([
+    journaled("!gone:hs", "$handled"),
+    journaled("!gone:hs", "$pending"),
+    journaled("!gone-bot-dm:hs", "$command"),
+    journaled("!gone:hs", "ephemeral:typing", "ephemeral"),
+    journaled("!stays:hs", "$other"),
+    journaled("!stays:hs", "$other-pending"),
+  ]);
+  for (const entry of store.journal.pending()) if (!entry.body.includes("pending")) store.journal.markDone(entry.seq);
+  const kept = () => (store.db.prepare("SELECT event_key, body FROM appservice_journal ORDER BY seq").all() as { event_key: string; body: string | null }[]).map((r) => `${r.event_key} ${r.body}`);
+  assert.deepEqual(
+    kept(),
+    [
+      '$handled {"room_id":"!gone:hs"}',
+      `$pending ${journaled("!gone:hs", "$pending").body}`,
+      '$command {"room_id":"!gone-bot-dm:hs"}',
+      'ephemeral:typing {"room_id":"!gone:hs"}',
+      '$other {"room_id":"!stays:hs"}',
+      `$other-pending ${journaled("!stays:hs", "$other-pending").body}`,
+    ],
+    "a handled entry keeps only its key and room",
+  );
+  store.matrixSends.begin("!gone:hs", "finished", "@whatsapp_491:hs");
+  store.matrixSends.finish("!gone:hs", "finished", "$sent");
+  store.matrixSends.begin("!gone:hs", "interrupted", "@whatsapp_491:hs");
+  store.matrixSends.begin("!gone-bot-dm:hs", "bot.$command", "@bot:hs");
+  store.matrixSends.begin("!stays:hs", "other", "@whatsapp_491:hs");
+
+  assert.equal(store.journal.forgetRooms(["!gone:hs", "!gone-bot-dm:hs"]), 4);
+  assert.equal(store.matrixSends.forgetRooms(["!gone:hs", "!gone-bot-dm:hs"]), 3);
+  assert.deepEqual(kept(), ['$other {"room_id":"!stays:hs"}', `$other-pending ${journaled("!stays:hs", "$other-pending").body}`]);
+  assert.equal(store.matrixSends.get("!gone:hs", "interrupted"), undefined, "an unfinished send, which pruning never removes, is gone");
+  assert.equal(store.matrixSends.hasEvent("!gone:hs", "$sent"), false);
+  assert.ok(store.matrixSends.get("!stays:hs", "other"));
+  assert.equal(store.journal.forgetRooms([]), 0);
+  store.close();
+});
