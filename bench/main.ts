@@ -131,11 +131,15 @@ function throughputMetrics(report: Report, direction: "remote_to_matrix" | "matr
   report.add({ metric: `throughput_ratio_${direction}`, value: ratio(bridged.perSecond, direct.perSecond), unit: "ratio", target: { op: ">=", value: 0.9 } });
 }
 
-/** The bridge's own histograms of a Matrix message: handling the pushed event (up to queueing it), and queued → the network accepted it. */
-function bridgeHistograms(exposition: string): { handling: HistogramReading; passage: HistogramReading } {
+/**
+ * The bridge's own histograms of a Matrix message: handling the pushed event (up to queueing
+ * it), queued → the network accepted it, and within that the accepted send attempt.
+ */
+function bridgeHistograms(exposition: string): { handling: HistogramReading; passage: HistogramReading; attempt: HistogramReading } {
   return {
     handling: parseHistogram(exposition, "bridge_matrix_event_duration_seconds", { type: "m.room.message" }),
     passage: parseHistogram(exposition, "bridge_matrix_to_network_duration_seconds"),
+    attempt: parseHistogram(exposition, "bridge_network_send_duration_seconds", { outcome: "accepted" }),
   };
 }
 
@@ -144,7 +148,7 @@ function bridgeHistograms(exposition: string): { handling: HistogramReading; pas
  * handling the event the homeserver pushed (which ends by queueing it) plus queued → the
  * gateway accepted it (the gateway's acknowledgement is in it). Means add up; percentiles don't.
  */
-function bridgeOwnTime(report: Report, handling: HistogramReading, passage: HistogramReading, sent: number): void {
+function bridgeOwnTime(report: Report, handling: HistogramReading, passage: HistogramReading, attempt: HistogramReading, sent: number): void {
   const metric = "bridge_internal_ms_mean_matrix_to_remote";
   if (handling.count < sent || passage.count < sent) {
     report.missing(metric, "ms", `the bridge's /metrics counted ${handling.count} handled and ${passage.count} accepted Matrix messages of ${sent} sent (a build without bridge_matrix_to_network_duration_seconds?)`);
@@ -156,7 +160,10 @@ function bridgeOwnTime(report: Report, handling: HistogramReading, passage: Hist
     metric,
     value: handlingMs + passageMs,
     unit: "ms",
-    note: `bridge /metrics, ${passage.count === handling.count ? `${passage.count} messages` : `${handling.count} handled, ${passage.count} accepted`}: handling the pushed event ${handlingMs.toFixed(1)} + queued → gateway accepted ${passageMs.toFixed(1)} (p50 ≈ ${(histogramQuantile(passage, 0.5) * 1000).toFixed(1)} from buckets)`,
+    note:
+      `bridge /metrics, ${passage.count === handling.count ? `${passage.count} messages` : `${handling.count} handled, ${passage.count} accepted`}: ` +
+      `handling the pushed event ${handlingMs.toFixed(1)} + queued → gateway accepted ${passageMs.toFixed(1)} (p50 ≈ ${(histogramQuantile(passage, 0.5) * 1000).toFixed(1)} from buckets; ` +
+      `the send attempt itself, encryption and the gateway's round trip: ${attempt.count > 0 ? (histogramMean(attempt) * 1000).toFixed(1) : "?"})`,
   });
 }
 
@@ -311,7 +318,8 @@ async function main(): Promise<void> {
       unit: "ms",
       note: "medians: bridged − Matrix → appservice − WhatsApp → WhatsApp (an estimate; no such sum for p99)",
     });
-    bridgeOwnTime(report, histogramDelta(bridgeHistogramsAfter.handling, bridgeHistogramsBefore.handling), histogramDelta(bridgeHistogramsAfter.passage, bridgeHistogramsBefore.passage), outB.length);
+    const phase = (k: keyof typeof bridgeHistogramsAfter) => histogramDelta(bridgeHistogramsAfter[k], bridgeHistogramsBefore[k]);
+    bridgeOwnTime(report, phase("handling"), phase("passage"), phase("attempt"), outB.length);
     say("latency measured");
     const gaps = scenario.syncGaps();
     if (gaps > 0) report.note(`warning: ${gaps} /sync responses had timeline gaps (a message in a gap is never counted)`);
