@@ -2,21 +2,24 @@
  * `npm run bench [-- --quick] [-- --json]`: starts a real Synapse, the gateway, the WhatsApp
  * simulator and the bridge (test/support/stack.ts) and measures, in one run, what the bridge
  * adds to the paths a message takes without it: throughput and latency both ways as ratios and
- * differences against direct paths measured in the same run, startup and memory with 10,000
+ * differences against direct paths measured in the same run (and, for Matrix → WhatsApp,
+ * against Synapse's own appservice push, through a probe appservice), startup and memory with 10,000
  * portals, and memory while a large video crosses (bench/media-rss.ts).
  * docs/benchmarks.md explains the method and the latest results.
  */
-import { mkdirSync, mkdtempSync, readdirSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { Stack } from "../test/support/stack";
 import { formatHeap, nodeArgsForHeapSnapshots, summarizeHeap, takeHeapSnapshot } from "./heap";
-import { compareThroughput, latencies, pathsOf, throughput, ThroughputResult } from "./paths";
+import { histogramDelta, histogramMean, histogramQuantile, HistogramReading, parseHistogram } from "./histogram";
+import { compareThroughput, latencies, LatencySample, pathsOf, throughput, ThroughputResult } from "./paths";
 import { cpuMs, INSPECT_ARGS, inspectorUrlFrom, memoryAtRest } from "./process-stats";
 import { formatProfile, monotonicUs, readProfile, summarizeProfile } from "./profile";
 import { Metric, Report, toJsonLines, toTable } from "./report";
 import { measureMediaRss, mediaRssMetrics } from "./media-rss";
+import { ProbeAppservice } from "./probe";
 import { measureScale, readyMsFrom, registerActivityReceivers } from "./scale";
 import { benchPhone, inParallel, setUpScenario } from "./scenario";
 import { addedLatency, ratio, summarize } from "./stats";
@@ -128,6 +131,42 @@ function throughputMetrics(report: Report, direction: "remote_to_matrix" | "matr
   report.add({ metric: `throughput_ratio_${direction}`, value: ratio(bridged.perSecond, direct.perSecond), unit: "ratio", target: { op: ">=", value: 0.9 } });
 }
 
+/**
+ * The bridge's own histograms of a Matrix message: handling the pushed event (up to queueing
+ * it), queued → the network accepted it, and within that the accepted send attempt.
+ */
+function bridgeHistograms(exposition: string): { handling: HistogramReading; passage: HistogramReading; attempt: HistogramReading } {
+  return {
+    handling: parseHistogram(exposition, "bridge_matrix_event_duration_seconds", { type: "m.room.message" }),
+    passage: parseHistogram(exposition, "bridge_matrix_to_network_duration_seconds"),
+    attempt: parseHistogram(exposition, "bridge_network_send_duration_seconds", { outcome: "accepted" }),
+  };
+}
+
+/**
+ * The bridge's own time per Matrix → WhatsApp message in the latency phase, from its /metrics:
+ * handling the event the homeserver pushed (which ends by queueing it) plus queued → the
+ * gateway accepted it (the gateway's acknowledgement is in it). Means add up; percentiles don't.
+ */
+function bridgeOwnTime(report: Report, handling: HistogramReading, passage: HistogramReading, attempt: HistogramReading, sent: number): void {
+  const metric = "bridge_internal_ms_mean_matrix_to_remote";
+  if (handling.count < sent || passage.count < sent) {
+    report.missing(metric, "ms", `the bridge's /metrics counted ${handling.count} handled and ${passage.count} accepted Matrix messages of ${sent} sent (a build without bridge_matrix_to_network_duration_seconds?)`);
+    return;
+  }
+  const handlingMs = histogramMean(handling) * 1000;
+  const passageMs = histogramMean(passage) * 1000;
+  report.add({
+    metric,
+    value: handlingMs + passageMs,
+    unit: "ms",
+    note:
+      `bridge /metrics, ${passage.count === handling.count ? `${passage.count} messages` : `${handling.count} handled, ${passage.count} accepted`}: ` +
+      `handling the pushed event ${handlingMs.toFixed(1)} + queued → gateway accepted ${passageMs.toFixed(1)} (p50 ≈ ${(histogramQuantile(passage, 0.5) * 1000).toFixed(1)} from buckets; ` +
+      `the send attempt itself, encryption and the gateway's round trip: ${attempt.count > 0 ? (histogramMean(attempt) * 1000).toFixed(1) : "?"})`,
+  });
+}
+
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   const { sizes } = opts;
@@ -145,17 +184,24 @@ async function main(): Promise<void> {
     const file = await takeHeapSnapshot(pid, diagnostics);
     report.note(formatHeap(label, file, summarizeHeap(file)));
   };
+  // Synapse loads the probe appservice's registration next to the bridge's.
+  const probe = await ProbeAppservice.start();
   const stack = await Stack.start("bench", {
     logLevel: "info",
     dir,
     bridgeNodeArgs: [...INSPECT_ARGS, ...nodeArgs, ...profileArgs],
     recordFrames: false,
+    extraRegistrations: [probe.writeRegistration(path.join(dir, "probe-registration.yaml"))],
     // Third-Party Chats stay off by default, as in the product: each benchmark user says `enable` (scenario.ts, media-rss.ts).
+  }).catch(async (err) => {
+    await probe.stop();
+    throw err;
   });
   say(`stack up in ${stack.dir}`);
   let failed = false;
   let profiled: { fromUs: number; toUs: number } | undefined;
   try {
+    if (!stack.hs.managed) throw new Error("the benchmark needs a Synapse it starts itself (MATRIX_HOMESERVER_URL is set): that homeserver has not loaded the probe appservice's registration");
     const firstOutput = stack.bridge.tail(400);
     report.add({ metric: "startup_ms_empty_store", value: readyMsFrom(firstOutput), unit: "ms", note: '"bridge ready" on its first start, for comparison' });
     const inspector = inspectorUrlFrom(firstOutput);
@@ -169,7 +215,7 @@ async function main(): Promise<void> {
     ]);
     activityReady.catch(() => undefined);
 
-    const scenario = await setUpScenario(stack, { chats: sizes.chats, receivers: sizes.receivers, say, timeoutMs: sizes.timeoutMs });
+    const scenario = await setUpScenario(stack, { chats: sizes.chats, receivers: sizes.receivers, probe, say, timeoutMs: sizes.timeoutMs });
     const paths = pathsOf(stack, scenario);
     const { chats } = scenario;
     await activityReady;
@@ -182,8 +228,26 @@ async function main(): Promise<void> {
     say(`WhatsApp → Matrix: ${inbound.bridged.perSecond.toFixed(1)}/s bridged, ${inbound.direct.perSecond.toFixed(1)}/s Matrix → Matrix`);
     throughputMetrics(report, "remote_to_matrix", inbound.direct, inbound.bridged);
     const outbound = await compareThroughput(paths.matrixToRemote, chats, sizes.perChat, sizes.rounds, sizes.timeoutMs, bridgeCpu);
-    say(`Matrix → WhatsApp: ${outbound.bridged.perSecond.toFixed(1)}/s bridged, ${outbound.direct.perSecond.toFixed(1)}/s WhatsApp → WhatsApp`);
+    say(
+      `Matrix → WhatsApp: ${outbound.bridged.perSecond.toFixed(1)}/s bridged, ${outbound.direct.perSecond.toFixed(1)}/s WhatsApp → WhatsApp, ${outbound.synapseAlone.perSecond.toFixed(1)}/s Matrix → appservice`,
+    );
     throughputMetrics(report, "matrix_to_remote", outbound.direct, outbound.bridged);
+    const acceptRate = (r: ThroughputResult) => (r.messages * 1000) / r.sendMs;
+    // The bridged path chains Synapse's appservice push and the gateway: it can go no faster than the slower of the two alone.
+    const slowerLeg = Math.min(outbound.synapseAlone.perSecond, outbound.direct.perSecond);
+    report.add({
+      metric: "throughput_matrix_to_appservice_direct",
+      value: outbound.synapseAlone.perSecond,
+      unit: "msg/s",
+      // How fast Synapse took the sends with and without the bridge in the loop: the bridge's own Matrix events (delivery statuses) load it too.
+      note: `${outbound.synapseAlone.messages} messages in ${(outbound.synapseAlone.ms / 1000).toFixed(1)} s: the same Matrix users → Synapse → an appservice that answers at once; Synapse accepted the sends at ${acceptRate(outbound.synapseAlone).toFixed(1)}/s (${acceptRate(outbound.bridged).toFixed(1)}/s in the bridged rounds)`,
+    });
+    report.add({
+      metric: "throughput_ratio_matrix_to_remote_vs_appservice",
+      value: ratio(outbound.bridged.perSecond, slowerLeg),
+      unit: "ratio",
+      note: `bridged / the slower leg alone (${slowerLeg === outbound.direct.perSecond ? "WhatsApp → WhatsApp" : "Matrix → appservice"}, ${slowerLeg.toFixed(1)}/s): 1 = the bridge is not the bottleneck (chained, the legs also share the cores)`,
+    });
     // The bridge's CPU per message (its whole process: Signal, gateway protocol, HTTP, GC): what a busier bridge would run out of first.
     const cpuNote = "CPU time of the bridge process during the bridged rounds, per message";
     report.add({ metric: "bridge_cpu_ms_per_message_remote_to_matrix", value: inbound.bridgeCpuMs / inbound.bridged.messages, unit: "ms", note: cpuNote });
@@ -205,16 +269,22 @@ async function main(): Promise<void> {
     });
     await heapSnapshot("after the throughput runs", stack.bridge.pid!);
 
-    // ---- latency, one message at a time, all four paths interleaved
+    // ---- latency, one message at a time, all five paths interleaved
     // The GC above may have thrown away optimized code: one message each way first.
     await throughput(paths.remoteToMatrix.bridged, chats, 1, sizes.timeoutMs);
     await throughput(paths.matrixToRemote.bridged, chats, 1, sizes.timeoutMs);
-    const [inD, inB, outD, outB] = await latencies(
-      [paths.remoteToMatrix.direct, paths.remoteToMatrix.bridged, paths.matrixToRemote.direct, paths.matrixToRemote.bridged],
+    const bridgeHistogramsBefore = bridgeHistograms(await stack.metrics());
+    const latencyLog: LatencySample[] = [];
+    const [inD, inB, outD, outB, outS] = await latencies(
+      [paths.remoteToMatrix.direct, paths.remoteToMatrix.bridged, paths.matrixToRemote.direct, paths.matrixToRemote.bridged, paths.matrixToRemote.synapseAlone],
       chats,
       sizes.latencySamples,
       sizes.timeoutMs,
+      (sample) => latencyLog.push(sample),
     );
+    const bridgeHistogramsAfter = bridgeHistograms(await stack.metrics());
+    // Every sample with the path measured before it, for a closer look at what one path costs the next.
+    writeFileSync(path.join(dir, "latency-samples.json"), JSON.stringify(latencyLog, null, 1));
     const addedIn = addedLatency(inB, inD);
     const addedOut = addedLatency(outB, outD);
     for (const [label, samples] of [
@@ -222,6 +292,7 @@ async function main(): Promise<void> {
       ["remote_to_matrix_bridged", inB],
       ["matrix_to_remote_direct", outD],
       ["matrix_to_remote_bridged", outB],
+      ["matrix_to_appservice_direct", outS],
     ] as const) {
       const s = summarize(samples);
       report.add({ metric: `latency_p50_ms_${label}`, value: s.p50, unit: "ms", note: `${s.count} samples` });
@@ -233,15 +304,27 @@ async function main(): Promise<void> {
     report.add({ metric: "added_latency_p99_ms_matrix_to_remote", value: addedOut.p99, unit: "ms", note: "bridged − WhatsApp → WhatsApp" });
     report.add({ metric: "added_latency_p50_ms", value: Math.max(addedIn.p50, addedOut.p50), unit: "ms", target: { op: "<=", value: 5 }, note: "the worse direction" });
     report.add({ metric: "added_latency_p99_ms", value: Math.max(addedIn.p99, addedOut.p99), unit: "ms", target: { op: "<=", value: 20 }, note: "the worse direction" });
-    // What neither Synapse nor the gateway explains: bridged minus both direct legs (medians; percentiles do not add up).
-    const bridgeShare = (bridged: number[]) => summarize(bridged).p50 - summarize(inD).p50 - summarize(outD).p50;
-    const shareNote = "bridged p50 − Matrix → Matrix p50 − WhatsApp → WhatsApp p50";
-    report.add({ metric: "bridge_share_latency_p50_ms_remote_to_matrix", value: bridgeShare(inB), unit: "ms", note: shareNote });
-    report.add({ metric: "bridge_share_latency_p50_ms_matrix_to_remote", value: bridgeShare(outB), unit: "ms", note: shareNote });
+    // What neither Synapse nor the gateway explains: the bridged median minus the medians of the two legs it chains, each measured alone.
+    const p50 = (samples: number[]) => summarize(samples).p50;
+    report.add({
+      metric: "bridge_share_latency_p50_ms_remote_to_matrix",
+      value: p50(inB) - p50(inD) - p50(outD),
+      unit: "ms",
+      note: "medians: bridged − Matrix → Matrix − WhatsApp → WhatsApp (an estimate; no such sum for p99)",
+    });
+    report.add({
+      metric: "bridge_share_latency_p50_ms_matrix_to_remote",
+      value: p50(outB) - p50(outS) - p50(outD),
+      unit: "ms",
+      note: "medians: bridged − Matrix → appservice − WhatsApp → WhatsApp (an estimate; no such sum for p99)",
+    });
+    const phase = (k: keyof typeof bridgeHistogramsAfter) => histogramDelta(bridgeHistogramsAfter[k], bridgeHistogramsBefore[k]);
+    bridgeOwnTime(report, phase("handling"), phase("passage"), phase("attempt"), outB.length);
     say("latency measured");
     const gaps = scenario.syncGaps();
     if (gaps > 0) report.note(`warning: ${gaps} /sync responses had timeline gaps (a message in a gap is never counted)`);
     await scenario.stop();
+    if (probe.refused > 0) report.note(`warning: the probe appservice refused ${probe.refused} requests for a missing or wrong hs_token`);
 
     // ---- media (restarts the stack's bridge: its CPU profile is written then; no profiler from here on)
     stack.bridge.leadingArgs = [...INSPECT_ARGS, ...nodeArgs];
@@ -295,6 +378,7 @@ async function main(): Promise<void> {
     say(`log tails:\n${stack.logs()}`);
   } finally {
     await stack.stop();
+    await probe.stop();
   }
   if (opts.profile && profiled && profiled.toUs > 0) {
     const profiles = readdirSync(diagnostics).filter((f) => f.endsWith(".cpuprofile"));

@@ -1,8 +1,9 @@
 /**
- * The four ways a message travels in the benchmark, and the two measurements made on them:
+ * The five ways a message travels in the benchmark, and the two measurements made on them:
  * throughput (many messages at once, until the last one arrived) and latency (one message at a
  * time, send → arrival). Bridged and direct paths of a direction end at the same reader, so
- * their difference is what the bridge adds.
+ * their difference is what the bridge adds; the fifth, Matrix → the probe appservice, is
+ * Synapse's own part of the bridged Matrix → WhatsApp path.
  */
 import { performance } from "node:perf_hooks";
 import { Stack } from "../test/support/stack";
@@ -17,7 +18,7 @@ export interface Path {
 
 export interface Paths {
   remoteToMatrix: { bridged: Path; direct: Path };
-  matrixToRemote: { bridged: Path; direct: Path };
+  matrixToRemote: { bridged: Path; direct: Path; synapseAlone: Path };
 }
 
 export function pathsOf(stack: Stack, s: Scenario): Paths {
@@ -33,6 +34,8 @@ export function pathsOf(stack: Stack, s: Scenario): Paths {
       bridged: { name: "Matrix → bridge → WhatsApp", arrivals: s.atWhatsApp, send: (c, text) => c.receiver.sendText(c.portalRoomId, text) },
       // Another WhatsApp user writes to the same WhatsApp user; simulator → gateway → simulator inbox.
       direct: { name: "WhatsApp → WhatsApp", arrivals: s.atWhatsApp, send: (c, text) => stack.sim.sendText(c.peerPhone, c.phone, text) },
+      // The same Matrix user writes to a user of the probe appservice; Synapse → the probe's transaction.
+      synapseAlone: { name: "Matrix → appservice (Synapse alone)", arrivals: s.atAppservice, send: (c, text) => c.receiver.sendText(c.probeRoomId, text) },
     },
   };
 }
@@ -86,49 +89,93 @@ export async function throughput(path: Path, chats: readonly Chat[], perChat: nu
 }
 
 /**
- * Latency samples of several paths, taken one message at a time and interleaved (path A, B, A,
- * B, … on rotating chats), so that load from outside the benchmark falls on all paths alike.
+ * The order of n paths in latency sample k: a Williams design (with its mirror for odd n), so
+ * that over 2n samples (n when even) every path runs first equally often and follows every
+ * other path equally often. A path right after a bridged one shares the homeserver with what
+ * the bridge does once a message is through (a delivery status, receipts): with a plain
+ * rotation the same path always came next and paid for it alone.
  */
-export async function latencies(paths: readonly Path[], chats: readonly Chat[], samples: number, timeoutMs: number): Promise<number[][]> {
+export function latencyOrder(n: number, k: number): number[] {
+  if (!(Number.isInteger(n) && n > 0)) throw new RangeError(`latencyOrder needs a positive number of paths, got ${n}`);
+  // 0, 1, n−1, 2, n−2, …: each difference between neighbours occurs once.
+  const first = Array.from({ length: n }, (_, j) => (j === 0 ? 0 : j % 2 === 1 ? (j + 1) / 2 : n - j / 2));
+  const rows = n % 2 === 0 ? n : 2 * n;
+  const row = k % rows;
+  const order = first.map((p) => (p + (row % n)) % n);
+  return row < n ? order : order.reverse();
+}
+
+export interface LatencySample {
+  path: string;
+  sample: number;
+  /** The path measured just before (none for the very first message). */
+  after: string | null;
+  ms: number;
+}
+
+/**
+ * Latency samples of several paths, taken one message at a time and interleaved (latencyOrder,
+ * on rotating chats), so that load from outside the benchmark falls on all paths alike.
+ */
+export async function latencies(
+  paths: readonly Path[],
+  chats: readonly Chat[],
+  samples: number,
+  timeoutMs: number,
+  onSample?: (s: LatencySample) => void,
+): Promise<number[][]> {
   const results: number[][] = paths.map(() => []);
   const runs = paths.map(() => runName("lat"));
+  let previous: string | null = null;
   for (let k = 0; k < samples; k++) {
     const chat = chats[k % chats.length];
-    for (let j = 0; j < paths.length; j++) {
-      // Rotate which path goes first, so none always follows the same neighbour.
-      const p = (j + k) % paths.length;
+    for (const p of latencyOrder(paths.length, k)) {
       const started = performance.now();
       await paths[p].send(chat, tagOf(runs[p], k));
       const arrived = await paths[p].arrivals.waitForOne(runs[p], k, timeoutMs);
       results[p].push(arrived - started);
+      onSample?.({ path: paths[p].name, sample: k, after: previous, ms: arrived - started });
+      previous = paths[p].name;
     }
   }
   return results;
 }
 
 /**
- * Direct and bridged throughput of one direction, in `rounds` alternating rounds (direct,
- * bridged, bridged, direct, …) so that a change of load on the machine during the run falls on
- * both alike; each path's throughput is all its messages over all its time.
+ * The order the paths of a direction run in round r: direct first, then any others in the
+ * order given, bridged last; every other round the reverse (direct, bridged, bridged, direct, …
+ * with two paths), so that each path sits as often early as late in a round pair.
  */
-export async function compareThroughput(
-  pair: { direct: Path; bridged: Path },
+export function roundOrder<K extends string>(names: readonly K[], r: number): K[] {
+  const middle = names.filter((n) => n !== "direct" && n !== "bridged");
+  const order = [...names.filter((n) => n === "direct"), ...middle, ...names.filter((n) => n === "bridged")];
+  return r % 2 === 0 ? order : order.reverse();
+}
+
+/**
+ * Throughput of a direction's paths (direct, bridged, and any others such as Synapse alone), in
+ * `rounds` alternating rounds (roundOrder) so that a change of load on the machine during the
+ * run falls on all alike; each path's throughput is all its messages over all its time.
+ */
+export async function compareThroughput<K extends string>(
+  paths: Record<K | "direct" | "bridged", Path>,
   chats: readonly Chat[],
   perChat: number,
   rounds: number,
   timeoutMs: number,
   /** CPU ms the bridge process has used so far; summed over the bridged rounds. */
   bridgeCpuMs: () => number,
-): Promise<{ direct: ThroughputResult; bridged: ThroughputResult; bridgeCpuMs: number }> {
-  const totals = { direct: { messages: 0, ms: 0, sendMs: 0 }, bridged: { messages: 0, ms: 0, sendMs: 0 } };
+): Promise<Record<K | "direct" | "bridged", ThroughputResult> & { bridgeCpuMs: number }> {
+  type Name = K | "direct" | "bridged";
+  const names = Object.keys(paths) as Name[];
+  const totals = Object.fromEntries(names.map((n) => [n, { messages: 0, ms: 0, sendMs: 0 }])) as Record<Name, { messages: number; ms: number; sendMs: number }>;
   let cpu = 0;
   for (let r = 0; r < rounds; r++) {
     // Spread perChat over the rounds: the first rounds take the remainder.
     const count = Math.floor(perChat / rounds) + (r < perChat % rounds ? 1 : 0);
-    const order: Array<"direct" | "bridged"> = r % 2 === 0 ? ["direct", "bridged"] : ["bridged", "direct"];
-    for (const which of order) {
+    for (const which of roundOrder(names, r)) {
       const cpuBefore = bridgeCpuMs();
-      const result = await throughput(pair[which], chats, count, timeoutMs);
+      const result = await throughput(paths[which], chats, count, timeoutMs);
       if (which === "bridged") cpu += bridgeCpuMs() - cpuBefore;
       totals[which].messages += result.messages;
       totals[which].ms += result.ms;
@@ -136,5 +183,6 @@ export async function compareThroughput(
     }
   }
   const asResult = (t: { messages: number; ms: number; sendMs: number }): ThroughputResult => ({ ...t, perSecond: (t.messages * 1000) / t.ms });
-  return { direct: asResult(totals.direct), bridged: asResult(totals.bridged), bridgeCpuMs: cpu };
+  const results = Object.fromEntries(names.map((n) => [n, asResult(totals[n])])) as Record<Name, ThroughputResult>;
+  return { ...results, bridgeCpuMs: cpu };
 }

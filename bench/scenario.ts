@@ -2,11 +2,13 @@
  * The people and rooms of a benchmark run, made through the product's own paths: Matrix users
  * who talked to the bot, WhatsApp users in the simulator, one bridged portal per chat (opened
  * by the WhatsApp side, joined by the Matrix user), and for the baselines a plain Matrix room
- * per chat and a second WhatsApp user per chat who talks to the first one directly.
+ * per chat, a second WhatsApp user per chat who talks to the first one directly, and a room of
+ * the chat's Matrix user with a user of the probe appservice (bench/probe.ts).
  */
 import { Stack, PROVIDER_DOMAIN } from "../test/support/stack";
 import { TestClient } from "../test/support/matrix-client";
 import { Arrivals, MatrixReader, SimReader, tagOf } from "./arrivals";
+import { PROBE_LOCALPART_PREFIX, ProbeAppservice } from "./probe";
 
 export interface Chat {
   index: number;
@@ -19,6 +21,8 @@ export interface Chat {
   portalRoomId: string;
   /** A plain room of `receiver` and the direct Matrix sender (the homeserver baseline). */
   directRoomId: string;
+  /** A room of `receiver` and one user of the probe appservice (Synapse's appservice leg alone). */
+  probeRoomId: string;
 }
 
 export interface Scenario {
@@ -28,6 +32,8 @@ export interface Scenario {
   /** Arrivals on the Matrix side (all receivers' syncs) and on the WhatsApp side (all inboxes). */
   atMatrix: Arrivals;
   atWhatsApp: Arrivals;
+  /** Arrivals at the probe appservice (Synapse's transactions to it). */
+  atAppservice: Arrivals;
   /** /sync responses whose timeline had a gap (a message may have been missed); 0 in a sound run. */
   syncGaps(): number;
   stop(): Promise<void>;
@@ -58,7 +64,7 @@ export function benchPhone(series: number, i: number): string {
 
 export async function setUpScenario(
   stack: Stack,
-  opts: { chats: number; receivers: number; say: (line: string) => void; timeoutMs: number },
+  opts: { chats: number; receivers: number; probe: ProbeAppservice; say: (line: string) => void; timeoutMs: number },
 ): Promise<Scenario> {
   const { say, timeoutMs } = opts;
   const receivers = await inParallel(Array.from({ length: opts.receivers }, (_, r) => r), 4, (r) => stack.user(`bench${r}`));
@@ -93,6 +99,15 @@ export async function setUpScenario(
     return { ...c, directRoomId };
   });
   say(`${chats.length} direct rooms made`);
+  // Like a portal: the Matrix user and one appservice user per chat, but nothing behind the appservice.
+  const { probe } = opts;
+  const withProbes = await inParallel(full, 8, async (c) => {
+    const probeUser = await probe.registerUser(stack.hs.url, `${PROBE_LOCALPART_PREFIX}${c.index}`, stack.domain);
+    const probeRoomId = await c.receiver.createRoom({ invite: [probeUser], is_direct: true, preset: "trusted_private_chat" });
+    await probe.join(stack.hs.url, probeUser, probeRoomId);
+    return { ...c, probeRoomId };
+  });
+  say(`${chats.length} rooms with the probe appservice made`);
 
   // The measuring clients: each receiver's lean /sync and the simulated users' inboxes.
   for (const r of receivers) await r.stopSync();
@@ -104,11 +119,12 @@ export async function setUpScenario(
   await simReader.watch(full.map((c) => c.phone));
 
   const scenario: Scenario = {
-    chats: full,
+    chats: withProbes,
     receivers,
     directSender,
     atMatrix,
     atWhatsApp,
+    atAppservice: probe.arrivals,
     syncGaps: () => readers.reduce((n, r) => n + r.gaps, 0),
     async stop() {
       for (const reader of readers) await reader.stop();
@@ -128,9 +144,11 @@ async function warmUp(stack: Stack, s: Scenario, timeoutMs: number): Promise<voi
     await s.directSender.sendText(c.directRoomId, tagOf("warm-direct-in", c.index));
     await c.receiver.sendText(c.portalRoomId, tagOf("warm-bridged-out", c.index));
     await stack.sim.sendText(c.peerPhone, c.phone, tagOf("warm-direct-out", c.index));
+    await c.receiver.sendText(c.probeRoomId, tagOf("warm-appservice", c.index));
   });
   await s.atMatrix.waitForCount("warm-bridged-in", n, timeoutMs);
   await s.atMatrix.waitForCount("warm-direct-in", n, timeoutMs);
   await s.atWhatsApp.waitForCount("warm-bridged-out", n, timeoutMs);
   await s.atWhatsApp.waitForCount("warm-direct-out", n, timeoutMs);
+  await s.atAppservice.waitForCount("warm-appservice", n, timeoutMs);
 }

@@ -815,6 +815,7 @@ export class BridgeCore implements NetworkEventHandler {
         const sent = await this.sendQueued(portal, chat, item, payload, media);
         if (sent) {
           this.metrics.networkSendSeconds.observe({ outcome: "accepted" }, seconds());
+          this.metrics.matrixToNetworkSeconds.observe((Date.now() - item.createdAt) / 1000);
           this.metrics.bridged("to_network", payload.kind === undefined || payload.kind === "message" ? (payload.content as RemoteContent).type : payload.kind);
         }
         if (sent && portal.roomId) await this.postSentStatus(portal, portal.roomId, item.eventId);

@@ -20,6 +20,8 @@ export interface MetricSources {
 }
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+/** The bridge's own share of a message is a few milliseconds when all is well; an outage holds messages for minutes. */
+const PASSAGE_BUCKETS = [0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300];
 
 /**
  * The bridge's Prometheus metrics, in a registry of their own (so tests can run several
@@ -32,6 +34,7 @@ export class BridgeMetrics {
   private readonly failedTotal: Counter<"direction" | "reason">;
   readonly matrixEventSeconds: Histogram<"type">;
   readonly networkSendSeconds: Histogram<"outcome">;
+  readonly matrixToNetworkSeconds: Histogram;
   readonly provisioningSeconds: Histogram<"route" | "method" | "status">;
   readonly botCommandsTotal: Counter<"command" | "outcome">;
 
@@ -67,6 +70,12 @@ export class BridgeMetrics {
       help: "Time until the network accepted (or refused) one outgoing message, per attempt",
       labelNames: ["outcome"],
       buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.matrixToNetworkSeconds = new Histogram({
+      name: "bridge_matrix_to_network_duration_seconds",
+      help: "Time from queueing a Matrix event for the network (while handling the homeserver's transaction) to the network accepting it, retries and waits included",
+      buckets: PASSAGE_BUCKETS,
       registers,
     });
     this.provisioningSeconds = new Histogram({

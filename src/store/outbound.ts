@@ -7,6 +7,8 @@ export interface OutboundItem {
   sender: string;
   payload: string;
   attempts: number;
+  /** When it was queued (ms since epoch). */
+  createdAt: number;
 }
 
 interface Raw {
@@ -16,9 +18,10 @@ interface Raw {
   sender: string;
   payload: string;
   attempts: number;
+  created_at: number;
 }
 
-const fromRaw = (r: Raw): OutboundItem => ({ seq: r.seq, portalId: r.portal_id, eventId: r.event_id, sender: r.sender, payload: r.payload, attempts: r.attempts });
+const fromRaw = (r: Raw): OutboundItem => ({ seq: r.seq, portalId: r.portal_id, eventId: r.event_id, sender: r.sender, payload: r.payload, attempts: r.attempts, createdAt: r.created_at });
 
 /**
  * The durable Matrix → network queue and the record of handled Matrix events. An event is

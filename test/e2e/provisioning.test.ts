@@ -218,6 +218,7 @@ describe("metrics and health", () => {
       "bridge_link_held",
       "bridge_matrix_event_duration_seconds",
       "bridge_network_send_duration_seconds",
+      "bridge_matrix_to_network_duration_seconds",
       "bridge_provisioning_request_duration_seconds",
       "bridge_bot_commands_total",
       "process_resident_memory_bytes",

@@ -23,6 +23,8 @@ export interface StackOptions {
   bridgeNodeArgs?: string[];
   /** The gateway records every frame to gateway-frames.log (default true; the benchmark turns it off). */
   recordFrames?: boolean;
+  /** More appservice registrations for Synapse to load besides the bridge's (the benchmark's probe); ignored against an existing homeserver. */
+  extraRegistrations?: string[];
 }
 
 export const HOME_DOMAIN = "whatsapp.example";
@@ -114,7 +116,7 @@ export class Stack {
       execFileSync(process.execPath, [cli, "-r", "-u", `http://127.0.0.1:${bridgePort}`, "-c", configPath, "-f", registrationPath], { stdio: "pipe" });
     }
     // Unique per process, so stacks of parallel runs (other checkouts, the demo) never share an instance.
-    const hs = await startTestHomeserver({ registrationPath, name: `${name}-${process.pid}`, port: hsPort, purge: true });
+    const hs = await startTestHomeserver({ registrationPath: [registrationPath, ...(opts.extraRegistrations ?? [])], name: `${name}-${process.pid}`, port: hsPort, purge: true });
     const gatewayUrl = `ws://127.0.0.1:${gatewayPort}/v1`;
     const childEnv: Record<string, string> = opts.childLogLevel ? { LOG_LEVEL: opts.childLogLevel } : {};
     const gateway = new ManagedProcess("gateway", process.execPath, [

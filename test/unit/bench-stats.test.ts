@@ -1,12 +1,16 @@
 /**
- * The benchmark's arithmetic (bench/stats.ts, bench/report.ts, bench/profile.ts): percentiles,
- * rates, ratios and added latency, what counts as a met target, and how a CPU profile's time is
- * attributed. Numbers only, no timing: the benchmark itself runs with `npm run bench`.
+ * The benchmark's arithmetic (bench/stats.ts, bench/report.ts, bench/profile.ts,
+ * bench/histogram.ts, the orders in bench/paths.ts): percentiles, rates, ratios and added
+ * latency, what counts as a met target, how a CPU profile's time is attributed, the bridge's
+ * /metrics histograms, and the order paths are measured in. Numbers only, no timing: the
+ * benchmark itself runs with `npm run bench`.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { met, Report, toJsonLines, toTable } from "../../bench/report";
 import { ownerOf, summarizeProfile } from "../../bench/profile";
+import { histogramDelta, histogramMean, histogramQuantile, parseHistogram } from "../../bench/histogram";
+import { latencyOrder, roundOrder } from "../../bench/paths";
 import { addedLatency, percentile, rate, ratio, round, summarize } from "../../bench/stats";
 
 describe("percentile", () => {
@@ -134,5 +138,97 @@ describe("CPU profile summary", () => {
     assert.equal(early.idleMs, 0);
     assert.equal(early.hottest[0].name, "encode");
     assert.equal(early.hottest[0].selfMs, 2);
+  });
+});
+
+describe("the bridge's /metrics histograms", () => {
+  const exposition = (n: number) =>
+    [
+      "# HELP bridge_matrix_event_duration_seconds Time to handle one event",
+      "# TYPE bridge_matrix_event_duration_seconds histogram",
+      `bridge_matrix_event_duration_seconds_bucket{le="0.005",type="m.room.message"} ${2 * n}`,
+      `bridge_matrix_event_duration_seconds_bucket{le="0.01",type="m.room.message"} ${3 * n}`,
+      `bridge_matrix_event_duration_seconds_bucket{le="+Inf",type="m.room.message"} ${4 * n}`,
+      `bridge_matrix_event_duration_seconds_sum{type="m.room.message"} ${0.02 * n}`,
+      `bridge_matrix_event_duration_seconds_count{type="m.room.message"} ${4 * n}`,
+      'bridge_matrix_event_duration_seconds_bucket{le="0.005",type="m.room.member"} 50',
+      'bridge_matrix_event_duration_seconds_bucket{le="0.01",type="m.room.member"} 50',
+      'bridge_matrix_event_duration_seconds_bucket{le="+Inf",type="m.room.member"} 50',
+      'bridge_matrix_event_duration_seconds_sum{type="m.room.member"} 0.1',
+      'bridge_matrix_event_duration_seconds_count{type="m.room.member"} 50',
+      'bridge_matrix_event_duration_seconds_total_other 7',
+    ].join("\n");
+
+  test("reads one series, by its labels, buckets in order", () => {
+    const h = parseHistogram(exposition(1), "bridge_matrix_event_duration_seconds", { type: "m.room.message" });
+    assert.deepEqual(h.buckets, [
+      { le: 0.005, count: 2 },
+      { le: 0.01, count: 3 },
+      { le: Infinity, count: 4 },
+    ]);
+    assert.equal(h.sum, 0.02);
+    assert.equal(h.count, 4);
+  });
+
+  test("a series that does not exist yet reads as empty", () => {
+    assert.deepEqual(parseHistogram(exposition(1), "bridge_matrix_to_network_duration_seconds"), { buckets: [], sum: 0, count: 0 });
+  });
+
+  test("the difference of two readings is what was observed in between", () => {
+    const name = "bridge_matrix_event_duration_seconds";
+    const d = histogramDelta(parseHistogram(exposition(3), name, { type: "m.room.message" }), parseHistogram(exposition(1), name, { type: "m.room.message" }));
+    assert.deepEqual(d.buckets.map((b) => b.count), [4, 6, 8]);
+    assert.equal(round(d.sum, 6), 0.04);
+    assert.equal(d.count, 8);
+    assert.equal(round(histogramMean(d), 6), 0.005);
+  });
+
+  test("a quantile is interpolated in its bucket, from 0 below the first", () => {
+    const h = { buckets: [{ le: 0.01, count: 10 }, { le: 0.02, count: 30 }, { le: Infinity, count: 40 }], sum: 0, count: 40 };
+    assert.equal(round(histogramQuantile(h, 0.125), 6), 0.005, "rank 5 of the first 10, between 0 and 0.01");
+    assert.equal(round(histogramQuantile(h, 0.5), 6), 0.015, "rank 20: half way through the second bucket");
+    assert.equal(histogramQuantile(h, 0.75), 0.02, "rank 30: the second bucket's bound");
+    assert.equal(histogramQuantile(h, 0.99), 0.02, "in +Inf: the largest finite bound");
+  });
+
+  test("no observations have no mean and no quantile", () => {
+    const empty = { buckets: [{ le: Infinity, count: 0 }], sum: 0, count: 0 };
+    assert.throws(() => histogramMean(empty), RangeError);
+    assert.throws(() => histogramQuantile(empty, 0.5), RangeError);
+    assert.throws(() => histogramQuantile({ ...empty, count: 1, buckets: [{ le: 1, count: 1 }] }, 1.5), RangeError);
+  });
+});
+
+describe("the order paths are measured in", () => {
+  test("throughput rounds: direct first and bridged last, reversed every other round", () => {
+    assert.deepEqual(roundOrder(["direct", "bridged"], 0), ["direct", "bridged"]);
+    assert.deepEqual(roundOrder(["bridged", "direct"], 1), ["bridged", "direct"]);
+    assert.deepEqual(roundOrder(["bridged", "direct", "synapseAlone"], 0), ["direct", "synapseAlone", "bridged"]);
+    assert.deepEqual(roundOrder(["bridged", "direct", "synapseAlone"], 1), ["bridged", "synapseAlone", "direct"]);
+  });
+
+  for (const n of [1, 2, 3, 4, 5, 6]) {
+    test(`latency samples of ${n} paths: each goes first and follows each other one equally often`, () => {
+      const cycle = n % 2 === 0 ? n : 2 * n;
+      const first = new Map<number, number>();
+      const follows = new Map<string, number>();
+      for (let k = 0; k < cycle; k++) {
+        const order = latencyOrder(n, k);
+        assert.deepEqual([...order].sort((a, b) => a - b), Array.from({ length: n }, (_, i) => i), `sample ${k} measures every path once`);
+        first.set(order[0], (first.get(order[0]) ?? 0) + 1);
+        for (let j = 1; j < n; j++) follows.set(`${order[j - 1]}>${order[j]}`, (follows.get(`${order[j - 1]}>${order[j]}`) ?? 0) + 1);
+      }
+      assert.deepEqual(new Set(first.values()), new Set([cycle / n]));
+      assert.equal(first.size, n);
+      if (n > 1) {
+        assert.equal(follows.size, n * (n - 1), "every ordered pair occurs");
+        assert.deepEqual(new Set(follows.values()), new Set([cycle / n]), "and equally often");
+      }
+      assert.deepEqual(latencyOrder(n, cycle), latencyOrder(n, 0), "then it repeats");
+    });
+  }
+
+  test("refuses no paths", () => {
+    assert.throws(() => latencyOrder(0, 0), RangeError);
   });
 });

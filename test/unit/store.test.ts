@@ -88,6 +88,16 @@ test("the outbound queue takes an event once and keeps order", () => {
   store.close();
 });
 
+test("a queued event remembers when it was queued (for bridge_matrix_to_network_duration_seconds)", () => {
+  const store = BridgeStore.open(tempDb());
+  const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
+  const before = Date.now();
+  store.outbound.enqueue(p.id, "$1", "@u:hs", { n: 1 });
+  const [item] = store.outbound.pending(p.id);
+  assert.ok(item.createdAt >= before && item.createdAt <= Date.now(), `createdAt ${item.createdAt} is the time of enqueue`);
+  store.close();
+});
+
 test("the message map answers both ways and inbound ids are seen once", () => {
   const store = BridgeStore.open(tempDb());
   const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
