@@ -6,6 +6,7 @@
  */
 import { performance } from "node:perf_hooks";
 import { SimApi } from "../test/support/sim-api";
+import { withOwnSignal } from "../test/support/own-signal";
 
 /** The tag a benchmark message carries as its whole text. */
 export function tagOf(run: string, n: number): string {
@@ -144,23 +145,6 @@ export class MatrixReader {
       if (!res.ok) throw new Error(`/sync → ${res.status} ${await res.text()}`);
       return (await res.json()) as SyncResponse;
     });
-  }
-}
-
-/**
- * Runs one request with a signal of its own, aborted with `stop`. Handing fetch the long-lived
- * signal itself left a listener on it per request (undici in Node 20): the benchmark warned
- * "MaxListenersExceededWarning" after 1,500 long polls.
- */
-async function withOwnSignal<T>(stop: AbortSignal, request: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const own = new AbortController();
-  const abort = () => own.abort();
-  stop.addEventListener("abort", abort, { once: true });
-  if (stop.aborted) own.abort();
-  try {
-    return await request(own.signal);
-  } finally {
-    stop.removeEventListener("abort", abort);
   }
 }
 

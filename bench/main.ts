@@ -69,19 +69,22 @@ interface Options {
   json: boolean;
   profile: boolean;
   heapSnapshots: boolean;
+  /** bridge.message_status_events for the bridge under test (on, as the product's default). */
+  statusEvents: boolean;
   sizes: Sizes;
 }
 
-const USAGE = `usage: npm run bench [-- [--quick] [--json] [--no-profile] [--heap-snapshots] [--chats-per-user N]]
+const USAGE = `usage: npm run bench [-- [--quick] [--json] [--no-profile] [--heap-snapshots] [--no-status-events] [--chats-per-user N]]
   --quick             a smaller run (under 2 minutes)
   --json              one JSON object per metric and line on stdout, instead of the table
   --no-profile        do not run the bridge under the CPU profiler
   --heap-snapshots    take a heap snapshot of the bridge at each memory reading and list what holds the heap
+  --no-status-events  run the bridge with bridge.message_status_events: false (no delivery status events)
   --chats-per-user N  spread the chats over Matrix users so each has N (default: 10 full, 5 quick)
 `;
 
 function parseArgs(argv: string[]): Options {
-  const flags = new Set(["--quick", "--json", "--no-profile", "--heap-snapshots", "--help", "-h"]);
+  const flags = new Set(["--quick", "--json", "--no-profile", "--heap-snapshots", "--no-status-events", "--help", "-h"]);
   let chatsPerUser: number | undefined;
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--chats-per-user") {
@@ -104,7 +107,7 @@ function parseArgs(argv: string[]): Options {
   const json = argv.includes("--json") || process.env.npm_config_json === "true";
   const base = quick ? QUICK : FULL;
   const sizes = chatsPerUser ? { ...base, receivers: Math.ceil(base.chats / chatsPerUser) } : base;
-  return { quick, json, profile: !argv.includes("--no-profile"), heapSnapshots: argv.includes("--heap-snapshots"), sizes };
+  return { quick, json, profile: !argv.includes("--no-profile"), heapSnapshots: argv.includes("--heap-snapshots"), statusEvents: !argv.includes("--no-status-events"), sizes };
 }
 
 const started = performance.now();
@@ -171,7 +174,7 @@ async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   const { sizes } = opts;
   const report = new Report();
-  say(`${opts.quick ? "quick" : "full"} run: starting Synapse, gateway, simulator and bridge`);
+  say(`${opts.quick ? "quick" : "full"} run${opts.statusEvents ? "" : " without message status events"}: starting Synapse, gateway, simulator and bridge`);
   const dir = mkdtempSync(path.join(os.tmpdir(), "mib-bench-"));
   const diagnostics = path.join(dir, "diagnostics");
   mkdirSync(diagnostics);
@@ -191,6 +194,9 @@ async function main(): Promise<void> {
     dir,
     bridgeNodeArgs: [...INSPECT_ARGS, ...nodeArgs, ...profileArgs],
     recordFrames: false,
+    bridgeConfig: (c) => {
+      c.bridge = { ...(c.bridge ?? {}), message_status_events: opts.statusEvents };
+    },
     extraRegistrations: [probe.writeRegistration(path.join(dir, "probe-registration.yaml"))],
     // Third-Party Chats stay off by default, as in the product: each benchmark user says `enable` (scenario.ts, media-rss.ts).
   }).catch(async (err) => {
@@ -198,6 +204,7 @@ async function main(): Promise<void> {
     throw err;
   });
   say(`stack up in ${stack.dir}`);
+  if (!opts.statusEvents) report.note("run with bridge.message_status_events: false (--no-status-events): no delivery status events");
   let failed = false;
   let profiled: { fromUs: number; toUs: number } | undefined;
   try {

@@ -37,6 +37,7 @@ export interface BridgeConfig {
     permissions: Record<string, PermissionLevel>;
     third_party_chats_default: boolean;
     edit_window_seconds: number;
+    message_status_events: boolean;
     sent_status_delay_ms: number;
     media_download_attempts: number;
   };

@@ -29,6 +29,7 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
     thirdPartyDefault: config.bridge.third_party_chats_default,
     permissions: new Permissions(config.bridge.permissions),
     metrics,
+    messageStatusEvents: config.bridge.message_status_events,
     sentStatusDelayMs: config.bridge.sent_status_delay_ms,
     mediaDownloadAttempts: config.bridge.media_download_attempts,
   });

@@ -56,6 +56,8 @@ export interface CoreOptions {
   /** Delay before retrying a send the network could not take (ms); doubles up to maxRetryDelayMs. */
   retryDelayMs?: number;
   maxRetryDelayMs?: number;
+  /** Whether com.beeper.message_send_status events are posted at all (config bridge.message_status_events; default true). */
+  messageStatusEvents?: boolean;
   /** How long a "sent" status waits for the delivery receipt (config bridge.sent_status_delay_ms); 0: at once. */
   sentStatusDelayMs?: number;
   /** Downloads of a queued file the homeserver may fail before the file is given up (config bridge.media_download_attempts; default 10). */
@@ -505,6 +507,8 @@ export class BridgeCore implements NetworkEventHandler {
 
   /** Posts a com.beeper.message_send_status event; never fails (a status is not worth a retry loop). */
   private async postStatus(roomId: string, asMxid: string, stage: string, info: MessageStatusInfo): Promise<void> {
+    // Turned off by the admin (bridge.message_status_events): failures are still explained by a notice.
+    if (this.opts.messageStatusEvents === false) return;
     try {
       await this.matrix.send(asMxid, roomId, messageStatusContent(info), { txnId: `status.${stage}.${info.eventId}`, type: MESSAGE_STATUS_EVENT_TYPE });
     } catch (err) {
@@ -973,6 +977,7 @@ export class BridgeCore implements NetworkEventHandler {
         this.sentStatuses.delete(eventId);
       }
     };
+    if (this.opts.messageStatusEvents === false) return;
     const delay = this.opts.sentStatusDelayMs ?? 0;
     if (delay <= 0 || !this.network.capabilities.deliveryReceipts) return post();
     const timer = setTimeout(() => {

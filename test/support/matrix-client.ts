@@ -4,6 +4,7 @@
  * bridge or the homeserver rather than at client-side magic.
  */
 import { createHmac, randomBytes } from "node:crypto";
+import { withOwnSignal } from "./own-signal";
 
 /** What the client needs to know about a homeserver (a TestHomeserver fits). */
 export interface HomeserverInfo {
@@ -104,7 +105,7 @@ async function requestJson<T = any>(baseUrl: string, method: string, path: strin
     body = JSON.stringify(options.body);
     headers["content-type"] = "application/json";
   }
-  const response = await fetchOrExplain(method, baseUrl + path, path, { method, headers, body, signal: options.signal });
+  const response = await withOwnSignal(options.signal, (signal) => fetchOrExplain(method, baseUrl + path, path, { method, headers, body, signal }));
   const text = await response.text();
   let parsed: unknown = text;
   try {

@@ -94,7 +94,7 @@ function fakeNetwork(): NetworkConnector {
   return network as NetworkConnector;
 }
 
-function makeCore(file: string, hs: FakeHomeserver, sentStatusDelayMs = 0) {
+function makeCore(file: string, hs: FakeHomeserver, sentStatusDelayMs = 0, messageStatusEvents = true) {
   const store = BridgeStore.open(file);
   store.users.getOrCreate(USER, { thirdPartyEnabled: true });
   const core = new BridgeCore(store, hs.port(), fakeNetwork(), {
@@ -103,6 +103,7 @@ function makeCore(file: string, hs: FakeHomeserver, sentStatusDelayMs = 0) {
     retryDelayMs: 5,
     maxRetryDelayMs: 20,
     sentStatusDelayMs,
+    messageStatusEvents,
   });
   return { store, core };
 }
@@ -312,6 +313,20 @@ describe("delivery status", () => {
     await until("the queue is empty", () => second.store.inbound.depth() === 0);
     second.core.stop();
     second.store.close();
+  });
+
+  it("posts no status event when the admin turned them off", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs, 0, false);
+    const { eventId } = await sendFromMatrix(core, store, hs, 6);
+    await until("the network took it", () => store.messages.byEventId(eventId) !== undefined);
+    await core.onDelivered(USER, { chat: chat("+491"), txnId: eventId, recipient: "+491", timestamp: Date.now() });
+    await until("the receipt was handled", () => store.inbound.depth() === 0);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(statuses(hs, eventId), []);
+    assert.equal(hs.sent.filter((s) => s.opts.type === STATUS).length, 0);
+    core.stop();
+    store.close();
   });
 
   it("posts sent at once with a wait of 0, and a held one when the bridge stops", async () => {
