@@ -201,7 +201,7 @@ export class BridgeCore implements NetworkEventHandler {
    * so the network acknowledges it and moves on while the portal sends to Matrix on its own.
    */
   async onMessage(receiver: string, message: RemoteMessage): Promise<void> {
-    if (this.store.outbound.inboundSeen(receiver, message.id)) return;
+    if (this.store.inbound.inboundSeen(receiver, message.id)) return;
     const portal = await this.ensurePortal(receiver, message.chat);
     this.store.inbound.enqueue(portal.id, receiver, message.id, "message", message);
     void this.drainInbound(portal.id);
@@ -237,7 +237,7 @@ export class BridgeCore implements NetworkEventHandler {
     switch (item.kind) {
       case "message":
       case "change":
-        if (!portal?.roomId || this.store.outbound.inboundSeen(item.receiver, item.remoteId)) return this.store.inbound.remove(item.seq);
+        if (!portal?.roomId || this.store.inbound.inboundSeen(item.receiver, item.remoteId)) return this.store.inbound.remove(item.seq);
         if (item.kind === "message") return this.bridgeMessage(portal, item, JSON.parse(item.payload) as RemoteMessage);
         return this.bridgeChange(portal, item, JSON.parse(item.payload) as RemoteChange);
       case "read":
@@ -255,7 +255,7 @@ export class BridgeCore implements NetworkEventHandler {
   private finishInbound(item: InboundItem, effect?: () => void): void {
     this.store.transaction(() => {
       effect?.();
-      this.store.outbound.markInboundSeen(item.receiver, item.remoteId);
+      this.store.inbound.markInboundSeen(item.receiver, item.remoteId);
       this.store.inbound.remove(item.seq);
     });
   }
@@ -388,7 +388,7 @@ export class BridgeCore implements NetworkEventHandler {
 
   /** An edit, deletion or reaction from the network: queued behind the chat's messages, durably. */
   async onChange(receiver: string, event: RemoteChange): Promise<void> {
-    if (this.store.outbound.inboundSeen(receiver, event.id)) return;
+    if (this.store.inbound.inboundSeen(receiver, event.id)) return;
     const portal = this.store.portals.byChat(event.chat.id, receiver);
     if (!portal?.roomId) {
       // Without a room the user never saw the message it changes.

@@ -1,4 +1,5 @@
 import { Database } from "./database";
+import { PortalQueueTable } from "./portal-queue";
 
 /** Messages and changes are remembered as seen once bridged (inbound_seen); receipts are not. */
 export type InboundKind = "message" | "change" | "read" | "delivered";
@@ -38,10 +39,13 @@ const fromRaw = (r: Raw): InboundItem => ({
 
 /**
  * The durable network → Matrix queue: an event is committed here before the network is
- * acknowledged, and removed in the transaction that records what it became on Matrix.
+ * acknowledged, and removed in the transaction that records what it became on Matrix; and the
+ * record of network messages already bridged (inbound_seen).
  */
-export class InboundStore {
-  constructor(private readonly db: Database) {}
+export class InboundStore extends PortalQueueTable {
+  constructor(db: Database) {
+    super(db, "inbound_queue");
+  }
 
   /** Queues the event unless it is queued already (a redelivery); returns whether it was queued. */
   enqueue(portalId: number, receiver: string, remoteId: string, kind: InboundKind, payload: unknown): boolean {
@@ -57,19 +61,13 @@ export class InboundStore {
     return row && fromRaw(row);
   }
 
-  portalsWithPending(): number[] {
-    return (this.db.prepare("SELECT DISTINCT portal_id FROM inbound_queue ORDER BY portal_id").all() as { portal_id: number }[]).map((r) => r.portal_id);
+  /** Inbound de-duplication: true the first time a remote message is seen for a receiver. */
+  markInboundSeen(receiver: string, remoteMsgId: string): boolean {
+    const info = this.db.prepare("INSERT OR IGNORE INTO inbound_seen (receiver, remote_msg_id, seen_at) VALUES (?, ?, ?)").run(receiver, remoteMsgId, Date.now());
+    return info.changes === 1;
   }
 
-  recordAttempt(seq: number): void {
-    this.db.prepare("UPDATE inbound_queue SET attempts = attempts + 1 WHERE seq = ?").run(seq);
-  }
-
-  remove(seq: number): void {
-    this.db.prepare("DELETE FROM inbound_queue WHERE seq = ?").run(seq);
-  }
-
-  depth(): number {
-    return (this.db.prepare("SELECT COUNT(*) AS n FROM inbound_queue").get() as { n: number }).n;
+  inboundSeen(receiver: string, remoteMsgId: string): boolean {
+    return this.db.prepare("SELECT 1 FROM inbound_seen WHERE receiver = ? AND remote_msg_id = ?").get(receiver, remoteMsgId) !== undefined;
   }
 }

@@ -1,4 +1,5 @@
 import { Database } from "./database";
+import { PortalQueueTable } from "./portal-queue";
 
 export interface OutboundItem {
   seq: number;
@@ -28,8 +29,10 @@ const fromRaw = (r: Raw): OutboundItem => ({ seq: r.seq, portalId: r.portal_id, 
  * enqueued and marked processed in one transaction, so a redelivered transaction is a no-op
  * and a crash never loses an accepted event.
  */
-export class OutboundStore {
-  constructor(private readonly db: Database) {}
+export class OutboundStore extends PortalQueueTable {
+  constructor(db: Database) {
+    super(db, "outbound_queue");
+  }
 
   /** Returns false when the event was already processed (a duplicate delivery). */
   markProcessed(eventId: string): boolean {
@@ -56,36 +59,10 @@ export class OutboundStore {
     return (this.db.prepare("SELECT * FROM outbound_queue WHERE portal_id = ? ORDER BY seq").all(portalId) as Raw[]).map(fromRaw);
   }
 
-  portalsWithPending(): number[] {
-    return (this.db.prepare("SELECT DISTINCT portal_id FROM outbound_queue ORDER BY portal_id").all() as { portal_id: number }[]).map((r) => r.portal_id);
-  }
-
-  recordAttempt(seq: number): void {
-    this.db.prepare("UPDATE outbound_queue SET attempts = attempts + 1 WHERE seq = ?").run(seq);
-  }
-
-  remove(seq: number): void {
-    this.db.prepare("DELETE FROM outbound_queue WHERE seq = ?").run(seq);
-  }
-
   /** Messages of one Matrix user waiting for the network. */
   depthForUser(mxid: string): number {
     return (
       this.db.prepare("SELECT COUNT(*) AS n FROM outbound_queue WHERE portal_id IN (SELECT id FROM portals WHERE receiver = ?)").get(mxid) as { n: number }
     ).n;
-  }
-
-  depth(): number {
-    return (this.db.prepare("SELECT COUNT(*) AS n FROM outbound_queue").get() as { n: number }).n;
-  }
-
-  /** Inbound de-duplication: true the first time a remote message is seen for a receiver. */
-  markInboundSeen(receiver: string, remoteMsgId: string): boolean {
-    const info = this.db.prepare("INSERT OR IGNORE INTO inbound_seen (receiver, remote_msg_id, seen_at) VALUES (?, ?, ?)").run(receiver, remoteMsgId, Date.now());
-    return info.changes === 1;
-  }
-
-  inboundSeen(receiver: string, remoteMsgId: string): boolean {
-    return this.db.prepare("SELECT 1 FROM inbound_seen WHERE receiver = ? AND remote_msg_id = ?").get(receiver, remoteMsgId) !== undefined;
   }
 }

@@ -104,9 +104,9 @@ test("the message map answers both ways and inbound ids are seen once", () => {
   store.messages.insert({ portalId: p.id, remoteId: "r1", part: 0, eventId: "$x", sender: "+49", timestamp: 1 });
   assert.equal(store.messages.byRemoteId(p.id, "r1")?.eventId, "$x");
   assert.equal(store.messages.byEventId("$x")?.remoteId, "r1");
-  assert.equal(store.outbound.markInboundSeen("@u:hs", "r1"), true);
-  assert.equal(store.outbound.markInboundSeen("@u:hs", "r1"), false);
-  assert.equal(store.outbound.inboundSeen("@u:hs", "r1"), true);
+  assert.equal(store.inbound.markInboundSeen("@u:hs", "r1"), true);
+  assert.equal(store.inbound.markInboundSeen("@u:hs", "r1"), false);
+  assert.equal(store.inbound.inboundSeen("@u:hs", "r1"), true);
   store.close();
 });
 
@@ -185,7 +185,7 @@ test("erasing a user deletes their settings, portals, message map, queue and ref
     store.portals.setRoom(portal.id, `!room-${mxid}`);
     store.messages.insert({ portalId: portal.id, remoteId: `m-${mxid}`, part: 0, eventId: `$e-${mxid}`, sender: "+491", timestamp: 1 });
     store.outbound.enqueue(portal.id, `$out-${mxid}`, mxid, { text: "x" });
-    store.outbound.markInboundSeen(mxid, "r1");
+    store.inbound.markInboundSeen(mxid, "r1");
     store.users.recordRefused(mxid, "+492", 5);
     store.reactions.put({ portalId: portal.id, targetRemoteId: `m-${mxid}`, sender: mxid, emoji: "👍", eventId: `$r-${mxid}`, remoteId: `x-${mxid}`, timestamp: 2 });
     store.readMarkers.advance(portal.id, 1);
@@ -198,7 +198,7 @@ test("erasing a user deletes their settings, portals, message map, queue and ref
   assert.deepEqual(store.portals.forReceiver("@gone:hs"), []);
   assert.equal(store.messages.byEventId("$e-@gone:hs"), undefined);
   assert.equal(store.outbound.depthForUser("@gone:hs"), 0);
-  assert.equal(store.outbound.inboundSeen("@gone:hs", "r1"), false);
+  assert.equal(store.inbound.inboundSeen("@gone:hs", "r1"), false);
   assert.deepEqual(store.users.refusedContacts("@gone:hs"), []);
   assert.equal(store.reactions.byEventId("$r-@gone:hs"), undefined, "their reactions are gone");
   assert.equal((store.db.prepare("SELECT COUNT(*) AS n FROM read_markers").get() as { n: number }).n, 1, "only the other user's read marker is left");
