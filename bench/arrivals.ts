@@ -4,6 +4,7 @@
  * long-poll). Every benchmark message carries a tag "<run> <n>" as its whole text; arrival
  * times are performance.now() in this process, the same clock the senders start from.
  */
+import { setMaxListeners } from "node:events";
 import { performance } from "node:perf_hooks";
 import { SimApi } from "../test/support/sim-api";
 import { withOwnSignal } from "../test/support/own-signal";
@@ -157,7 +158,10 @@ export class SimReader {
   constructor(
     private readonly sim: SimApi,
     private readonly log: Arrivals,
-  ) {}
+  ) {
+    // One listener per watched user's long poll at a time (withOwnSignal), 100 in a full run.
+    setMaxListeners(0, this.abort.signal);
+  }
 
   /** Starts watching these users from their current inbox position. */
   async watch(phones: readonly string[]): Promise<void> {
