@@ -222,7 +222,8 @@ export class BridgeCore implements NetworkEventHandler {
           await this.bridgeInbound(item);
           delay = this.opts.retryDelayMs ?? 1000;
         } catch (err) {
-          if (this.stopping) return;
+          // Closed meanwhile (its user left or was forgotten): what was waiting moved or went with it.
+          if (this.stopping || !this.store.portals.get(portalId)) return;
           // Only Matrix-side trouble (the homeserver down or refusing) gets here: the event waits, the chat behind it too.
           log.warn("could not bridge to Matrix, will retry", { portal: portalId, kind: item.kind, attempts: item.attempts + 1, error: (err as Error).message, inMs: delay });
           await new Promise((r) => setTimeout(r, delay));
@@ -235,10 +236,15 @@ export class BridgeCore implements NetworkEventHandler {
   private async bridgeInbound(item: InboundItem): Promise<void> {
     const portal = this.store.portals.get(item.portalId);
     switch (item.kind) {
-      case "message":
+      case "message": {
+        if (!portal || this.store.inbound.inboundSeen(item.receiver, item.remoteId)) return this.store.inbound.remove(item.seq);
+        const message = JSON.parse(item.payload) as RemoteMessage;
+        // A portal reopened for messages that waited when its user left gets its room here.
+        const open = portal.roomId ? portal : await this.ensurePortal(item.receiver, message.chat);
+        return this.bridgeMessage(open, item, message);
+      }
       case "change":
         if (!portal?.roomId || this.store.inbound.inboundSeen(item.receiver, item.remoteId)) return this.store.inbound.remove(item.seq);
-        if (item.kind === "message") return this.bridgeMessage(portal, item, JSON.parse(item.payload) as RemoteMessage);
         return this.bridgeChange(portal, item, JSON.parse(item.payload) as RemoteChange);
       case "read":
       case "delivered":
@@ -1071,9 +1077,20 @@ export class BridgeCore implements NetworkEventHandler {
     if (!portal || portal.receiver !== userId) return;
     const ghost = this.portalGhost(portal);
     await this.inbox.portalRemoved(portal).catch((err: Error) => log.warn("could not remove a portal from the user's space", { portal: portal.id, error: err.message }));
-    this.store.portals.delete(portal.id);
-    log.info("portal closed because its user left", { portal: portal.id, roomId });
+    // Messages already acknowledged to the network and not yet shown go to a fresh room, as
+    // they would have had they come a moment later: moved in the transaction that closes the portal.
+    const { reopened, waiting } = this.store.transaction(() => {
+      const waiting = this.store.inbound.messagesOf(portal.id);
+      const participants = this.store.portals.participants(portal.id);
+      this.store.portals.delete(portal.id);
+      if (waiting.length === 0) return { reopened: undefined, waiting: 0 };
+      const fresh = this.store.portals.getOrCreate(portal.remoteChatId, portal.receiver, portal.kind, participants);
+      this.store.inbound.requeue(waiting, fresh.id);
+      return { reopened: fresh, waiting: waiting.length };
+    });
+    log.info("portal closed because its user left", { portal: portal.id, roomId, waiting });
     await this.matrix.leave(ghost, roomId, "the chat was closed").catch(() => undefined);
+    if (reopened) void this.drainInbound(reopened.id);
   }
 
   /**

@@ -55,6 +55,17 @@ export class InboundStore extends PortalQueueTable {
     return info.changes === 1;
   }
 
+  /** The messages (not changes or receipts) waiting in a portal, oldest first. */
+  messagesOf(portalId: number): InboundItem[] {
+    return (this.db.prepare("SELECT * FROM inbound_queue WHERE portal_id = ? AND kind = 'message' ORDER BY seq").all(portalId) as Raw[]).map(fromRaw);
+  }
+
+  /** Queues items again, in their order, in another portal (their rows must be gone). */
+  requeue(items: readonly InboundItem[], portalId: number): void {
+    const insert = this.db.prepare("INSERT INTO inbound_queue (portal_id, receiver, remote_id, kind, payload, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    for (const i of items) insert.run(portalId, i.receiver, i.remoteId, i.kind, i.payload, i.attempts, i.createdAt);
+  }
+
   /** The oldest event waiting in a portal. */
   next(portalId: number): InboundItem | undefined {
     const row = this.db.prepare("SELECT * FROM inbound_queue WHERE portal_id = ? ORDER BY seq LIMIT 1").get(portalId) as Raw | undefined;

@@ -73,6 +73,7 @@ class FakeHomeserver {
         return `$ev${this.sent.length}`;
       },
       redact: async () => undefined,
+      leave: async () => undefined,
     };
     return port as MatrixPort;
   }
@@ -219,6 +220,28 @@ describe("the durable inbound queue", () => {
     await until("both are on Matrix", () => hs.sent.length === 2);
     const relates = hs.sent[1].content["m.relates_to"] as { rel_type: string; event_id: string };
     assert.deepEqual(relates, { rel_type: "m.replace", event_id: "$ev1" });
+    core.stop();
+    store.close();
+  });
+
+  it("sends what waited when the user left the room to a fresh room, as if it had come a moment later", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs);
+    await core.onMessage(USER, message("+491", 0));
+    await until("the first room exists", () => hs.sent.length === 1);
+    const oldRoom = store.portals.byChat("dm:+491", USER)!.roomId!;
+    const release = hs.gate(oldRoom);
+    for (let n = 1; n <= 3; n++) await core.onMessage(USER, message("+491", n));
+    await core.onUserLeft(oldRoom, USER);
+    const reopened = store.portals.byChat("dm:+491", USER);
+    assert.ok(reopened, "the chat has a portal again");
+    await until("the three are in the new room", () => reopened.roomId !== oldRoom && hs.bodies(store.portals.byChat("dm:+491", USER)?.roomId ?? "-").length === 3);
+    const newRoom = store.portals.byChat("dm:+491", USER)!.roomId!;
+    assert.notEqual(newRoom, oldRoom);
+    assert.deepEqual(hs.bodies(newRoom), [1, 2, 3].map((n) => `+491 says ${n}`));
+    // The send that was under way when the user left ends in the old room, which the user left.
+    release();
+    await until("the queue is empty", () => store.inbound.depth() === 0);
     core.stop();
     store.close();
   });
