@@ -239,17 +239,27 @@ export class BridgeCore implements NetworkEventHandler {
       case "message": {
         if (!portal || this.store.inbound.inboundSeen(item.receiver, item.remoteId)) return this.store.inbound.remove(item.seq);
         const message = JSON.parse(item.payload) as RemoteMessage;
+        if (!this.optedIn(item.receiver)) {
+          // Turned off while it waited: nothing reaches the user while off; they learn who tried, as for a refusal.
+          this.finishInbound(item);
+          log.info("dropped a waiting message: the user turned Third-Party Chats off", { portal: item.portalId });
+          await this.onRefused(item.receiver, message.sender, message.timestamp).catch((err: Error) => {
+            log.warn("could not tell a user about a dropped message", { error: err.message });
+          });
+          return;
+        }
         // A portal reopened for messages that waited when its user left gets its room here.
         const open = portal.roomId ? portal : await this.ensurePortal(item.receiver, message.chat);
         return this.bridgeMessage(open, item, message);
       }
       case "change":
         if (!portal?.roomId || this.store.inbound.inboundSeen(item.receiver, item.remoteId)) return this.store.inbound.remove(item.seq);
+        if (!this.optedIn(item.receiver)) return this.finishInbound(item);
         return this.bridgeChange(portal, item, JSON.parse(item.payload) as RemoteChange);
       case "read":
       case "delivered":
         // Receipts are not remembered once shown: a repeat shows the same thing again (the same transaction id).
-        if (portal?.roomId) {
+        if (portal?.roomId && this.optedIn(item.receiver)) {
           if (item.kind === "read") await this.bridgeReadReceipt(portal, item.receiver, JSON.parse(item.payload) as RemoteReadReceipt);
           else await this.bridgeDelivered(portal, JSON.parse(item.payload) as DeliveryReceipt);
         }

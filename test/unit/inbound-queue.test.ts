@@ -41,6 +41,7 @@ class FakeHomeserver {
   private readonly gates = new Map<string, { promise: Promise<void>; release: () => void }>();
   failNext = 0;
   attempts = 0;
+  readonly botNotices: string[] = [];
 
   gate(roomId: string): () => void {
     let release!: () => void;
@@ -74,6 +75,9 @@ class FakeHomeserver {
       },
       redact: async () => undefined,
       leave: async () => undefined,
+      botNotice: async (_roomId, markdown) => {
+        this.botNotices.push(markdown);
+      },
     };
     return port as MatrixPort;
   }
@@ -242,6 +246,27 @@ describe("the durable inbound queue", () => {
     // The send that was under way when the user left ends in the old room, which the user left.
     release();
     await until("the queue is empty", () => store.inbound.depth() === 0);
+    core.stop();
+    store.close();
+  });
+
+  it("drops what waited when the user turned Third-Party Chats off, and tells them who tried", async () => {
+    const hs = new FakeHomeserver();
+    const { store, core } = makeCore(tempDb(), hs);
+    await core.onMessage(USER, message("+491", 0));
+    await until("the room exists", () => hs.sent.length === 1);
+    const room = store.portals.byChat("dm:+491", USER)!.roomId!;
+    const release = hs.gate(room);
+    for (let n = 1; n <= 3; n++) await core.onMessage(USER, message("+491", n));
+    store.users.setThirdPartyEnabled(USER, false);
+    release();
+    await until("the queue is empty", () => store.inbound.depth() === 0);
+    // The first was already on its way to the homeserver when the user turned them off.
+    assert.ok(hs.bodies(room).length <= 2, `at most the one under way reached the room (${hs.bodies(room).join(", ")})`);
+    assert.ok(!hs.bodies(room).includes("+491 says 3"));
+    await until("the user was told", () => hs.botNotices.length === 1);
+    assert.match(hs.botNotices[0], /\+491/);
+    assert.match(hs.botNotices[0], /tried to write to you/);
     core.stop();
     store.close();
   });
