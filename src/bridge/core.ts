@@ -22,7 +22,7 @@ import {
   RemoteTyping,
 } from "../network/connector";
 import { BridgeMetrics } from "../metrics/metrics";
-import { BridgeStore, InboundItem, MatrixUserRow, MessageRow, OutboundItem, PortalRow } from "../store";
+import { BridgeStore, InboundItem, InboundKind, MatrixUserRow, MessageRow, OutboundItem, PortalRow } from "../store";
 import { unbridgeableEvent, unappliedExpiry } from "../convert/unbridgeable";
 import { InboxManager } from "./inbox";
 import { KeyedQueue } from "./keyed-queue";
@@ -203,8 +203,20 @@ export class BridgeCore implements NetworkEventHandler {
   async onMessage(receiver: string, message: RemoteMessage): Promise<void> {
     if (this.store.inbound.inboundSeen(receiver, message.id)) return;
     const portal = await this.ensurePortal(receiver, message.chat);
-    this.store.inbound.enqueue(portal.id, receiver, message.id, "message", message);
-    void this.drainInbound(portal.id);
+    this.queueInbound(portal.id, receiver, message.id, "message", message);
+  }
+
+  private queueInbound(portalId: number, receiver: string, remoteId: string, kind: InboundKind, payload: unknown): void {
+    this.store.inbound.enqueue(portalId, receiver, remoteId, kind, payload);
+    void this.drainInbound(portalId);
+  }
+
+  /** Queues an event behind the messages of a chat that has a room; false when it has none (nothing of it was shown). */
+  private queueInChat(receiver: string, chat: ChatRef, remoteId: string, kind: InboundKind, payload: unknown): boolean {
+    const portal = this.store.portals.byChat(chat.id, receiver);
+    if (!portal?.roomId) return false;
+    this.queueInbound(portal.id, receiver, remoteId, kind, payload);
+    return true;
   }
 
   /** Runs the portal's inbound queue unless a run is already waiting to start (it will see the new event). */
@@ -218,12 +230,13 @@ export class BridgeCore implements NetworkEventHandler {
         const item = this.store.inbound.next(portalId);
         if (!item) return;
         try {
-          this.store.inbound.recordAttempt(item.seq);
           await this.bridgeInbound(item);
           delay = this.opts.retryDelayMs ?? 1000;
         } catch (err) {
           // Closed meanwhile (its user left or was forgotten): what was waiting moved or went with it.
           if (this.stopping || !this.store.portals.get(portalId)) return;
+          // Failures only: counting every attempt would add a write per message to the hot path.
+          this.store.inbound.recordAttempt(item.seq);
           // Only Matrix-side trouble (the homeserver down or refusing) gets here: the event waits, the chat behind it too.
           log.warn("could not bridge to Matrix, will retry", { portal: portalId, kind: item.kind, attempts: item.attempts + 1, error: (err as Error).message, inMs: delay });
           await new Promise((r) => setTimeout(r, delay));
@@ -405,14 +418,8 @@ export class BridgeCore implements NetworkEventHandler {
   /** An edit, deletion or reaction from the network: queued behind the chat's messages, durably. */
   async onChange(receiver: string, event: RemoteChange): Promise<void> {
     if (this.store.inbound.inboundSeen(receiver, event.id)) return;
-    const portal = this.store.portals.byChat(event.chat.id, receiver);
-    if (!portal?.roomId) {
-      // Without a room the user never saw the message it changes.
-      log.debug("dropping a change in a chat without a room", { type: event.change.type });
-      return;
-    }
-    this.store.inbound.enqueue(portal.id, receiver, event.id, "change", event);
-    void this.drainInbound(portal.id);
+    // Without a room the user never saw the message it changes.
+    if (!this.queueInChat(receiver, event.chat, event.id, "change", event)) log.debug("dropping a change in a chat without a room", { type: event.change.type });
   }
 
   private async bridgeChange(portal: PortalRow, item: InboundItem, event: RemoteChange): Promise<void> {
@@ -467,12 +474,9 @@ export class BridgeCore implements NetworkEventHandler {
 
   /** The remote user read messages the Matrix user sent: queued behind the chat's messages, so the ids are mapped by then. */
   async onReadReceipt(receiver: string, receipt: RemoteReadReceipt): Promise<void> {
-    const portal = this.store.portals.byChat(receipt.chat.id, receiver);
-    if (!portal?.roomId) return;
     // A redelivered receipt is the same receipt: queued once while it waits.
     const key = createHash("sha256").update(receipt.sender).update("\n").update(receipt.messageIds.join("\n")).digest("hex").slice(0, 32);
-    this.store.inbound.enqueue(portal.id, receiver, `read.${key}`, "read", receipt);
-    void this.drainInbound(portal.id);
+    this.queueInChat(receiver, receipt.chat, `read.${key}`, "read", receipt);
   }
 
   /** The ghost's read receipt moves to the newest of the messages read. */
@@ -499,11 +503,8 @@ export class BridgeCore implements NetworkEventHandler {
 
   /** Something the Matrix user sent reached the other side: a delivered status on their event. */
   async onDelivered(receiver: string, receipt: DeliveryReceipt): Promise<void> {
-    const portal = this.store.portals.byChat(receipt.chat.id, receiver);
-    if (!portal?.roomId) return;
     // Queued, not posted here: the network's next events for this user need not wait for the homeserver.
-    this.store.inbound.enqueue(portal.id, receiver, `delivered.${receipt.txnId}`, "delivered", receipt);
-    void this.drainInbound(portal.id);
+    this.queueInChat(receiver, receipt.chat, `delivered.${receipt.txnId}`, "delivered", receipt);
   }
 
   private async bridgeDelivered(portal: PortalRow, receipt: DeliveryReceipt): Promise<void> {

@@ -205,7 +205,7 @@ export const MIGRATIONS: readonly Migration[] = [
         remote_id TEXT NOT NULL,
         kind TEXT NOT NULL CHECK (kind IN ('message', 'change', 'read', 'delivered')),
         payload TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0, -- failed attempts to bring it to Matrix
         created_at INTEGER NOT NULL,
         UNIQUE (receiver, remote_id)
       );
