@@ -25,7 +25,7 @@ import { BridgeMetrics } from "../metrics/metrics";
 import { BridgeStore, InboundItem, InboundKind, MatrixUserRow, MessageRow, OutboundItem, PortalRow } from "../store";
 import { unbridgeableEvent, unappliedExpiry } from "../convert/unbridgeable";
 import { InboxManager } from "./inbox";
-import { KeyedQueue } from "./keyed-queue";
+import { KeyedQueue } from "../util/keyed-queue";
 import { LinkHealth, LinkSnapshot } from "./link-health";
 import { MatrixEvent, MatrixPort } from "./matrix-port";
 import { offNotice, refusedNotice } from "./opt-in";

@@ -1,6 +1,6 @@
 import { getLogger } from "../logging";
 import { BridgeStore, InboxMode, PortalRow } from "../store";
-import { KeyedQueue } from "./keyed-queue";
+import { KeyedQueue } from "../util/keyed-queue";
 import { MatrixPort } from "./matrix-port";
 
 const log = getLogger("inbox");

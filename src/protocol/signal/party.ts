@@ -24,6 +24,7 @@ import { SignalLayerError, toSignalLayerError, type SignalLayerErrorCode } from 
 import { DeferredRecords, own, PartyRecords, type KeyState, type LocalAccount, type OperationRecords } from "./layout.js";
 import type { SignalRecordStore } from "./record-store.js";
 import { opStores, type OpContext, type OpStores } from "./stores.js";
+import { KeyedQueue } from "../../util/keyed-queue.js";
 import {
   SIGNAL_DEVICE_ID,
   SignalMessageType,
@@ -57,7 +58,8 @@ const FINGERPRINT_VERSION = 2;
 export class SignalParty {
   private readonly local: ProtocolAddress;
   /** Tail of the operation chain per peer; libsignal's async store calls must not interleave per session. */
-  private readonly chains = new Map<string, Promise<void>>();
+  /** One operation at a time per peer (a Signal session is not safe for concurrent use). */
+  private readonly chains = new KeyedQueue();
   private forgotten = false;
 
   private constructor(
@@ -284,22 +286,12 @@ export class SignalParty {
   async forget(): Promise<void> {
     if (this.forgotten) return;
     this.forgotten = true;
-    await Promise.all([...this.chains.values()]);
+    await this.chains.idle();
     this.records.deleteEverything();
   }
 
   private exclusive<T>(peer: string, fn: () => Promise<T>): Promise<T> {
-    const previous = this.chains.get(peer) ?? Promise.resolve();
-    const result = previous.then(fn);
-    const tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.chains.set(peer, tail);
-    void tail.then(() => {
-      if (this.chains.get(peer) === tail) this.chains.delete(peer);
-    });
-    return result;
+    return this.chains.run(peer, fn);
   }
 
   private async operation<T>(fn: (ctx: OpContext, stores: OpStores) => Promise<T>, records: OperationRecords = this.records): Promise<T> {

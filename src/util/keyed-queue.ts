@@ -19,6 +19,11 @@ export class KeyedQueue {
     return result;
   }
 
+  /** Resolves once every task queued so far (on any key) has settled. */
+  async idle(): Promise<void> {
+    await Promise.all([...this.tails.values()]);
+  }
+
   /** Number of keys with queued or running work. */
   get size(): number {
     return this.tails.size;
