@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { describeDuration } from "../../src/bridge/core";
+import { describeDuration } from "../../src/bridge/outbound-sender";
 
 test("limits are stated in the largest whole unit", () => {
   assert.equal(describeDuration(15 * 60_000), "15 minutes");
