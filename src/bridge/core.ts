@@ -76,7 +76,7 @@ export class BridgeCore implements NetworkEventHandler {
     opts: CoreOptions,
   ) {
     this.metrics = opts.metrics ?? new BridgeMetrics();
-    this.inbox = new InboxManager(store, matrix);
+    this.inbox = new InboxManager(store, matrix, network.networkName, (portal) => this.portals.ghostOf(portal));
     this.permissions = opts.permissions;
     this.access = new Access(store, opts.permissions, opts.thirdPartyDefault);
     this.status = new StatusReporter(matrix, store, opts);
