@@ -3,7 +3,8 @@ import { ConnectionState } from "../network/connector";
 import { PROTOCOL_VERSION } from "../protocol/frames";
 import { InboxMode, RefusedContact } from "../store";
 import { BRIDGE_VERSION } from "../version";
-import { BridgeCore, BridgeUserError } from "./core";
+import { BridgeCore } from "./core";
+import { BridgeUserError } from "./failure";
 import { InboxChange } from "./inbox";
 import { MatrixPort } from "./matrix-port";
 import { PermissionLevel } from "./permissions";
@@ -50,6 +51,16 @@ export class UserControls {
     private readonly core: BridgeCore,
     private readonly matrix: MatrixPort,
   ) {}
+
+  /** The network's name as users know it ("WhatsApp"). */
+  get networkName(): string {
+    return this.core.network.networkName;
+  }
+
+  /** Whether a user-typed identifier (a phone number) is one the network understands (checked by its connector). */
+  isIdentifier(input: string): boolean {
+    return this.core.network.validateIdentifier(input).ok;
+  }
 
   levelOf(mxid: string): PermissionLevel {
     return this.core.permissions.levelOf(mxid);

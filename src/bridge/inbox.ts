@@ -6,7 +6,7 @@ import { MatrixPort } from "./matrix-port";
 const log = getLogger("inbox");
 
 export const SPACE_NAME = "Third-Party Chats";
-const SPACE_TOPIC = "Your chats with WhatsApp users. Say `inbox unified` to the bridge bot to go back to one list.";
+const spaceTopic = (network: string) => `Your chats with ${network} users. Say \`inbox unified\` to the bridge bot to go back to one list.`;
 
 export interface InboxChange {
   mode: InboxMode;
@@ -29,6 +29,10 @@ export class InboxManager {
   constructor(
     private readonly store: BridgeStore,
     private readonly matrix: MatrixPort,
+    /** The network's name as users know it, for the Space's topic. */
+    private readonly networkName: string,
+    /** The ghost that speaks for the bridge in a portal (portals.ts decides, by the kind of chat). */
+    private readonly ghostOf: (portal: PortalRow) => string,
   ) {}
 
   setMode(mxid: string, mode: InboxMode): Promise<InboxChange> {
@@ -40,7 +44,7 @@ export class InboxManager {
         const changed = user.inboxMode !== "dedicated" || !user.spaceRoomId;
         let space = user.spaceRoomId;
         if (!space) {
-          space = await this.matrix.createSpace(SPACE_NAME, SPACE_TOPIC, mxid);
+          space = await this.matrix.createSpace(SPACE_NAME, spaceTopic(this.networkName), mxid);
           log.info("created a Third-Party Chats space", { user: mxid, space });
         }
         this.store.users.setInbox(mxid, "dedicated", space);
@@ -94,10 +98,6 @@ export class InboxManager {
 
   private portalsOf(mxid: string): (PortalRow & { roomId: string })[] {
     return this.store.portals.forReceiver(mxid).filter((p): p is PortalRow & { roomId: string } => p.roomId !== null);
-  }
-
-  private ghostOf(portal: PortalRow): string {
-    return this.matrix.ghostMxid(this.store.portals.participants(portal.id)[0]);
   }
 
   private async link(space: string, portal: PortalRow & { roomId: string }): Promise<void> {

@@ -83,6 +83,10 @@ export class MatrixAppservice {
       maxBodyBytes: TRANSACTION_BODY_LIMIT,
       // Every message a ghost sends comes back in a transaction; the core would only ignore it.
       isOwnUser: (mxid) => mxid === this.port.botMxid || this.port.remoteIdOfGhost(mxid) !== null,
+      // Its sender learns that it may not have been bridged, as for any other failure.
+      onGaveUp: (event) => {
+        void this.core?.onMatrixEventFailed(event as unknown as MatrixEvent).catch((err: Error) => log.warn("could not report a given-up event", { error: err.message }));
+      },
     });
     // Routes added with addAppServicePath (ping, provisioning) check the token through this, in constant time.
     this.bridge.requestCheckToken = (req) => this.appservice.hasHomeserverToken(req);

@@ -1,5 +1,5 @@
 import { UserControls } from "../bridge/controls";
-import { BridgeUserError } from "../bridge/core";
+import { BridgeUserError } from "../bridge/failure";
 import { MatrixPort } from "../bridge/matrix-port";
 import { explanation } from "../bridge/opt-in";
 import { getLogger } from "../logging";
@@ -149,12 +149,12 @@ export class BotCommands {
 
   helpText(): string {
     const lines = Object.values(this.commands).map((c) => `- \`${c.usage}\` — ${c.summary}`);
-    return ["This bot bridges your Matrix account to WhatsApp Third-Party Chats. Commands:", ...lines].join("\n");
+    return [`This bot bridges your Matrix account to ${this.controls.networkName} Third-Party Chats. Commands:`, ...lines].join("\n");
   }
 
   /** The greeting in a new management room: the one-time explanation on first contact. */
   welcomeText(firstContact: boolean, enabled: boolean): string {
-    return firstContact ? `${explanation(enabled)}\n\n${this.helpText()}` : `Welcome back. ${this.helpText()}`;
+    return firstContact ? `${explanation(enabled, this.controls.networkName)}\n\n${this.helpText()}` : `Welcome back. ${this.helpText()}`;
   }
 
   /** The refusal for a user the config does not permit. */

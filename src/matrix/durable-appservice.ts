@@ -19,6 +19,8 @@ export interface DurableAppServiceOptions {
    * bot): nothing acts on them, so they are answered without being journaled or dispatched.
    */
   isOwnUser?: (mxid: string) => boolean;
+  /** An event given up after its retries: the bridge reports it to its sender (status.ts report()). */
+  onGaveUp?: (event: Record<string, unknown>) => void;
 }
 
 const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest();
@@ -39,6 +41,7 @@ export class DurableAppService extends AppService {
   private readonly tokenDigest: Buffer;
   private readonly retryDelaysMs: number[];
   private readonly isOwnUser?: (mxid: string) => boolean;
+  private readonly onGaveUp?: (event: Record<string, unknown>) => void;
   private dispatching = false;
   private pumping = false;
   /** Highest journal seq handed to the bridge in this process. */
@@ -53,6 +56,7 @@ export class DurableAppService extends AppService {
     this.tokenDigest = sha256(opts.homeserverToken);
     this.retryDelaysMs = opts.retryDelaysMs ?? [1_000, 5_000, 30_000];
     this.isOwnUser = opts.isOwnUser;
+    this.onGaveUp = opts.onGaveUp;
     // Body parser refusals as Matrix errors in one log line, not Express's HTML and stack trace.
     this.expressApp.use((err: { status?: number; type?: string; message?: string }, req: Request, res: Response, next: (err?: unknown) => void) => {
       if (res.headersSent || this.refusalsHandledUnder.some((prefix) => req.path.startsWith(prefix))) return next(err);
@@ -185,6 +189,7 @@ export class DurableAppService extends AppService {
     if (delay === undefined) {
       log.error("giving up on a Matrix event after repeated failures", { eventId: event.event_id, type: event.type, attempts, error: (err as Error)?.message });
       this.journal.markDone(entry.seq);
+      this.onGaveUp?.(event);
       return;
     }
     const timer = setTimeout(() => {

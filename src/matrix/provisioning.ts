@@ -2,10 +2,9 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import type { NextFunction, Request, Response } from "express";
 import { Bridge } from "matrix-appservice-bridge";
 import { UserControls } from "../bridge/controls";
-import { BridgeUserError, RefusalKind } from "../bridge/core";
+import { BridgeUserError, RefusalKind } from "../bridge/failure";
 import { serverOf } from "../bridge/permissions";
 import { BridgeConfig } from "../config";
-import { normalizePhone } from "../convert/phone";
 import { getLogger } from "../logging";
 import { BridgeMetrics } from "../metrics/metrics";
 import type { DurableAppService } from "./durable-appservice";
@@ -240,7 +239,7 @@ export class ProvisioningApi {
   private async startChat(caller: Caller, body: Record<string, unknown>): Promise<{ status: number; body: unknown }> {
     const unknown = Object.keys(body).filter((k) => k !== "phone");
     if (unknown.length) throw new ApiError(400, "M_BAD_JSON", `unknown field ${unknown.map((k) => JSON.stringify(k)).join(", ")} (known: phone)`);
-    if (typeof body.phone !== "string" || !normalizePhone(body.phone)) {
+    if (typeof body.phone !== "string" || !this.controls.isIdentifier(body.phone)) {
       throw new ApiError(400, "M_BAD_JSON", "phone must be a phone number in international format, e.g. +4915123456789");
     }
     const chat = await this.controls.startChat(caller.user, body.phone);

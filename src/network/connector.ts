@@ -214,29 +214,64 @@ export interface NetworkEventHandler {
   onDelivered?(receiver: string, receipt: DeliveryReceipt): Promise<void>;
 }
 
+/** What a chat takes of one kind of media: content types (patterns such as "image/*" or "*\/*") and a size limit. */
+export interface MediaLimits {
+  mimetypes: readonly string[];
+  /** Plaintext bytes at most. */
+  maxSize: number;
+}
+
 /**
- * Limits the core checks before calling the connector (see mautrix capabilities). An absent
- * optional feature means the network has none; the core then tells the user instead of sending.
+ * What one chat supports, as the connector answers for it (after mautrix bridgev2 GetCapabilities
+ * → RoomFeatures, and mautrix-whatsapp's capabilities table). The core checks these before it
+ * queues anything; an absent feature means the chat has none, and the user is told instead.
  */
-export interface NetworkCapabilities {
-  maxTextLength: number;
-  maxMediaSize: number;
+export interface ChatCapabilities {
+  /** Text messages: UTF-8 bytes of markdown at most. */
+  text: { maxLength: number };
+  /** Media kinds the chat takes; a kind not listed is refused. Received media is bounded by the same limits. */
+  media: Partial<Record<MediaKind, MediaLimits>>;
   /** Messages may name the message they reply to (OutboundMessage.replyTo). */
-  replies?: boolean;
+  replies: boolean;
   /** Only the sender may edit, and only for maxAgeMs after sending (0: no time limit). */
   edits?: { maxAgeMs: number };
   /** Only the sender may delete for everyone, and only for maxAgeMs after sending (0: no time limit). */
   deletes?: { maxAgeMs: number };
   /** How many reactions one user may have on one message; a new one beyond that replaces the oldest. */
   reactions?: { maxPerUser: number };
-  readReceipts?: boolean;
-  typing?: boolean;
+  readReceipts: boolean;
+  typing: boolean;
   /** The network reports when a sent message reached the recipient (onDelivered). */
-  deliveryReceipts?: boolean;
+  deliveryReceipts: boolean;
 }
 
+/** The largest file a chat takes of any kind (what may be fetched before the kind is known for sure). */
+export function maxMediaSize(caps: ChatCapabilities): number {
+  return Math.max(0, ...Object.values(caps.media).map((m) => m.maxSize));
+}
+
+/** Whether a content type matches one of the patterns ("image/*", "*\/*", "image/png"). */
+export function mimetypeAccepted(mimetype: string, patterns: readonly string[]): boolean {
+  const [type] = mimetype.toLowerCase().split("/");
+  return patterns.some((p) => {
+    const pattern = p.toLowerCase();
+    return pattern === "*/*" || pattern === mimetype.toLowerCase() || (pattern.endsWith("/*") && pattern.slice(0, -2) === type);
+  });
+}
+
+/** A user-typed identifier that the connector understood, in its canonical form (a phone number in E.164). */
+export type IdentifierCheck = { ok: true; identifier: string } | { ok: false; reason: string };
+
 export interface NetworkConnector {
-  readonly capabilities: NetworkCapabilities;
+  /** The network's name as users know it ("WhatsApp"), for every text that names it. */
+  readonly networkName: string;
+  /** What this chat supports (message kinds, limits, edits, …); cheap, called before anything is queued. */
+  getCapabilities(chat: ChatRef): ChatCapabilities;
+  /**
+   * Checks a user-typed identifier (a phone number) and returns its canonical form, or why it
+   * is not one; no network request (bridgev2 IdentifierValidatingNetwork).
+   */
+  validateIdentifier(input: string): IdentifierCheck;
   /** Connects and starts delivering events; resolves once the first connection attempt finished (it keeps retrying on its own). */
   start(handler: NetworkEventHandler): Promise<void>;
   stop(): Promise<void>;
@@ -260,15 +295,15 @@ export interface NetworkConnector {
    * MediaError for media it could not prepare). Media content arrives with `source.from === "file"`.
    */
   sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult>;
-  /** Sends an edit, deletion, reaction or withdrawn reaction (capabilities say which exist); as sendMessage. */
-  sendChange?(matrixUserId: string, chat: ChatRef, change: OutboundChange): Promise<SendResult>;
-  /** Tells the other side the Matrix user read these messages (network ids); rejects with NetworkError. */
-  sendReadReceipt?(matrixUserId: string, chat: ChatRef, messageIds: string[]): Promise<void>;
-  /** Live typing notice; returns false when it could not be sent now (it is never queued). */
-  sendTyping?(matrixUserId: string, chat: ChatRef, typing: boolean): boolean;
+  /** Sends an edit, deletion, reaction or withdrawn reaction; called only for what the chat's capabilities allow; as sendMessage. */
+  sendChange(matrixUserId: string, chat: ChatRef, change: OutboundChange): Promise<SendResult>;
+  /** Tells the other side the Matrix user read these messages (network ids); called only with `readReceipts`; rejects with NetworkError. */
+  sendReadReceipt(matrixUserId: string, chat: ChatRef, messageIds: string[]): Promise<void>;
+  /** Live typing notice, called only with `typing`; returns false when it could not be sent now (it is never queued). */
+  sendTyping(matrixUserId: string, chat: ChatRef, typing: boolean): boolean;
   /**
    * Fetches the media of a received message (`source.ref`) for `receiver` into a verified
-   * temporary file of at most `maxBytes`; rejects with MediaError. Absent on networks without media.
+   * temporary file of at most `maxBytes`; rejects with MediaError. Called only for chats that take media.
    */
-  downloadMedia?(receiver: string, ref: string, maxBytes: number): Promise<LocalMedia>;
+  downloadMedia(receiver: string, ref: string, maxBytes: number): Promise<LocalMedia>;
 }

@@ -12,12 +12,15 @@ import { sha256File } from "../protocol/media-crypto";
 import { MAX_READ_IDS, Payload } from "../protocol/payload";
 import { deriveStoreKey, EncryptedRecordStore } from "../protocol/signal";
 import { BridgeStore } from "../store";
+import { normalizePhone } from "../convert/phone";
 import {
+  ChatCapabilities,
   ChatRef,
   ConnectionState,
+  IdentifierCheck,
   LocalMedia,
   MediaError,
-  NetworkCapabilities,
+  MediaLimits,
   NetworkConnector,
   NetworkError,
   NetworkEventHandler,
@@ -50,11 +53,33 @@ const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex");
 const GATEWAY_RETENTION_MS = 30 * 24 * 3600 * 1000;
 
 /**
+ * What a WhatsApp 1:1 chat supports, in one table (as mautrix-whatsapp's capabilities.go):
+ * one reaction per person per message, edits only for a while (configurable), any message
+ * deleted by its sender. Media of any type is taken: the connector probes each file and
+ * converts what WhatsApp would not play (voice notes become Ogg/Opus).
+ */
+function whatsappDmCapabilities(maxMediaSize: number, editWindowSeconds: number): ChatCapabilities {
+  const any: MediaLimits = { mimetypes: ["*/*"], maxSize: maxMediaSize };
+  return {
+    text: { maxLength: 64 * 1024 },
+    media: { image: any, video: any, voice: any, audio: any, file: any },
+    replies: true,
+    ...(editWindowSeconds > 0 ? { edits: { maxAgeMs: editWindowSeconds * 1000 } } : {}),
+    deletes: { maxAgeMs: 0 },
+    reactions: { maxPerUser: 1 },
+    readReceipts: true,
+    typing: true,
+    deliveryReceipts: true,
+  };
+}
+
+/**
  * The connector for our interop gateway (docs/protocol.md): one authenticated provider
  * connection, a Signal session per Matrix user and contact, MIMI content inside.
  */
 export class InteropConnector implements NetworkConnector {
-  readonly capabilities: NetworkCapabilities;
+  readonly networkName = "WhatsApp";
+  private readonly capabilities: ChatCapabilities;
   private readonly client: InteropClient;
   private readonly endpoint: SecureEndpoint;
   private readonly storeKey: Uint8Array;
@@ -69,19 +94,7 @@ export class InteropConnector implements NetworkConnector {
     private readonly config: BridgeConfig,
     private readonly store: BridgeStore,
   ) {
-    const editWindowSeconds = config.bridge.edit_window_seconds;
-    // WhatsApp's rules: one reaction per person per message, edits only for a while (configurable), any message deleted by its sender.
-    this.capabilities = {
-      maxTextLength: 64 * 1024,
-      maxMediaSize: config.network.media.max_size,
-      replies: true,
-      ...(editWindowSeconds > 0 ? { edits: { maxAgeMs: editWindowSeconds * 1000 } } : {}),
-      deletes: { maxAgeMs: 0 },
-      reactions: { maxPerUser: 1 },
-      readReceipts: true,
-      typing: true,
-      deliveryReceipts: true,
-    };
+    this.capabilities = whatsappDmCapabilities(config.network.media.max_size, config.bridge.edit_window_seconds);
     const secret = process.env.BRIDGE_STORE_KEY ?? config.network.store_key;
     if (!secret) throw new Error("network.store_key (or BRIDGE_STORE_KEY) is needed to encrypt keys at rest");
     this.storeKey = deriveStoreKey(secret);
@@ -209,7 +222,7 @@ export class InteropConnector implements NetworkConnector {
         ? {
             id: hex(avatar.sha256),
             mimetype: avatar.mimetype,
-            fetch: () => fetchAvatar(avatar, this.capabilities.maxMediaSize),
+            fetch: () => fetchAvatar(avatar, this.config.network.media.max_size),
           }
         : null,
     };
@@ -223,6 +236,16 @@ export class InteropConnector implements NetworkConnector {
 
   async resolveIdentifier(_matrixUserId: string, identifier: string): Promise<RemoteProfile | null> {
     return this.getProfile(identifier);
+  }
+
+  /** Every chat is a 1:1 chat for now (groups are refused when sent to); groups get their own table with them. */
+  getCapabilities(_chat: ChatRef): ChatCapabilities {
+    return this.capabilities;
+  }
+
+  validateIdentifier(input: string): IdentifierCheck {
+    const phone = normalizePhone(input);
+    return phone ? { ok: true, identifier: phone } : { ok: false, reason: `"${input}" is not a phone number; use the international format, e.g. +4915123456789` };
   }
 
   dmChat(matrixUserId: string, remoteUserId: string): ChatRef {
@@ -324,7 +347,8 @@ export class InteropConnector implements NetworkConnector {
     try {
       const { media, file } = await this.describeOutgoing(content.media, source.path, converted);
       const size = (await fs.promises.stat(file)).size;
-      if (size > this.capabilities.maxMediaSize) throw new MediaError("too_large", overLimitReason(size, this.capabilities.maxMediaSize));
+      const limit = this.capabilities.media[media.kind]?.maxSize ?? 0;
+      if (size > limit) throw new MediaError("too_large", overLimitReason(size, limit));
       const digest = (await sha256File(file)).toString("hex");
       const blob = await this.mediaHost.host(file, {
         token: this.derive("media-token", message.txnId, digest, 32).toString("base64url"),

@@ -1,18 +1,14 @@
 import { Database } from "./database";
-import { PortalQueueTable } from "./portal-queue";
+import { PortalQueueTable, QueueItem } from "./portal-queue";
 
 /** Messages and changes are remembered as seen once bridged (inbound_seen); receipts are not. */
 export type InboundKind = "message" | "change" | "read" | "delivered";
 
-export interface InboundItem {
-  seq: number;
-  portalId: number;
+export interface InboundItem extends QueueItem {
   receiver: string;
   remoteId: string;
   kind: InboundKind;
   payload: string;
-  attempts: number;
-  createdAt: number;
 }
 
 interface Raw {
@@ -42,9 +38,9 @@ const fromRaw = (r: Raw): InboundItem => ({
  * acknowledged, and removed in the transaction that records what it became on Matrix; and the
  * record of network messages already bridged (inbound_seen).
  */
-export class InboundStore extends PortalQueueTable {
+export class InboundStore extends PortalQueueTable<InboundItem, Raw> {
   constructor(db: Database) {
-    super(db, "inbound_queue");
+    super(db, "inbound_queue", fromRaw);
   }
 
   /** Queues the event unless it is queued already (a redelivery); returns whether it was queued. */
@@ -64,12 +60,6 @@ export class InboundStore extends PortalQueueTable {
   requeue(items: readonly InboundItem[], portalId: number): void {
     const insert = this.db.prepare("INSERT INTO inbound_queue (portal_id, receiver, remote_id, kind, payload, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)");
     for (const i of items) insert.run(portalId, i.receiver, i.remoteId, i.kind, i.payload, i.attempts, i.createdAt);
-  }
-
-  /** The oldest event waiting in a portal. */
-  next(portalId: number): InboundItem | undefined {
-    const row = this.db.prepare("SELECT * FROM inbound_queue WHERE portal_id = ? ORDER BY seq LIMIT 1").get(portalId) as Raw | undefined;
-    return row && fromRaw(row);
   }
 
   /** Inbound de-duplication: true the first time a remote message is seen for a receiver. */

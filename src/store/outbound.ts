@@ -1,15 +1,10 @@
 import { Database } from "./database";
-import { PortalQueueTable } from "./portal-queue";
+import { PortalQueueTable, QueueItem } from "./portal-queue";
 
-export interface OutboundItem {
-  seq: number;
-  portalId: number;
+export interface OutboundItem extends QueueItem {
   eventId: string;
   sender: string;
   payload: string;
-  attempts: number;
-  /** When it was queued (ms since epoch). */
-  createdAt: number;
 }
 
 interface Raw {
@@ -29,9 +24,9 @@ const fromRaw = (r: Raw): OutboundItem => ({ seq: r.seq, portalId: r.portal_id, 
  * enqueued and marked processed in one transaction, so a redelivered transaction is a no-op
  * and a crash never loses an accepted event.
  */
-export class OutboundStore extends PortalQueueTable {
+export class OutboundStore extends PortalQueueTable<OutboundItem, Raw> {
   constructor(db: Database) {
-    super(db, "outbound_queue");
+    super(db, "outbound_queue", fromRaw);
   }
 
   /** Returns false when the event was already processed (a duplicate delivery). */
@@ -55,6 +50,7 @@ export class OutboundStore extends PortalQueueTable {
     })();
   }
 
+  /** Everything waiting in a portal, oldest first. */
   pending(portalId: number): OutboundItem[] {
     return (this.db.prepare("SELECT * FROM outbound_queue WHERE portal_id = ? ORDER BY seq").all(portalId) as Raw[]).map(fromRaw);
   }

@@ -109,7 +109,8 @@ describe("a file the homeserver will not give", () => {
     } as unknown as MatrixPort;
     const sent: OutboundMessage[] = [];
     const network = {
-      capabilities: { maxTextLength: 65536, maxMediaSize: 1024 * 1024 },
+      networkName: "WhatsApp",
+      getCapabilities: () => ({ text: { maxLength: 65536 }, media: { file: { mimetypes: ["*/*"], maxSize: 1024 * 1024 } }, replies: false, readReceipts: false, typing: false, deliveryReceipts: false }),
       ensureUser: async () => undefined,
       sendMessage: async (_user: string, _chat: unknown, message: OutboundMessage) => {
         sent.push(message);

@@ -90,7 +90,8 @@ class FakeHomeserver {
 function fakeNetwork(): NetworkConnector {
   let sent = 0;
   const network: Partial<NetworkConnector> = {
-    capabilities: { maxTextLength: 65536, maxMediaSize: 1 << 20, deliveryReceipts: true },
+    networkName: "WhatsApp",
+    getCapabilities: () => ({ text: { maxLength: 65536 }, media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } }, replies: false, readReceipts: false, typing: false, deliveryReceipts: true }),
     sendMessage: async () => ({ remoteId: `out${++sent}`, timestamp: Date.now() }),
     ensureUser: async () => undefined,
     getProfile: async (id) => ({ userId: id, displayName: `Contact ${id}`, avatar: null }),
