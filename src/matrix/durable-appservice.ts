@@ -4,6 +4,7 @@ import { AppService } from "matrix-appservice";
 import { getLogger } from "../logging";
 import type { JournalEntry, JournalKind } from "../store";
 import type { JournalStore } from "../store/journal";
+import { Backoff, type BackoffPolicy } from "../util/backoff";
 
 const log = getLogger("appservice");
 
@@ -12,14 +13,20 @@ export interface DurableAppServiceOptions {
   journal: JournalStore;
   /** Largest request body accepted; larger ones are refused (413) before they are read. */
   maxBodyBytes: number;
-  /** Delays before a failed event is handled again; after the last one it is given up (logged). */
-  retryDelaysMs?: number[];
+  /**
+   * Delays before a failed event is handled again; after `maxAttempts` failed tries it is given
+   * up (logged). Always finite: an event that can never be handled must not block the ones behind it.
+   */
+  retry?: BackoffPolicy & { maxAttempts: number };
   /**
    * Users whose non-state events are the echo of what the bridge itself sent (its ghosts and
    * bot): nothing acts on them, so they are answered without being journaled or dispatched.
    */
   isOwnUser?: (mxid: string) => boolean;
 }
+
+/** Four tries: the first, then after 1 s, 5 s and 25 s. */
+const DEFAULT_RETRY = { initialMs: 1_000, maxMs: 30_000, factor: 5, maxAttempts: 4 };
 
 const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest();
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -37,7 +44,7 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "obj
 export class DurableAppService extends AppService {
   private readonly journal: JournalStore;
   private readonly tokenDigest: Buffer;
-  private readonly retryDelaysMs: number[];
+  private readonly retry: Backoff;
   private readonly isOwnUser?: (mxid: string) => boolean;
   private dispatching = false;
   private pumping = false;
@@ -51,7 +58,7 @@ export class DurableAppService extends AppService {
     super({ homeserverToken: opts.homeserverToken, httpMaxSizeBytes: opts.maxBodyBytes });
     this.journal = opts.journal;
     this.tokenDigest = sha256(opts.homeserverToken);
-    this.retryDelaysMs = opts.retryDelaysMs ?? [1_000, 5_000, 30_000];
+    this.retry = new Backoff(opts.retry ?? DEFAULT_RETRY);
     this.isOwnUser = opts.isOwnUser;
     // Body parser refusals as Matrix errors in one log line, not Express's HTML and stack trace.
     this.expressApp.use((err: { status?: number; type?: string; message?: string }, req: Request, res: Response, next: (err?: unknown) => void) => {
@@ -181,8 +188,7 @@ export class DurableAppService extends AppService {
   private onHandlerFailed(entry: JournalEntry, event: Record<string, unknown>, err: unknown): void {
     if (!this.dispatching) return;
     const attempts = this.journal.recordAttempt(entry.seq);
-    const delay = this.retryDelaysMs[attempts - 1];
-    if (delay === undefined) {
+    if (this.retry.exhaustedAt(attempts)) {
       log.error("giving up on a Matrix event after repeated failures", { eventId: event.event_id, type: event.type, attempts, error: (err as Error)?.message });
       this.journal.markDone(entry.seq);
       return;
@@ -190,7 +196,7 @@ export class DurableAppService extends AppService {
     const timer = setTimeout(() => {
       this.retryTimers.delete(timer);
       if (this.dispatching) this.dispatch(entry);
-    }, delay);
+    }, this.retry.delayFor(attempts));
     this.retryTimers.add(timer);
   }
 
