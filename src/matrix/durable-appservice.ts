@@ -5,6 +5,7 @@ import { getLogger } from "../logging";
 import type { JournalEntry, JournalKind } from "../store";
 import type { JournalStore } from "../store/journal";
 import { Backoff, type BackoffPolicy } from "../util/backoff";
+import { replaceAppServiceHandlers } from "./library-internals";
 
 const log = getLogger("appservice");
 
@@ -35,11 +36,8 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "obj
  * matrix-appservice's AppService, made durable: a transaction's events are journaled in
  * SQLite (one SQLite transaction, de-duplicated by event id) before the homeserver gets its
  * 200, then handed to the bridge; entries not handled when the process died are replayed on
- * start. Homeserver-token checks compare digests in constant time.
- *
- * The library binds `this.onTransaction` and `this.isInvalidToken` in its constructor and
- * routes; both are private in its typings, so the overrides are installed on the prototype
- * below the class.
+ * start. Homeserver-token checks compare digests in constant time. The library's own
+ * transaction route and token check are replaced by these (see library-internals.ts).
  */
 export class DurableAppService extends AppService {
   private readonly journal: JournalStore;
@@ -218,6 +216,7 @@ function malformedEvent(event: unknown): string | null {
   return null;
 }
 
-// The library's routes call these two by name (see the class comment).
-Object.defineProperty(DurableAppService.prototype, "onTransaction", { value: DurableAppService.prototype.handleTransaction });
-Object.defineProperty(DurableAppService.prototype, "isInvalidToken", { value: DurableAppService.prototype.refuseWithoutToken });
+replaceAppServiceHandlers(DurableAppService, {
+  onTransaction: DurableAppService.prototype.handleTransaction,
+  isInvalidToken: DurableAppService.prototype.refuseWithoutToken,
+});

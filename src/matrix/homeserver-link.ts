@@ -1,7 +1,7 @@
-import { getRequestFn, setRequestFn } from "@vector-im/matrix-bot-sdk";
 import { LinkHealth } from "../bridge/link-health";
 import { getLogger } from "../logging";
 import { Backoff, type BackoffPolicy, sleep } from "../util/backoff";
+import { type RequestCallback, type RequestFn, wrapMatrixRequests } from "./library-internals";
 
 const log = getLogger("homeserver");
 
@@ -9,9 +9,6 @@ const log = getLogger("homeserver");
 const NOT_SENT = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
 /** Errors after which the homeserver may or may not have acted: the caller decides (see AppserviceMatrixPort.send). */
 const MAYBE_SENT = new Set(["ECONNRESET", "ETIMEDOUT", "ESOCKETTIMEDOUT", "EPIPE"]);
-
-type RequestCallback = (err: (Error & { code?: string }) | null, res?: { statusCode: number }, body?: unknown) => void;
-type RequestFn = (params: { uri?: string; url?: string; method?: string }, callback: RequestCallback) => unknown;
 
 /** The Matrix errcode of an error answer's body (parsed or not), if it has one. */
 export function errcodeOf(body: unknown): string | undefined {
@@ -74,9 +71,7 @@ export class HomeserverLink {
   ) {}
 
   install(): void {
-    const inner = getRequestFn() as unknown as RequestFn;
-    const wrapped: RequestFn = (params, callback) => this.attempt(inner, params, callback, new Backoff(this.retry));
-    setRequestFn(wrapped);
+    wrapMatrixRequests((inner) => (params, callback) => this.attempt(inner, params, callback, new Backoff(this.retry)));
   }
 
   /** One try of a request; `backoff` is the request's own (its attempts: the tries that found the homeserver down). */
