@@ -125,6 +125,7 @@ const DEFAULT_NAMES: Record<MediaKind, string> = { image: "image", video: "video
 export function fileNameFor(kind: MediaKind, mimetype: string, given: string | undefined): string {
   const cleaned = (given ?? "")
     .replace(/[\\/]/g, "_")
+    // eslint-disable-next-line no-control-regex -- control characters are what this removes from a file name
     .replace(/[\u0000-\u001f\u007f]/g, "")
     .trim()
     .slice(0, 255);

@@ -9,7 +9,6 @@ import {
   cleanWaveform,
   describeMedia,
   fileNameFor,
-  matrixMediaToRemote,
   mediaFailureNotice,
   notSentText,
   parseMxc,
