@@ -1,4 +1,5 @@
 # matrix-interop-bridge container image.
+# Node 24 LTS: the tested runtime (CI runs every test on 24; scripts/node.sh pins the same major).
 # Build stage: the same steps CI runs (npm ci, then the TypeScript build).
 FROM node:24-bookworm-slim AS build
 RUN apt-get update \

@@ -94,7 +94,8 @@ chroot_pids() {
 instance_pids() {
   local pid
   for pid in $(chroot_pids); do
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-c $CONFIG_IN " && echo "$pid"
+    # A process may end between the listing and this read: stderr first, so that is silent.
+    tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -q -- "-c $CONFIG_IN " && echo "$pid"
   done
   return 0
 }
@@ -131,9 +132,11 @@ kill_instance() {
 }
 
 stop_instance() {
+  # Only the /proc bookkeeping needs the lock: waiting for Synapse to exit under it made
+  # concurrent stops of other instances queue behind each other (minutes on a loaded machine).
+  kill_instance
   exec 9>"$MOUNT_LOCK"
   flock 9
-  kill_instance
   if [ -f "$DATA/watcher.pid" ]; then
     # The watcher itself runs `stop` in its own pid when the owner is gone.
     local watcher

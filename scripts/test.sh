@@ -3,11 +3,15 @@
 # end-to-end test with node's test runner in one run, so the summary counts them all.
 # End-to-end tests start their own Synapse, gateway, simulator and bridge per test file
 # (see docs/testing.md); they run one file at a time because each file starts a whole stack.
+# Everything runs on Node 24 (scripts/node.sh); BRIDGE_NODE=22 runs on Node 22 instead.
 #   npm test                     everything
 #   npm test -- unit             unit tests only (no homeserver needed)
 #   npm test -- dist/test/e2e/x.test.js   chosen files
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/node.sh
+source scripts/node.sh
+use_node
 
 if [ "${1:-}" = "unit" ]; then
   bash scripts/setup.sh --no-synapse
@@ -23,4 +27,8 @@ if [ "$#" -eq 0 ]; then
   set -- dist/test/unit/*.test.js dist/test/e2e/*.test.js
 fi
 export LOG_LEVEL="${LOG_LEVEL:-warn}"
-exec node --test --test-concurrency=1 "$@"
+# The runtime, for the CI log (one line per runtime tested).
+echo "node $(node --version)"
+# TAP on every Node: it ends with the `# tests N`, `# pass N`, `# fail N` summary CI reads
+# (Node 24's default reporter is spec, whose summary has other markers).
+exec node --test --test-reporter=tap --test-concurrency=1 "$@"

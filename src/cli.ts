@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { AppServiceRegistration, Cli } from "matrix-appservice-bridge";
 import { BridgeConfig, ConfigError, loadConfig, validateConfig } from "./config";
-import { getLogger } from "./logging";
+import { getLogger, routeProcessWarnings } from "./logging";
 import { runBridge } from "./main";
 import { fillRegistration } from "./matrix/registration";
 import { runMimiCommand } from "./protocol/mimi-cli";
@@ -26,6 +26,8 @@ function argValue(args: string[], short: string, long: string): string | undefin
 }
 
 function main(args: string[]): void {
+  // Before any warning is emitted (Node emits them on the next tick).
+  routeProcessWarnings();
   if (args[0] === "mimi") {
     void runMimiCommand(args.slice(1), process.stdout, process.stderr).then((code) => process.exit(code));
     return;

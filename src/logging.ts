@@ -40,3 +40,19 @@ export type Logger = winston.Logger;
 export function getLogger(module: string): Logger {
   return root.child({ module });
 }
+
+/**
+ * Node's process warnings go through the log, in its format, instead of Node's own raw stderr
+ * lines (which break `logging.format: json` and one-line errors). Deprecations come from
+ * dependencies (DEP0060: matrix-bot-sdk's htmlencode uses util._extend on Node 24) and are not
+ * the admin's to fix: debug. Any other warning: warn.
+ */
+export function routeProcessWarnings(): void {
+  process.removeAllListeners("warning"); // Node's default printer
+  const log = getLogger("node");
+  process.on("warning", (warning: Error & { code?: string }) => {
+    const meta = { warning: warning.name, ...(warning.code ? { code: warning.code } : {}) };
+    if (warning.name === "DeprecationWarning") log.debug(warning.message, meta);
+    else log.warn(warning.message, meta);
+  });
+}

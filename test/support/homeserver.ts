@@ -125,7 +125,7 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
       stopped = true;
       process.removeListener("exit", stopSync);
       await new Promise<void>((resolve, reject) => {
-        execFile("bash", [script, "stop", "--name", name, ...(options.purge ? ["--purge"] : [])], { timeout: 60_000 }, (error, _out, err) => {
+        execFile("bash", [script, "stop", "--name", name, ...(options.purge ? ["--purge"] : [])], { timeout: 180_000 }, (error, _out, err) => {
           if (error) reject(new Error(`scripts/synapse.sh stop --name ${name} failed: ${err || error.message}`));
           else resolve();
         });
