@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (`npm test`): sets up what is missing, builds, then runs every unit and
+# The test command (`npm test`): sets up what is missing, builds, lints, then runs every unit and
 # end-to-end test with node's test runner in one run, so the summary counts them all.
 # End-to-end tests start their own Synapse, gateway, simulator and bridge per test file
 # (see docs/testing.md); they run one file at a time because each file starts a whole stack.
@@ -20,6 +20,9 @@ if [ "${1:-}" = "unit" ]; then
 else
   bash scripts/setup.sh
 fi
+# Habits before behaviour: type check, eslint, import cycles and undeclared packages, formatting
+# (npm run lint). A finding stops the run here, before the suites spend their minutes.
+npm run -s lint
 if [ "$#" -eq 0 ]; then
   set -- dist/test/unit/*.test.js dist/test/e2e/*.test.js
 fi

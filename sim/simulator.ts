@@ -7,9 +7,10 @@
 import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { kindOfMimetype, probedFacts } from "../src/convert/media.js";
+import { kindOfMimetype } from "../src/convert/media.js";
 import { MediaError, type MediaKind, type RemoteMedia } from "../src/network/connector.js";
-import { probeMedia } from "../src/network/ffmpeg.js";
+import { probeMedia } from "../src/media/ffmpeg.js";
+import { probedFacts } from "../src/media/probe.js";
 import { fetchBlob } from "../src/network/media-fetch.js";
 import { MediaHost } from "../src/network/media-host.js";
 import { blobRefOf, mediaToMimi, mimiToRemoteContent } from "../src/network/mimi-content.js";

@@ -4,6 +4,7 @@ import Ajv, { ErrorObject } from "ajv";
 import YAML from "yaml";
 import { PermissionLevel, permissionKeyProblem } from "./bridge/permissions";
 import { LogLevel } from "./logging";
+import type { InteropNetworkConfig } from "./network/interop-settings";
 
 /** The validated configuration (config/config.sample.yaml documents every key). */
 export interface BridgeConfig {
@@ -16,23 +17,7 @@ export interface BridgeConfig {
     ghosts: { localpart_template: string; displayname_template: string };
   };
   database: { path: string };
-  network: {
-    gateway_url: string;
-    provider_domain: string;
-    provider_secret: string;
-    home_domain: string;
-    store_key?: string;
-    media: {
-      bind_hostname: string;
-      port: number;
-      public_url?: string;
-      max_size: number;
-      /** Hosted blobs and temporary files; filled in from the database's folder when not set. */
-      directory: string;
-      allowed_hosts: string[];
-      expiry_days: number;
-    };
-  };
+  network: InteropNetworkConfig;
   bridge: {
     permissions: Record<string, PermissionLevel>;
     third_party_chats_default: boolean;

@@ -9,7 +9,7 @@ export interface LoggingConfig {
   format: "json" | "pretty";
 }
 
-let root = winston.createLogger({
+const root = winston.createLogger({
   level: process.env.LOG_LEVEL ?? "info",
   format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
   transports: [new winston.transports.Console({ stderrLevels: ["error", "warn", "info", "debug"] })],

@@ -22,7 +22,15 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   configureLogging(config.logging);
   const started = Date.now();
   const store = BridgeStore.open(config.database.path);
-  const connector = new InteropConnector(config, store);
+  const connector = new InteropConnector({
+    network: config.network,
+    editWindowSeconds: config.bridge.edit_window_seconds,
+    store,
+    users: {
+      knownUsers: () => store.users.all().map((user) => user.mxid),
+      thirdPartyChats: (mxid) => store.users.get(mxid)?.thirdPartyEnabled ?? false,
+    },
+  });
   const appservice = new MatrixAppservice(config, registration, store);
   const metrics = new BridgeMetrics({ processMetrics: true });
   const core = new BridgeCore(store, appservice.port, connector, {

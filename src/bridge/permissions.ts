@@ -8,8 +8,8 @@ export type PermissionLevel = "none" | "user" | "admin";
 
 export const PERMISSION_LEVELS: readonly PermissionLevel[] = ["none", "user", "admin"];
 
-const USER_ID_RE = /^@[^:\s]+:([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$/;
-const SERVER_RE = /^([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$/;
+const USER_ID_RE = /^@[^:\s]+:([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$/;
+const SERVER_RE = /^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$/;
 
 /** The server name of a Matrix user id (lowercased: server names compare case-insensitively), or null. */
 export function serverOf(mxid: string): string | null {

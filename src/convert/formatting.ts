@@ -231,6 +231,7 @@ const BLOCK_CONTAINER = new Set([
 ]);
 
 const LINK_SCHEMES = /^(?:https?|ftp|mailto|magnet):/i;
+// eslint-disable-next-line no-control-regex -- an autolink ends at the first control character or space
 const AUTOLINKABLE = /^[A-Za-z][A-Za-z0-9+.-]{1,31}:[^<>\x00-\x20\x7f]*$/;
 const EMAIL = /^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/;
 
@@ -496,6 +497,7 @@ function codeSpan(raw: string): string {
 function linkDestination(href: string): string {
   return href
     .replace(/[\\()<>&]/g, "\\$&")
+    // eslint-disable-next-line no-control-regex -- control characters and spaces are what gets percent-encoded
     .replace(/[\x00-\x20\x7f]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0"));
 }
 
@@ -716,7 +718,7 @@ class BlockWriter {
       this.list(el, ctx);
       return;
     }
-    let markdown = "";
+    let markdown: string;
     if (name === "blockquote") markdown = quote(el, ctx);
     else if (name === "pre") markdown = codeBlock(el);
     // "___" cannot combine with a "-" or "*" bullet into a rule the way "- ---" does.

@@ -1,12 +1,8 @@
 import { RemoteContent } from "../network/connector";
 import { markdownToMatrix, matrixToMarkdown, stripReplyFallback } from "./formatting";
-import { isMatrixMediaMsgtype, matrixMediaToRemote, mediaFailureNotice } from "./media";
+import { isMatrixMediaMsgtype, matrixMediaToRemote, mediaFailureNotice, type Unbridgeable } from "./media";
 
-/** A Matrix message the network cannot carry: the user is told `reason`. */
-export interface Unbridgeable {
-  unbridgeable: true;
-  reason: string;
-}
+export type { Unbridgeable };
 
 const TEXT_MSGTYPES = new Set(["m.text", "m.emote", "m.notice"]);
 

@@ -4,6 +4,8 @@ import { AppService } from "matrix-appservice";
 import { getLogger } from "../logging";
 import type { JournalEntry, JournalKind } from "../store";
 import type { JournalStore } from "../store/journal";
+import { Backoff, type BackoffPolicy } from "../util/backoff";
+import { replaceAppServiceHandlers } from "./library-internals";
 
 const log = getLogger("appservice");
 
@@ -12,8 +14,11 @@ export interface DurableAppServiceOptions {
   journal: JournalStore;
   /** Largest request body accepted; larger ones are refused (413) before they are read. */
   maxBodyBytes: number;
-  /** Delays before a failed event is handled again; after the last one it is given up (logged). */
-  retryDelaysMs?: number[];
+  /**
+   * Delays before a failed event is handled again; after `maxAttempts` failed tries it is given
+   * up (logged). Always finite: an event that can never be handled must not block the ones behind it.
+   */
+  retry?: BackoffPolicy & { maxAttempts: number };
   /**
    * Users whose non-state events are the echo of what the bridge itself sent (its ghosts and
    * bot): nothing acts on them, so they are answered without being journaled or dispatched.
@@ -23,6 +28,9 @@ export interface DurableAppServiceOptions {
   onGaveUp?: (event: Record<string, unknown>) => void;
 }
 
+/** Four tries: the first, then after 1 s, 5 s and 25 s. */
+const DEFAULT_RETRY = { initialMs: 1_000, maxMs: 30_000, factor: 5, maxAttempts: 4 };
+
 const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest();
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
@@ -30,16 +38,13 @@ const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "obj
  * matrix-appservice's AppService, made durable: a transaction's events are journaled in
  * SQLite (one SQLite transaction, de-duplicated by event id) before the homeserver gets its
  * 200, then handed to the bridge; entries not handled when the process died are replayed on
- * start. Homeserver-token checks compare digests in constant time.
- *
- * The library binds `this.onTransaction` and `this.isInvalidToken` in its constructor and
- * routes; both are private in its typings, so the overrides are installed on the prototype
- * below the class.
+ * start. Homeserver-token checks compare digests in constant time. The library's own
+ * transaction route and token check are replaced by these (see library-internals.ts).
  */
 export class DurableAppService extends AppService {
   private readonly journal: JournalStore;
   private readonly tokenDigest: Buffer;
-  private readonly retryDelaysMs: number[];
+  private readonly retry: Backoff;
   private readonly isOwnUser?: (mxid: string) => boolean;
   private readonly onGaveUp?: (event: Record<string, unknown>) => void;
   private dispatching = false;
@@ -54,7 +59,7 @@ export class DurableAppService extends AppService {
     super({ homeserverToken: opts.homeserverToken, httpMaxSizeBytes: opts.maxBodyBytes });
     this.journal = opts.journal;
     this.tokenDigest = sha256(opts.homeserverToken);
-    this.retryDelaysMs = opts.retryDelaysMs ?? [1_000, 5_000, 30_000];
+    this.retry = new Backoff(opts.retry ?? DEFAULT_RETRY);
     this.isOwnUser = opts.isOwnUser;
     this.onGaveUp = opts.onGaveUp;
     // Body parser refusals as Matrix errors in one log line, not Express's HTML and stack trace.
@@ -185,8 +190,7 @@ export class DurableAppService extends AppService {
   private onHandlerFailed(entry: JournalEntry, event: Record<string, unknown>, err: unknown): void {
     if (!this.dispatching) return;
     const attempts = this.journal.recordAttempt(entry.seq);
-    const delay = this.retryDelaysMs[attempts - 1];
-    if (delay === undefined) {
+    if (this.retry.exhaustedAt(attempts)) {
       log.error("giving up on a Matrix event after repeated failures", { eventId: event.event_id, type: event.type, attempts, error: (err as Error)?.message });
       this.journal.markDone(entry.seq);
       this.onGaveUp?.(event);
@@ -195,7 +199,7 @@ export class DurableAppService extends AppService {
     const timer = setTimeout(() => {
       this.retryTimers.delete(timer);
       if (this.dispatching) this.dispatch(entry);
-    }, delay);
+    }, this.retry.delayFor(attempts));
     this.retryTimers.add(timer);
   }
 
@@ -217,6 +221,7 @@ function malformedEvent(event: unknown): string | null {
   return null;
 }
 
-// The library's routes call these two by name (see the class comment).
-Object.defineProperty(DurableAppService.prototype, "onTransaction", { value: DurableAppService.prototype.handleTransaction });
-Object.defineProperty(DurableAppService.prototype, "isInvalidToken", { value: DurableAppService.prototype.refuseWithoutToken });
+replaceAppServiceHandlers(DurableAppService, {
+  onTransaction: DurableAppService.prototype.handleTransaction,
+  isInvalidToken: DurableAppService.prototype.refuseWithoutToken,
+});

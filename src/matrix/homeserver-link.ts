@@ -1,6 +1,7 @@
-import { getRequestFn, setRequestFn } from "@vector-im/matrix-bot-sdk";
 import { LinkHealth } from "../bridge/link-health";
 import { getLogger } from "../logging";
+import { Backoff, type BackoffPolicy, sleep } from "../util/backoff";
+import { type RequestCallback, type RequestFn, wrapMatrixRequests } from "./library-internals";
 
 const log = getLogger("homeserver");
 
@@ -8,9 +9,6 @@ const log = getLogger("homeserver");
 const NOT_SENT = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
 /** Errors after which the homeserver may or may not have acted: the caller decides (see AppserviceMatrixPort.send). */
 const MAYBE_SENT = new Set(["ECONNRESET", "ETIMEDOUT", "ESOCKETTIMEDOUT", "EPIPE"]);
-
-type RequestCallback = (err: (Error & { code?: string }) | null, res?: { statusCode: number }, body?: unknown) => void;
-type RequestFn = (params: { uri?: string; url?: string; method?: string }, callback: RequestCallback) => unknown;
 
 /** The Matrix errcode of an error answer's body (parsed or not), if it has one. */
 export function errcodeOf(body: unknown): string | undefined {
@@ -69,16 +67,15 @@ export class HomeserverLink {
 
   constructor(
     private readonly homeserverUrl: string,
-    private readonly retry = { initialMs: 500, maxMs: 10_000 },
+    private readonly retry: BackoffPolicy = { initialMs: 500, maxMs: 10_000 },
   ) {}
 
   install(): void {
-    const inner = getRequestFn() as unknown as RequestFn;
-    const wrapped: RequestFn = (params, callback) => this.attempt(inner, params, callback, this.retry.initialMs, false);
-    setRequestFn(wrapped);
+    wrapMatrixRequests((inner) => (params, callback) => this.attempt(inner, params, callback, new Backoff(this.retry)));
   }
 
-  private attempt(inner: RequestFn, params: Parameters<RequestFn>[0], callback: RequestCallback, delay: number, waited: boolean): unknown {
+  /** One try of a request; `backoff` is the request's own (its attempts: the tries that found the homeserver down). */
+  private attempt(inner: RequestFn, params: Parameters<RequestFn>[0], callback: RequestCallback, backoff: Backoff): unknown {
     const url = params.uri ?? params.url ?? "";
     if (!String(url).startsWith(this.homeserverUrl)) return inner(params, callback);
     return inner(params, (err, res, body) => {
@@ -87,9 +84,10 @@ export class HomeserverLink {
       const proxyRefusal = !err && res && isProxyRefusal(res.statusCode, body);
       if ((err && err.code && NOT_SENT.has(err.code)) || proxyRefusal) {
         this.health.down(err ? `${err.code}` : `HTTP ${res!.statusCode}`);
-        if (!waited) this.health.noteHeld();
+        if (backoff.attempts === 0) this.health.noteHeld();
+        const delay = backoff.next();
         log.debug("homeserver request waits for the homeserver", { method: params.method, inMs: delay });
-        setTimeout(() => this.attempt(inner, params, callback, Math.min(delay * 2, this.retry.maxMs), true), delay);
+        setTimeout(() => this.attempt(inner, params, callback, backoff), delay);
         return;
       }
       if (err && err.code && MAYBE_SENT.has(err.code)) this.health.down(err.code);
@@ -105,8 +103,8 @@ export class HomeserverLink {
    * outage. An answer marks the homeserver reachable; it and any other error are the caller's.
    */
   async untilReachable<T>(what: string, attempt: () => Promise<T>): Promise<T> {
-    let delay = this.retry.initialMs;
-    for (let waited = false; ; waited = true) {
+    const backoff = new Backoff(this.retry);
+    for (;;) {
       try {
         const result = await attempt();
         this.health.up();
@@ -115,10 +113,10 @@ export class HomeserverLink {
         const reason = unreachableReason(err);
         if (!reason) throw err;
         this.health.down(reason);
-        if (!waited) this.health.noteHeld();
+        if (backoff.attempts === 0) this.health.noteHeld();
+        const delay = backoff.next();
         log.debug("homeserver request waits for the homeserver", { what, inMs: delay });
-        await new Promise((r) => setTimeout(r, delay));
-        delay = Math.min(delay * 2, this.retry.maxMs);
+        await sleep(delay);
       }
     }
   }

@@ -18,10 +18,8 @@ import {
   needsThumbnail,
   overLimitReason,
   parseMxc,
-  probedFacts,
   remoteMediaToMatrix,
   settledMimetype,
-  settleMediaKind,
   THUMBNAIL_MAX,
   thumbnailMimetype,
   waveformFromPeaks,
@@ -29,8 +27,9 @@ import {
 } from "../convert/media";
 import { noteStreamed, pacedPassThrough } from "../gc-pacing";
 import { getLogger } from "../logging";
+import { audioPeaks, makeThumbnail, probeMedia, rawRgba } from "../media/ffmpeg";
+import { probedFacts, settleMediaKind } from "../media/probe";
 import { LocalMedia, MediaError, RemoteMedia } from "../network/connector";
-import { audioPeaks, makeThumbnail, probeMedia, rawRgba } from "../network/ffmpeg";
 import { errcodeOf, HomeserverLink, HomeserverUnreachable, isProxyRefusal } from "./homeserver-link";
 
 const log = getLogger("matrix-media");

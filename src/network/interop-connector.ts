@@ -1,9 +1,10 @@
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { BridgeConfig } from "../config";
-import { fileNameFor, isOggOpus, overLimitReason, probedFacts, settledMimetype, settleMediaKind, waveformFromPeaks } from "../convert/media";
+import { fileNameFor, overLimitReason, settledMimetype, waveformFromPeaks } from "../convert/media";
 import { getLogger } from "../logging";
+import { audioPeaks, FfmpegError, probeMedia, transcodeToOggOpus } from "../media/ffmpeg";
+import { isOggOpus, probedFacts, settleMediaKind } from "../media/probe";
 import { InteropClient } from "../protocol/client";
 import { EndpointError, SecureEndpoint } from "../protocol/endpoint";
 import { dmRoomUri, parseMimiUri, Profile, TypingFrame, userUri } from "../protocol/frames";
@@ -11,7 +12,6 @@ import { computeMessageId, decodeMimi, encodeMimi, MimiError, MimiMessage } from
 import { sha256File } from "../protocol/media-crypto";
 import { MAX_READ_IDS, Payload } from "../protocol/payload";
 import { deriveStoreKey, EncryptedRecordStore } from "../protocol/signal";
-import { BridgeStore } from "../store";
 import { normalizePhone } from "../convert/phone";
 import {
   ChatCapabilities,
@@ -31,7 +31,7 @@ import {
   RemoteProfile,
   SendResult,
 } from "./connector";
-import { audioPeaks, FfmpegError, probeMedia, transcodeToOggOpus } from "./ffmpeg";
+import type { InteropConnectorOptions, InteropConnectorStore, InteropNetworkConfig, InteropUserSettings } from "./interop-settings";
 import { fetchBlob } from "./media-fetch";
 import { MediaHost } from "./media-host";
 import { blobRefOf, changeToMimi, mediaToMimi, MimiEvent, mimiIdOf, mimiToRemoteEvent, remoteContentToMimi } from "./mimi-content";
@@ -89,19 +89,24 @@ export class InteropConnector implements NetworkConnector {
   private readonly ready = new Map<string, Promise<void>>();
   private handler?: NetworkEventHandler;
   private state: ConnectionState = { state: "connecting" };
+  /** The `network` section of the config. */
+  private readonly config: InteropNetworkConfig;
+  private readonly store: InteropConnectorStore;
+  private readonly users: InteropUserSettings;
 
-  constructor(
-    private readonly config: BridgeConfig,
-    private readonly store: BridgeStore,
-  ) {
-    this.capabilities = whatsappDmCapabilities(config.network.media.max_size, config.bridge.edit_window_seconds);
-    const secret = process.env.BRIDGE_STORE_KEY ?? config.network.store_key;
+  constructor(options: InteropConnectorOptions) {
+    const { network: config, editWindowSeconds, store } = options;
+    this.config = config;
+    this.store = store;
+    this.users = options.users;
+    this.capabilities = whatsappDmCapabilities(config.media.max_size, editWindowSeconds);
+    const secret = process.env.BRIDGE_STORE_KEY ?? config.store_key;
     if (!secret) throw new Error("network.store_key (or BRIDGE_STORE_KEY) is needed to encrypt keys at rest");
     this.storeKey = deriveStoreKey(secret);
     this.client = new InteropClient({
-      url: config.network.gateway_url,
-      provider: config.network.provider_domain,
-      secret: config.network.provider_secret,
+      url: config.gateway_url,
+      provider: config.provider_domain,
+      secret: config.provider_secret,
       logger: getLogger("gateway-client"),
     });
     this.endpoint = new SecureEndpoint({
@@ -116,7 +121,7 @@ export class InteropConnector implements NetworkConnector {
       },
       logger: getLogger("e2ee"),
     });
-    const media = config.network.media;
+    const media = config.media;
     this.mediaTemp = path.join(media.directory, "tmp");
     this.mediaHost = new MediaHost({
       dir: path.join(media.directory, "blobs"),
@@ -128,21 +133,21 @@ export class InteropConnector implements NetworkConnector {
   }
 
   private uriOfMatrixUser(mxid: string): string {
-    return userUri(this.config.network.provider_domain, mxid);
+    return userUri(this.config.provider_domain, mxid);
   }
 
   private uriOfRemote(remoteUserId: string): string {
-    return userUri(this.config.network.home_domain, remoteUserId);
+    return userUri(this.config.home_domain, remoteUserId);
   }
 
   private matrixUserOf(uri: string): string | null {
     const parsed = parseMimiUri(uri);
-    return parsed?.kind === "u" && parsed.domain === this.config.network.provider_domain ? parsed.id : null;
+    return parsed?.kind === "u" && parsed.domain === this.config.provider_domain ? parsed.id : null;
   }
 
   private remoteUserOf(uri: string): string | null {
     const parsed = parseMimiUri(uri);
-    return parsed?.kind === "u" && parsed.domain === this.config.network.home_domain ? parsed.id : null;
+    return parsed?.kind === "u" && parsed.domain === this.config.home_domain ? parsed.id : null;
   }
 
   async start(handler: NetworkEventHandler): Promise<void> {
@@ -166,12 +171,12 @@ export class InteropConnector implements NetworkConnector {
     // Leftovers of transfers a previous run did not finish.
     fs.rmSync(this.mediaTemp, { recursive: true, force: true });
     fs.mkdirSync(this.mediaTemp, { recursive: true, mode: 0o700 });
-    const media = this.config.network.media;
+    const media = this.config.media;
     await this.mediaHost.listen(media.bind_hostname, media.port);
     this.mediaHost.startSweeping();
     await this.client.connect();
     // Users known from earlier runs log in again, so messages queued for them flow at once.
-    for (const user of this.store.users.all()) void this.ensureUser(user.mxid, null).catch((err: Error) => log.warn("could not log a user in", { user: user.mxid, error: err.message }));
+    for (const user of this.users.knownUsers()) void this.ensureUser(user, null).catch((err: Error) => log.warn("could not log a user in", { user, error: err.message }));
   }
 
   async stop(): Promise<void> {
@@ -187,7 +192,7 @@ export class InteropConnector implements NetworkConnector {
     let pending = this.ready.get(matrixUserId);
     if (!pending) {
       // Enlisted with the stored setting in the same step, so a user who is off is never reachable.
-      const thirdPartyChats = this.store.users.get(matrixUserId)?.thirdPartyEnabled ?? false;
+      const thirdPartyChats = this.users.thirdPartyChats(matrixUserId);
       pending = this.endpoint.addUser(this.uriOfMatrixUser(matrixUserId), { displayName: displayName ?? matrixUserId, thirdPartyChats });
       this.ready.set(matrixUserId, pending);
       pending.catch(() => this.ready.delete(matrixUserId));
@@ -222,7 +227,7 @@ export class InteropConnector implements NetworkConnector {
         ? {
             id: hex(avatar.sha256),
             mimetype: avatar.mimetype,
-            fetch: () => fetchAvatar(avatar, this.config.network.media.max_size),
+            fetch: () => fetchAvatar(avatar, this.config.media.max_size),
           }
         : null,
     };
@@ -250,7 +255,7 @@ export class InteropConnector implements NetworkConnector {
 
   dmChat(matrixUserId: string, remoteUserId: string): ChatRef {
     return {
-      id: dmRoomUri(this.uriOfMatrixUser(matrixUserId), this.uriOfRemote(remoteUserId), this.config.network.home_domain),
+      id: dmRoomUri(this.uriOfMatrixUser(matrixUserId), this.uriOfRemote(remoteUserId), this.config.home_domain),
       kind: "dm",
       participants: [remoteUserId],
     };
@@ -353,7 +358,7 @@ export class InteropConnector implements NetworkConnector {
       const blob = await this.mediaHost.host(file, {
         token: this.derive("media-token", message.txnId, digest, 32).toString("base64url"),
         blobKey: { key: new Uint8Array(this.derive("media-key", message.txnId, digest, 16)), nonce: new Uint8Array(this.derive("media-nonce", message.txnId, digest, 12)) },
-        expiresAt: message.timestamp + this.config.network.media.expiry_days * 24 * 60 * 60 * 1000,
+        expiresAt: message.timestamp + this.config.media.expiry_days * 24 * 60 * 60 * 1000,
       });
       log.debug("hosted outgoing media", { kind: media.kind, size: blob.size });
       return mediaToMimi(media, content.caption, blob, from, room);
@@ -437,7 +442,7 @@ export class InteropConnector implements NetworkConnector {
     } catch {
       throw new MediaError("bad_ref", "the message's media reference is unreadable");
     }
-    const fetched = await fetchBlob(blobRef, { maxBytes, allowedHosts: this.config.network.media.allowed_hosts, tempDir: this.mediaTemp });
+    const fetched = await fetchBlob(blobRef, { maxBytes, allowedHosts: this.config.media.allowed_hosts, tempDir: this.mediaTemp });
     return { path: fetched.path, size: fetched.size, release: () => fs.promises.rm(fetched.path, { force: true }) };
   }
 

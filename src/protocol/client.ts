@@ -18,6 +18,7 @@ import { EventEmitter } from "node:events";
 import { randomBytes } from "node:crypto";
 import WebSocket from "ws";
 import { getLogger, type Logger } from "../logging.js";
+import { Backoff, sleep } from "../util/backoff.js";
 import {
   CloseCode,
   DEFAULT_LIMITS,
@@ -155,6 +156,8 @@ function isRefusal(err: unknown): err is ProtocolError {
 }
 
 const DEFAULT_RECONNECT: ReconnectOptions = { initialDelayMs: 500, maxDelayMs: 30_000, factor: 2, jitter: 0.5 };
+/** Longest wait before a failed event handler gets the same event again. */
+const HANDLER_RETRY_MAX_MS = 30_000;
 
 export class InteropClient extends EventEmitter<InteropClientEvents> {
   private readonly opts: Required<Omit<InteropClientOptions, "logger" | "reconnect">> & {
@@ -167,7 +170,12 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
   private lastConnectionId?: string;
   private closed = false;
   private started = false;
-  private attempt = 0;
+  /** Reconnect delays (with jitter); its attempt count is the number of failed connects in this outage. */
+  private readonly reconnectBackoff: Backoff;
+  /** Delays of a request answered with a retryable error, by the request's own attempt count. */
+  private readonly requestBackoff: Backoff;
+  /** Delays before a failed event handler is offered the same event again. */
+  private readonly handlerBackoff: Backoff;
   private reconnectTimer?: NodeJS.Timeout;
   private livenessTimer?: NodeJS.Timeout;
   private lastReceived = 0;
@@ -200,6 +208,11 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       handlerRetryDelayMs: options.handlerRetryDelayMs ?? 1000,
       reconnect: { ...DEFAULT_RECONNECT, ...options.reconnect },
     };
+    const { initialDelayMs, maxDelayMs, factor, jitter } = this.opts.reconnect;
+    this.reconnectBackoff = new Backoff({ initialMs: initialDelayMs, maxMs: Math.max(initialDelayMs, maxDelayMs), factor, jitter });
+    this.requestBackoff = new Backoff({ initialMs: initialDelayMs, maxMs: Math.max(initialDelayMs, maxDelayMs), factor });
+    const handlerInitialMs = Math.min(HANDLER_RETRY_MAX_MS, this.opts.handlerRetryDelayMs);
+    this.handlerBackoff = new Backoff({ initialMs: handlerInitialMs, maxMs: HANDLER_RETRY_MAX_MS });
   }
 
   get connectionState(): ConnectionState {
@@ -484,7 +497,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
   private onWelcome(frame: WelcomeFrame): void {
     this.welcomeFrame = frame;
     this.lastConnectionId = frame.connectionId;
-    this.attempt = 0;
+    this.reconnectBackoff.reset();
     this.log.info("connected to gateway", { connectionId: frame.connectionId, users: this.users.size });
     this.setState("connected");
     // Logins go first: the gateway handles a connection's frames in order, so
@@ -527,13 +540,11 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       this.setState("disconnected", { reason, code });
       return;
     }
-    const { initialDelayMs, maxDelayMs, factor, jitter } = this.opts.reconnect;
-    const base = Math.min(maxDelayMs, initialDelayMs * factor ** this.attempt);
-    const delay = Math.round(base * (1 - jitter * Math.random()));
+    const firstOfOutage = this.reconnectBackoff.attempts === 0;
+    const delay = this.reconnectBackoff.next();
     // Logged once per outage: the first reconnect attempt is the news, the following ones are not.
-    if (this.attempt === 0) this.log.info("disconnected from gateway", { code, reason, retryInMs: delay });
+    if (firstOfOutage) this.log.info("disconnected from gateway", { code, reason, retryInMs: delay });
     else this.log.debug("gateway still unreachable", { code, reason, retryInMs: delay });
-    this.attempt += 1;
     this.setState("disconnected", { reason, code, retryInMs: delay });
     this.reconnectTimer = setTimeout(() => this.openSocket(), delay);
   }
@@ -605,8 +616,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     clearTimeout(p.answerTimer);
     p.rid = undefined;
     if (outcome instanceof ProtocolError && RETRYABLE_ERROR_CODES.has(outcome.code)) {
-      const { initialDelayMs, maxDelayMs, factor } = this.opts.reconnect;
-      const delay = outcome.retryAfterMs ?? Math.min(maxDelayMs, initialDelayMs * factor ** (p.attempts - 1));
+      const delay = outcome.retryAfterMs ?? this.requestBackoff.delayFor(p.attempts);
       this.log.debug("retrying request", { type: p.body.t, code: outcome.code, delay });
       p.retryTimer = setTimeout(() => this.transmit(p), delay);
       return;
@@ -684,8 +694,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
           failures += 1;
           this.log.warn("event handler failed; will retry", { user, seq: frame.seq, type: frame.t, error: (err as Error)?.message });
           this.emit("handlerError", err, frame);
-          const delay = Math.min(30_000, this.opts.handlerRetryDelayMs * 2 ** (failures - 1));
-          await new Promise((resolve) => setTimeout(resolve, delay));
+          await sleep(this.handlerBackoff.delayFor(failures));
           continue;
         }
         failures = 0;

@@ -415,6 +415,7 @@ export function queueOwner(frame: QueuedFrame): string {
 const DOMAIN_RE = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?$/;
 // Local ids are compared byte for byte; whitespace and control characters are excluded so that
 // ids survive logs, config files and line-oriented tooling unambiguously.
+// eslint-disable-next-line no-control-regex -- a local id may contain no control character
 const LOCAL_ID_RE = /^[^\u0000-\u0020\u007f-\u009f]+$/u;
 const E164_RE = /^\+[1-9][0-9]{1,14}$/;
 const MAX_URI_BYTES = 512;

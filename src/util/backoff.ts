@@ -53,7 +53,12 @@ export class Backoff {
 
   /** True once `maxAttempts` failures were recorded. */
   get exhausted(): boolean {
-    return this.policy.maxAttempts !== undefined && this.failures >= this.policy.maxAttempts;
+    return this.exhaustedAt(this.failures);
+  }
+
+  /** Whether `failures` counted elsewhere (a stored row's attempts, say) use up `maxAttempts`. */
+  exhaustedAt(failures: number): boolean {
+    return this.policy.maxAttempts !== undefined && failures >= this.policy.maxAttempts;
   }
 }
 

@@ -75,7 +75,7 @@ async function untilDone<T>(what: string, fn: () => Promise<T>, timeoutMs = 10 *
     try {
       return await fn();
     } catch (err) {
-      if (Date.now() > deadline) throw new Error(`${what}: still failing after ${timeoutMs} ms: ${(err as Error).message}`);
+      if (Date.now() > deadline) throw new Error(`${what}: still failing after ${timeoutMs} ms: ${(err as Error).message}`, { cause: err });
       await sleep(delay);
     }
   }

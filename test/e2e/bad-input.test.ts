@@ -138,7 +138,6 @@ test("1,000 generated provisioning requests: only the shared secret or the user'
   const bob = await stack.user("bob");
   const domain = stack.botId.split(":")[1];
   const base = `${stack.appserviceUrl}/_matrix/provision/v1`;
-  const tokens = [PROVISIONING_SECRET, bob.accessToken];
   const request = fc.record({
     // Mostly real routes, so that requests get past the router to authentication and the handlers.
     route: fc.oneof(

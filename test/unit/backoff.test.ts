@@ -37,3 +37,9 @@ test("sleep ends early with the abort reason", async () => {
   controller.abort(new Error("stopping"));
   await assert.rejects(pending, /stopping/);
 });
+
+test("backoff says whether failures counted elsewhere use up its attempts", () => {
+  const b = new Backoff({ initialMs: 10, maxMs: 1000, maxAttempts: 3 });
+  assert.deepEqual([1, 2, 3, 4].map((n) => b.exhaustedAt(n)), [false, false, true, true]);
+  assert.equal(new Backoff({ initialMs: 10, maxMs: 1000 }).exhaustedAt(1_000_000), false, "no maxAttempts: never");
+});

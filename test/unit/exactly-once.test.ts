@@ -44,10 +44,10 @@ const event = (n: number, extra: Record<string, unknown> = {}) => ({
 async function startAppservice(
   store: BridgeStore,
   handle: (e: Record<string, unknown>) => Promise<void> = async () => undefined,
-  retryDelaysMs?: number[],
+  retry?: { initialMs: number; maxMs: number; maxAttempts: number },
   isOwnUser?: (mxid: string) => boolean,
 ) {
-  const appservice = new DurableAppService({ homeserverToken: HS_TOKEN, journal: store.journal, maxBodyBytes: 64 * 1024, retryDelaysMs, isOwnUser });
+  const appservice = new DurableAppService({ homeserverToken: HS_TOKEN, journal: store.journal, maxBodyBytes: 64 * 1024, retry, isOwnUser });
   const handed: string[] = [];
   appservice.on("event", async (e: Record<string, unknown>) => {
     handed.push(String(e.event_id));
@@ -136,7 +136,7 @@ describe("the appservice transaction journal", () => {
         if (e.event_id === "$event1" && failures++ < 1) throw new Error("homeserver hiccup");
         if (e.event_id === "$event2") throw new Error("always fails");
       },
-      [10, 10],
+      { initialMs: 10, maxMs: 10, maxAttempts: 3 },
     );
     as.appservice.startDispatching();
     await as.put("1", { events: [event(1), event(2)] });

@@ -147,6 +147,6 @@ it("the gateway refuses 1,000 generated bad frames, one connection at a time, an
   good.ws.send(encodeFrame({ t: "enlist", rid: 1, user: alice, displayName: "Alice" }));
   good.ws.send(encodeFrame({ t: "login", rid: 2, user: alice }));
   await until("login answer", () => good.frames.some((f) => f.t === "ok" && f.rid === 2));
-  assert.ok(await good.barrier(++nonce));
+  assert.ok(await good.barrier(nonce + 1));
   good.ws.terminate();
 });

@@ -9,19 +9,14 @@ import {
   cleanWaveform,
   describeMedia,
   fileNameFor,
-  isOggOpus,
-  matrixMediaToRemote,
   mediaFailureNotice,
   notSentText,
-  parseFfprobe,
   parseMxc,
-  probedFacts,
   remoteMediaToMatrix,
   settledMimetype,
-  settleMediaKind,
   waveformFromPeaks,
-  type MediaProbe,
 } from "../../src/convert/media";
+import { isOggOpus, parseFfprobe, probedFacts, settleMediaKind, type MediaProbe } from "../../src/media/probe";
 import { matrixToRemote } from "../../src/convert/message-content";
 import type { RemoteContent, RemoteMedia } from "../../src/network/connector";
 import { blobRefOf, mediaToMimi, mimiToRemoteContent } from "../../src/network/mimi-content";

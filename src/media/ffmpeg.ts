@@ -6,7 +6,7 @@
  */
 import { spawn } from "node:child_process";
 import fs from "node:fs";
-import { parseFfprobe, type MediaProbe } from "../convert/media";
+import { parseFfprobe, type MediaProbe } from "./probe";
 
 const FFPROBE = process.env.FFPROBE_PATH ?? "ffprobe";
 const FFMPEG = process.env.FFMPEG_PATH ?? "ffmpeg";
