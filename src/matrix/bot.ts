@@ -27,6 +27,8 @@ export class BotCommands {
     private readonly metrics: BridgeMetrics,
   ) {
     const usage = (name: string) => new BridgeUserError(`usage: ${this.commands[name].usage}`);
+    // The network's name as its users know it ("WhatsApp"), from the connector.
+    const net = controls.networkName;
     const forget: Command = {
       usage: "forget [confirm]",
       summary: "delete everything the bridge keeps about you (your keys, sessions, chats and settings)",
@@ -35,18 +37,18 @@ export class BotCommands {
         if (args.length === 0) {
           const preview = this.controls.forgetPreview(user);
           return (
-            `This deletes everything this bridge keeps about you: your identity on the WhatsApp interop network with its encryption keys and sessions, ` +
+            `This deletes everything this bridge keeps about you: your identity on the ${net} interop network with its encryption keys and sessions, ` +
             `your ${preview.chats} chat(s) and their message links, ${preview.queued} message(s) not yet sent, and your settings. ` +
             `The rooms and their history stay in your Matrix account. Say \`forget confirm\` to go ahead.`
           );
         }
         const done = await this.controls.forget(user);
         return (
-          `Done. I deleted your identity on the WhatsApp interop network with its encryption keys and sessions (here and on the network's gateway), ` +
+          `Done. I deleted your identity on the ${net} interop network with its encryption keys and sessions (here and on the network's gateway), ` +
           `${done.portals} chat(s) with ${done.messages} message link(s), ${done.queued} message(s) waiting to be sent, ` +
-          `${done.refusedContacts} record(s) of WhatsApp users refused while your chats were off` +
+          `${done.refusedContacts} record(s) of ${net} users refused while your chats were off` +
           (done.spaceRemoved ? ", your Third-Party Chats space" : "") +
-          ` and your settings. The WhatsApp contacts have left your chat rooms; the rooms and their history stay in your Matrix account, where only you and your homeserver can delete them. ` +
+          ` and your settings. The ${net} contacts have left your chat rooms; the rooms and their history stay in your Matrix account, where only you and your homeserver can delete them. ` +
           `Talk to me again any time to start over.`
         );
       },
@@ -55,26 +57,26 @@ export class BotCommands {
       help: { usage: "help", summary: "show this help", run: async () => this.helpText() },
       enable: {
         usage: "enable",
-        summary: "turn Third-Party Chats on: WhatsApp users can reach you and you can reach them",
+        summary: `turn Third-Party Chats on: ${net} users can reach you and you can reach them`,
         run: async (user, args) => {
           if (args.length) throw usage("enable");
           const change = await this.controls.setThirdPartyChats(user, true);
-          const lines = [change.changed ? "Third-Party Chats are **on**. WhatsApp users can now write to you, and `start <phone>` opens a chat." : "Third-Party Chats were already on."];
+          const lines = [change.changed ? `Third-Party Chats are **on**. ${net} users can now write to you, and \`start <phone>\` opens a chat.` : "Third-Party Chats were already on."];
           if (change.refusedWhileOff.length) {
             const who = change.refusedWhileOff.map((c) => c.remoteId).join(", ");
-            lines.push(`While they were off, these WhatsApp users tried to write to you: ${who}. Their messages were not kept; they need to write again.`);
+            lines.push(`While they were off, these ${net} users tried to write to you: ${who}. Their messages were not kept; they need to write again.`);
           }
           return lines.join("\n\n");
         },
       },
       disable: {
         usage: "disable",
-        summary: "turn Third-Party Chats off: WhatsApp users are told you don't accept them, and nothing is sent",
+        summary: `turn Third-Party Chats off: ${net} users are told you don't accept them, and nothing is sent`,
         run: async (user, args) => {
           if (args.length) throw usage("disable");
           const change = await this.controls.setThirdPartyChats(user, false);
           return change.changed
-            ? "Third-Party Chats are **off**. WhatsApp users who write to you are told you don't accept third-party chats, and their messages are not kept; nothing you write in your chats is sent. Say `enable` to turn them on again."
+            ? `Third-Party Chats are **off**. ${net} users who write to you are told you don't accept third-party chats, and their messages are not kept; nothing you write in your chats is sent. Say \`enable\` to turn them on again.`
             : "Third-Party Chats were already off.";
         },
       },
@@ -100,7 +102,7 @@ export class BotCommands {
       },
       start: {
         usage: "start <phone>",
-        summary: "open a chat with a WhatsApp user, e.g. start +4915123456789",
+        summary: `open a chat with a ${net} user, e.g. start +4915123456789`,
         run: async (user, args) => {
           if (args.length !== 1) throw usage("start");
           const chat = await this.controls.startChat(user, args[0]);

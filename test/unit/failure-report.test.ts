@@ -323,8 +323,9 @@ describe("every refusal reaches the sender as a status event and a notice", () =
 
   for (const kind of FAILURE_KINDS) {
     const scenario = SCENARIOS[kind];
-    it(`${kind}: ${scenario.status} status (${scenario.reason})${scenario.notice ? " and a notice" : ", no notice"}`, async () => {
+    it(`${kind}: ${scenario.status} status (${scenario.reason})${scenario.notice ? " and a notice" : ", no notice"}`, async (t) => {
       const h = harness(scenario.harness);
+      t.after(() => h.core.stop());
       const eventId = await scenario.act(h);
       await until(`a status on ${eventId}`, () => h.statusesOf(eventId).length > 0);
       if (scenario.notice) await until(`a notice about ${eventId}`, () => h.noticesOf(eventId).length > 0);
@@ -340,22 +341,23 @@ describe("every refusal reaches the sender as a status event and a notice", () =
       } else {
         assert.deepEqual(notices, [], "a pending state gets no notice");
       }
-      h.core.stop();
     });
   }
 
-  it("with bridge.message_status_events off, a refusal still gets its notice and no status event", async () => {
+  it("with bridge.message_status_events off, a refusal still gets its notice and no status event", async (t) => {
     const h = harness({ messageStatusEvents: false });
+    t.after(() => h.core.stop());
     const eventId = await SCENARIOS.too_long.act(h);
     await until("the notice", () => h.noticesOf(eventId).length > 0);
     assert.deepEqual(h.statusesOf(eventId), []);
-    h.core.stop();
   });
 });
 
 describe("a gateway outage seen from Matrix", () => {
-  it("a message sent while the gateway is away shows one pending state however often it is retried, then delivered", async () => {
+  it("a message sent while the gateway is away shows one pending state however often it is retried, then delivered", async (t) => {
     const h = harness();
+    // Stopped even when an assertion fails, or its retries would keep the test process alive.
+    t.after(() => h.core.stop());
     let up = false;
     let tries = 0;
     h.network.send = async (m) => {
@@ -387,6 +389,5 @@ describe("a gateway outage seen from Matrix", () => {
     );
     assert.deepEqual(statuses[2]!.delivered_to_users, [GHOST]);
     assert.deepEqual(h.noticesOf(e.event_id), [], "no failure notice");
-    h.core.stop();
   });
 });
