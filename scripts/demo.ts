@@ -9,7 +9,7 @@
  */
 import path from "node:path";
 import { registerUser } from "../test/support/matrix-client";
-import { PROVIDER_DOMAIN, Stack } from "../test/support/stack";
+import { HOME_DOMAIN, PROVIDER_DOMAIN, Stack } from "../test/support/stack";
 
 const DEMO_PASSWORD = "demo-password";
 
@@ -20,6 +20,8 @@ async function main(): Promise<void> {
     dir,
     logLevel: "info",
     ports: { homeserver: Number(process.env.DEMO_HS_PORT ?? 8008), appservice: 29400, media: 29401, metrics: 29402, gateway: 29500, sim: 29600 },
+    // Another WhatsApp-side peer (your own client, docs/protocol.md §18.1) may host its media on any loopback port.
+    bridgeConfig: (c) => c.network.media.allowed_hosts.push("127.0.0.1", "localhost"),
   });
   const shutdown = async () => {
     process.stderr.write("\ndemo: stopping\n");
@@ -65,6 +67,19 @@ async function main(): Promise<void> {
     - Metrics and health: ${stack.metricsUrl}/metrics  ${stack.metricsUrl}/health
   Logs: ${dir}/bridge.log, gateway.log, sim.log.  Stop with Ctrl-C.
 `);
+  process.stdout.write(peerHowTo(stack, demo.userId));
+}
+
+/** How a WhatsApp-side client of your own joins next to the simulator (docs/protocol.md §18.1). */
+function peerHowTo(stack: Stack, matrixUser: string): string {
+  return `
+  Join with your own WhatsApp-side client (docs/protocol.md, §18.1):
+    Gateway:        ${stack.gatewayUrl}
+    Connect as:     ${HOME_DOMAIN}   secret: ${stack.secrets.homeProviderSecret}   (from ${path.join(stack.dir, "secrets.json")})
+    Write to:       mimi://${PROVIDER_DOMAIN}/u/${matrixUser}   (the bridge's provider domain is ${PROVIDER_DOMAIN})
+    Your users:     account.upsert mimi://${HOME_DOMAIN}/u/+<number> (not the simulator's), then settings.set thirdPartyChats: true
+    Your media:     serve it from 127.0.0.1 or localhost (any port): the bridge's network.media.allowed_hosts allows them
+`;
 }
 
 main().catch((err: Error) => {

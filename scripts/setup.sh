@@ -43,8 +43,9 @@ say "node $(node --version) ($(command -v node))"
 # 75-second build.
 abi="$(node -p process.versions.modules)"
 # better-sqlite3's installer first tries to download a prebuilt binary from GitHub, which cannot
-# be reached here and only costs a timeout: build from source straight away.
-export npm_config_build_from_source=true
+# be reached here and only costs a timeout: build from source straight away (set only for the
+# two commands that build, since npm warns about the setting everywhere else).
+build_from_source=(env npm_config_build_from_source=true)
 lock="$(sha256sum package-lock.json | cut -d' ' -f1)"
 stamp="node_modules/.lock-hash"
 have="$(cat "$stamp" 2>/dev/null || true)"
@@ -57,7 +58,7 @@ addon="node_modules/better-sqlite3/build/Release/better_sqlite3.node"
 save_addon() { local d; d="$(native_cache)"; mkdir -p "$d" && cp "$addon" "$d/.tmp.$$" && mv "$d/.tmp.$$" "$d/better_sqlite3.node"; }
 if [ "${have%% *}" != "$lock" ]; then
   say "installing npm dependencies for Node ABI $abi (better-sqlite3 builds from source: about 75 s)"
-  npm ci --no-audit --no-fund >&2
+  "${build_from_source[@]}" npm ci --no-audit --no-fund >&2
   save_addon
   echo "$lock abi=$abi" > "$stamp"
 elif [ "$have" != "$lock abi=$abi" ]; then
@@ -67,9 +68,16 @@ elif [ "$have" != "$lock abi=$abi" ]; then
     cp "$cached" "$addon.tmp.$$" && mv "$addon.tmp.$$" "$addon"
   else
     say "rebuilding better-sqlite3 for Node ABI $abi (about 75 s, once per ABI)"
-    npm rebuild better-sqlite3 --no-audit --no-fund >&2
+    "${build_from_source[@]}" npm rebuild better-sqlite3 --no-audit --no-fund >&2
     save_addon
   fi
+  echo "$lock abi=$abi" > "$stamp"
+fi
+# Whatever the stamp says, the addon must load on this node (a copied or hand-edited node_modules).
+if ! node -e 'new (require("better-sqlite3"))(":memory:").close()' 2>/dev/null; then
+  say "better-sqlite3 does not load on Node ABI $abi; rebuilding it (about 75 s)"
+  "${build_from_source[@]}" npm rebuild better-sqlite3 --no-audit --no-fund >&2
+  save_addon
   echo "$lock abi=$abi" > "$stamp"
 fi
 

@@ -3,9 +3,11 @@ import fs from "node:fs";
 import path from "node:path";
 import { AppServiceRegistration, Cli } from "matrix-appservice-bridge";
 import { BridgeConfig, ConfigError, loadConfig, validateConfig } from "./config";
-import { getLogger, routeProcessWarnings } from "./logging";
+import { configureLogging, getLogger, routeProcessWarnings } from "./logging";
 import { runBridge } from "./main";
-import { fillRegistration } from "./matrix/registration";
+import { routeLibraryLogs } from "./matrix/library-logging";
+import { checkRegistration, fillRegistration } from "./matrix/registration";
+import { ProtocolError } from "./protocol/frames";
 import { runMimiCommand } from "./protocol/mimi-cli";
 import { DatabaseError } from "./store";
 
@@ -15,6 +17,25 @@ const log = getLogger("main");
 function fail(message: string): never {
   process.stderr.write(`matrix-interop-bridge: ${message}\n`);
   process.exit(1);
+}
+
+/**
+ * The gateway closing the connection for good at start (a wrong provider secret or domain, or a
+ * protocol version it does not speak), worded for the admin with the settings to check.
+ */
+function gatewayRefusal(err: Error, config: BridgeConfig): string | null {
+  if (!(err instanceof ProtocolError)) return null;
+  const at = `the gateway at ${config.network.gateway_url}`;
+  if (err.code === "unauthorized") {
+    return (
+      `${at} refused this bridge's credentials (provider ${config.network.provider_domain}: "${err.message}"); ` +
+      `check network.provider_domain and network.provider_secret (or BRIDGE_PROVIDER_SECRET) against what the gateway's operator registered`
+    );
+  }
+  if (err.code === "unsupported_version") {
+    return `${at} does not speak this bridge's protocol version ("${err.message}"); check network.gateway_url, or upgrade the bridge`;
+  }
+  return null;
 }
 
 function argValue(args: string[], short: string, long: string): string | undefined {
@@ -28,6 +49,8 @@ function argValue(args: string[], short: string, long: string): string | undefin
 function main(args: string[]): void {
   // Before any warning is emitted (Node emits them on the next tick).
   routeProcessWarnings();
+  // matrix-appservice-bridge and matrix-bot-sdk log through the bridge's logger, in its format.
+  routeLibraryLogs();
   if (args[0] === "mimi") {
     void runMimiCommand(args.slice(1), process.stdout, process.stderr).then((code) => process.exit(code));
     return;
@@ -63,7 +86,7 @@ function main(args: string[]): void {
       fs.closeSync(fs.openSync(file, "w", 0o600));
       fs.chmodSync(file, 0o600);
       process.stdout.write(
-        `Writing the appservice registration to ${file} (exclusive ghost namespace, bot @${config.appservice.bot.localpart}:${config.homeserver.domain}).\n` +
+        `Writing the appservice registration to ${file} (random tokens and sender, exclusive namespace for the ghosts and the bot @${config.appservice.bot.localpart}:${config.homeserver.domain}).\n` +
           `Add it to your homeserver (Synapse: app_service_config_files in homeserver.yaml), restart the homeserver,\n` +
           `then start the bridge: matrix-interop-bridge -c ${configPath} -f ${file}\n`,
       );
@@ -71,9 +94,12 @@ function main(args: string[]): void {
     },
     run(_port: number | null, rawConfig: Record<string, unknown> | null, registration: AppServiceRegistration | null) {
       const config = asConfig(rawConfig);
-      if (!registration?.getHomeserverToken() || !registration.getAppServiceToken()) {
-        fail("the registration file has no tokens; generate one with -r");
-      }
+      configureLogging(config.logging);
+      const registrationFile = cli.getRegistrationFilePath();
+      if (!registration) fail(`${registrationFile}: no registration; generate one with -r`);
+      const checked = checkRegistration(registration!, config, registrationFile);
+      if (checked.error) fail(checked.error);
+      if (checked.warning) log.warn(checked.warning);
       runBridge(config, registration!)
         .then((bridge) => {
           const shutdown = (signal: string) => {
@@ -85,6 +111,12 @@ function main(args: string[]): void {
         })
         .catch((err: Error) => {
           if (err instanceof DatabaseError || err instanceof ConfigError) fail(err.message);
+          const refused = gatewayRefusal(err, config);
+          if (refused) {
+            // A log line (the log is configured by now, so it is JSON where the admin asked for JSON), one line, no stack.
+            log.error(refused);
+            process.exit(1);
+          }
           log.error("the bridge failed to start", { error: err.message, stack: err.stack });
           process.exit(1);
         });

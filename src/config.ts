@@ -13,7 +13,8 @@ export interface BridgeConfig {
     hostname: string;
     port: number;
     id: string;
-    bot: { localpart: string; displayname: string };
+    /** avatar: an mxc:// URI, or "" for none. */
+    bot: { localpart: string; displayname: string; avatar: string };
     ghosts: { localpart_template: string; displayname_template: string };
   };
   database: { path: string };
@@ -97,10 +98,83 @@ export function validateConfig(raw: unknown, configDir = process.cwd()): BridgeC
     const problem = permissionKeyProblem(key);
     if (problem) throw new ConfigError(`bridge.permissions.${key}`, `${problem}`);
   }
-  const envSecret = process.env.BRIDGE_PROVISIONING_SECRET;
-  if (envSecret !== undefined && envSecret.length < 16) throw new ConfigError("BRIDGE_PROVISIONING_SECRET", "must be at least 16 characters");
-  if (envSecret) config.provisioning.shared_secret = envSecret;
+  checkSecrets(config);
   return config;
+}
+
+/** The shortest secret accepted: anything shorter can be guessed offline from a stolen database. */
+export const MIN_SECRET_LENGTH = 16;
+
+/**
+ * Values published in config/config.sample.yaml, registration.yaml and the docs. A bridge started
+ * with one would authenticate with, or encrypt every user's Signal keys under, a key anyone can read.
+ */
+const KNOWN_PLACEHOLDERS: ReadonlySet<string> = new Set([
+  "change-me",
+  "change-me-too",
+  "changeme",
+  "a-long-random-secret-string",
+  "secret",
+  "password",
+]);
+
+/** Why a secret may not be used, or null when it may. */
+export function secretProblem(value: string): string | null {
+  const v = value.trim().toLowerCase();
+  if (KNOWN_PLACEHOLDERS.has(v) || v.includes("change-me") || v.includes("changeme")) return "is a placeholder from the sample config";
+  if (value.length < MIN_SECRET_LENGTH) return `is shorter than ${MIN_SECRET_LENGTH} characters`;
+  return null;
+}
+
+interface SecretSetting {
+  field: string;
+  env: string;
+  get(c: BridgeConfig): string | undefined;
+  set(c: BridgeConfig, value: string): void;
+  /** What to put there, for the error line. */
+  advice: string;
+  optional?: boolean;
+}
+
+const SECRET_SETTINGS: SecretSetting[] = [
+  {
+    field: "network.provider_secret",
+    env: "BRIDGE_PROVIDER_SECRET",
+    get: (c) => c.network.provider_secret,
+    set: (c, v) => (c.network.provider_secret = v),
+    advice: "the secret the gateway's operator registered for network.provider_domain",
+  },
+  {
+    field: "network.store_key",
+    env: "BRIDGE_STORE_KEY",
+    get: (c) => c.network.store_key,
+    set: (c, v) => (c.network.store_key = v),
+    advice: "a random secret, e.g. `openssl rand -hex 32` (keep it: changing it loses every Signal session)",
+  },
+  {
+    field: "provisioning.shared_secret",
+    env: "BRIDGE_PROVISIONING_SECRET",
+    get: (c) => c.provisioning.shared_secret,
+    set: (c, v) => (c.provisioning.shared_secret = v),
+    advice: "a random secret, e.g. `openssl rand -hex 32`, or leave it out to accept users' own access tokens only",
+    optional: true,
+  },
+];
+
+/** Applies the secrets' environment overrides, then refuses missing, placeholder and short ones. */
+function checkSecrets(config: BridgeConfig): void {
+  for (const s of SECRET_SETTINGS) {
+    const fromEnv = process.env[s.env];
+    if (fromEnv !== undefined && fromEnv !== "") s.set(config, fromEnv);
+    const value = s.get(config);
+    const where = `${s.field} (or environment variable ${s.env})`;
+    if (value === undefined || value === "") {
+      if (s.optional) continue;
+      throw new ConfigError(where, `is missing: set ${s.advice}`);
+    }
+    const problem = secretProblem(value);
+    if (problem) throw new ConfigError(where, `${problem}: set ${s.advice}, at least ${MIN_SECRET_LENGTH} characters`);
+  }
 }
 
 /** Reads and validates a YAML config file. */

@@ -113,7 +113,7 @@ export class MatrixAppservice {
     }
     const botIntent = this.bridge.getIntent(this.port.botMxid);
     await botIntent.ensureRegistered();
-    await this.ensureBotDisplayName(botIntent);
+    await this.ensureBotProfile(botIntent);
     log.info("appservice listening", { hostname: this.config.appservice.hostname, port: this.config.appservice.port, bot: this.port.botMxid });
   }
 
@@ -147,14 +147,23 @@ export class MatrixAppservice {
     await this.bridge.close();
   }
 
-  /** Sets the bot's name only when it differs: every change is a membership event in each of its rooms. */
-  private async ensureBotDisplayName(botIntent: ReturnType<Bridge["getIntent"]>): Promise<void> {
-    const wanted = this.config.appservice.bot.displayname;
+  /**
+   * Sets the bot's name and avatar only when they differ: every change is a membership event in
+   * each of its rooms. The bot is an ordinary user of the namespace (registered above), not the
+   * registration's sender, so the homeserver keeps a profile for it.
+   */
+  private async ensureBotProfile(botIntent: ReturnType<Bridge["getIntent"]>): Promise<void> {
+    const { displayname, avatar } = this.config.appservice.bot;
+    const current = await botIntent.getProfileInfo(this.port.botMxid, undefined, false).catch(() => ({}) as { displayname?: string; avatar_url?: string });
     try {
-      const current = await botIntent.getProfileInfo(this.port.botMxid, "displayname", false).catch(() => undefined);
-      if (current?.displayname !== wanted) await botIntent.setDisplayName(wanted);
+      if (current.displayname !== displayname) await botIntent.setDisplayName(displayname);
     } catch (err) {
       log.warn("could not set the bot's display name", { error: (err as Error).message });
+    }
+    try {
+      if (avatar && current.avatar_url !== avatar) await botIntent.setAvatarUrl(avatar);
+    } catch (err) {
+      log.warn("could not set the bot's avatar", { avatar, error: (err as Error).message });
     }
   }
 

@@ -11,9 +11,11 @@ import type { SignalRecordTable } from "../store/signal-records";
 export interface InteropNetworkConfig {
   gateway_url: string;
   provider_domain: string;
+  /** Filled from BRIDGE_PROVIDER_SECRET when set; always present once validated. */
   provider_secret: string;
   home_domain: string;
-  store_key?: string;
+  /** Filled from BRIDGE_STORE_KEY when set; always present once validated. */
+  store_key: string;
   media: {
     bind_hostname: string;
     port: number;

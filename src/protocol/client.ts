@@ -531,7 +531,9 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     for (const inbox of this.inboxes.values()) inbox.queue = [];
     if (this.closed) return;
     if (FATAL_CLOSE_CODES.has(code)) {
-      this.log.error("gateway refused this provider; not reconnecting", { code, reason });
+      // Before the first welcome, connect()'s caller reports it (the bridge: one line naming the settings to check); later, nobody else will.
+      if (!this.welcomeFrame) this.log.debug("gateway refused this provider; not reconnecting", { code, reason });
+      else this.log.error("gateway refused this provider; not reconnecting", { code, reason });
       this.closed = true;
       clearInterval(this.livenessTimer);
       const err = new ProtocolError(code === CloseCode.unauthorized ? "unauthorized" : "unsupported_version", reason);

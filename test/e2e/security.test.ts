@@ -16,7 +16,6 @@ import { EncryptedRecordStore, deriveStoreKey } from "../../src/protocol/signal.
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
 const uriOf = (mxid: string) => `mimi://${PROVIDER_DOMAIN}/u/${mxid}`;
-const STORE_SECRET = "store-key-for-tests";
 const stacks: Stack[] = [];
 
 after(async () => {
@@ -46,13 +45,13 @@ async function converse(stack: Stack, phone: string, bodies: string[]): Promise<
 /** The secrets the bridge holds, in every form they could leak in. */
 function secretsOf(stack: Stack): Record<string, string[]> {
   const registration = YAML.parse(fs.readFileSync(stack.registrationPath, "utf8"));
-  const key = Buffer.from(deriveStoreKey(STORE_SECRET));
+  const key = Buffer.from(deriveStoreKey(stack.secrets.storeKey));
   return {
     as_token: [registration.as_token],
     hs_token: [registration.hs_token],
-    "bridge provider secret": ["bridge-secret-for-tests"],
-    "simulator provider secret": ["sim-secret-for-tests"],
-    "store key": [STORE_SECRET, key.toString("hex"), key.toString("base64")],
+    "bridge provider secret": [stack.secrets.bridgeProviderSecret],
+    "simulator provider secret": [stack.secrets.homeProviderSecret],
+    "store key": [stack.secrets.storeKey, key.toString("hex"), key.toString("base64")],
   };
 }
 
@@ -81,7 +80,7 @@ describe("security", () => {
     const db = new BetterSqlite3(dbFile, { readonly: true });
     const rows = db.prepare("SELECT owner, ns, key, value FROM signal_records").all() as Array<{ owner: string; ns: string; key: string; value: Buffer }>;
     db.close();
-    const storeKey = deriveStoreKey(STORE_SECRET);
+    const storeKey = deriveStoreKey(stack.secrets.storeKey);
     const secretsAtRest: Array<{ what: string; bytes: Buffer }> = [];
     for (const row of rows) {
       const plain = new EncryptedRecordStore({ get: () => new Uint8Array(row.value), put: () => undefined, delete: () => undefined }, storeKey).get(row.ns, row.key)!;

@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -29,7 +30,34 @@ export interface StackOptions {
 
 export const HOME_DOMAIN = "whatsapp.example";
 export const PROVIDER_DOMAIN = "matrix.localhost";
-export const PROVISIONING_SECRET = "provisioning-secret-for-tests";
+/** Random per test process, like every secret of a stack: the bridge refuses known and short ones. */
+export const PROVISIONING_SECRET = crypto.randomBytes(24).toString("hex");
+
+/** The gateway's provider secrets and the bridge's store key of one stack. */
+export interface StackSecrets {
+  /** The bridge's secret on the gateway (network.provider_secret). */
+  bridgeProviderSecret: string;
+  /** The home provider's (the simulated WhatsApp side's) secret on the gateway. */
+  homeProviderSecret: string;
+  /** network.store_key. */
+  storeKey: string;
+}
+
+/**
+ * Random secrets, kept in the stack's folder (0600) so that a folder used again (the demo's
+ * demo-data) keeps its store key: the bridge's database is encrypted under it.
+ */
+function stackSecrets(dir: string): StackSecrets {
+  const file = path.join(dir, "secrets.json");
+  try {
+    return JSON.parse(fs.readFileSync(file, "utf8")) as StackSecrets;
+  } catch {
+    const random = () => crypto.randomBytes(24).toString("hex");
+    const secrets: StackSecrets = { bridgeProviderSecret: random(), homeProviderSecret: random(), storeKey: random() };
+    fs.writeFileSync(file, JSON.stringify(secrets), { mode: 0o600 });
+    return secrets;
+  }
+}
 
 /**
  * A whole product stack for one e2e test file: a real Synapse, our gateway, the WhatsApp
@@ -56,6 +84,7 @@ export class Stack {
     readonly appserviceUrl: string,
     /** The bridge's /metrics, /health and /ready listener. */
     readonly metricsUrl: string,
+    readonly secrets: StackSecrets,
   ) {
     this.sim = new SimApi(simUrl);
   }
@@ -83,6 +112,7 @@ export class Stack {
     const gatewayPort = ports.gateway ?? (await freePort());
     const simPort = ports.sim ?? (await freePort());
     const configPath = path.join(dir, "config.yaml");
+    const secrets = stackSecrets(dir);
     const existingRegistration = process.env.MATRIX_HOMESERVER_URL ? process.env.MATRIX_BRIDGE_REGISTRATION : undefined;
     if (process.env.MATRIX_HOMESERVER_URL && !existingRegistration) {
       throw new Error("MATRIX_HOMESERVER_URL is set: also set MATRIX_BRIDGE_REGISTRATION to the registration file installed on that homeserver");
@@ -98,9 +128,9 @@ export class Stack {
       network: {
         gateway_url: `ws://127.0.0.1:${gatewayPort}/v1`,
         provider_domain: PROVIDER_DOMAIN,
-        provider_secret: "bridge-secret-for-tests",
+        provider_secret: secrets.bridgeProviderSecret,
         home_domain: HOME_DOMAIN,
-        store_key: "store-key-for-tests",
+        store_key: secrets.storeKey,
         // The simulator hosts the WhatsApp side's media on its control API port.
         media: { bind_hostname: "127.0.0.1", port: mediaPort, allowed_hosts: [`127.0.0.1:${simPort}`] },
       },
@@ -124,15 +154,15 @@ export class Stack {
       "--port", String(gatewayPort),
       "--db", path.join(dir, "gateway.db"),
       "--home-provider", HOME_DOMAIN,
-      "--provider", `${HOME_DOMAIN}=sim-secret-for-tests`,
-      "--provider", `${PROVIDER_DOMAIN}=bridge-secret-for-tests`,
+      "--provider", `${HOME_DOMAIN}=${secrets.homeProviderSecret}`,
+      "--provider", `${PROVIDER_DOMAIN}=${secrets.bridgeProviderSecret}`,
       ...(opts.recordFrames === false ? [] : ["--record-frames", path.join(dir, "gateway-frames.log")]),
     ], path.join(dir, "gateway.log"), childEnv);
     const simProcess = new ManagedProcess("sim", process.execPath, [
       path.join(root, "dist", "sim", "main.js"),
       "--gateway", gatewayUrl,
       "--provider", HOME_DOMAIN,
-      "--secret", "sim-secret-for-tests",
+      "--secret", secrets.homeProviderSecret,
       "--port", String(simPort),
       "--db", path.join(dir, "sim.db"),
       ...(opts.simArgs ?? []),
@@ -140,7 +170,7 @@ export class Stack {
     const bridge = new ManagedProcess("bridge", process.execPath, [cli, "-c", configPath, "-f", registrationPath], path.join(dir, "bridge.log"));
     const stack = new Stack(
       name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl,
-      `http://127.0.0.1:${bridgePort}`, `http://127.0.0.1:${metricsPort}`,
+      `http://127.0.0.1:${bridgePort}`, `http://127.0.0.1:${metricsPort}`, secrets,
     );
     try {
       await gateway.start(/gateway listening/);

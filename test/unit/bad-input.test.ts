@@ -116,7 +116,14 @@ interface Target<E extends Error> {
 
 const validMimi = encodeMimi(newTextMessage({ sender: alice, room, markdown: "**hello** _world_" }));
 const validMimiJson = JSON.parse(JSON.stringify(mimiToJson(decodeMimi(validMimi)))) as unknown;
-const sampleConfig = YAML.parse(fs.readFileSync(path.resolve(__dirname, "../../../config/config.sample.yaml"), "utf8")) as unknown;
+/** The sample config with real secrets in place of its placeholders (which the bridge refuses). */
+function samplePlusSecrets(): Record<string, any> {
+  const c = YAML.parse(fs.readFileSync(path.resolve(__dirname, "../../../config/config.sample.yaml"), "utf8"));
+  c.network.provider_secret = "provider-secret-0123456789";
+  c.network.store_key = "store-key-0123456789abcdef";
+  return c;
+}
+const sampleConfig = samplePlusSecrets() as unknown;
 
 const targets: Target<Error>[] = [
   {
@@ -296,7 +303,7 @@ describe("bad input, generated", () => {
   });
 
   it("ghost ids: whatever a remote id or Matrix id looks like, the bridge only acts inside the namespace it registered", (t) => {
-    const config = validateConfig(YAML.parse(fs.readFileSync(path.resolve(__dirname, "../../../config/config.sample.yaml"), "utf8")), "/tmp");
+    const config = validateConfig(samplePlusSecrets(), "/tmp");
     const registration = fillRegistration(new AppServiceRegistration("http://127.0.0.1:1"), config, "http://127.0.0.1:1");
     const claimed = (id: string) => registration.isUserMatch(id, true);
     const ids = new GhostIds(config);

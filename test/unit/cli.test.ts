@@ -12,8 +12,13 @@ const cli = path.join(root, "dist", "src", "cli.js");
 const sample = path.join(root, "config", "config.sample.yaml");
 const vectors = process.env.MIMI_VECTORS_DIR ?? path.resolve(root, "../shared/vectors/mimi");
 
-function run(args: string[], input?: string) {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "buffer", input, env: { ...process.env, LOG_LEVEL: "warn" } });
+/** Real secrets through the environment overrides: the sample's own placeholders are refused. */
+const SECRETS_ENV = { BRIDGE_PROVIDER_SECRET: "provider-secret-0123456789", BRIDGE_STORE_KEY: "store-key-0123456789abcdef" };
+
+function run(args: string[], input?: string, env: Record<string, string | undefined> = SECRETS_ENV) {
+  const merged: Record<string, string | undefined> = { ...process.env, LOG_LEVEL: "warn", BRIDGE_PROVIDER_SECRET: undefined, BRIDGE_STORE_KEY: undefined, BRIDGE_PROVISIONING_SECRET: undefined, ...env };
+  for (const k of Object.keys(merged)) if (merged[k] === undefined) delete merged[k];
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "buffer", input, env: merged as NodeJS.ProcessEnv });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
 }
 
@@ -25,7 +30,9 @@ test("-r writes a registration with random tokens, the exclusive ghost namespace
   assert.match(r.stdout.toString(), /Writing the appservice registration to/);
   const reg = YAML.parse(fs.readFileSync(file, "utf8"));
   assert.equal(reg.url, "http://127.0.0.1:29400");
-  assert.equal(reg.sender_localpart, "interopbot");
+  // A random sender nobody sees; the bot is an ordinary user of the namespace (Synapse keeps no profile for the sender).
+  assert.match(reg.sender_localpart, /^interop-as-[0-9a-f]{24}$/);
+  assert.ok(reg.namespaces.users.some((n: { exclusive: boolean; regex: string }) => n.exclusive && n.regex === "^@interopbot:localhost$"), "the bot is in the exclusive namespace");
   assert.equal(reg.rate_limited, false);
   assert.equal(reg["de.sorunome.msc2409.push_ephemeral"], true);
   assert.match(reg.as_token, /^[0-9a-f]{64}$/);
@@ -36,6 +43,7 @@ test("-r writes a registration with random tokens, the exclusive ghost namespace
   const again = path.join(dir, "again.yaml");
   run(["-r", "-u", "http://127.0.0.1:29400", "-c", sample, "-f", again]);
   assert.notEqual(YAML.parse(fs.readFileSync(again, "utf8")).as_token, reg.as_token, "tokens are random per registration");
+  assert.notEqual(YAML.parse(fs.readFileSync(again, "utf8")).sender_localpart, reg.sender_localpart, "so is the sender");
 });
 
 test("a bad config stops the bridge with one line naming the field, exit code 1, no stack trace", () => {
@@ -50,6 +58,46 @@ test("a bad config stops the bridge with one line naming the field, exit code 1,
   assert.equal(missing.status, 1);
   assert.equal(missing.stderr.trim().split("\n").length, 1);
   assert.doesNotMatch(missing.stderr, /\n\s+at /, "no stack trace");
+});
+
+test("the sample config's placeholder secrets are refused with one line naming the field and its environment variable, exit 1", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-cli-"));
+  const reg = path.join(dir, "registration.yaml");
+  const asIs = run(["-c", sample, "-f", reg], undefined, {});
+  assert.equal(asIs.status, 1);
+  assert.match(asIs.stderr, /^matrix-interop-bridge: config error: network\.provider_secret \(or environment variable BRIDGE_PROVIDER_SECRET\): is a placeholder from the sample config: set .*\n$/);
+  assert.equal(asIs.stderr.split("\n").length, 2, "one line");
+  // -r refuses it too: a registration is made for a config that can run.
+  assert.equal(run(["-r", "-u", "http://127.0.0.1:29400", "-c", sample, "-f", reg], undefined, {}).status, 1);
+  assert.equal(fs.existsSync(reg), false);
+  const storeKey = run(["-c", sample, "-f", reg], undefined, { BRIDGE_PROVIDER_SECRET: SECRETS_ENV.BRIDGE_PROVIDER_SECRET });
+  assert.match(storeKey.stderr, /^matrix-interop-bridge: config error: network\.store_key \(or environment variable BRIDGE_STORE_KEY\): is a placeholder/);
+  const short = run(["-c", sample, "-f", reg], undefined, { ...SECRETS_ENV, BRIDGE_STORE_KEY: "only-15-chars.." });
+  assert.match(short.stderr, /^matrix-interop-bridge: config error: network\.store_key \(or environment variable BRIDGE_STORE_KEY\): is shorter than 16 characters/);
+  assert.equal(short.status, 1);
+  const provisioning = YAML.parse(fs.readFileSync(sample, "utf8"));
+  provisioning.provisioning.shared_secret = "change-me-to-a-long-random-string";
+  fs.writeFileSync(path.join(dir, "p.yaml"), YAML.stringify(provisioning));
+  const p = run(["-c", path.join(dir, "p.yaml"), "-f", reg]);
+  assert.match(p.stderr, /^matrix-interop-bridge: config error: provisioning\.shared_secret \(or environment variable BRIDGE_PROVISIONING_SECRET\): is a placeholder/);
+  assert.equal(p.status, 1);
+  assert.doesNotMatch(asIs.stderr + storeKey.stderr + short.stderr + p.stderr, /\n\s+at /, "no stack trace");
+});
+
+test("the repository's registration.yaml template is refused until -r overwrites it with real tokens", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-cli-"));
+  const reg = path.join(dir, "registration.yaml");
+  fs.copyFileSync(path.join(root, "registration.yaml"), reg);
+  const template = YAML.parse(fs.readFileSync(reg, "utf8"));
+  const refused = run(["-c", sample, "-f", reg]);
+  assert.equal(refused.status, 1);
+  assert.match(refused.stderr, /^matrix-interop-bridge: .*registration\.yaml: as_token is a placeholder \(the repository's template\); generate it with: matrix-interop-bridge -r .*\n$/);
+  assert.equal(refused.stderr.split("\n").length, 2, "one line");
+  assert.equal(run(["-r", "-u", "http://127.0.0.1:29400", "-c", sample, "-f", reg]).status, 0);
+  const written = YAML.parse(fs.readFileSync(reg, "utf8"));
+  assert.match(written.as_token, /^[0-9a-f]{64}$/);
+  assert.notEqual(written.as_token, template.as_token);
+  assert.notEqual(written.sender_localpart, template.sender_localpart);
 });
 
 test("a missing registration file is explained", () => {

@@ -8,8 +8,26 @@ import { ConfigError, loadConfig, validateConfig } from "../../src/config";
 
 const SAMPLE = path.resolve(__dirname, "../../../config/config.sample.yaml");
 
+const PROVIDER_SECRET = "provider-secret-0123456789";
+const STORE_KEY = "store-key-0123456789abcdef";
+
+/** The sample with real secrets in place of its placeholders (refused as they are). */
 function sample(): Record<string, any> {
-  return YAML.parse(fs.readFileSync(SAMPLE, "utf8"));
+  const c = YAML.parse(fs.readFileSync(SAMPLE, "utf8"));
+  c.network.provider_secret = PROVIDER_SECRET;
+  c.network.store_key = STORE_KEY;
+  return c;
+}
+
+/** Runs `fn` with environment variables set (undefined: unset), restoring them after. */
+function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  for (const [k, v] of Object.entries(vars)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  try {
+    return fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  }
 }
 
 function problem(mutate: (c: Record<string, any>) => void): string {
@@ -24,8 +42,8 @@ function problem(mutate: (c: Record<string, any>) => void): string {
   assert.fail("the config was accepted");
 }
 
-test("the sample config is valid and defaults are filled", () => {
-  const config = loadConfig(SAMPLE);
+test("the sample config, with real secrets, is valid and defaults are filled", () => {
+  const config = withEnv({ BRIDGE_PROVIDER_SECRET: PROVIDER_SECRET, BRIDGE_STORE_KEY: STORE_KEY }, () => loadConfig(SAMPLE));
   assert.equal(config.homeserver.domain, "localhost");
   assert.equal(config.appservice.ghosts.localpart_template, "whatsapp_{phone}");
   assert.ok(path.isAbsolute(config.database.path), "database path is resolved against the config's folder");
@@ -33,7 +51,7 @@ test("the sample config is valid and defaults are filled", () => {
     homeserver: { url: "http://hs:8008", domain: "hs" },
     appservice: { port: 1234 },
     database: { path: "/tmp/x.db" },
-    network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: "12345678", home_domain: "wa.example" },
+    network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: PROVIDER_SECRET, home_domain: "wa.example", store_key: STORE_KEY },
   });
   assert.equal(minimal.logging.level, "info");
   assert.equal(minimal.bridge.third_party_chats_default, false, "Third-Party Chats are opt-in");
@@ -58,7 +76,7 @@ test("each kind of bad value names its field", () => {
   assert.equal(problem((c) => delete c.network), "network: is missing");
   assert.equal(problem((c) => (c.bridge.permissions = { "*": "owner" })), 'bridge.permissions.*: must be one of "none", "user", "admin"');
   assert.equal(problem((c) => (c.bridge.permissions = { "@alice": "user" })), 'bridge.permissions.@alice: "@alice" is not a Matrix user id (@localpart:server)');
-  assert.equal(problem((c) => (c.provisioning = { shared_secret: "short" })), "provisioning.shared_secret: must be at least 16 characters");
+  assert.match(problem((c) => (c.provisioning = { shared_secret: "short" })), /^provisioning\.shared_secret \(or environment variable BRIDGE_PROVISIONING_SECRET\): is shorter than 16 characters/);
   assert.equal(problem((c) => (c.bridge.media_download_attempts = 0)), "bridge.media_download_attempts: must be >= 1");
 });
 
@@ -76,7 +94,7 @@ test("media settings: a folder next to the database by default, 30-day links, on
     homeserver: { url: "http://hs:8008", domain: "hs" },
     appservice: { port: 1234 },
     database: { path: "/srv/bridge/bridge.db" },
-    network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: "12345678", home_domain: "wa.example" },
+    network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: PROVIDER_SECRET, home_domain: "wa.example", store_key: STORE_KEY },
   });
   assert.equal(config.network.media.directory, "/srv/bridge/media");
   assert.equal(config.network.media.expiry_days, 30);
@@ -92,4 +110,26 @@ test("media settings: a folder next to the database by default, 30-day links, on
     c.network.media.allowed_hosts = [ok];
     assert.doesNotThrow(() => validateConfig(c), ok);
   }
+});
+
+test("known placeholders and short secrets are refused, naming the field and its environment variable", () => {
+  const unset = { BRIDGE_PROVIDER_SECRET: undefined, BRIDGE_STORE_KEY: undefined, BRIDGE_PROVISIONING_SECRET: undefined };
+  withEnv(unset, () => {
+    // The sample as published: its placeholders.
+    assert.throws(() => loadConfig(SAMPLE), (e: Error) => e instanceof ConfigError && /^network\.provider_secret \(or environment variable BRIDGE_PROVIDER_SECRET\): is a placeholder from the sample config/.test(e.message));
+    for (const placeholder of ["change-me", "change-me-too", "CHANGE-ME-please-0123456789", "a-long-random-secret-string"]) {
+      assert.match(problem((c) => (c.network.store_key = placeholder)), /^network\.store_key \(or environment variable BRIDGE_STORE_KEY\): is a placeholder/, placeholder);
+    }
+    assert.match(problem((c) => (c.network.provider_secret = "fifteen-chars.."))!, /^network\.provider_secret \(or environment variable BRIDGE_PROVIDER_SECRET\): is shorter than 16 characters/);
+    assert.match(problem((c) => delete c.network.store_key), /^network\.store_key \(or environment variable BRIDGE_STORE_KEY\): is missing/);
+    assert.match(problem((c) => (c.provisioning.shared_secret = "change-me-to-a-long-random-string")), /^provisioning\.shared_secret \(or environment variable BRIDGE_PROVISIONING_SECRET\): is a placeholder/);
+    assert.doesNotThrow(() => validateConfig(sample()), "16 characters and more, not a placeholder: accepted");
+  });
+  // The environment overrides the file, and is held to the same rule.
+  withEnv({ BRIDGE_STORE_KEY: "short" }, () => assert.match(problem(() => undefined), /^network\.store_key \(or environment variable BRIDGE_STORE_KEY\): is shorter than 16/));
+  withEnv({ BRIDGE_PROVIDER_SECRET: "from-the-environment-0123" }, () => {
+    const c = sample();
+    c.network.provider_secret = "change-me";
+    assert.equal(validateConfig(c).network.provider_secret, "from-the-environment-0123");
+  });
 });

@@ -235,7 +235,7 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
       homeserver: { url: "http://127.0.0.1:1", domain: "hs" },
       appservice: { port: 1 },
       database: { path: path.join(os.tmpdir(), "unused.db") },
-      network: { gateway_url: "ws://127.0.0.1:1/v1", provider_domain: "matrix.example", provider_secret: "secret-for-tests", home_domain: "whatsapp.example", media: {} },
+      network: { gateway_url: "ws://127.0.0.1:1/v1", provider_domain: "matrix.example", provider_secret: "secret-for-tests", home_domain: "whatsapp.example", store_key: "store-key-for-unit-tests", media: {} },
       bridge: {},
     });
 
