@@ -10,7 +10,7 @@
  *    (from, to, id) key. keys.fetch is the exception that merely wastes a key.
  *  - send() calls for one (from, to) pair are transmitted one at a time, in call
  *    order, so they are accepted (and delivered) in call order even across retries.
- *  - Queued events (deliver, delivered, profile, refused) of one user reach the handlers
+ *  - Queued events (deliver, delivered, profile, refused, group) of one user reach the handlers
  *    one at a time in seq order; the ack goes out only after the handler's promise
  *    resolves. Different users proceed in parallel.
  */
