@@ -6,6 +6,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
+import Database from "better-sqlite3";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { InteropClient } from "../../src/protocol/client.js";
@@ -21,6 +22,7 @@ import {
 } from "../../src/protocol/frames.js";
 import { encodeMimi, newTextMessage } from "../../src/protocol/mimi.js";
 import { MemoryRecordStore } from "../../src/protocol/signal.js";
+import { GatewayStore } from "../../gateway/store.js";
 import { GatewayProcess, until } from "../support/gateway-process.js";
 
 const HOME = "whatsapp.example";
@@ -333,6 +335,32 @@ describe("group messages end to end", () => {
       assert.equal(r.room, group.room);
       assert.equal(r.from, alice);
       assert.ok(Buffer.from((r.payload as { mimi: Uint8Array }).mimi).includes(Buffer.from(plaintext)));
+    }
+  });
+});
+
+describe("the gateway's database", () => {
+  it("takes a database made before groups: the queue gains its group column, its events stay", () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "gateway-groups-db-"));
+    const file = path.join(dir, "gateway.db");
+    try {
+      const store = new GatewayStore(file);
+      store.upsertAccount(wa1, HOME, true, "One", undefined);
+      store.upsertAccount(alice, BRIDGE, false, "Alice", undefined);
+      const accepted = store.acceptSend({ t: "send", rid: 1, from: alice, to: wa1, room: "mimi://whatsapp.example/r/dm-x", id: new Uint8Array(16), payload: fakeCiphertext("old") });
+      assert.equal(accepted.kind, "accepted");
+      store.close();
+      // What an older gateway left behind: no grp column, no group tables.
+      const db = new Database(file);
+      db.exec("ALTER TABLE queue DROP COLUMN grp; DROP TABLE groups; DROP TABLE group_members; DROP TABLE provider_features");
+      db.close();
+      const reopened = new GatewayStore(file);
+      const events = reopened.eventsAfter(wa1, 0, 10);
+      assert.deepEqual(events.map((e) => [e.type, e.group]), [["deliver", false]]);
+      assert.deepEqual(reopened.groupsOf(wa1), []);
+      reopened.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
