@@ -35,6 +35,7 @@ const wa3 = `mimi://${HOME}/u/+4915100000003`;
 const wa4 = `mimi://${HOME}/u/+4915100000004`;
 const alice = `mimi://${BRIDGE}/u/@alice:example.org`;
 const carol = `mimi://${BRIDGE}/u/@carol:example.org`; // Third-Party Chats off
+const dave = `mimi://${BRIDGE}/u/@dave:example.org`;
 const olga = `mimi://${OLD}/u/@olga:old.example.net`; // provider without the groups feature
 
 function client(gw: GatewayProcess, provider: keyof typeof SECRETS, features: string[] = [FEATURE_GROUPS]): InteropClient {
@@ -89,8 +90,10 @@ describe("group rooms on the gateway", () => {
     }
     await bridge.client.enlist(alice, "Alice");
     await bridge.client.enlist(carol, "Carol", { thirdPartyChats: false });
+    await bridge.client.enlist(dave, "Dave");
     await bridge.client.login(alice);
     await bridge.client.login(carol);
+    await bridge.client.login(dave);
     await old.enlist(olga, "Olga");
   });
 
@@ -223,6 +226,16 @@ describe("group rooms on the gateway", () => {
     // wa4 is no member: it may neither send into the room nor be sent to there.
     await assert.rejects(home.client.send({ from: wa4, to: wa1, room, payload: fakeCiphertext("x") }), rejectsWith("not_member"));
     await assert.rejects(home.client.send({ from: wa1, to: wa4, room, payload: fakeCiphertext("x") }), rejectsWith("not_member"));
+    // Members whose setting goes off later stay members, but nothing passes between them and third parties.
+    await home.client.addGroupMember(wa1, room, dave);
+    await bridge.client.send({ from: alice, to: dave, room, payload: fakeCiphertext("between bridges, with a WhatsApp host") });
+    await bridge.client.setSettings(dave, { thirdPartyChats: false });
+    await assert.rejects(bridge.client.send({ from: alice, to: dave, room, payload: fakeCiphertext("x") }), rejectsWith("not_opted_in"));
+    await assert.rejects(home.client.send({ from: wa1, to: dave, room, payload: fakeCiphertext("x") }), rejectsWith("not_opted_in"));
+    await home.client.setSettings(wa3, { thirdPartyChats: false });
+    await assert.rejects(bridge.client.send({ from: alice, to: wa3, room, payload: fakeCiphertext("x") }), rejectsWith("third_party_disabled"));
+    await home.client.send({ from: wa1, to: wa3, room, payload: fakeCiphertext("WhatsApp to WhatsApp is unaffected") });
+    await home.client.setSettings(wa3, { thirdPartyChats: true });
     // Nor may a member who was removed.
     await home.client.removeGroupMember(wa1, room, wa3);
     await assert.rejects(home.client.send({ from: wa3, to: alice, room, payload: fakeCiphertext("x") }), rejectsWith("not_member"));
