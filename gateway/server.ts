@@ -784,6 +784,8 @@ export class GatewayServer {
       const store = this.store!;
       if (!group.members.some((m) => store.getAccount(m.user)?.home))
         throw new ProtocolError("forbidden", `${what}: a group without WhatsApp members does not relay between third-party users`);
+      const off = [from, to].find((a) => !a.thirdPartyChats);
+      if (off) throw new ProtocolError("not_opted_in", `${off.user} has not turned Third-Party Chats on`);
       return;
     }
     this.checkReachable(from, to);
