@@ -376,7 +376,12 @@ export class GatewayServer {
     conn.provider = hello.provider;
     conn.features = new Set((hello.features ?? []).filter((f) => KNOWN_FEATURES.includes(f)));
     // Whether this provider's users can be added to groups follows from its latest hello.
-    this.store!.setProviderFeatures(hello.provider, [...conn.features]);
+    try {
+      this.store!.setProviderFeatures(hello.provider, [...conn.features]);
+    } catch (err) {
+      // The connection still works; group additions keep going by the previous record.
+      this.log.warn("could not record the provider's features", { conn: conn.id, provider: hello.provider, error: (err as Error).message });
+    }
     if (hello.resume) {
       const old = this.connections.get(hello.resume);
       if (old && old !== conn && old.provider === hello.provider) {
