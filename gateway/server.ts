@@ -17,13 +17,18 @@ import { getLogger, type Logger } from "../src/logging.js";
 import {
   CloseCode,
   DEFAULT_LIMITS,
+  FEATURE_GROUPS,
+  GROUP_REQUEST_TYPES,
+  KNOWN_FEATURES,
   PROTOCOL_PATH,
   PROTOCOL_VERSION,
   ProtocolError,
   decodeFrame,
   dmRoomUri,
   encodeFrame,
+  groupRoomUri,
   isE164,
+  isGroupRoom,
   isValidProviderDomain,
   parseMimiUri,
   peekRid,
@@ -31,6 +36,9 @@ import {
   type AckFrame,
   type ErrorCode,
   type Frame,
+  type GroupChange,
+  type GroupRefusal,
+  type GroupState,
   type HelloFrame,
   type Limits,
   type OkFrame,
@@ -90,6 +98,8 @@ interface Connection {
   remote: string;
   provider?: string;
   sessions: Map<string, Session>;
+  /** Optional features negotiated in hello/welcome. */
+  features: Set<string>;
   lastReceived: number;
   lastPingSent: number;
   badFrames: number;
@@ -246,6 +256,7 @@ export class GatewayServer {
       ws,
       remote: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
       sessions: new Map(),
+      features: new Set(),
       lastReceived: Date.now(),
       lastPingSent: 0,
       badFrames: 0,
@@ -363,6 +374,14 @@ export class GatewayServer {
       return;
     }
     conn.provider = hello.provider;
+    conn.features = new Set((hello.features ?? []).filter((f) => KNOWN_FEATURES.includes(f)));
+    // Whether this provider's users can be added to groups follows from its latest hello.
+    try {
+      this.store!.setProviderFeatures(hello.provider, [...conn.features]);
+    } catch (err) {
+      // The connection still works; group additions keep going by the previous record.
+      this.log.warn("could not record the provider's features", { conn: conn.id, provider: hello.provider, error: (err as Error).message });
+    }
     if (hello.resume) {
       const old = this.connections.get(hello.resume);
       if (old && old !== conn && old.provider === hello.provider) {
@@ -382,6 +401,7 @@ export class GatewayServer {
       pingIntervalMs: this.config.pingIntervalMs,
       idleTimeoutMs: this.config.idleTimeoutMs,
       limits: this.config.limits,
+      features: [...conn.features].sort(),
     });
     this.log.info("provider connected", { conn: conn.id, provider: conn.provider, remote: conn.remote });
   }
@@ -450,7 +470,15 @@ export class GatewayServer {
       case "keys.publish":
       case "keys.fetch":
       case "keys.count":
-      case "send": {
+      case "send":
+      case "group.create":
+      case "group.add":
+      case "group.remove":
+      case "group.leave":
+      case "group.update":
+      case "group.admin":
+      case "group.get":
+      case "group.list": {
         this.takeToken(conn);
         const answer = this.handleRequest(conn, frame);
         this.sendFrame(conn, { t: "ok", rid: frame.rid, ...answer });
@@ -465,6 +493,8 @@ export class GatewayServer {
 
   private handleRequest(conn: Connection, frame: RequestFrame): Omit<OkFrame, "t" | "rid"> {
     const store = this.store!;
+    if (GROUP_REQUEST_TYPES.has(frame.t) && !conn.features.has(FEATURE_GROUPS))
+      throw new ProtocolError("not_supported", `${frame.t}: announce the "${FEATURE_GROUPS}" feature in hello first`);
     switch (frame.t) {
       case "login": {
         this.requireOwnUser(conn, frame.user, "user");
@@ -499,6 +529,8 @@ export class GatewayServer {
         this.requireOwnUser(conn, frame.user, "user");
         if (conn.provider === this.config.homeProvider)
           throw new ProtocolError("forbidden", "unenlist: home provider accounts cannot be unenlisted");
+        // Out of every group first, so the other members hear that the user left.
+        for (const group of store.groupsOf(frame.user)) this.leaveGroup(group, frame.user);
         store.deleteAccount(frame.user);
         const session = this.sessions.get(frame.user);
         if (session) {
@@ -561,7 +593,207 @@ export class GatewayServer {
         return { remaining: store.countOneTimeKeys(frame.user) };
       case "send":
         return this.onSend(conn, frame);
+      case "group.create":
+        return this.onGroupCreate(conn, frame);
+      case "group.add": {
+        this.requireSession(conn, frame.by, "by");
+        const group = this.requireGroup(frame.room);
+        this.requireAdmin(group, frame.by, frame.t);
+        if (group.members.some((m) => m.user === frame.user)) return { group };
+        if (group.members.length >= this.maxGroupMembers)
+          throw new ProtocolError("too_large", `group.add: the group has ${this.maxGroupMembers} members already`);
+        const refusal = this.joinRefusal(group.members.map((m) => m.user), frame.user);
+        if (refusal) throw new ProtocolError(refusal.code, `group.add: ${refusal.message}`);
+        const next = this.nextRev(group, { members: [...group.members, { user: frame.user, admin: false }] });
+        this.commitGroup(next, { change: "added", by: frame.by, subject: frame.user });
+        return { group: next };
+      }
+      case "group.remove": {
+        this.requireSession(conn, frame.by, "by");
+        const group = this.requireGroup(frame.room);
+        this.requireAdmin(group, frame.by, frame.t);
+        if (frame.user === frame.by) throw new ProtocolError("bad_frame", "group.remove: to leave a group, use group.leave", { field: "group.remove.user" });
+        // Removing somebody who is not (or no longer) a member changes nothing: a retried remove gets ok.
+        if (!group.members.some((m) => m.user === frame.user)) return { group };
+        const next = this.withAnAdmin(this.nextRev(group, { members: group.members.filter((m) => m.user !== frame.user) }));
+        this.commitGroup(next, { change: "removed", by: frame.by, subject: frame.user }, [frame.user]);
+        return { group: next };
+      }
+      case "group.leave": {
+        this.requireSession(conn, frame.by, "by");
+        const group = this.requireGroup(frame.room);
+        // Not a member (any more): nothing to do, and nothing of the group is shown.
+        if (!group.members.some((m) => m.user === frame.by)) return {};
+        this.leaveGroup(group, frame.by);
+        return {};
+      }
+      case "group.update":
+        return this.onGroupUpdate(conn, frame);
+      case "group.admin": {
+        this.requireSession(conn, frame.by, "by");
+        const group = this.requireGroup(frame.room);
+        this.requireAdmin(group, frame.by, frame.t);
+        const target = group.members.find((m) => m.user === frame.user);
+        if (!target) throw new ProtocolError("not_member", `group.admin: ${frame.user} is not a member of ${frame.room}`);
+        if (target.admin === frame.admin) return { group };
+        if (!frame.admin && group.members.filter((m) => m.admin).length === 1)
+          throw new ProtocolError("forbidden", "group.admin: a group keeps at least one admin");
+        const next = this.nextRev(group, { members: group.members.map((m) => (m.user === frame.user ? { user: m.user, admin: frame.admin } : m)) });
+        this.commitGroup(next, { change: "admin", by: frame.by, subject: frame.user });
+        return { group: next };
+      }
+      case "group.get": {
+        this.requireSession(conn, frame.by, "by");
+        const group = this.requireGroup(frame.room);
+        this.requireMember(group, frame.by, frame.t);
+        return { group };
+      }
+      case "group.list":
+        this.requireSession(conn, frame.user, "user");
+        return { groups: store.groupsOf(frame.user) };
     }
+  }
+
+  // -------------------------------------------------------------------- groups
+
+  private get maxGroupMembers(): number {
+    return this.config.limits.maxGroupMembers ?? DEFAULT_LIMITS.maxGroupMembers;
+  }
+
+  private onGroupCreate(conn: Connection, frame: Extract<RequestFrame, { t: "group.create" }>): Omit<OkFrame, "t" | "rid"> {
+    const store = this.store!;
+    this.requireSession(conn, frame.by, "by");
+    const room = groupRoomUri(frame.by, frame.id, this.config.roomDomain);
+    const existing = store.getGroup(room);
+    // A retry (the ok was lost): the same group, its refusals, and nothing new.
+    if (existing) return { group: existing, refused: store.createRefusals(room), duplicate: true };
+    const creator = store.getAccount(frame.by)!;
+    if (!creator.home && !creator.thirdPartyChats)
+      throw new ProtocolError("not_opted_in", `group.create: ${frame.by} has not turned Third-Party Chats on`);
+    const candidates = [...new Set(frame.members)].filter((u) => u !== frame.by);
+    if (candidates.length + 1 > this.maxGroupMembers)
+      throw new ProtocolError("too_large", `group.create: more than ${this.maxGroupMembers} members`);
+    const members = [frame.by];
+    const refused: GroupRefusal[] = [];
+    // In the order given, each against those already in: the same answer group.add would give.
+    for (const user of candidates) {
+      const refusal = this.joinRefusal(members, user);
+      if (refusal) refused.push({ user, code: refusal.code });
+      else members.push(user);
+    }
+    const group: GroupState = {
+      room,
+      rev: 1,
+      name: frame.name,
+      creator: frame.by,
+      created: store.now(),
+      members: members.map((user) => ({ user, admin: user === frame.by })),
+    };
+    if (frame.topic) group.topic = frame.topic;
+    if (frame.picture) group.picture = frame.picture;
+    this.commitGroup(group, { change: "created", by: frame.by }, [], refused);
+    this.log.debug("group created", { room, members: members.length, refused: refused.length });
+    return { group, refused };
+  }
+
+  private onGroupUpdate(conn: Connection, frame: Extract<RequestFrame, { t: "group.update" }>): Omit<OkFrame, "t" | "rid"> {
+    this.requireSession(conn, frame.by, "by");
+    if (frame.picture && frame.removePicture)
+      throw new ProtocolError("bad_frame", "group.update: picture and removePicture exclude each other", { field: "group.update.removePicture" });
+    if (frame.name === undefined && frame.topic === undefined && frame.picture === undefined && !frame.removePicture)
+      throw new ProtocolError("bad_frame", "group.update: give name, topic, picture or removePicture", { field: "group.update" });
+    let group = this.requireGroup(frame.room);
+    this.requireAdmin(group, frame.by, frame.t);
+    // One event per field that changed, each with its own rev, in one transaction.
+    const steps: Array<[GroupChange, Partial<GroupState>, boolean]> = [];
+    if (frame.name !== undefined && frame.name !== group.name) steps.push(["name", { name: frame.name }, false]);
+    if (frame.topic !== undefined && frame.topic !== (group.topic ?? "")) steps.push(["topic", { topic: frame.topic }, frame.topic === ""]);
+    if (frame.picture !== undefined && !samePicture(frame.picture, group.picture)) steps.push(["picture", { picture: frame.picture }, false]);
+    if (frame.removePicture && group.picture) steps.push(["picture", {}, true]);
+    this.store!.transaction(() => {
+      for (const [change, fields, clear] of steps) {
+        const next = this.nextRev(group, fields);
+        if (clear && change === "topic") delete next.topic;
+        if (clear && change === "picture") delete next.picture;
+        this.commitGroup(next, { change, by: frame.by });
+        group = next;
+      }
+    });
+    return { group };
+  }
+
+  /** The member leaves; if it was the last admin, the longest-standing member becomes one. */
+  private leaveGroup(group: GroupState, user: string): void {
+    const next = this.withAnAdmin(this.nextRev(group, { members: group.members.filter((m) => m.user !== user) }));
+    this.commitGroup(next, { change: "left", by: user, subject: user }, [user]);
+  }
+
+  private nextRev(group: GroupState, fields: Partial<GroupState>): GroupState {
+    return { ...group, ...fields, rev: group.rev + 1 };
+  }
+
+  private withAnAdmin(group: GroupState): GroupState {
+    if (group.members.length === 0 || group.members.some((m) => m.admin)) return group;
+    return { ...group, members: group.members.map((m, i) => (i === 0 ? { user: m.user, admin: true } : m)) };
+  }
+
+  private commitGroup(next: GroupState, event: { change: GroupChange; by: string; subject?: string }, alsoNotify: string[] = [], refused?: GroupRefusal[]): void {
+    for (const user of this.store!.commitGroup(next, event, alsoNotify, refused)) this.pump(user);
+  }
+
+  private requireGroup(room: string): GroupState {
+    const group = isGroupRoom(room) ? this.store!.getGroup(room) : undefined;
+    if (!group) throw new ProtocolError("unknown_room", `${room} is not a group room of this gateway`);
+    return group;
+  }
+
+  private requireMember(group: GroupState, user: string, what: string): void {
+    if (!group.members.some((m) => m.user === user)) throw new ProtocolError("not_member", `${what}: ${user} is not a member of ${group.room}`);
+  }
+
+  private requireAdmin(group: GroupState, user: string, what: string): void {
+    const member = group.members.find((m) => m.user === user);
+    if (!member) throw new ProtocolError("not_member", `${what}: ${user} is not a member of ${group.room}`);
+    if (!member.admin) throw new ProtocolError("forbidden", `${what}: only the group's admins may do this`);
+  }
+
+  /**
+   * Why `user` may not join a group whose members are `members`, or undefined if it may
+   * (§3.3.3): it has an account, its provider speaks groups, and a group with a third-party
+   * member has only members with Third-Party Chats on.
+   */
+  private joinRefusal(members: string[], user: string): { code: ErrorCode; message: string } | undefined {
+    const store = this.store!;
+    const candidate = store.getAccount(user);
+    if (!candidate) return { code: "unknown_user", message: `no account ${user}` };
+    if (!store.providerFeatures(candidate.provider).has(FEATURE_GROUPS))
+      return { code: "not_supported", message: `the provider of ${user} does not support groups` };
+    const accounts = members.map((m) => store.getAccount(m)).filter((a): a is Account => a !== undefined);
+    if (!candidate.home) {
+      if (!candidate.thirdPartyChats) return { code: "not_opted_in", message: `${user} has not turned Third-Party Chats on` };
+      const off = accounts.find((a) => a.home && !a.thirdPartyChats);
+      if (off) return { code: "third_party_disabled", message: `member ${off.user} has Third-Party Chats turned off` };
+    } else if (!candidate.thirdPartyChats && accounts.some((a) => !a.home)) {
+      return { code: "third_party_disabled", message: `${user} has Third-Party Chats turned off` };
+    }
+    return undefined;
+  }
+
+  /** §3.3.4: both are members; a home member takes part; each side's setting as in §6.4. */
+  private checkGroupSend(what: string, from: Account, to: Account, room: string): void {
+    const group = this.requireGroup(room);
+    this.requireMember(group, from.user, what);
+    if (!group.members.some((m) => m.user === to.user)) throw new ProtocolError("not_member", `${what}: ${to.user} is not a member of ${room}`);
+    if (from.home && to.home) return;
+    if (!from.home && !to.home) {
+      const store = this.store!;
+      if (!group.members.some((m) => store.getAccount(m.user)?.home))
+        throw new ProtocolError("forbidden", `${what}: a group without WhatsApp members does not relay between third-party users`);
+      const off = [from, to].find((a) => !a.thirdPartyChats);
+      if (off) throw new ProtocolError("not_opted_in", `${off.user} has not turned Third-Party Chats on`);
+      return;
+    }
+    this.checkReachable(from, to);
   }
 
   private onSend(conn: Connection, frame: Extract<RequestFrame, { t: "send" }>): Omit<OkFrame, "t" | "rid"> {
@@ -582,6 +814,12 @@ export class GatewayServer {
     if (prior) return this.sendOutcome(frame, prior);
     const recipient = store.getAccount(frame.to);
     if (!recipient) throw new ProtocolError("unknown_user", `send: no account ${frame.to}`);
+    if (isGroupRoom(frame.room)) {
+      if (!conn.features.has(FEATURE_GROUPS))
+        throw new ProtocolError("not_supported", `send: announce the "${FEATURE_GROUPS}" feature in hello to send to group rooms`);
+      this.checkGroupSend("send", store.getAccount(frame.from)!, recipient, frame.room);
+      return this.sendOutcome(frame, store.acceptSend(frame, true));
+    }
     this.checkRoom(frame.from, frame.to, frame.room);
     this.checkReachable(store.getAccount(frame.from)!, recipient, frame.room);
     return this.sendOutcome(frame, store.acceptSend(frame));
@@ -629,10 +867,17 @@ export class GatewayServer {
     this.requireSession(conn, frame.from, "from");
     const recipient = store.getAccount(frame.to);
     if (!recipient) throw new ProtocolError("unknown_user", `typing: no account ${frame.to}`);
-    this.checkRoom(frame.from, frame.to, frame.room);
-    this.checkReachable(store.getAccount(frame.from)!, recipient);
+    const inGroup = isGroupRoom(frame.room);
+    if (inGroup) {
+      if (!conn.features.has(FEATURE_GROUPS))
+        throw new ProtocolError("not_supported", `typing: announce the "${FEATURE_GROUPS}" feature in hello to use group rooms`);
+      this.checkGroupSend("typing", store.getAccount(frame.from)!, recipient, frame.room);
+    } else {
+      this.checkRoom(frame.from, frame.to, frame.room);
+      this.checkReachable(store.getAccount(frame.from)!, recipient);
+    }
     const target = this.sessions.get(frame.to);
-    if (target) this.sendFrame(target.conn, frame);
+    if (target && (!inGroup || target.conn.features.has(FEATURE_GROUPS))) this.sendFrame(target.conn, frame);
   }
 
   /** Sends queued events to the user's session, up to the delivery window. */
@@ -642,6 +887,9 @@ export class GatewayServer {
     const room = this.config.deliveryWindow - session.inFlight.length;
     if (room <= 0) return;
     for (const event of this.store!.eventsAfter(user, session.sentUpTo, room)) {
+      // A connection without the groups feature is never sent group traffic: the queue waits
+      // there until the user logs in on one that has it (§4.1).
+      if (event.group && !session.conn.features.has(FEATURE_GROUPS)) break;
       this.sendRaw(session.conn, event.frame);
       session.sentUpTo = event.seq;
       session.inFlight.push(event.seq);
@@ -707,4 +955,9 @@ export class GatewayServer {
       throw new ProtocolError("not_opted_in", `${thirdPartySide.user} has not turned Third-Party Chats on`);
     }
   }
+}
+
+function samePicture(a: GroupState["picture"], b: GroupState["picture"]): boolean {
+  if (!a || !b) return a === b;
+  return a.url === b.url && a.mimetype === b.mimetype && a.size === b.size && Buffer.compare(a.sha256, b.sha256) === 0;
 }

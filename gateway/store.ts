@@ -11,6 +11,10 @@ import {
   type Avatar,
   type DeliverFrame,
   type DeliveredFrame,
+  type GroupChange,
+  type GroupEventFrame,
+  type GroupRefusal,
+  type GroupState,
   type KeysPublishFrame,
   type PreKeyBundle,
   type ProfileFrame,
@@ -32,6 +36,8 @@ export interface QueuedEvent {
   type: string;
   /** The event exactly as it goes on the wire (deterministic CBOR, seq included). */
   frame: Uint8Array;
+  /** It belongs to a group room: only connections with the groups feature may receive it. */
+  group: boolean;
 }
 
 export type AcceptResult =
@@ -89,6 +95,7 @@ CREATE TABLE IF NOT EXISTS queue (
   room TEXT,
   msg_id BLOB,
   created_at INTEGER NOT NULL,
+  grp INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (user, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queue_created ON queue (created_at);
@@ -108,7 +115,49 @@ CREATE TABLE IF NOT EXISTS room_members (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS room_members_user ON room_members (user);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Group rooms (feature "groups"): the room is derived from (creator, create_id).
+CREATE TABLE IF NOT EXISTS groups (
+  room TEXT PRIMARY KEY,
+  creator TEXT NOT NULL,
+  rev INTEGER NOT NULL,
+  name TEXT NOT NULL,
+  topic TEXT,
+  picture_url TEXT,
+  picture_mimetype TEXT,
+  picture_size INTEGER,
+  picture_sha256 BLOB,
+  created_at INTEGER NOT NULL,
+  -- JSON [{user, code}]: what group.create could not add, repeated to a retried create
+  create_refused TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS group_members (
+  room TEXT NOT NULL,
+  user TEXT NOT NULL,
+  admin INTEGER NOT NULL,
+  position INTEGER NOT NULL,
+  PRIMARY KEY (room, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_members_user ON group_members (user);
+-- The optional features each provider announced in its latest hello.
+CREATE TABLE IF NOT EXISTS provider_features (
+  provider TEXT PRIMARY KEY,
+  features TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
 `;
+
+interface GroupRow {
+  room: string;
+  creator: string;
+  rev: number;
+  name: string;
+  topic: string | null;
+  picture_url: string | null;
+  picture_mimetype: string | null;
+  picture_size: number | null;
+  picture_sha256: Buffer | null;
+  created_at: number;
+}
 
 interface AccountRow {
   user: string;
@@ -136,6 +185,10 @@ export class GatewayStore {
     this.db.pragma("journal_mode = WAL");
     this.db.pragma(`synchronous = ${opts.synchronous ?? "FULL"}`);
     this.db.pragma("foreign_keys = ON");
+    // Databases made before groups have a queue without the grp column; CREATE IF NOT EXISTS keeps theirs.
+    const queueExists = this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue'").get();
+    if (queueExists && !(this.db.pragma("table_info(queue)") as { name: string }[]).some((c) => c.name === "grp"))
+      this.db.exec("ALTER TABLE queue ADD COLUMN grp INTEGER NOT NULL DEFAULT 0");
     this.db.exec(SCHEMA);
     this.upgrade();
     this.maxQueuePerUser = opts.maxQueuePerUser ?? 10_000;
@@ -255,19 +308,150 @@ export class GatewayStore {
       this.db.prepare("DELETE FROM queue WHERE user = ?").run(user);
       this.db.prepare("UPDATE queue_state SET acked_seq = last_seq WHERE user = ?").run(user);
       this.db.prepare("DELETE FROM room_members WHERE user = ?").run(user);
+      // The gateway has already taken the user out of its groups (with events); this is the backstop.
+      this.db.prepare("DELETE FROM group_members WHERE user = ?").run(user);
       return existed;
     })();
   }
 
-  /** Users who share at least one room with `user` (the audience of its profile changes). */
+  /** Users who share at least one room (1:1 or group) with `user`: the audience of its profile changes. */
   roomPeers(user: string): string[] {
     const rows = this.db
       .prepare(
-        `SELECT DISTINCT b.user AS user FROM room_members a JOIN room_members b ON a.room = b.room
-         WHERE a.user = ? AND b.user != ? ORDER BY b.user`,
+        `SELECT b.user AS user FROM room_members a JOIN room_members b ON a.room = b.room WHERE a.user = ? AND b.user != ?
+         UNION
+         SELECT b.user AS user FROM group_members a JOIN group_members b ON a.room = b.room WHERE a.user = ? AND b.user != ?
+         ORDER BY user`,
       )
-      .all(user, user) as { user: string }[];
+      .all(user, user, user, user) as { user: string }[];
     return rows.map((r) => r.user);
+  }
+
+  /** Runs `fn` in one transaction (nested calls join the outer one). */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  // ------------------------------------------------------------------ features
+
+  /** Records the features a provider announced in its latest hello. */
+  setProviderFeatures(provider: string, features: readonly string[]): void {
+    this.db
+      .prepare(
+        `INSERT INTO provider_features (provider, features, updated_at) VALUES (?, ?, ?)
+         ON CONFLICT (provider) DO UPDATE SET features = excluded.features, updated_at = excluded.updated_at`,
+      )
+      .run(provider, JSON.stringify([...features].sort()), Date.now());
+  }
+
+  providerFeatures(provider: string): Set<string> {
+    const row = this.db.prepare("SELECT features FROM provider_features WHERE provider = ?").get(provider) as
+      | { features: string }
+      | undefined;
+    return new Set(row ? (JSON.parse(row.features) as string[]) : []);
+  }
+
+  // -------------------------------------------------------------------- groups
+
+  getGroup(room: string): GroupState | undefined {
+    const row = this.db.prepare("SELECT * FROM groups WHERE room = ?").get(room) as GroupRow | undefined;
+    if (!row) return undefined;
+    const members = this.db
+      .prepare("SELECT user, admin FROM group_members WHERE room = ? ORDER BY position")
+      .all(room) as { user: string; admin: number }[];
+    const group: GroupState = {
+      room,
+      rev: row.rev,
+      name: row.name,
+      creator: row.creator,
+      created: row.created_at,
+      members: members.map((m) => ({ user: m.user, admin: m.admin === 1 })),
+    };
+    if (row.topic !== null) group.topic = row.topic;
+    if (row.picture_url !== null && row.picture_sha256 !== null)
+      group.picture = {
+        url: row.picture_url,
+        mimetype: row.picture_mimetype ?? "application/octet-stream",
+        size: row.picture_size ?? 0,
+        sha256: bytes(row.picture_sha256),
+      };
+    return group;
+  }
+
+  /** What group.create could not add when the group was made. */
+  createRefusals(room: string): GroupRefusal[] {
+    const row = this.db.prepare("SELECT create_refused FROM groups WHERE room = ?").get(room) as
+      | { create_refused: string }
+      | undefined;
+    return row ? (JSON.parse(row.create_refused) as GroupRefusal[]) : [];
+  }
+
+  /** The groups `user` is a member of, oldest first. */
+  groupsOf(user: string): GroupState[] {
+    const rows = this.db
+      .prepare(
+        "SELECT g.room AS room FROM group_members m JOIN groups g ON g.room = m.room WHERE m.user = ? ORDER BY g.created_at, g.room",
+      )
+      .all(user) as { room: string }[];
+    return rows.map((r) => this.getGroup(r.room)!);
+  }
+
+  /**
+   * Stores `next` (whose rev must be one more than the stored one, or 1 for a new group) and
+   * queues a group event about it to every member of `next` and to `alsoNotify` (a member who
+   * just left or was removed), in one transaction. A member whose queue is full misses the
+   * event (group.get has the state). Returns the users whose queues received it.
+   */
+  commitGroup(
+    next: GroupState,
+    event: { change: GroupChange; by: string; subject?: string },
+    alsoNotify: string[] = [],
+    createRefused?: GroupRefusal[],
+  ): string[] {
+    return this.db.transaction(() => {
+      const before = this.db.prepare("SELECT rev FROM groups WHERE room = ?").get(next.room) as { rev: number } | undefined;
+      if ((before?.rev ?? 0) + 1 !== next.rev) throw new Error(`group ${next.room}: rev ${next.rev} does not follow ${before?.rev ?? 0}`);
+      const pic = next.picture
+        ? [next.picture.url, next.picture.mimetype, next.picture.size, Buffer.from(next.picture.sha256)]
+        : [null, null, null, null];
+      if (!before)
+        this.db
+          .prepare(
+            `INSERT INTO groups (room, creator, rev, name, topic, picture_url, picture_mimetype, picture_size, picture_sha256,
+               created_at, create_refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          )
+          .run(next.room, next.creator, next.rev, next.name, next.topic ?? null, ...pic, next.created, JSON.stringify(createRefused ?? []));
+      else
+        this.db
+          .prepare(
+            `UPDATE groups SET rev = ?, name = ?, topic = ?, picture_url = ?, picture_mimetype = ?, picture_size = ?,
+               picture_sha256 = ? WHERE room = ?`,
+          )
+          .run(next.rev, next.name, next.topic ?? null, ...pic, next.room);
+      this.db.prepare("DELETE FROM group_members WHERE room = ?").run(next.room);
+      const insert = this.db.prepare("INSERT INTO group_members (room, user, admin, position) VALUES (?, ?, ?, ?)");
+      next.members.forEach((m, i) => insert.run(next.room, m.user, m.admin ? 1 : 0, i));
+      const now = this.now();
+      const audience = [...new Set([...next.members.map((m) => m.user), ...alsoNotify])];
+      const notified: string[] = [];
+      for (const user of audience) {
+        if (this.queuedCount(user) >= this.maxQueuePerUser) continue;
+        this.enqueue(
+          user,
+          "group",
+          (seq) => {
+            const frame: GroupEventFrame = { t: "group", seq, user, room: next.room, change: event.change, by: event.by, group: next, ts: now };
+            if (event.subject !== undefined) frame.subject = event.subject;
+            return encodeFrame(frame);
+          },
+          now,
+          undefined,
+          true,
+        );
+        notified.push(user);
+      }
+      return notified;
+    })();
   }
 
   // ------------------------------------------------------------- key directory
@@ -391,13 +575,14 @@ export class GatewayStore {
     build: (seq: number) => Uint8Array,
     now: number,
     deliverMeta?: { sender: string; room: string; id?: Uint8Array },
+    group = false,
   ): number {
     this.db.prepare("INSERT INTO queue_state (user, last_seq, acked_seq) VALUES (?, 0, 0) ON CONFLICT DO NOTHING").run(user);
     const seq = this.lastSeq(user) + 1;
     this.db.prepare("UPDATE queue_state SET last_seq = ? WHERE user = ?").run(seq, user);
     this.db
       .prepare(
-        "INSERT INTO queue (user, seq, type, frame, sender, room, msg_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO queue (user, seq, type, frame, sender, room, msg_id, created_at, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
       )
       .run(
         user,
@@ -408,6 +593,7 @@ export class GatewayStore {
         deliverMeta?.room ?? null,
         deliverMeta?.id ? Buffer.from(deliverMeta.id) : null,
         now,
+        group ? 1 : 0,
       );
     return seq;
   }
@@ -430,7 +616,7 @@ export class GatewayStore {
    * recipient's queue, in one transaction. A repeat of (from, to, id) gets the
    * first answer back and enqueues nothing.
    */
-  acceptSend(frame: SendFrame): AcceptResult {
+  acceptSend(frame: SendFrame, inGroup = false): AcceptResult {
     return this.db.transaction((): AcceptResult => {
       const prior = this.priorSend(frame);
       if (prior) return prior;
@@ -452,13 +638,17 @@ export class GatewayStore {
           } satisfies DeliverFrame),
         ts,
         { sender: frame.from, room: frame.room, id: frame.id },
+        inGroup,
       );
       this.db
         .prepare("INSERT INTO sends (sender, recipient, msg_id, ts, created_at) VALUES (?, ?, ?, ?, ?)")
         .run(frame.from, frame.to, Buffer.from(frame.id), ts, ts);
-      const member = this.db.prepare("INSERT OR IGNORE INTO room_members (room, user) VALUES (?, ?)");
-      member.run(frame.room, frame.from);
-      member.run(frame.room, frame.to);
+      // A group's members are in group_members; room_members records who shares a 1:1 chat.
+      if (!inGroup) {
+        const member = this.db.prepare("INSERT OR IGNORE INTO room_members (room, user) VALUES (?, ?)");
+        member.run(frame.room, frame.from);
+        member.run(frame.room, frame.to);
+      }
       return { kind: "accepted", ts, seq };
     })();
   }
@@ -466,9 +656,9 @@ export class GatewayStore {
   /** Events of `user` with seq > afterSeq, oldest first. */
   eventsAfter(user: string, afterSeq: number, limit: number): QueuedEvent[] {
     const rows = this.db
-      .prepare("SELECT seq, type, frame FROM queue WHERE user = ? AND seq > ? ORDER BY seq LIMIT ?")
-      .all(user, afterSeq, limit) as { seq: number; type: string; frame: Buffer }[];
-    return rows.map((r) => ({ seq: r.seq, type: r.type, frame: bytes(r.frame) }));
+      .prepare("SELECT seq, type, frame, grp FROM queue WHERE user = ? AND seq > ? ORDER BY seq LIMIT ?")
+      .all(user, afterSeq, limit) as { seq: number; type: string; frame: Buffer; grp: number }[];
+    return rows.map((r) => ({ seq: r.seq, type: r.type, frame: bytes(r.frame), group: r.grp === 1 }));
   }
 
   /**
@@ -483,9 +673,9 @@ export class GatewayStore {
       const now = this.now();
       const delivers = this.db
         .prepare(
-          "SELECT sender, room, msg_id FROM queue WHERE user = ? AND seq > ? AND seq <= ? AND type = 'deliver' ORDER BY seq",
+          "SELECT sender, room, msg_id, grp FROM queue WHERE user = ? AND seq > ? AND seq <= ? AND type = 'deliver' ORDER BY seq",
         )
-        .all(user, acked, seq) as { sender: string; room: string; msg_id: Buffer }[];
+        .all(user, acked, seq) as { sender: string; room: string; msg_id: Buffer; grp: number }[];
       const notified = new Set<string>();
       for (const d of delivers) {
         if (this.queuedCount(d.sender) >= this.maxQueuePerUser) continue; // a receipt is not worth refusing a message for
@@ -503,6 +693,8 @@ export class GatewayStore {
               ts: now,
             } satisfies DeliveredFrame),
           now,
+          undefined,
+          d.grp === 1,
         );
         notified.add(d.sender);
       }

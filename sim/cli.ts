@@ -32,7 +32,17 @@ const USAGE = `usage: node dist/sim/cli.js [--api URL] COMMAND ...   (URL defaul
   media PHONE TO FILE [--caption TEXT] [--kind image|video|voice|audio|file] [--mimetype TYPE]
   disappearing PHONE TO SECONDS        (0 = off)
   inbox PHONE [--after N] [--follow]
-TO is a Matrix user id (@alice:example.org), a mimi user URI or a phone number.
+  group create OWNER NAME [--member M]... [--topic TEXT]   (prints the group's room URI last)
+  group add OWNER GROUP MEMBER
+  group remove OWNER GROUP MEMBER
+  group leave PHONE GROUP
+  group rename OWNER GROUP NAME
+  group topic OWNER GROUP TEXT           ("" removes it)
+  group admin OWNER GROUP MEMBER on|off
+  group show PHONE GROUP
+  group list PHONE
+TO is a Matrix user id (@alice:example.org), a mimi user URI, a phone number or a group's room URI.
+GROUP is a group's room URI (mimi://…/r/g-…); MEMBER and M a phone number or a Matrix user id.
 Add --json to any command to print the API's JSON answer.`;
 
 export class CliError extends Error {
@@ -138,9 +148,53 @@ function uintArg(v: string | undefined, what: string): number {
 
 type Entry = { n: number; kind: string; from: string; fromId?: string; ts?: number } & Record<string, unknown>;
 
+type GroupView = { room: string; name: string; topic?: string; members: Array<{ id: string; admin: boolean }> };
+
+/** `"Name" (g-1a2b3c4d…)`: enough to recognise a group; `group list` has the whole URI. */
+function groupLabel(room: unknown, name: unknown): string {
+  const id = typeof room === "string" ? room.slice(room.lastIndexOf("/") + 1) : "";
+  const short = id.length > 12 ? `${id.slice(0, 10)}…` : id;
+  return typeof name === "string" ? `"${name}" (${short})` : `(${short})`;
+}
+
+function membersLine(g: GroupView): string {
+  return g.members.map((m) => `${m.id}${m.admin ? "*" : ""}`).join(", ");
+}
+
+/** What a group event says happened. */
+function groupChange(e: Entry): string {
+  const subject = String(e.subjectId ?? e.subject ?? "");
+  switch (e.change) {
+    case "created":
+      return `created the group with ${(e.members as string[]).join(", ")}`;
+    case "added":
+      return `added ${subject}`;
+    case "removed":
+      return `removed ${subject}`;
+    case "left":
+      return "left";
+    case "name":
+      return `renamed the group to "${e.group}"`;
+    case "topic":
+      return e.topic ? `set the topic to "${e.topic}"` : "removed the topic";
+    case "picture":
+      return "changed the group picture";
+    case "admin":
+      return e.admin ? `made ${subject} an admin` : `made ${subject} no longer an admin`;
+    default:
+      return String(e.change);
+  }
+}
+
+function sentLine(what: string, r: { id?: string; ts: number; failed?: Array<{ to: string; error: string }> }): string {
+  const failed = r.failed?.length ? `; not sent to ${r.failed.map((f) => `${f.to} (${f.error})`).join(", ")}` : "";
+  return `${what}${r.id ? ` ${r.id}` : ""} at ${time(r.ts)}${failed}`;
+}
+
 /** One inbox entry as one readable line. */
 export function formatEntry(e: Entry): string {
-  const head = `#${e.n} ${time(e.ts)} ${e.fromId ?? e.from}`;
+  const head = `#${e.n} ${time(e.ts)} ${e.fromId ?? e.from}${e.room ? ` in ${groupLabel(e.room, e.group)}` : ""}`;
+  if (e.kind === "group") return `${head} ${groupChange(e)}`;
   const id = typeof e.id === "string" ? ` [${e.id.slice(0, 12)}…]` : "";
   switch (e.kind) {
     case "text":
@@ -195,6 +249,8 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
           kind: { type: "string" },
           mimetype: { type: "string" },
           expires: { type: "string" },
+          member: { type: "string", multiple: true },
+          topic: { type: "string" },
           after: { type: "string" },
           follow: { type: "boolean" },
           json: { type: "boolean" },
@@ -266,14 +322,14 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
       const body: Record<string, unknown> = { to, text };
       if (values["reply-to"]) body.inReplyTo = values["reply-to"];
       if (values.expires !== undefined) body.expiresInSeconds = uintArg(values.expires, "--expires");
-      const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/messages`, body);
-      print(r, `sent ${r.id} at ${time(r.ts)}`);
+      const r = await api.call<{ id: string; ts: number; failed?: Array<{ to: string; error: string }> }>("POST", `${user(phone!)}/messages`, body);
+      print(r, sentLine("sent", r));
       return 0;
     }
     case "react": {
       const [phone, to, target, emoji] = need(args, 4, "react PHONE TO MSGID EMOJI");
-      const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/reactions`, { to, target, emoji });
-      print(r, `reacted (${r.id}) at ${time(r.ts)}`);
+      const r = await api.call<{ id: string; ts: number; failed?: Array<{ to: string; error: string }> }>("POST", `${user(phone!)}/reactions`, { to, target, emoji });
+      print(r, sentLine("reacted", r));
       return 0;
     }
     case "unreact": {
@@ -284,20 +340,20 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
     }
     case "edit": {
       const [phone, to, target, text] = need(args, 4, "edit PHONE TO MSGID TEXT");
-      const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/edits`, { to, target, text });
-      print(r, `edited (${r.id}) at ${time(r.ts)}`);
+      const r = await api.call<{ id: string; ts: number; failed?: Array<{ to: string; error: string }> }>("POST", `${user(phone!)}/edits`, { to, target, text });
+      print(r, sentLine("edited", r));
       return 0;
     }
     case "delete": {
       const [phone, to, target] = need(args, 3, "delete PHONE TO MSGID");
-      const r = await api.call<{ id: string; ts: number }>("POST", `${user(phone!)}/deletions`, { to, target });
-      print(r, `deleted (${r.id}) at ${time(r.ts)}`);
+      const r = await api.call<{ id: string; ts: number; failed?: Array<{ to: string; error: string }> }>("POST", `${user(phone!)}/deletions`, { to, target });
+      print(r, sentLine("deleted", r));
       return 0;
     }
     case "read": {
       const [phone, to, ...ids] = need(args, 3, "read PHONE TO MSGID...");
-      const r = await api.call<{ ts: number }>("POST", `${user(phone!)}/read`, { to, ids });
-      print(r, `marked ${ids.length} message(s) read at ${time(r.ts)}`);
+      const r = await api.call<{ ts: number; failed?: Array<{ to: string; error: string }> }>("POST", `${user(phone!)}/read`, { to, ids });
+      print(r, sentLine(`marked ${ids.length} message(s) read`, r));
       return 0;
     }
     case "typing": {
@@ -322,14 +378,14 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
     case "media": {
       const [phone, to, file] = need(args, 3, "media PHONE TO FILE");
       const mimetype = values.mimetype ?? MEDIA_TYPES[path.extname(file!).toLowerCase()] ?? "application/octet-stream";
-      const r = await api.call<{ id: string; ts: number; size: number }>("POST", `${user(phone!)}/media`, {
+      const r = await api.call<{ id: string; ts: number; size: number; failed?: Array<{ to: string; error: string }> }>("POST", `${user(phone!)}/media`, {
         to,
         file: path.resolve(file!),
         mimetype,
         ...(values.kind ? { kind: values.kind } : {}),
         ...(values.caption ? { caption: values.caption } : {}),
       });
-      print(r, `sent ${values.kind ?? mimetype} ${r.id} at ${time(r.ts)}`);
+      print(r, sentLine(`sent ${values.kind ?? mimetype}`, r));
       return 0;
     }
     case "disappearing": {
@@ -338,6 +394,8 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
       print(r, `disappearing messages ${seconds === "0" ? "off" : `set to ${seconds} s`}`);
       return 0;
     }
+    case "group":
+      return runGroup(api, args, values, print);
     case "inbox": {
       const [phone] = need(args, 1, "inbox PHONE");
       let after = values.after === undefined ? 0 : uintArg(values.after, "--after");
@@ -354,6 +412,78 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
     }
     default:
       throw new CliError("usage", `unknown command ${command}; see --help`);
+  }
+}
+
+async function runGroup(
+  api: Api,
+  args: string[],
+  values: { member?: string[]; topic?: string },
+  print: (answer: unknown, line: string) => void,
+): Promise<number> {
+  const [sub, phone, room] = args;
+  const groupRoute = (p: string, r: string) => `${user(p)}/groups/${encodeURIComponent(r)}`;
+  switch (sub) {
+    case "create": {
+      const [owner, name] = need(args.slice(1), 2, "group create OWNER NAME [--member M]...");
+      const body: Record<string, unknown> = { name, members: values.member ?? [] };
+      if (values.topic !== undefined) body.topic = values.topic;
+      const g = await api.call<GroupView & { refused: Array<{ id: string; error: string }> }>("POST", `${user(owner!)}/groups`, body);
+      const refused = g.refused.length ? `; not added: ${g.refused.map((r) => `${r.id} (${r.error})`).join(", ")}` : "";
+      // The room URI is the line's last word, so scripts can take it with awk '{print $NF}'.
+      print(g, `created group "${g.name}" with ${g.members.length} member(s)${refused} ${g.room}`);
+      return 0;
+    }
+    case "add": {
+      const [owner, group, member] = need(args.slice(1), 3, "group add OWNER GROUP MEMBER");
+      const g = await api.call<GroupView>("POST", `${groupRoute(owner!, group!)}/members`, { member });
+      print(g, `added ${member} to ${groupLabel(g.room, g.name)}: ${membersLine(g)}`);
+      return 0;
+    }
+    case "remove": {
+      const [owner, group, member] = need(args.slice(1), 3, "group remove OWNER GROUP MEMBER");
+      const g = await api.call<GroupView>("DELETE", `${groupRoute(owner!, group!)}/members/${encodeURIComponent(member!)}`);
+      print(g, `removed ${member} from ${groupLabel(g.room, g.name)}: ${membersLine(g)}`);
+      return 0;
+    }
+    case "leave": {
+      need(args.slice(1), 2, "group leave PHONE GROUP");
+      const r = await api.call<{ left: string }>("POST", `${groupRoute(phone!, room!)}/leave`, {});
+      print(r, `${phone} left ${r.left}`);
+      return 0;
+    }
+    case "rename": {
+      const [owner, group, name] = need(args.slice(1), 3, "group rename OWNER GROUP NAME");
+      const g = await api.call<GroupView>("PATCH", groupRoute(owner!, group!), { name });
+      print(g, `renamed ${g.room} to "${g.name}"`);
+      return 0;
+    }
+    case "topic": {
+      const [owner, group, topic] = need(args.slice(1), 3, "group topic OWNER GROUP TEXT");
+      const g = await api.call<GroupView>("PATCH", groupRoute(owner!, group!), { topic });
+      print(g, g.topic ? `topic of ${groupLabel(g.room, g.name)}: ${g.topic}` : `removed the topic of ${groupLabel(g.room, g.name)}`);
+      return 0;
+    }
+    case "admin": {
+      const [owner, group, member, state] = need(args.slice(1), 4, "group admin OWNER GROUP MEMBER on|off");
+      const g = await api.call<GroupView>("POST", `${groupRoute(owner!, group!)}/admins`, { member, admin: onOff(state, "on|off") });
+      print(g, `${groupLabel(g.room, g.name)}: ${membersLine(g)}   (* = admin)`);
+      return 0;
+    }
+    case "show": {
+      need(args.slice(1), 2, "group show PHONE GROUP");
+      const g = await api.call<GroupView>("GET", groupRoute(phone!, room!));
+      print(g, `${g.room}  "${g.name}"${g.topic ? `  topic: ${g.topic}` : ""}  ${g.members.length} member(s): ${membersLine(g)}   (* = admin)`);
+      return 0;
+    }
+    case "list": {
+      need(args.slice(1), 1, "group list PHONE");
+      const groups = await api.call<GroupView[]>("GET", `${user(phone!)}/groups`);
+      print(groups, groups.map((g) => `${g.room}  "${g.name}"  ${g.members.length} member(s): ${membersLine(g)}`).join("\n") || "(no groups)");
+      return 0;
+    }
+    default:
+      throw new CliError("usage", `unknown command: group ${sub ?? ""}; see --help`);
   }
 }
 

@@ -21,6 +21,8 @@ interface Route {
 }
 
 const USER = "([^/]+)";
+/** A group's room URI, URL-encoded (mimi%3A%2F%2F…). */
+const GROUP = "([^/]+)";
 
 const ROUTES: Route[] = [
   { method: "GET", pattern: /^\/health$/, handler: async (sim) => ({ status: "ok", gateway: sim.connectionState, users: sim.users().length }) },
@@ -49,6 +51,23 @@ const ROUTES: Route[] = [
     pattern: new RegExp(`^/users/${USER}/media$`),
     handler: (sim, [phone], body) => sim.sendMedia(phone!, body),
   },
+  { method: "GET", pattern: new RegExp(`^/users/${USER}/groups$`), handler: (sim, [phone]) => sim.listGroups(phone!) },
+  {
+    method: "POST",
+    pattern: new RegExp(`^/users/${USER}/groups$`),
+    handler: (sim, [phone], body) => sim.createGroup(phone!, body),
+    status: () => 201,
+  },
+  { method: "GET", pattern: new RegExp(`^/users/${USER}/groups/${GROUP}$`), handler: (sim, [phone, room]) => sim.showGroup(phone!, room!) },
+  { method: "PATCH", pattern: new RegExp(`^/users/${USER}/groups/${GROUP}$`), handler: (sim, [phone, room], body) => sim.updateGroup(phone!, room!, body) },
+  { method: "POST", pattern: new RegExp(`^/users/${USER}/groups/${GROUP}/members$`), handler: (sim, [phone, room], body) => sim.addGroupMember(phone!, room!, body) },
+  {
+    method: "DELETE",
+    pattern: new RegExp(`^/users/${USER}/groups/${GROUP}/members/${USER}$`),
+    handler: (sim, [phone, room, member]) => sim.removeGroupMember(phone!, room!, member!),
+  },
+  { method: "POST", pattern: new RegExp(`^/users/${USER}/groups/${GROUP}/leave$`), handler: (sim, [phone, room]) => sim.leaveGroup(phone!, room!) },
+  { method: "POST", pattern: new RegExp(`^/users/${USER}/groups/${GROUP}/admins$`), handler: (sim, [phone, room], body) => sim.setGroupAdmin(phone!, room!, body) },
   {
     method: "GET",
     pattern: new RegExp(`^/users/${USER}/inbox$`),

@@ -18,7 +18,19 @@ import { sha256File } from "../src/protocol/media-crypto.js";
 import { getLogger, type Logger } from "../src/logging.js";
 import { InteropClient } from "../src/protocol/client.js";
 import { EndpointError, SecureEndpoint, type DeliveredEvent, type PayloadEvent, type UndecryptableEvent } from "../src/protocol/endpoint.js";
-import { ProtocolError, isE164, parseMimiUri, userUri, type Avatar, type ProfileFrame, type TypingFrame } from "../src/protocol/frames.js";
+import {
+  FEATURE_GROUPS,
+  ProtocolError,
+  isE164,
+  isGroupRoom,
+  parseMimiUri,
+  userUri,
+  type Avatar,
+  type GroupEventFrame,
+  type GroupState,
+  type ProfileFrame,
+  type TypingFrame,
+} from "../src/protocol/frames.js";
 import {
   MIMI_DISPOSITION,
   MIMI_MESSAGE_ID_LENGTH,
@@ -89,6 +101,26 @@ const MAX_WAIT_MS = 60_000;
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
+/** Where a message goes: one peer (its 1:1 chat), or a group room and so all its other members. */
+type Target = { kind: "peer"; uri: string } | { kind: "group"; room: string };
+
+/** A send to a group: accepted for some members, perhaps refused for others. */
+export interface SendOutcome {
+  ts: number;
+  /** Group sends only: members the gateway refused, with its code. */
+  failed?: Array<{ to: string; error: string }>;
+}
+
+/** A group as the API shows it: members by phone number or Matrix id. */
+export interface GroupView {
+  room: string;
+  name: string;
+  topic?: string;
+  rev: number;
+  creator: string;
+  members: Array<{ id: string; uri: string; admin: boolean }>;
+}
+
 export class Simulator {
   readonly client: InteropClient;
   readonly endpoint: SecureEndpoint;
@@ -101,7 +133,13 @@ export class Simulator {
   constructor(private readonly opts: SimulatorOptions) {
     this.store = opts.store;
     this.log = opts.logger ?? getLogger("sim");
-    this.client = new InteropClient({ url: opts.gatewayUrl, provider: opts.provider, secret: opts.secret, logger: getLogger("sim-client") });
+    this.client = new InteropClient({
+      url: opts.gatewayUrl,
+      provider: opts.provider,
+      secret: opts.secret,
+      logger: getLogger("sim-client"),
+      features: [FEATURE_GROUPS],
+    });
     this.endpoint = new SecureEndpoint({
       client: this.client,
       openRecords: (uri) => this.store.recordStore(uri),
@@ -120,6 +158,7 @@ export class Simulator {
     });
     this.client.on("typing", (frame) => this.onTyping(frame));
     this.client.onProfile((frame) => this.onProfile(frame));
+    this.client.onGroup((frame) => this.onGroup(frame));
   }
 
   /** Connects and brings every stored user online again (login, keys). */
@@ -339,18 +378,48 @@ export class Simulator {
 
   // ------------------------------------------------------------------ sending
 
+  /** A `to` that is a group's room URI names the group; anything else a peer (resolvePeer). */
+  async resolveTarget(to: unknown): Promise<Target> {
+    if (typeof to === "string" && to.startsWith("mimi://") && parseMimiUri(to)?.kind === "r") {
+      if (!isGroupRoom(to)) throw new SimError(400, "bad_request", `${to} is not a group room; name a 1:1 chat by the peer`);
+      return { kind: "group", room: to };
+    }
+    return { kind: "peer", uri: await this.resolvePeer(to) };
+  }
+
+  private async roomOf(from: string, target: Target): Promise<string> {
+    return target.kind === "group" ? target.room : this.client.dmRoom(from, target.uri);
+  }
+
+  /** The other members of a group, as the gateway has them now (refused for a non-member). */
+  private async otherMembers(from: string, room: string): Promise<string[]> {
+    const group = await this.client.getGroup(from, room);
+    return group.members.map((m) => m.user).filter((u) => u !== from);
+  }
+
   private async sendPayload(
     user: SimUser,
-    peer: string,
+    target: Target,
     payload: Payload,
     ids: { wireId: Uint8Array; mimiId: Uint8Array | null },
     kind: string,
-  ): Promise<{ ts: number }> {
+  ): Promise<SendOutcome> {
     const from = this.uriOf(user.phone);
+    const timeout = { timeoutMs: this.opts.sendTimeoutMs ?? 30_000 };
+    if (target.kind === "group") {
+      const members = await this.otherMembers(from, target.room);
+      // Recorded first: the delivery receipts can arrive right behind the gateway's oks.
+      for (const peer of members) this.store.recordSent(user.phone, peer, hex(ids.wireId), ids.mimiId && hex(ids.mimiId), kind);
+      const result = await this.endpoint.sendToGroup(from, target.room, members, payload, ids.wireId, timeout);
+      if (result.sent.length === 0 && result.failed.length > 0) throw result.failed[0]!.error;
+      const outcome: SendOutcome = { ts: Math.max(0, ...result.sent.map((s) => s.ts)) || Date.now() };
+      if (result.failed.length > 0) outcome.failed = result.failed.map((f) => ({ to: this.peerLabel(f.to), error: f.error.code }));
+      return outcome;
+    }
+    const peer = target.uri;
     const room = await this.client.dmRoom(from, peer);
-    // Recorded first: the delivery receipt can arrive right behind the gateway's ok.
     this.store.recordSent(user.phone, peer, hex(ids.wireId), ids.mimiId && hex(ids.mimiId), kind);
-    const { ts } = await this.endpoint.send(from, peer, room, payload, ids.wireId, { timeoutMs: this.opts.sendTimeoutMs ?? 30_000 });
+    const { ts } = await this.endpoint.send(from, peer, room, payload, ids.wireId, timeout);
     this.store.addContact(user.phone, peer);
     return { ts };
   }
@@ -362,11 +431,11 @@ export class Simulator {
     label: string,
     build: (sender: string, room: string) => MimiMessage,
     kind: "content" | "status" = "content",
-  ): Promise<{ id: string; ts: number }> {
+  ): Promise<{ id: string } & SendOutcome> {
     const user = this.requireUser(rawPhone);
-    const peer = await this.resolvePeer(to);
+    const target = await this.resolveTarget(to);
     const from = this.uriOf(user.phone);
-    const room = await this.client.dmRoom(from, peer);
+    const room = await this.roomOf(from, target);
     let mimi: Uint8Array;
     try {
       mimi = encodeMimi(build(from, room));
@@ -377,11 +446,11 @@ export class Simulator {
     const mimiId = computeMessageId(from, room, mimi);
     // The transport id follows from the MIMI id (which starts with the hash algorithm byte).
     const wireId = mimiId.subarray(1, 17);
-    const { ts } = await this.sendPayload(user, peer, { kind, mimi }, { wireId, mimiId }, label);
-    return { id: hex(mimiId), ts };
+    const outcome = await this.sendPayload(user, target, { kind, mimi }, { wireId, mimiId }, label);
+    return { id: hex(mimiId), ...outcome };
   }
 
-  sendText(rawPhone: string, body: { to?: unknown; text?: unknown; inReplyTo?: unknown; expiresInSeconds?: unknown }): Promise<{ id: string; ts: number }> {
+  sendText(rawPhone: string, body: { to?: unknown; text?: unknown; inReplyTo?: unknown; expiresInSeconds?: unknown }): Promise<{ id: string } & SendOutcome> {
     const text = requireText(body.text, "text");
     const inReplyTo = body.inReplyTo === undefined || body.inReplyTo === null ? null : messageIdParam(body.inReplyTo, "inReplyTo");
     const expires = body.expiresInSeconds === undefined || body.expiresInSeconds === null ? null : { relative: true, time: uint32Param(body.expiresInSeconds, "expiresInSeconds") };
@@ -389,7 +458,7 @@ export class Simulator {
   }
 
   /** A reaction, or with `reaction` (the id of an earlier reaction) instead of `emoji`, its withdrawal. */
-  sendReaction(rawPhone: string, body: { to?: unknown; target?: unknown; emoji?: unknown; reaction?: unknown }): Promise<{ id: string; ts: number }> {
+  sendReaction(rawPhone: string, body: { to?: unknown; target?: unknown; emoji?: unknown; reaction?: unknown }): Promise<{ id: string } & SendOutcome> {
     const target = messageIdParam(body.target, "target");
     if (body.reaction !== undefined) {
       if (body.emoji !== undefined) throw new SimError(400, "bad_request", "give either emoji (react) or reaction (withdraw), not both");
@@ -400,18 +469,18 @@ export class Simulator {
     return this.sendMimi(rawPhone, body.to, "reaction", (sender, room) => newReaction({ sender, room, target, emoji }));
   }
 
-  sendEdit(rawPhone: string, body: { to?: unknown; target?: unknown; text?: unknown }): Promise<{ id: string; ts: number }> {
+  sendEdit(rawPhone: string, body: { to?: unknown; target?: unknown; text?: unknown }): Promise<{ id: string } & SendOutcome> {
     const replaces = messageIdParam(body.target, "target");
     const text = requireText(body.text, "text");
     return this.sendMimi(rawPhone, body.to, "edit", (sender, room) => newEdit({ sender, room, replaces, markdown: text }));
   }
 
-  sendDeletion(rawPhone: string, body: { to?: unknown; target?: unknown }): Promise<{ id: string; ts: number }> {
+  sendDeletion(rawPhone: string, body: { to?: unknown; target?: unknown }): Promise<{ id: string } & SendOutcome> {
     const replaces = messageIdParam(body.target, "target");
     return this.sendMimi(rawPhone, body.to, "delete", (sender, room) => newDelete({ sender, room, replaces }));
   }
 
-  sendSticker(rawPhone: string, body: { to?: unknown }): Promise<{ id: string; ts: number }> {
+  sendSticker(rawPhone: string, body: { to?: unknown }): Promise<{ id: string } & SendOutcome> {
     const image = stickerImage(randomBytes(2).readUInt16BE());
     return this.sendMimi(rawPhone, body.to, "sticker", (sender, room) =>
       withWaKind(
@@ -525,30 +594,39 @@ export class Simulator {
     }
   }
 
-  async sendRead(rawPhone: string, body: { to?: unknown; ids?: unknown }): Promise<{ ts: number }> {
+  async sendRead(rawPhone: string, body: { to?: unknown; ids?: unknown }): Promise<SendOutcome> {
     const user = this.requireUser(rawPhone);
     if (!Array.isArray(body.ids) || body.ids.length === 0 || body.ids.length > MAX_READ_IDS)
       throw new SimError(400, "bad_request", `ids must be a list of 1..${MAX_READ_IDS} MIMI message ids (hex)`);
     const ids = body.ids.map((id, i) => messageIdParam(id, `ids[${i}]`));
-    const peer = await this.resolvePeer(body.to);
-    return this.sendPayload(user, peer, { kind: "read", ids }, { wireId: new Uint8Array(randomBytes(16)), mimiId: null }, "read");
+    const target = await this.resolveTarget(body.to);
+    return this.sendPayload(user, target, { kind: "read", ids }, { wireId: new Uint8Array(randomBytes(16)), mimiId: null }, "read");
   }
 
-  async sendDisappearing(rawPhone: string, body: { to?: unknown; seconds?: unknown }): Promise<{ ts: number }> {
+  async sendDisappearing(rawPhone: string, body: { to?: unknown; seconds?: unknown }): Promise<SendOutcome> {
     const user = this.requireUser(rawPhone);
     const seconds = uint32Param(body.seconds, "seconds", true);
-    const peer = await this.resolvePeer(body.to);
-    return this.sendPayload(user, peer, { kind: "disappearing", seconds }, { wireId: new Uint8Array(randomBytes(16)), mimiId: null }, "disappearing");
+    const target = await this.resolveTarget(body.to);
+    return this.sendPayload(user, target, { kind: "disappearing", seconds }, { wireId: new Uint8Array(randomBytes(16)), mimiId: null }, "disappearing");
   }
 
   /** Live only, like on the wire: nothing is sent while the gateway connection is down. */
   async sendTyping(rawPhone: string, body: { to?: unknown; state?: unknown }): Promise<{ sent: true }> {
     const user = this.requireUser(rawPhone);
     if (body.state !== "on" && body.state !== "off") throw new SimError(400, "bad_request", 'state must be "on" or "off"');
-    const peer = await this.resolvePeer(body.to);
-    if (!this.client.typing({ from: this.uriOf(user.phone), to: peer, state: body.state }))
+    const target = await this.resolveTarget(body.to);
+    const from = this.uriOf(user.phone);
+    if (target.kind === "group") {
+      // One live frame per other member, like the messages.
+      const members = await this.otherMembers(from, target.room);
+      for (const to of members)
+        if (!this.client.typing({ from, to, room: target.room, state: body.state }))
+          throw new SimError(503, "not_connected", "not connected to the gateway; typing notifications are not queued");
+      return { sent: true };
+    }
+    if (!this.client.typing({ from, to: target.uri, state: body.state }))
       throw new SimError(503, "not_connected", "not connected to the gateway; typing notifications are not queued");
-    this.store.addContact(user.phone, peer);
+    this.store.addContact(user.phone, target.uri);
     return { sent: true };
   }
 
@@ -608,7 +686,7 @@ export class Simulator {
 
   private async onPayload(ev: PayloadEvent): Promise<void> {
     const phone = this.phoneOf(ev.to);
-    const base = { ...this.fromFields(ev.from), wireId: hex(ev.id), ts: ev.ts };
+    const base = { ...this.fromFields(ev.from), ...(await this.roomFields(ev.to, ev.room)), wireId: hex(ev.id), ts: ev.ts };
     const source = `deliver:${ev.from}:${hex(ev.id)}`;
     this.learnPeer(ev.from);
     switch (ev.payload.kind) {
@@ -665,6 +743,7 @@ export class Simulator {
     this.record(phone, `delivered:${ev.to}:${hex(ev.id)}`, {
       kind: "delivered",
       ...this.fromFields(ev.to),
+      ...(await this.roomFields(ev.user, ev.room)),
       ...(sent?.mimiId ? { id: sent.mimiId } : {}),
       ...(sent ? { of: sent.kind } : {}),
       wireId: hex(ev.id),
@@ -685,7 +764,147 @@ export class Simulator {
   private onTyping(frame: TypingFrame): void {
     const owner = parseMimiUri(frame.to);
     if (owner?.domain !== this.opts.provider || !this.store.getUser(owner.id)) return;
-    this.record(owner.id, null, { kind: "typing", ...this.fromFields(frame.from), state: frame.state, ts: Date.now() });
+    this.record(owner.id, null, { kind: "typing", ...this.fromFields(frame.from), ...this.cachedRoomFields(frame.room), state: frame.state, ts: Date.now() });
+  }
+
+  // ------------------------------------------------------------------ groups
+
+  /** Latest known state of each group (by rev), from group events and answers. */
+  private readonly groups = new Map<string, GroupState>();
+
+  private remember(group: GroupState): GroupState {
+    const known = this.groups.get(group.room);
+    if (!known || known.rev < group.rev) this.groups.set(group.room, group);
+    return this.groups.get(group.room)!;
+  }
+
+  /** For inbox entries: the group room and its name; nothing for a 1:1 chat. */
+  private async roomFields(user: string, room: string): Promise<{ room?: string; group?: string }> {
+    if (!isGroupRoom(room)) return {};
+    if (!this.groups.has(room)) {
+      try {
+        this.remember(await this.client.getGroup(user, room));
+      } catch (err) {
+        this.log.debug("could not look the group up", { error: (err as Error).message });
+      }
+    }
+    return this.cachedRoomFields(room);
+  }
+
+  private cachedRoomFields(room: string): { room?: string; group?: string } {
+    if (!isGroupRoom(room)) return {};
+    const name = this.groups.get(room)?.name;
+    return name === undefined ? { room } : { room, group: name };
+  }
+
+  groupView(group: GroupState): GroupView {
+    const view: GroupView = {
+      room: group.room,
+      name: group.name,
+      rev: group.rev,
+      creator: this.peerLabel(group.creator),
+      members: group.members.map((m) => ({ id: this.peerLabel(m.user), uri: m.user, admin: m.admin })),
+    };
+    if (group.topic !== undefined) view.topic = group.topic;
+    return view;
+  }
+
+  private groupParam(v: unknown): string {
+    if (typeof v !== "string" || !isGroupRoom(v) || parseMimiUri(v)?.kind !== "r")
+      throw new SimError(400, "bad_request", "group must be a group's room URI (mimi://…/r/g-…)");
+    return v;
+  }
+
+  private async groupMember(v: unknown): Promise<string> {
+    if (typeof v !== "string") throw new SimError(400, "bad_request", "member must be a phone number, a Matrix user id or a mimi user URI");
+    return isE164(v) || /^[0-9]+$/.test(v) ? this.uriOf(this.normalizePhone(v)) : this.resolvePeer(v);
+  }
+
+  /** Creates a group with this user as its admin; members the gateway refused are listed with its code. */
+  async createGroup(rawPhone: string, body: { name?: unknown; members?: unknown; topic?: unknown }): Promise<GroupView & { refused: Array<{ id: string; uri: string; error: string }> }> {
+    const user = this.requireUser(rawPhone);
+    const name = this.checkName(body.name);
+    if (body.topic !== undefined && typeof body.topic !== "string") throw new SimError(400, "bad_request", "topic must be a string");
+    const raw = body.members ?? [];
+    if (!Array.isArray(raw)) throw new SimError(400, "bad_request", "members must be a list of phone numbers or Matrix user ids");
+    const members: string[] = [];
+    for (const m of raw) members.push(await this.groupMember(m));
+    const created = await this.client.createGroup({
+      by: this.uriOf(user.phone),
+      name,
+      members,
+      ...(typeof body.topic === "string" && body.topic !== "" ? { topic: body.topic } : {}),
+    });
+    const group = this.remember(created.group);
+    this.log.info("group created", { phone: user.phone, members: group.members.length, refused: created.refused.length });
+    return { ...this.groupView(group), refused: created.refused.map((r) => ({ id: this.peerLabel(r.user), uri: r.user, error: r.code })) };
+  }
+
+  async listGroups(rawPhone: string): Promise<GroupView[]> {
+    const user = this.requireUser(rawPhone);
+    const groups = await this.client.listGroups(this.uriOf(user.phone));
+    return groups.map((g) => this.groupView(this.remember(g)));
+  }
+
+  async showGroup(rawPhone: string, rawRoom: string): Promise<GroupView> {
+    const user = this.requireUser(rawPhone);
+    return this.groupView(this.remember(await this.client.getGroup(this.uriOf(user.phone), this.groupParam(rawRoom))));
+  }
+
+  async addGroupMember(rawPhone: string, rawRoom: string, body: { member?: unknown }): Promise<GroupView> {
+    const user = this.requireUser(rawPhone);
+    const member = await this.groupMember(body.member);
+    return this.groupView(this.remember(await this.client.addGroupMember(this.uriOf(user.phone), this.groupParam(rawRoom), member)));
+  }
+
+  async removeGroupMember(rawPhone: string, rawRoom: string, rawMember: string): Promise<GroupView> {
+    const user = this.requireUser(rawPhone);
+    const member = await this.groupMember(rawMember);
+    return this.groupView(this.remember(await this.client.removeGroupMember(this.uriOf(user.phone), this.groupParam(rawRoom), member)));
+  }
+
+  async leaveGroup(rawPhone: string, rawRoom: string): Promise<{ left: string }> {
+    const user = this.requireUser(rawPhone);
+    const room = this.groupParam(rawRoom);
+    await this.client.leaveGroup(this.uriOf(user.phone), room);
+    return { left: room };
+  }
+
+  /** Name and/or topic ("" removes the topic). */
+  async updateGroup(rawPhone: string, rawRoom: string, body: { name?: unknown; topic?: unknown }): Promise<GroupView> {
+    const user = this.requireUser(rawPhone);
+    const update: { name?: string; topic?: string } = {};
+    if (body.name !== undefined) update.name = this.checkName(body.name);
+    if (body.topic !== undefined) {
+      if (typeof body.topic !== "string") throw new SimError(400, "bad_request", "topic must be a string");
+      update.topic = body.topic;
+    }
+    if (update.name === undefined && update.topic === undefined) throw new SimError(400, "bad_request", "give name and/or topic");
+    return this.groupView(this.remember(await this.client.updateGroup(this.uriOf(user.phone), this.groupParam(rawRoom), update)));
+  }
+
+  async setGroupAdmin(rawPhone: string, rawRoom: string, body: { member?: unknown; admin?: unknown }): Promise<GroupView> {
+    const user = this.requireUser(rawPhone);
+    if (typeof body.admin !== "boolean") throw new SimError(400, "bad_request", "admin must be a boolean");
+    const member = await this.groupMember(body.member);
+    return this.groupView(this.remember(await this.client.setGroupAdmin(this.uriOf(user.phone), this.groupParam(rawRoom), member, body.admin)));
+  }
+
+  private async onGroup(frame: GroupEventFrame): Promise<void> {
+    this.remember(frame.group);
+    this.record(this.phoneOf(frame.user), `group:${frame.seq}`, {
+      kind: "group",
+      change: frame.change,
+      ...this.fromFields(frame.by),
+      room: frame.room,
+      group: frame.group.name,
+      ...(frame.subject ? { subject: frame.subject, subjectId: this.peerLabel(frame.subject) } : {}),
+      ...(frame.change === "topic" ? { topic: frame.group.topic ?? "" } : {}),
+      ...(frame.change === "admin" && frame.subject ? { admin: frame.group.members.find((m) => m.user === frame.subject)?.admin ?? false } : {}),
+      members: frame.group.members.map((m) => this.peerLabel(m.user)),
+      rev: frame.group.rev,
+      ts: frame.ts,
+    });
   }
 
   private async onProfile(frame: ProfileFrame): Promise<void> {
@@ -739,6 +958,8 @@ const GATEWAY_CODE_STATUS: Record<string, number> = {
   not_opted_in: 409,
   no_keys: 409,
   not_logged_in: 409,
+  not_member: 403,
+  not_supported: 501,
   unknown_user: 404,
   forbidden: 403,
   bad_frame: 400,

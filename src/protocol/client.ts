@@ -10,7 +10,7 @@
  *    (from, to, id) key. keys.fetch is the exception that merely wastes a key.
  *  - send() calls for one (from, to) pair are transmitted one at a time, in call
  *    order, so they are accepted (and delivered) in call order even across retries.
- *  - Queued events (deliver, delivered, profile, refused) of one user reach the handlers
+ *  - Queued events (deliver, delivered, profile, refused, group) of one user reach the handlers
  *    one at a time in seq order; the ack goes out only after the handler's promise
  *    resolves. Different users proceed in parallel.
  */
@@ -29,12 +29,16 @@ import {
   decodeFrame,
   dmRoomUri,
   encodeFrame,
+  groupRoomUri,
   queueOwner,
   type Avatar,
   type DeliverFrame,
   type DeliveredFrame,
   type ErrorCode,
   type Frame,
+  type GroupEventFrame,
+  type GroupRefusal,
+  type GroupState,
   type KeysLowFrame,
   type KeysPublishFrame,
   type Limits,
@@ -87,6 +91,27 @@ export interface InteropClientOptions {
   answerTimeoutMs?: number;
   /** First delay before a failed event handler is called again with the same event (default 1 s). */
   handlerRetryDelayMs?: number;
+  /**
+   * Optional protocol features to announce in hello (docs/protocol.md §4.1), e.g. ["groups"].
+   * Default none: the gateway then sends nothing that belongs to a feature.
+   */
+  features?: string[];
+}
+
+/** What group.create answers. */
+export interface GroupCreated {
+  group: GroupState;
+  /** Members that could not be added, with the code group.add would have given. */
+  refused: GroupRefusal[];
+  /** The gateway had created this group before (a retried create). */
+  duplicate: boolean;
+}
+
+/** Changes for updateGroup: a topic of "" and a picture of null remove them. */
+export interface GroupUpdate {
+  name?: string;
+  topic?: string;
+  picture?: Avatar | null;
 }
 
 export interface SendOptions {
@@ -124,6 +149,8 @@ export interface InteropClientEvents {
   delivered: [frame: DeliveredFrame];
   profile: [frame: ProfileFrame];
   refused: [frame: RefusedFrame];
+  /** Emitted for group events when no onGroup handler is registered (they are then acked at once). */
+  group: [frame: GroupEventFrame];
   /** A handler rejected; the same event is offered again after a delay. */
   handlerError: [error: unknown, frame: QueuedFrame];
   /** An error frame that answered no request of ours (e.g. a refused ack or typing). */
@@ -160,7 +187,8 @@ const DEFAULT_RECONNECT: ReconnectOptions = { initialDelayMs: 500, maxDelayMs: 3
 const HANDLER_RETRY_MAX_MS = 30_000;
 
 export class InteropClient extends EventEmitter<InteropClientEvents> {
-  private readonly opts: Required<Omit<InteropClientOptions, "logger" | "reconnect">> & {
+  private readonly opts: Required<Omit<InteropClientOptions, "logger" | "reconnect" | "features">> & {
+    features: string[];
     reconnect: ReconnectOptions;
   };
   private readonly log: Logger;
@@ -192,6 +220,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     delivered?: QueuedHandler<DeliveredFrame>;
     profile?: QueuedHandler<ProfileFrame>;
     refused?: QueuedHandler<RefusedFrame>;
+    group?: QueuedHandler<GroupEventFrame>;
   } = {};
   private deliverHandlerWaiters: (() => void)[] = [];
   private connectedWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
@@ -206,6 +235,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
       answerTimeoutMs: options.answerTimeoutMs ?? 20_000,
       handlerRetryDelayMs: options.handlerRetryDelayMs ?? 1000,
+      features: [...(options.features ?? [])],
       reconnect: { ...DEFAULT_RECONNECT, ...options.reconnect },
     };
     const { initialDelayMs, maxDelayMs, factor, jitter } = this.opts.reconnect;
@@ -226,6 +256,11 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
 
   get limits(): Limits {
     return this.welcomeFrame?.limits ?? DEFAULT_LIMITS;
+  }
+
+  /** Whether the current connection negotiated an optional feature (e.g. "groups"). */
+  hasFeature(feature: string): boolean {
+    return this.welcomeFrame?.features?.includes(feature) ?? false;
   }
 
   /** Users this client keeps logged in (re-logged in after every reconnect). */
@@ -441,6 +476,81 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     this.handlers.refused = handler;
   }
 
+  // -------------------------------------------------------------------- groups
+  // Needs the "groups" feature (the features option); every call acts as the logged-in `by`
+  // and is idempotent on the gateway, so the retries across reconnects are safe.
+
+  /**
+   * Creates a group with `by` as its admin. `id` (16 bytes, random by default) names it: reuse
+   * it to retry the same creation. Members that cannot be added come back in `refused`.
+   */
+  async createGroup(options: { by: string; name: string; members: string[]; topic?: string; picture?: Avatar; id?: Uint8Array }): Promise<GroupCreated> {
+    const body: RequestBody = {
+      t: "group.create",
+      by: options.by,
+      id: options.id ?? new Uint8Array(randomBytes(16)),
+      name: options.name,
+      members: options.members,
+    };
+    if (options.topic !== undefined) body.topic = options.topic;
+    if (options.picture !== undefined) body.picture = options.picture;
+    const ok = await this.request(body);
+    return { group: this.groupOf(ok), refused: ok.refused ?? [], duplicate: ok.duplicate ?? false };
+  }
+
+  /** The room a group.create by `by` with `id` makes (known before the answer). */
+  async groupRoom(by: string, id: Uint8Array): Promise<string> {
+    if (!this.welcomeFrame) await this.whenConnected();
+    return groupRoomUri(by, id, this.welcomeFrame!.roomDomain);
+  }
+
+  /** Adds a member (admins only); refused with the member's code (not_opted_in, third_party_disabled, …). */
+  async addGroupMember(by: string, room: string, user: string): Promise<GroupState> {
+    return this.groupOf(await this.request({ t: "group.add", by, room, user }));
+  }
+
+  async removeGroupMember(by: string, room: string, user: string): Promise<GroupState> {
+    return this.groupOf(await this.request({ t: "group.remove", by, room, user }));
+  }
+
+  async leaveGroup(by: string, room: string): Promise<void> {
+    await this.request({ t: "group.leave", by, room });
+  }
+
+  /** Name, topic ("" removes it) and picture (null removes it); admins only. */
+  async updateGroup(by: string, room: string, update: GroupUpdate): Promise<GroupState> {
+    const body: RequestBody = { t: "group.update", by, room };
+    if (update.name !== undefined) body.name = update.name;
+    if (update.topic !== undefined) body.topic = update.topic;
+    if (update.picture === null) body.removePicture = true;
+    else if (update.picture !== undefined) body.picture = update.picture;
+    return this.groupOf(await this.request(body));
+  }
+
+  async setGroupAdmin(by: string, room: string, user: string, admin: boolean): Promise<GroupState> {
+    return this.groupOf(await this.request({ t: "group.admin", by, room, user, admin }));
+  }
+
+  async getGroup(by: string, room: string): Promise<GroupState> {
+    return this.groupOf(await this.request({ t: "group.get", by, room }));
+  }
+
+  /** The groups `user` (logged in) is a member of. */
+  async listGroups(user: string): Promise<GroupState[]> {
+    const ok = await this.request({ t: "group.list", user });
+    return ok.groups ?? [];
+  }
+
+  /** Handles group events (membership and metadata changes); otherwise emitted as "group" and acked at once. */
+  onGroup(handler: QueuedHandler<GroupEventFrame>): void {
+    this.handlers.group = handler;
+  }
+
+  private groupOf(ok: OkFrame): GroupState {
+    if (!ok.group) throw new ProtocolError("bad_frame", "group answer has no group", { field: "ok.group" });
+    return ok.group;
+  }
+
   // ---------------------------------------------------------------- connection
 
   private setState(state: ConnectionState, info: StateInfo = {}): void {
@@ -460,6 +570,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
     ws.on("open", () => {
       const hello: Frame = { t: "hello", provider: this.opts.provider, secret: this.opts.secret, version: PROTOCOL_VERSION };
       if (this.lastConnectionId) hello.resume = this.lastConnectionId;
+      if (this.opts.features.length > 0) hello.features = this.opts.features;
       this.lastReceived = Date.now();
       ws.send(encodeFrame(hello));
     });
@@ -648,6 +759,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       case "delivered":
       case "profile":
       case "refused":
+      case "group":
         return this.onQueued(frame);
       case "typing":
         this.emit("typing", frame);
@@ -727,6 +839,10 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       case "refused":
         if (this.handlers.refused) return this.handlers.refused(frame);
         this.emit("refused", frame);
+        return;
+      case "group":
+        if (this.handlers.group) return this.handlers.group(frame);
+        this.emit("group", frame);
         return;
     }
   }

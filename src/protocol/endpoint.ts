@@ -75,6 +75,12 @@ export interface DeliveredEvent {
   ts: number;
 }
 
+/** What sendToGroup did, member by member. */
+export interface GroupSendResult {
+  sent: Array<{ to: string; ts: number; duplicate: boolean }>;
+  failed: Array<{ to: string; error: EndpointError }>;
+}
+
 export interface SecureEndpointOptions {
   client: InteropClient;
   /** The record store of one local user (Signal state and this layer's own records). */
@@ -402,6 +408,33 @@ export class SecureEndpoint {
     } catch (err) {
       throw toEndpointError(err, "send");
     }
+  }
+
+  /**
+   * Sends one payload to a group room (docs/protocol.md §3.3.4): one ciphertext per member
+   * other than `from`, each encrypted with the pairwise session, all under the same `id`.
+   * `members` is the group's member list as the caller knows it (group.get or the latest
+   * group event). Resolves once every member's copy is settled: what the gateway stored, and
+   * per member what it refused (a member who left meanwhile gets not_member, say). A retry
+   * with the same id resends only what is missing; the rest comes back as duplicates.
+   */
+  async sendToGroup(
+    from: string,
+    room: string,
+    members: readonly string[],
+    payload: Payload,
+    id: Uint8Array,
+    options: { timeoutMs?: number } = {},
+  ): Promise<GroupSendResult> {
+    const recipients = [...new Set(members)].filter((m) => m !== from);
+    const settled = await Promise.allSettled(recipients.map((to) => this.send(from, to, room, payload, id, options)));
+    const result: GroupSendResult = { sent: [], failed: [] };
+    settled.forEach((outcome, i) => {
+      const to = recipients[i]!;
+      if (outcome.status === "fulfilled") result.sent.push({ to, ...outcome.value });
+      else result.failed.push({ to, error: toEndpointError(outcome.reason, "sendToGroup") });
+    });
+    return result;
   }
 
   private async addUserIfRunning(uri: string): Promise<void> {

@@ -17,6 +17,16 @@ export const PROTOCOL_VERSION = 1;
 /** WebSocket path of protocol version 1. */
 export const PROTOCOL_PATH = "/v1";
 
+/**
+ * Optional features negotiated in hello/welcome (docs/protocol.md §4.1). A client announces
+ * those it implements; the gateway answers with the ones both sides have, and sends a
+ * connection nothing that belongs to a feature it did not get.
+ */
+export const FEATURE_GROUPS = "groups";
+export const KNOWN_FEATURES: readonly string[] = [FEATURE_GROUPS];
+/** Group rooms the gateway hosts: mimi://<roomDomain>/r/g-<32 hex digits> (§3.3). */
+export const GROUP_ROOM_PREFIX = "g-";
+
 /** Defaults the gateway uses unless configured otherwise; `welcome.limits` carries the values in force. */
 export const DEFAULT_LIMITS = {
   /** Largest WebSocket message either side may send; bigger ones close the connection with 1009. */
@@ -26,6 +36,8 @@ export const DEFAULT_LIMITS = {
   /** One-time prekeys accepted in one keys.publish, and kept per user. */
   maxOneTimeKeysPerPublish: 100,
   maxOneTimeKeysStored: 1000,
+  /** Members a group room may have (groups feature, §3.3). */
+  maxGroupMembers: 256,
 } as const;
 
 export type ErrorCode =
@@ -42,7 +54,9 @@ export type ErrorCode =
   | "queue_full"
   | "too_large"
   | "rate_limited"
-  | "internal";
+  | "internal"
+  | "not_member"
+  | "not_supported";
 
 /** Codes only the client library produces locally; they never travel on the wire. */
 export type LocalErrorCode = "timeout" | "closed";
@@ -62,6 +76,8 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "too_large",
   "rate_limited",
   "internal",
+  "not_member",
+  "not_supported",
 ];
 
 /** Errors after which repeating the very same request later may succeed. */
@@ -130,7 +146,41 @@ export interface Limits {
   maxBodyBytes: number;
   maxOneTimeKeysPerPublish: number;
   maxOneTimeKeysStored: number;
+  /** Sent by gateways with the groups feature; absent from older ones. */
+  maxGroupMembers?: number;
 }
+
+/** One member of a group room. */
+export interface GroupMember {
+  user: string;
+  admin: boolean;
+}
+
+/** A group room as the gateway holds it (§3.3): sent whole with every change. */
+export interface GroupState {
+  room: string;
+  /** Increases by one with every change; the later state has the higher rev. */
+  rev: number;
+  name: string;
+  /** Absent: no topic. */
+  topic?: string;
+  /** Absent: no picture. Public like profile pictures (§6.1), not encrypted. */
+  picture?: Avatar;
+  creator: string;
+  /** When the group was created (ms since epoch). */
+  created: number;
+  /** The current members in the order they joined; empty once the last one has left. */
+  members: GroupMember[];
+}
+
+/** A member group.create could not add, and why (the code the same group.add would get). */
+export interface GroupRefusal {
+  user: string;
+  code: ErrorCode;
+}
+
+export type GroupChange = "created" | "added" | "removed" | "left" | "name" | "topic" | "picture" | "admin";
+export const GROUP_CHANGES: readonly GroupChange[] = ["created", "added", "removed", "left", "name", "topic", "picture", "admin"];
 
 // Connection-level
 export interface HelloFrame {
@@ -140,6 +190,8 @@ export interface HelloFrame {
   version: number;
   /** connectionId of this provider's previous connection, which the gateway then closes (4004). */
   resume?: string;
+  /** Optional features this client implements (e.g. "groups"); absent: none. */
+  features?: string[];
 }
 export interface WelcomeFrame {
   t: "welcome";
@@ -153,6 +205,8 @@ export interface WelcomeFrame {
   pingIntervalMs: number;
   idleTimeoutMs: number;
   limits: Limits;
+  /** The features in force on this connection: those of hello.features the gateway has. Absent from older gateways. */
+  features?: string[];
 }
 export interface PingFrame {
   t: "ping";
@@ -234,6 +288,71 @@ export interface SendFrame {
   payload: Payload;
 }
 
+// Group requests (feature "groups"): `by` is the logged-in member acting.
+export interface GroupCreateFrame {
+  t: "group.create";
+  rid: number;
+  by: string;
+  /** 16 bytes chosen by the creator: (by, id) names the group, so a retry creates nothing new. */
+  id: Uint8Array;
+  name: string;
+  topic?: string;
+  picture?: Avatar;
+  /** Members besides the creator. */
+  members: string[];
+}
+export interface GroupAddFrame {
+  t: "group.add";
+  rid: number;
+  by: string;
+  room: string;
+  user: string;
+}
+export interface GroupRemoveFrame {
+  t: "group.remove";
+  rid: number;
+  by: string;
+  room: string;
+  user: string;
+}
+export interface GroupLeaveFrame {
+  t: "group.leave";
+  rid: number;
+  by: string;
+  room: string;
+}
+export interface GroupUpdateFrame {
+  t: "group.update";
+  rid: number;
+  by: string;
+  room: string;
+  name?: string;
+  /** "" removes the topic. */
+  topic?: string;
+  picture?: Avatar;
+  /** true removes the picture (not together with picture). */
+  removePicture?: boolean;
+}
+export interface GroupAdminFrame {
+  t: "group.admin";
+  rid: number;
+  by: string;
+  room: string;
+  user: string;
+  admin: boolean;
+}
+export interface GroupGetFrame {
+  t: "group.get";
+  rid: number;
+  by: string;
+  room: string;
+}
+export interface GroupListFrame {
+  t: "group.list";
+  rid: number;
+  user: string;
+}
+
 // Notices from the client (no rid, no answer unless rejected)
 export interface AckFrame {
   t: "ack";
@@ -270,6 +389,12 @@ export interface OkFrame {
   bundle?: PreKeyBundle;
   /** profile.get */
   profile?: Profile;
+  /** group.*: the group's state after the request. */
+  group?: GroupState;
+  /** group.list: the groups the user is a member of. */
+  groups?: GroupState[];
+  /** group.create: members that could not be added. */
+  refused?: GroupRefusal[];
 }
 export interface ErrorFrame {
   t: "error";
@@ -339,6 +464,23 @@ export interface RefusedFrame {
   ts: number;
 }
 
+/** A group the queue owner is (or was, until this change) a member of changed. */
+export interface GroupEventFrame {
+  t: "group";
+  seq: number;
+  /** Queue owner. */
+  user: string;
+  room: string;
+  change: GroupChange;
+  /** Who made the change (for "left", the member who left). */
+  by: string;
+  /** For added, removed, left and admin: the member concerned. */
+  subject?: string;
+  /** The group after the change. A member removed or gone sees itself absent from it. */
+  group: GroupState;
+  ts: number;
+}
+
 // Live pushes from the gateway (not stored, not acknowledged)
 export interface KeysLowFrame {
   t: "keys.low";
@@ -363,8 +505,16 @@ export type RequestFrame =
   | KeysPublishFrame
   | KeysFetchFrame
   | KeysCountFrame
-  | SendFrame;
-export type QueuedFrame = DeliverFrame | DeliveredFrame | ProfileFrame | RefusedFrame;
+  | SendFrame
+  | GroupCreateFrame
+  | GroupAddFrame
+  | GroupRemoveFrame
+  | GroupLeaveFrame
+  | GroupUpdateFrame
+  | GroupAdminFrame
+  | GroupGetFrame
+  | GroupListFrame;
+export type QueuedFrame = DeliverFrame | DeliveredFrame | ProfileFrame | RefusedFrame | GroupEventFrame;
 export type Frame =
   | HelloFrame
   | WelcomeFrame
@@ -395,8 +545,18 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set([
   "keys.fetch",
   "keys.count",
   "send",
+  "group.create",
+  "group.add",
+  "group.remove",
+  "group.leave",
+  "group.update",
+  "group.admin",
+  "group.get",
+  "group.list",
 ]);
-export const QUEUED_TYPES: ReadonlySet<string> = new Set(["deliver", "delivered", "profile", "refused"]);
+/** Requests of the groups feature. */
+export const GROUP_REQUEST_TYPES: ReadonlySet<string> = new Set([...REQUEST_TYPES].filter((t) => t.startsWith("group.")));
+export const QUEUED_TYPES: ReadonlySet<string> = new Set(["deliver", "delivered", "profile", "refused", "group"]);
 
 export function isRequest(frame: Frame): frame is RequestFrame {
   return REQUEST_TYPES.has(frame.t);
@@ -467,6 +627,23 @@ export function isE164(localId: string): boolean {
  * SHA-256 over the two user URIs sorted by their UTF-8 bytes and joined by "\n",
  * under the gateway's room domain. Both sides compute it without coordination.
  */
+/** Whether a room URI names a group room (§3.3) rather than a 1:1 chat. */
+export function isGroupRoom(room: string): boolean {
+  return parseMimiUri(room)?.id.startsWith(GROUP_ROOM_PREFIX) === true;
+}
+
+/**
+ * Room URI of the group that `creator` creates with the 16-byte `id`: "g-" + the first 32 hex
+ * digits of SHA-256 over the creator's URI, "\n" and the id. A retried group.create names the
+ * same room, and the creator knows it before the answer comes.
+ */
+export function groupRoomUri(creator: string, id: Uint8Array, roomDomain: string): string {
+  const digest = createHash("sha256")
+    .update(Buffer.concat([Buffer.from(creator, "utf8"), Buffer.from("\n"), Buffer.from(id)]))
+    .digest("hex");
+  return `mimi://${roomDomain}/r/${GROUP_ROOM_PREFIX}${digest.slice(0, 32)}`;
+}
+
 export function dmRoomUri(a: string, b: string, roomDomain: string): string {
   const [first, second] = [Buffer.from(a, "utf8"), Buffer.from(b, "utf8")].sort(Buffer.compare);
   const digest = createHash("sha256")
@@ -543,6 +720,23 @@ const limitsField: FieldSpec = {
     maxBodyBytes: { kind: "uint" },
     maxOneTimeKeysPerPublish: { kind: "uint" },
     maxOneTimeKeysStored: { kind: "uint" },
+    maxGroupMembers: opt({ kind: "uint" }),
+  },
+};
+const featuresField: FieldSpec = { kind: "array", of: { kind: "text", max: 64 }, max: 32 };
+const groupNameField: FieldSpec = { kind: "text", max: 256, check: (v) => (v.trim() === "" ? "must not be empty" : undefined) };
+const groupTopicField: FieldSpec = { kind: "text", max: 1024 };
+const groupStateField: FieldSpec = {
+  kind: "map",
+  fields: {
+    room: roomField,
+    rev: { kind: "uint", min: 1 },
+    name: groupNameField,
+    topic: opt(groupTopicField),
+    picture: opt(avatarField),
+    creator: userField,
+    created: tsField,
+    members: { kind: "array", of: { kind: "map", fields: { user: userField, admin: { kind: "bool" } } }, max: 4096 },
   },
 };
 const profileField: FieldSpec = {
@@ -579,6 +773,7 @@ const SCHEMAS: Record<FrameType, Schema> = {
     secret: { kind: "text", max: 1024 },
     version: { kind: "uint" },
     resume: opt({ kind: "text", max: 64 }),
+    features: opt(featuresField),
   },
   welcome: {
     version: { kind: "uint" },
@@ -590,6 +785,7 @@ const SCHEMAS: Record<FrameType, Schema> = {
     pingIntervalMs: { kind: "uint" },
     idleTimeoutMs: { kind: "uint" },
     limits: limitsField,
+    features: opt(featuresField),
   },
   ping: { nonce: { kind: "uint" } },
   pong: { nonce: { kind: "uint" } },
@@ -609,6 +805,30 @@ const SCHEMAS: Record<FrameType, Schema> = {
   "keys.fetch": { rid: ridField, from: userField, user: userField },
   "keys.count": { rid: ridField, user: userField },
   send: { rid: ridField, from: userField, to: userField, room: roomField, id: msgIdField, payload: payloadField },
+  "group.create": {
+    rid: ridField,
+    by: userField,
+    id: msgIdField,
+    name: groupNameField,
+    topic: opt(groupTopicField),
+    picture: opt(avatarField),
+    members: { kind: "array", of: userField, max: 4096 },
+  },
+  "group.add": { rid: ridField, by: userField, room: roomField, user: userField },
+  "group.remove": { rid: ridField, by: userField, room: roomField, user: userField },
+  "group.leave": { rid: ridField, by: userField, room: roomField },
+  "group.update": {
+    rid: ridField,
+    by: userField,
+    room: roomField,
+    name: opt(groupNameField),
+    topic: opt(groupTopicField),
+    picture: opt(avatarField),
+    removePicture: opt({ kind: "bool" }),
+  },
+  "group.admin": { rid: ridField, by: userField, room: roomField, user: userField, admin: { kind: "bool" } },
+  "group.get": { rid: ridField, by: userField, room: roomField },
+  "group.list": { rid: ridField, user: userField },
   ack: { user: userField, seq: seqField },
   typing: { from: userField, to: userField, room: roomField, state: { kind: "enum", values: ["on", "off"] } },
   ok: {
@@ -620,6 +840,13 @@ const SCHEMAS: Record<FrameType, Schema> = {
     remaining: opt({ kind: "uint" }),
     bundle: opt(bundleField),
     profile: opt(profileField),
+    group: opt(groupStateField),
+    groups: opt({ kind: "array", of: groupStateField, max: 100_000 }),
+    refused: opt({
+      kind: "array",
+      of: { kind: "map", fields: { user: userField, code: { kind: "text", max: 64 } } },
+      max: 4096,
+    }),
   },
   error: {
     rid: opt(ridField),
@@ -648,6 +875,16 @@ const SCHEMAS: Record<FrameType, Schema> = {
     ts: tsField,
   },
   refused: { seq: seqField, user: userField, from: userField, room: roomField, ts: tsField },
+  group: {
+    seq: seqField,
+    user: userField,
+    room: roomField,
+    change: { kind: "enum", values: GROUP_CHANGES },
+    by: userField,
+    subject: opt(userField),
+    group: groupStateField,
+    ts: tsField,
+  },
   "keys.low": { user: userField, remaining: { kind: "uint" } },
   "session.ended": { user: userField, reason: { kind: "enum", values: ["replaced"] } },
 };

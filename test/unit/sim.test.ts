@@ -5,12 +5,11 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { createInterface } from "node:readline";
 import { fetchBlob } from "../../src/network/media-fetch.js";
 import { MediaHost, type HostedBlobIndex } from "../../src/network/media-host.js";
 import { blobRefOf, mediaToMimi, mimiToRemoteContent } from "../../src/network/mimi-content.js";
@@ -23,81 +22,18 @@ import { MemoryRecordStore } from "../../src/protocol/signal.js";
 import { CliError, formatEntry, runCli } from "../../sim/cli.js";
 import { parseSimArgs, UsageError } from "../../sim/main.js";
 import { GatewayProcess, until } from "../support/gateway-process.js";
+import { SimProcess } from "../support/sim-process.js";
 
 const HOME = "whatsapp.example";
 const THIRD = "matrix.test";
 const SECRETS = { [HOME]: "sim-secret", [THIRD]: "bridge-secret" };
-const SIM_MAIN = path.resolve(__dirname, "../../sim/main.js");
 const SIM_CLI = path.resolve(__dirname, "../../sim/cli.js");
 const PHONE = "+4915123456789";
 const wa = userUri(HOME, PHONE);
 const ALICE_MXID = "@alice:matrix.test";
 const alice = userUri(THIRD, ALICE_MXID);
 
-type Entry = { n: number; kind: string; from: string; fromId?: string; id?: string; text?: string } & Record<string, unknown>;
-
-class SimProcess {
-  private child?: ChildProcess;
-  url = "";
-  constructor(private readonly args: string[]) {}
-
-  async start(): Promise<void> {
-    const child = spawn(process.execPath, [SIM_MAIN, ...this.args], {
-      stdio: ["ignore", "pipe", "inherit"],
-      env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? "warn" },
-    });
-    this.child = child;
-    const line = await new Promise<string>((resolve, reject) => {
-      createInterface({ input: child.stdout! }).once("line", resolve);
-      child.once("exit", (code) => reject(new Error(`sim exited with ${code} before it was ready`)));
-    });
-    const m = /^sim: listening on (http:\/\/\S+) \(gateway ws:\/\/\S+\)$/.exec(line);
-    assert.ok(m, `unexpected first line from the sim: ${line}`);
-    this.url = m[1]!;
-  }
-
-  /** SIGTERM; resolves with the exit code. */
-  async stop(): Promise<number | null> {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return child?.exitCode ?? null;
-    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-    child.kill("SIGTERM");
-    return exited;
-  }
-
-  async call<T = unknown>(method: string, route: string, body?: unknown): Promise<{ status: number; json: T }> {
-    const res = await fetch(this.url + route, {
-      method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
-      body: body === undefined ? null : JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, json: (text ? JSON.parse(text) : undefined) as T };
-  }
-
-  async ok<T = unknown>(method: string, route: string, body?: unknown): Promise<T> {
-    const { status, json } = await this.call<T>(method, route, body);
-    assert.ok(status >= 200 && status < 300, `${method} ${route} → ${status} ${JSON.stringify(json)}`);
-    return json;
-  }
-
-  /** Long-polls the inbox until an entry matches. */
-  async waitFor(phone: string, match: (e: Entry) => boolean, timeoutMs = 10_000): Promise<Entry> {
-    const deadline = Date.now() + timeoutMs;
-    let afterN = 0;
-    const seen: Entry[] = [];
-    while (Date.now() < deadline) {
-      const wait = Math.max(1, Math.min(2000, deadline - Date.now()));
-      const batch = await this.ok<Entry[]>("GET", `/users/${encodeURIComponent(phone)}/inbox/wait?after=${afterN}&timeoutMs=${wait}`);
-      for (const e of batch) {
-        seen.push(e);
-        afterN = Math.max(afterN, e.n);
-        if (match(e)) return e;
-      }
-    }
-    throw new Error(`no matching inbox entry; saw ${JSON.stringify(seen)}`);
-  }
-}
+type Entry = import("../support/sim-process.js").Entry;
 
 /** The Matrix side: a third-party SecureEndpoint for alice. */
 class MatrixSide {
