@@ -6,6 +6,11 @@ import * as sdk from "@matrix-org/matrix-sdk-crypto-wasm";
 import { CryptoStoreFile } from "./crypto-store-file";
 import { databaseNames, deleteDatabases, installDurableIndexedDb, restoreDatabases } from "./durable-idb";
 
+/* eslint-disable @typescript-eslint/no-explicit-any -- Node's lib has no IndexedDB types */
+type IDBDatabaseLike = any;
+declare const indexedDB: any;
+const INBOUND_STORE = "inbound_group_sessions3";
+
 let wasmReady: Promise<void> | undefined;
 
 /** Loads the wasm crypto library once per process. */
@@ -50,6 +55,45 @@ export class MachineStore {
       return await sdk.OlmMachine.initFromStore(new sdk.UserId(userId), new sdk.DeviceId(deviceId), handle);
     } finally {
       handle.free();
+    }
+  }
+
+  /**
+   * Deletes the user's inbound room keys that `drop` picks (key hygiene: the bridge never needs
+   * history). Goes through IndexedDB, so the journal records it like any other write. The record
+   * key is "roomId\u001dsessionId"; the value carries `sender_key` (matrix-sdk-indexeddb's layout
+   * for an unencrypted store, checked by test/unit/crypto-manager.test.ts).
+   */
+  async deleteInboundSessions(userId: string, drop: (roomId: string, sessionId: string, senderKey: string | undefined) => boolean): Promise<number> {
+    const name = `${storeNameOf(userId)}::matrix-sdk-crypto`;
+    const db = await new Promise<IDBDatabaseLike>((resolve, reject) => {
+      const request = indexedDB.open(name);
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    });
+    try {
+      if (!db.objectStoreNames.contains(INBOUND_STORE)) return 0;
+      return await new Promise<number>((resolve, reject) => {
+        const tx = db.transaction([INBOUND_STORE], "readwrite");
+        const store = tx.objectStore(INBOUND_STORE);
+        let deleted = 0;
+        const cursorRequest = store.openCursor();
+        cursorRequest.onsuccess = () => {
+          const cursor = cursorRequest.result;
+          if (!cursor) return;
+          const [roomId, sessionId] = String(cursor.key).split("\u001d");
+          const senderKey = (cursor.value as { sender_key?: string } | undefined)?.sender_key;
+          if (drop(roomId, sessionId, senderKey)) {
+            cursor.delete();
+            deleted++;
+          }
+          cursor.continue();
+        };
+        tx.oncomplete = () => resolve(deleted);
+        tx.onerror = () => reject(tx.error);
+      });
+    } finally {
+      db.close();
     }
   }
 
