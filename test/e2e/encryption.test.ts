@@ -81,15 +81,13 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
     return parsed;
   }
 
-  /** Waits until the ghost's process has decrypted `text` (each answer is a fresh look, no timer). */
+  /** Waits (the ghost's process answers once it happened) until the ghost has decrypted `text`. */
   async function ghostReceives(text: string): Promise<{ sender: string }> {
-    for (;;) {
-      const { messages, failures } = await control<{ messages: { text: string; sender: string }[]; failures: string[] }>("GET", "/control/received");
-      assert.deepEqual(failures, [], "nothing failed to decrypt on the ghost's side");
-      const found = messages.find((m) => m.text === text);
-      if (found) return found;
-      await new Promise((r) => setImmediate(r));
-    }
+    const { messages, failures } = await control<{ messages: { text: string; sender: string }[]; failures: string[] }>("GET", `/control/received?text=${encodeURIComponent(text)}`);
+    assert.deepEqual(failures, [], "nothing failed to decrypt on the ghost's side");
+    const found = messages.find((m) => m.text === text);
+    assert.ok(found, `the ghost decrypted ${JSON.stringify(text)}`);
+    return found;
   }
 
   before(async () => {
@@ -183,13 +181,14 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
   });
 
   it("the homeserver's database holds none of the texts", { skip: process.env.MATRIX_HOMESERVER_URL ? "uses an existing homeserver" : false }, async () => {
-    assert.equal(texts.length, 4, "all four texts were exchanged");
+    assert.ok(texts.length > 0);
     assert.ok(hs.dataDir, "the instance directory is known");
     const files = fs.readdirSync(hs.dataDir!).filter((f) => f.startsWith("homeserver.db"));
     assert.ok(files.includes("homeserver.db"));
     const bytes = Buffer.concat(files.map((f) => fs.readFileSync(path.join(hs.dataDir!, f))));
     const hits = texts.filter((t) => bytes.includes(Buffer.from(t, "utf8")));
     assert.deepEqual(hits, [], "no plaintext in homeserver.db*");
+    assert.equal(texts.length, 4, "all four texts were exchanged and searched for");
     // The search can find things: the room id is stored in the clear.
     assert.ok(bytes.includes(Buffer.from(roomId, "utf8")));
   });

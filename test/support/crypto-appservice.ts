@@ -7,7 +7,8 @@
  *
  * Control API on the same port (the test's only view of plaintexts, never logged):
  *   POST /control/send {room, text} -> {event_id}
- *   GET  /control/received          -> {messages: [{room, sender, text}], failures: [code]}
+ *   GET  /control/received?text=T   -> {messages: [{room, sender, text}], failures: [code]} once T
+ *                                      was decrypted or a decryption failed (408 after a minute)
  *   GET  /control/cross-signed      -> {crossSigned: bool}
  * Prints "READY <deviceId>" on stdout once the ghost's device is up.
  */
@@ -28,6 +29,10 @@ async function main(): Promise<void> {
   const received: { room: string; sender: string; text: unknown }[] = [];
   const failures: string[] = [];
   const transactions = new KeyedQueue();
+  const changed = new Set<() => void>();
+  const notify = (): void => {
+    for (const wake of changed) wake();
+  };
 
   const localpart = config.ghost.slice(1).split(":")[0];
   try {
@@ -49,8 +54,14 @@ async function main(): Promise<void> {
       } else if (event.type === "m.room.encrypted" && event.sender !== config.ghost) {
         // Not awaited: a room key may come in a later transaction, which must not wait behind this one.
         manager.decrypt(roomId, event, config.ghost).then(
-          (clear) => received.push({ room: roomId, sender: event.sender as string, text: clear.content.body }),
-          (err) => failures.push(err instanceof DecryptionFailure ? err.code : (err as Error).message),
+          (clear) => {
+            received.push({ room: roomId, sender: event.sender as string, text: clear.content.body });
+            notify();
+          },
+          (err) => {
+            failures.push(err instanceof DecryptionFailure ? err.code : (err as Error).message);
+            notify();
+          },
         );
       }
     }
@@ -85,7 +96,23 @@ async function main(): Promise<void> {
           .then((r) => reply(200, r), (err) => reply(500, { error: (err as Error).message }));
         return;
       }
-      if (url.pathname === "/control/received") return reply(200, { messages: received, failures });
+      if (url.pathname === "/control/received") {
+        const text = url.searchParams.get("text");
+        const done = (): boolean => failures.length > 0 || received.some((m) => m.text === text);
+        if (done()) return reply(200, { messages: received, failures });
+        const timer = setTimeout(() => {
+          changed.delete(wake);
+          reply(408, { error: `no message ${JSON.stringify(text)} within a minute` });
+        }, 60_000);
+        const wake = (): void => {
+          if (!done()) return;
+          clearTimeout(timer);
+          changed.delete(wake);
+          reply(200, { messages: received, failures });
+        };
+        changed.add(wake);
+        return;
+      }
       if (url.pathname === "/control/cross-signed") {
         manager.ownDeviceIsCrossSigned(config.ghost).then((ok) => reply(200, { crossSigned: ok }), (err) => reply(500, { error: (err as Error).message }));
         return;

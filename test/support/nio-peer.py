@@ -14,6 +14,7 @@ Started with one argument: JSON {"hs", "user_id", "device_id", "token", "store"}
 import asyncio
 import json
 import sys
+import urllib.error
 import urllib.request
 
 from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomMessageText
@@ -88,6 +89,14 @@ async def main():
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
+    def raw_get(path):
+        request = urllib.request.Request(f"{args['hs']}{path}", headers={"Authorization": f"Bearer {args['token']}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError:
+            return {}
+
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -105,9 +114,11 @@ async def main():
             if cmd["cmd"] == "create_room":
                 response = await client.room_create(is_direct=True, invite=[cmd["invite"]], preset=None)
                 room_id = response.room_id
-                await until(lambda: room_id in client.rooms, "the new room")
-                # Synapse's encryption_enabled_by_default_for_room_type adds m.room.encryption itself.
-                answer({"room_id": room_id, "encrypted": client.rooms[room_id].encrypted})
+                # Synapse's encryption_enabled_by_default_for_room_type adds m.room.encryption itself;
+                # read the room state from the server (nio's room object may not have it yet).
+                state = await loop.run_in_executor(None, raw_get, f"/_matrix/client/v3/rooms/{room_id}/state/m.room.encryption/")
+                await until(lambda: room_id in client.rooms and client.rooms[room_id].encrypted, "the room's encryption state")
+                answer({"room_id": room_id, "encrypted": state.get("algorithm") == "m.megolm.v1.aes-sha2"})
             elif cmd["cmd"] == "wait_joined":
                 await until(lambda: cmd["user"] in client.rooms[cmd["room"]].users, "the join")
                 answer({"ok": True})
