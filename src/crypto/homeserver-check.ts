@@ -44,6 +44,8 @@ export async function checkHomeserverEncryption(
   const whoami = await client.request<{ device_id?: string }>("GET", "v3/account/whoami", { userId: opts.botUserId, deviceId }).catch(() => ({}) as { device_id?: string });
   if (whoami.device_id !== deviceId) missing.push(MISSING.masquerading);
 
+  // Counts seen before the check prove nothing about now.
+  manager.seen.oneTimeKeyCounts = false;
   const nonce = randomBytes(12).toString("hex");
   const arrived = new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => {

@@ -14,6 +14,7 @@ import path from "node:path";
 import readline from "node:readline";
 import { after, before, describe, it } from "node:test";
 import { stringify } from "yaml";
+import { MISSING } from "../../src/crypto/homeserver-check";
 import { ENCRYPTION_REGISTRATION_KEYS } from "../../src/matrix/registration";
 import { freePort, repoRoot, startTestHomeserver, type TestHomeserver } from "../support/homeserver";
 import { registerUser, type TestClient } from "../support/matrix-client";
@@ -113,7 +114,7 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
     hs = await startTestHomeserver({ registrationPath, name: `crypto${process.pid}`, purge: true, encryptByDefault: "all" });
     ghost = `@cryptoghost_4915100000001:${hs.serverName}`;
     controlUrl = `http://127.0.0.1:${port}`;
-    asConfig = { hs: hs.url, asToken, hsToken, port, storeFile: path.join(tmp, "crypto.db"), storeKey: "e2e test store key, 32+ characters", ghost };
+    asConfig = { hs: hs.url, asToken, hsToken, port, storeFile: path.join(tmp, "crypto.db"), storeKey: "e2e test store key, 32+ characters", ghost, bot: `@cryptoghost_bot:${hs.serverName}` };
     alice = await registerUser(hs, "alice");
     const nioProc = spawn(PYTHON, [path.join(repoRoot(), "test/support/nio-peer.py"), JSON.stringify({ hs: hs.url, user_id: alice.userId, device_id: alice.deviceId, token: alice.accessToken, store: fs.mkdtempSync(path.join(tmp, "nio-")) })], {
       stdio: ["pipe", "pipe", "pipe"],
@@ -128,6 +129,18 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
     nio?.proc.kill();
     await hs?.stop();
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it("the start-up check finds everything encryption needs on this homeserver", async () => {
+    assert.deepEqual(await control("GET", "/control/check"), { ok: true, missing: [], summary: "" });
+  });
+
+  it("the start-up check says in one line what a homeserver does not deliver (transactions without the extensions)", async () => {
+    const answer = await control<{ ok: boolean; missing: string[]; summary: string }>("GET", "/control/check?drop=1");
+    assert.equal(answer.ok, false);
+    assert.deepEqual(answer.missing, [MISSING.toDevice, MISSING.keyCounts]);
+    assert.match(answer.summary, /^encryption: the homeserver does not provide to-device events in transactions .*msc2409_to_device_messages_enabled.*one-time-key counts.*msc3202_transaction_extensions/);
+    assert.doesNotMatch(answer.summary, /\n/);
   });
 
   it("the user's client decrypts the ghost's message, and the ghost decrypts the user's, in a room encrypted by default", async () => {

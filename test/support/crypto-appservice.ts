@@ -10,16 +10,21 @@
  *   GET  /control/received?text=T   -> {messages: [{room, sender, text}], failures: [code]} once T
  *                                      was decrypted or a decryption failed (408 after a minute)
  *   GET  /control/cross-signed      -> {crossSigned: bool}
+ *   GET  /control/check[?drop=1]    -> the start-up check's answer; drop=1 strips the encryption
+ *                                      extensions from transactions meanwhile (a homeserver without them)
  * Prints "READY <deviceId>" on stdout once the ghost's device is up.
  */
 import http from "node:http";
 import { randomBytes } from "node:crypto";
 import { DecryptionFailure, EncryptionManager } from "../../src/crypto/encryption-manager";
 import { DeviceClient } from "../../src/crypto/device-client";
+import { checkHomeserverEncryption } from "../../src/crypto/homeserver-check";
 import { MachineStore } from "../../src/crypto/store/machine-store";
 import { KeyedQueue } from "../../src/util/keyed-queue";
 
-interface Config { hs: string; asToken: string; hsToken: string; port: number; storeFile: string; storeKey: string; ghost: string }
+interface Config { hs: string; asToken: string; hsToken: string; port: number; storeFile: string; storeKey: string; ghost: string; bot: string }
+
+const EXTENSION_KEYS = ["to_device", "de.sorunome.msc2409.to_device", "device_lists", "org.matrix.msc3202.device_lists", "org.matrix.msc3202.device_one_time_keys_count", "org.matrix.msc3202.device_one_time_key_counts", "org.matrix.msc3202.device_unused_fallback_key_types"];
 
 async function main(): Promise<void> {
   const config = JSON.parse(process.argv[2]) as Config;
@@ -34,15 +39,18 @@ async function main(): Promise<void> {
     for (const wake of changed) wake();
   };
 
-  const localpart = config.ghost.slice(1).split(":")[0];
-  try {
-    await client.request("POST", "v3/register", { userId: config.ghost }, { type: "m.login.application_service", username: localpart, inhibit_login: true });
-  } catch (err) {
-    if (!/M_USER_IN_USE/.test((err as Error).message)) throw err;
+  let dropExtensions = false;
+  for (const user of [config.ghost, config.bot]) {
+    try {
+      await client.request("POST", "v3/register", { userId: user }, { type: "m.login.application_service", username: user.slice(1).split(":")[0], inhibit_login: true });
+    } catch (err) {
+      if (!/M_USER_IN_USE/.test((err as Error).message)) throw err;
+    }
   }
 
   async function onTransaction(body: Record<string, unknown>): Promise<void> {
-    await manager.handleTransaction(body, (u) => u === config.ghost);
+    if (dropExtensions) for (const key of EXTENSION_KEYS) delete body[key];
+    await manager.handleTransaction(body, (u) => u === config.ghost || u === config.bot);
     for (const event of (body.events as Record<string, unknown>[] | undefined) ?? []) {
       const roomId = event.room_id as string;
       if (event.type === "m.room.member") {
@@ -111,6 +119,13 @@ async function main(): Promise<void> {
           reply(200, { messages: received, failures });
         };
         changed.add(wake);
+        return;
+      }
+      if (url.pathname === "/control/check") {
+        dropExtensions = url.searchParams.get("drop") === "1";
+        checkHomeserverEncryption(manager, { homeserverUrl: config.hs, asToken: config.asToken, botUserId: config.bot, timeoutMs: 10_000 })
+          .finally(() => (dropExtensions = false))
+          .then((r) => reply(200, r), (err) => reply(500, { error: (err as Error).message }));
         return;
       }
       if (url.pathname === "/control/cross-signed") {

@@ -5,6 +5,8 @@
  *
  *   node crypto-child.js FILE SECRET create   set up keys, a room key, one message; then waits to be killed
  *   node crypto-child.js FILE SECRET reopen CIPHERTEXT_JSON   reopen and check both directions
+ *   node crypto-child.js FILE SECRET forget-room CIPHERTEXT_JSON   delete bob's keys of the room (key hygiene)
+ *   node crypto-child.js FILE SECRET try-decrypt CIPHERTEXT_JSON   can bob still decrypt?
  */
 import * as sdk from "@matrix-org/matrix-sdk-crypto-wasm";
 import { MachineStore } from "../../src/crypto/store/machine-store";
@@ -80,6 +82,14 @@ async function main(): Promise<void> {
     return;
   }
 
+  if (phase === "forget-room" || phase === "try-decrypt") {
+    await hygiene(phase, payload, store, bob);
+    alice.close();
+    bob.close();
+    store.close();
+    return;
+  }
+
   if (phase === "reopen") {
     const pendingUploads = (await alice.outgoingRequests()).filter((r) => r instanceof sdk.KeysUploadRequest).map((r) => JSON.parse((r as sdk.KeysUploadRequest).body) as { device_keys?: unknown });
     const event = JSON.parse(payload) as Record<string, unknown>;
@@ -103,6 +113,25 @@ async function main(): Promise<void> {
     bob.close();
     store.close();
   }
+}
+
+async function hygiene(phase: string, payload: string, store: MachineStore, bob: sdk.OlmMachine): Promise<void> {
+  const event = JSON.parse(payload) as Record<string, unknown>;
+  let deleted = 0;
+  if (phase === "forget-room") {
+    deleted = await store.deleteInboundSessions(BOB, (roomId) => roomId === ROOM);
+    // Another room's keys, if any, are not touched: the predicate sees each key's room.
+    await store.deleteInboundSessions(BOB, (roomId) => roomId === "!other:test.invalid");
+  }
+  let decrypted: string | undefined;
+  let error: string | undefined;
+  try {
+    const result = await bob.decryptRoomEvent(JSON.stringify(event), new sdk.RoomId(ROOM), new sdk.DecryptionSettings(sdk.TrustRequirement.Untrusted));
+    decrypted = JSON.parse(result.event).content.body;
+  } catch (err) {
+    error = err instanceof sdk.MegolmDecryptionError ? sdk.DecryptionErrorCode[err.code] : (err as Error).message;
+  }
+  say({ step: phase, deleted, decrypted, error });
 }
 
 main().catch((err) => {

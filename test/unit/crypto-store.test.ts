@@ -49,6 +49,14 @@ describe("durable crypto store", () => {
       assert.equal(second.line.bobReadNew, "after the kill", "a new message decrypts");
       assert.equal(await second.exited, 0);
 
+      // Key hygiene: the room's inbound keys are deleted, and stay deleted after a restart.
+      const forget = await runChild([file, SECRET, "forget-room", JSON.stringify(first.line.event)]);
+      assert.equal(forget.line.deleted, 1, "bob's one key of the room was deleted");
+      assert.equal(forget.line.error, "MissingRoomKey", "the message no longer decrypts");
+      assert.equal(await forget.exited, 0);
+      const after = await runChild([file, SECRET, "try-decrypt", JSON.stringify(first.line.event)]);
+      assert.equal(after.line.error, "MissingRoomKey", "the deletion was journalled: still gone after a restart");
+
       const wrongKey = runChild([file, "another key entirely", "reopen", "{}"]);
       await assert.rejects(wrongKey, /different store key/, "a wrong store key is refused, not a new device");
       const db = new BetterSqlite3(file, { readonly: true });
