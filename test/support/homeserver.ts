@@ -131,8 +131,7 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
       stopped = true;
       process.removeListener("exit", stopSync);
       await new Promise<void>((resolve, reject) => {
-        // Generous: on a loaded machine (helpers sharing 2 cores) a stop was measured at 154 s.
-        execFile("bash", [script, "stop", "--name", name, ...(options.purge ? ["--purge"] : [])], { timeout: 5 * 60_000 }, (error, _out, err) => {
+        execFile("bash", [script, "stop", "--name", name, ...(options.purge ? ["--purge"] : [])], { timeout: 180_000 }, (error, _out, err) => {
           if (error) reject(new Error(`scripts/synapse.sh stop --name ${name} failed: ${err || error.message}`));
           else resolve();
         });
