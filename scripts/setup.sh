@@ -14,8 +14,9 @@ say() { echo "[setup] $*" >&2; }
 WANT_SYNAPSE=1
 [ "${1:-}" = "--no-synapse" ] && WANT_SYNAPSE=0
 
-# Debian packages: ffmpeg probes and converts media; python3/make/g++ build better-sqlite3.
-DEB_PACKAGES=(ffmpeg python3 make g++)
+# Debian packages: ffmpeg probes and converts media; python3/make/g++ build better-sqlite3;
+# python3-matrix-nio (with libolm) is the independent E2EE client of the encryption tests.
+DEB_PACKAGES=(ffmpeg python3 make g++ python3-matrix-nio)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

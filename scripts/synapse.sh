@@ -4,6 +4,7 @@
 #   scripts/synapse.sh start [--name test] [--port 8008] [--server-name localhost]
 #                            [--registration FILE]... [--fresh] [--max-upload-size 200M]
 #                            [--owner-pid PID]   (stop the instance when that process ends)
+#                            [--encrypt-by-default all|invite|off]   (new rooms start encrypted)
 #   scripts/synapse.sh stop   [--name test] [--purge]   (--purge also deletes the instance's data)
 #   scripts/synapse.sh status [--name test]
 #   scripts/synapse.sh logs   [--name test] [--lines 50] [--follow]
@@ -44,6 +45,7 @@ MAX_UPLOAD_SIZE="200M"
 LOG_LINES=50
 FOLLOW=0
 OWNER_PID=""
+ENCRYPT_BY_DEFAULT="off"
 REGISTRATIONS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,6 +57,7 @@ while [ $# -gt 0 ]; do
     --purge) PURGE=1; shift ;;
     --max-upload-size) MAX_UPLOAD_SIZE="${2:?--max-upload-size needs a value}"; shift 2 ;;
     --owner-pid) OWNER_PID="${2:?--owner-pid needs a value}"; shift 2 ;;
+    --encrypt-by-default) ENCRYPT_BY_DEFAULT="${2:?--encrypt-by-default needs all, invite or off}"; shift 2 ;;
     --lines|-n) LOG_LINES="${2:?--lines needs a value}"; shift 2 ;;
     --follow|-f) FOLLOW=1; shift ;;
     -h|--help) usage ;;
@@ -64,6 +67,7 @@ done
 [[ "$NAME" =~ ^[A-Za-z0-9_-]+$ ]] || die "--name may only contain letters, digits, '-' and '_'"
 [ -z "$PORT" ] || [[ "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
 [ -z "$OWNER_PID" ] || [[ "$OWNER_PID" =~ ^[0-9]+$ ]] || die "--owner-pid must be a number"
+[[ "$ENCRYPT_BY_DEFAULT" =~ ^(all|invite|off)$ ]] || die "--encrypt-by-default must be all, invite or off"
 
 if [ "$COMMAND" = start ]; then
   # install-synapse.sh prints its progress on stderr and the chroot path last on stdout.
@@ -235,6 +239,12 @@ suppress_key_server_warning: true
 federation_domain_whitelist: []
 presence:
   enabled: false
+# Encrypted appservices (issue 14): to-device events, device-list changes and one-time-key
+# counts reach the appservice in its transactions (MSC2409, MSC3202).
+experimental_features:
+  msc2409_to_device_messages_enabled: true
+  msc3202_transaction_extensions: true
+encryption_enabled_by_default_for_room_type: "$ENCRYPT_BY_DEFAULT"
 url_preview_enabled: false
 enable_metrics: false
 # Tests act as real users sending quickly; Synapse's defaults (0.2 messages/s) would throttle them.

@@ -29,6 +29,16 @@ export interface BridgeConfig {
   };
   provisioning: { enabled: boolean; shared_secret?: string };
   metrics: { enabled: boolean; hostname: string; port: number };
+  /** End-to-bridge encryption (docs/encryption.md); store_path is filled in from the database's folder when not set. */
+  encryption: {
+    allow: boolean;
+    default: boolean;
+    require: boolean;
+    store_path: string;
+    store_key?: string;
+    room_key_wait_seconds: number;
+    delete_keys: { delete_previous_on_new_session: boolean; delete_on_forget_room: boolean };
+  };
   logging: { level: LogLevel; format: "pretty" | "json" };
 }
 
@@ -84,6 +94,9 @@ export function validateConfig(raw: unknown, configDir = process.cwd()): BridgeC
   if (!path.isAbsolute(config.database.path)) config.database.path = path.resolve(configDir, config.database.path);
   const media = config.network.media;
   media.directory = media.directory ? path.resolve(configDir, media.directory) : path.join(path.dirname(config.database.path), "media");
+  const encryption = config.encryption;
+  encryption.store_path = encryption.store_path ? path.resolve(configDir, encryption.store_path) : path.join(path.dirname(config.database.path), "crypto.db");
+  if (encryption.require && !encryption.allow) throw new ConfigError("encryption.require", "needs encryption.allow");
   if (!config.network.media.public_url) {
     config.network.media.public_url = `http://${config.network.media.bind_hostname}:${config.network.media.port}`;
   }

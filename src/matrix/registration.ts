@@ -37,6 +37,7 @@ export function fillRegistration(reg: AppServiceRegistration, config: BridgeConf
   reg.addRegexPattern("users", `^@${escapeRegex(config.appservice.bot.localpart)}:${domain}$`, true);
   // Typing and receipts reach appservices only with this (matrix-appservice reads the MSC2409 key).
   reg.pushEphemeral = true;
+  withEncryptionKeys(reg);
   return reg;
 }
 
@@ -74,4 +75,17 @@ export function checkRegistration(reg: AppServiceRegistration, config: BridgeCon
     };
   }
   return {};
+}
+
+/**
+ * Encrypted rooms (docs/encryption.md): MSC4190 lets the appservice create its users' devices
+ * without logins (also behind the Matrix Authentication Service), and MSC3202 lets it act as
+ * those devices and receive their to-device events, device lists and key counts. The library's
+ * getOutput writes only the keys it knows, so these two are added to its output.
+ */
+export const ENCRYPTION_REGISTRATION_KEYS = { "io.element.msc4190": true, "org.matrix.msc3202": true } as const;
+
+function withEncryptionKeys(reg: AppServiceRegistration): void {
+  const output = reg.getOutput.bind(reg);
+  reg.getOutput = () => ({ ...output(), ...ENCRYPTION_REGISTRATION_KEYS }) as ReturnType<AppServiceRegistration["getOutput"]>;
 }

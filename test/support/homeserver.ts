@@ -30,6 +30,8 @@ export interface TestHomeserver {
   sharedSecret: string;
   /** Synapse's log file when we started the instance; undefined for an existing homeserver. */
   logPath?: string;
+  /** The instance directory (homeserver.db lives there) when we started it. */
+  dataDir?: string;
   /** True when this process started the homeserver (and stop() ends it). */
   managed: boolean;
   /** Stops an instance we started; a no-op for an existing homeserver. Safe to call twice. */
@@ -53,6 +55,8 @@ export interface StartTestHomeserverOptions {
   purge?: boolean;
   /** Synapse's max_upload_size, e.g. "200M" (the script's default). */
   maxUploadSize?: string;
+  /** Synapse's encryption_enabled_by_default_for_room_type (default "off"). */
+  encryptByDefault?: "all" | "invite" | "off";
 }
 
 /** The repository root, found from this file whether it runs from test/ or dist/test/. */
@@ -78,6 +82,7 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
   if (options.fresh ?? true) args.push("--fresh");
   if (options.serverName) args.push("--server-name", options.serverName);
   if (options.maxUploadSize) args.push("--max-upload-size", options.maxUploadSize);
+  if (options.encryptByDefault) args.push("--encrypt-by-default", options.encryptByDefault);
   const registrations = options.registrationPath === undefined ? [] : [options.registrationPath].flat();
   for (const file of registrations) args.push("--registration", path.resolve(file));
 
@@ -113,6 +118,7 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
     serverName,
     sharedSecret,
     logPath: vars.SYNAPSE_LOG,
+    dataDir: vars.SYNAPSE_DATA,
     managed: true,
     pause: async () => {
       await runScript(["stop", "--name", name]);

@@ -1,0 +1,157 @@
+"""An independent end-to-end encrypting Matrix client for the encryption tests: matrix-nio with
+libolm (Debian's python3-matrix-nio), run with /usr/bin/python3. One JSON command per stdin line,
+one JSON answer per stdout line:
+
+  {"cmd": "create_room", "invite": "@ghost:hs"}   -> {"room_id": ..., "encrypted": bool}
+  {"cmd": "wait_joined", "room": R, "user": U}     -> {"ok": true}
+  {"cmd": "send", "room": R, "text": T}            -> {"event_id": ...}
+  {"cmd": "wait_message", "room": R, "text": T}    -> {"sender", "sender_key", "decrypted"}
+  {"cmd": "cross_signing", "user": U}              -> {"devices": {id: {"cross_signed": bool, "curve25519": key}}}
+  {"cmd": "undecryptable"}                         -> {"count": n}
+
+Started with one argument: JSON {"hs", "user_id", "device_id", "token", "store"}.
+"""
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+
+from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomMessageText
+from olm import ed25519_verify
+
+
+def canonical(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def signed_by(obj, user_id, key_id, public_key):
+    """True when obj carries a valid ed25519 signature by public_key under user_id/key_id."""
+    signature = obj.get("signatures", {}).get(user_id, {}).get(key_id)
+    if not signature:
+        return False
+    unsigned = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
+    try:
+        ed25519_verify(public_key, canonical(unsigned), signature)
+        return True
+    except Exception:
+        return False
+
+
+async def main():
+    args = json.loads(sys.argv[1])
+    config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True)
+    client = AsyncClient(args["hs"], args["user_id"], device_id=args["device_id"], store_path=args["store"], config=config)
+    client.restore_login(args["user_id"], args["device_id"], args["token"])
+    messages = []
+    undecryptable = []
+
+    async def on_message(room, event):
+        if isinstance(event, MegolmEvent):
+            undecryptable.append(event.event_id)
+            return
+        messages.append({"room": room.room_id, "sender": event.sender, "text": event.body,
+                         "sender_key": getattr(event, "sender_key", None), "decrypted": bool(getattr(event, "decrypted", False))})
+
+    client.add_event_callback(on_message, (RoomMessageText, MegolmEvent))
+    changed = asyncio.Event()
+
+    async def sync_loop():
+        while True:
+            await client.sync(timeout=1000, full_state=False)
+            if client.should_upload_keys:
+                await client.keys_upload()
+            if client.should_query_keys:
+                await client.keys_query()
+            if client.should_claim_keys:
+                await client.keys_claim(client.get_users_for_key_claiming())
+            changed.set()
+
+    await client.sync(timeout=0, full_state=True)
+    if client.should_upload_keys:
+        await client.keys_upload()
+    syncing = asyncio.ensure_future(sync_loop())
+
+    async def until(check, what):
+        while True:
+            result = check()
+            if result:
+                return result
+            if syncing.done():
+                raise RuntimeError(f"sync stopped while waiting for {what}: {syncing.exception()}")
+            changed.clear()
+            await changed.wait()
+
+    def raw_keys_query(user):
+        body = json.dumps({"device_keys": {user: []}}).encode()
+        request = urllib.request.Request(f"{args['hs']}/_matrix/client/v3/keys/query", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {args['token']}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def raw_get(path):
+        request = urllib.request.Request(f"{args['hs']}{path}", headers={"Authorization": f"Bearer {args['token']}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError:
+            return {}
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def answer(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        cmd = json.loads(line)
+        try:
+            if cmd["cmd"] == "create_room":
+                response = await client.room_create(is_direct=True, invite=[cmd["invite"]], preset=None)
+                room_id = response.room_id
+                # Synapse's encryption_enabled_by_default_for_room_type adds m.room.encryption itself;
+                # read the room state from the server (nio's room object may not have it yet).
+                state = await loop.run_in_executor(None, raw_get, f"/_matrix/client/v3/rooms/{room_id}/state/m.room.encryption/")
+                await until(lambda: room_id in client.rooms and client.rooms[room_id].encrypted, "the room's encryption state")
+                answer({"room_id": room_id, "encrypted": state.get("algorithm") == "m.megolm.v1.aes-sha2"})
+            elif cmd["cmd"] == "wait_joined":
+                await until(lambda: cmd["user"] in client.rooms[cmd["room"]].users, "the join")
+                answer({"ok": True})
+            elif cmd["cmd"] == "send":
+                if client.should_query_keys:
+                    await client.keys_query()
+                response = await client.room_send(cmd["room"], "m.room.message", {"msgtype": "m.text", "body": cmd["text"]},
+                                                  ignore_unverified_devices=True)
+                answer({"event_id": response.event_id})
+            elif cmd["cmd"] == "wait_message":
+                found = await until(lambda: next((m for m in messages if m["room"] == cmd["room"] and m["text"] == cmd["text"]), None), "the message")
+                answer(found)
+            elif cmd["cmd"] == "cross_signing":
+                user = cmd["user"]
+                keys = await loop.run_in_executor(None, raw_keys_query, user)
+                master = keys.get("master_keys", {}).get(user)
+                ssk = keys.get("self_signing_keys", {}).get(user)
+                devices = {}
+                master_pub = next(iter(master["keys"].values())) if master else None
+                ssk_pub = next(iter(ssk["keys"].values())) if ssk else None
+                ssk_ok = bool(ssk and master and signed_by(ssk, user, f"ed25519:{master_pub}", master_pub))
+                for device_id, device in keys.get("device_keys", {}).get(user, {}).items():
+                    ok = ssk_ok and signed_by(device, user, f"ed25519:{ssk_pub}", ssk_pub)
+                    devices[device_id] = {"cross_signed": ok, "curve25519": device["keys"].get(f"curve25519:{device_id}")}
+                answer({"devices": devices, "has_master": master is not None, "ssk_signed_by_master": ssk_ok})
+            elif cmd["cmd"] == "undecryptable":
+                answer({"count": len(undecryptable)})
+            else:
+                answer({"error": f"unknown command {cmd['cmd']}"})
+        except Exception as err:  # the test reads the error, the peer stays up
+            answer({"error": f"{type(err).__name__}: {err}"})
+    syncing.cancel()
+    await client.close()
+
+
+asyncio.run(main())
