@@ -25,7 +25,7 @@ const testsFor = {
   "src/protocol": ["frames*", "payload*", "mimi-codec*", "mimi-vectors*", "deterministic-cbor*"],
 };
 const mutateArgs = process.argv.flatMap((arg, i, all) =>
-  arg === "--mutate" || arg === "-m" ? [all[i + 1] ?? ""] : arg.startsWith("--mutate=") ? [arg.slice(9)] : [],
+  (arg === "--mutate" || arg === "-m" ? all[i + 1] ?? "" : arg.startsWith("--mutate=") ? arg.slice(9) : "").split(",").filter(Boolean),
 );
 const folders = Object.keys(testsFor).filter(
   (folder) => mutateArgs.length === 0 || mutateArgs.some((glob) => glob.startsWith(folder)),
