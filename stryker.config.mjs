@@ -22,17 +22,25 @@ const testsFor = {
   "src/util": ["backoff*", "keyed-queue*"],
   "src/store": ["store*"],
   "src/convert": ["formatting*", "relations*", "unbridgeable*", "media-convert*", "message-content*"],
-  "src/protocol": ["frames*", "payload*", "mimi-codec*", "mimi-vectors*", "deterministic-cbor*"],
+  "src/protocol/frames": ["frames*"],
+  "src/protocol/payload": ["payload*"],
+  "src/protocol/mimi": ["mimi-codec*", "mimi-vectors*"],
+  "src/protocol/deterministic-cbor": ["deterministic-cbor*"],
 };
 const mutateArgs = process.argv.flatMap((arg, i, all) =>
   (arg === "--mutate" || arg === "-m" ? all[i + 1] ?? "" : arg.startsWith("--mutate=") ? arg.slice(9) : "").split(",").filter(Boolean),
 );
-const folders = Object.keys(testsFor).filter(
-  (folder) => mutateArgs.length === 0 || mutateArgs.some((glob) => glob.startsWith(folder)),
+const chosen = Object.keys(testsFor).filter(
+  (key) =>
+    mutateArgs.length === 0 ||
+    mutateArgs.some((glob) => glob.startsWith(key) || key.startsWith(glob.split("*")[0])),
 );
-const testFiles = [...new Set(folders.flatMap((folder) => testsFor[folder]))].map(
-  (name) => `dist/test/unit/${name}.test.js`,
-);
+const testFiles = [...new Set(chosen.flatMap((key) => testsFor[key]))].map((name) => `dist/test/unit/${name}.test.js`);
+
+// Results and reports per folder (reports/mutation/<folder>/), so runs on different folders
+// keep their own incremental record and may run side by side.
+const areas = [...new Set(chosen.map((key) => key.split("/")[1]))];
+const area = areas.length === 1 ? areas[0] : "all";
 
 /** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
 export default {
@@ -64,13 +72,12 @@ export default {
   concurrency: 1,
   timeoutMS: 10000,
   dryRunTimeoutMinutes: 20,
-  // Results of unchanged mutants and tests are reused between runs; runs on one folder keep
-  // the results of the others.
+  // Results of unchanged mutants and tests are reused between runs.
   incremental: true,
-  incrementalFile: "reports/mutation/incremental.json",
+  incrementalFile: `reports/mutation/${area}/incremental.json`,
   reporters: ["clear-text", "progress", "html", "json"],
-  htmlReporter: { fileName: "reports/mutation/index.html" },
-  jsonReporter: { fileName: "reports/mutation/mutation.json" },
+  htmlReporter: { fileName: `reports/mutation/${area}/index.html` },
+  jsonReporter: { fileName: `reports/mutation/${area}/mutation.json` },
   clearTextReporter: { allowColor: false, logTests: false, reportMutants: false },
   tempDirName: ".stryker-tmp",
   cleanTempDir: true,
