@@ -16,7 +16,7 @@ import path from "node:path";
 import { after, before, describe, test, type TestContext } from "node:test";
 import type { Browser } from "playwright-core";
 import { artifactsDir, ElementSession, launchChromium, type ElementUser } from "../support/element";
-import { serveElementWeb, type ElementServer } from "../support/element-web";
+import { ensureElementWeb, serveElementWeb, type ElementServer } from "../support/element-web";
 import { registerUser } from "../support/matrix-client";
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
@@ -63,6 +63,7 @@ const nextPhone = () => `+4915200000${String(++phones).padStart(3, "0")}`;
  * this in Element), so WhatsApp users can reach it.
  */
 async function freshAccount(label: string, opts: { enable?: boolean } = {}): Promise<ElementUser> {
+  if (setupError) throw setupError;
   const localpart = `el_${label}_${++accounts}`;
   const password = `pw-${localpart}-${process.pid}`;
   const client = await registerUser(stack.hs, localpart, { password });
@@ -104,13 +105,22 @@ async function chatFromWhatsApp(s: ElementSession, user: ElementUser, name: stri
   return { phone, uri, greetingId: sent.id, roomName };
 }
 
+/** Why the set-up failed (no Element build, no Chromium…): every test then fails with it, rather than being cancelled unnamed. */
+let setupError: Error | undefined;
+
 before(async () => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-element-files-"));
-  makeFiles();
-  stack = await Stack.start("element");
-  element = await serveElementWeb({ homeserverUrl: stack.hs.url, serverName: stack.hs.serverName });
-  browser = await launchChromium();
-  console.log(`Element ${element.url} (pointed at ${stack.hs.url}); screenshots in ${artifactsDir()}`);
+  try {
+    // What the browser tests need beyond the stack comes first, so a missing build fails at once.
+    const webapp = ensureElementWeb();
+    browser = await launchChromium();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-element-files-"));
+    makeFiles();
+    stack = await Stack.start("element");
+    element = await serveElementWeb({ homeserverUrl: stack.hs.url, serverName: stack.hs.serverName, webapp });
+    console.log(`Element ${element.url} (pointed at ${stack.hs.url}); screenshots in ${artifactsDir()}`);
+  } catch (err) {
+    setupError = err as Error;
+  }
 });
 
 after(async () => {
