@@ -6,8 +6,13 @@
  * It reuses the end-to-end test harness (test/support/stack.ts), so the demo runs exactly what
  * the tests verify. With MATRIX_HOMESERVER_URL, MATRIX_SERVER_NAME,
  * MATRIX_REGISTRATION_SHARED_SECRET and MATRIX_BRIDGE_REGISTRATION it uses your homeserver.
+ *
+ * When the Element Web build is at hand (ELEMENT_WEB_DIR, or ../shared/element-web next to the
+ * repository), the demo serves Element too, already pointed at the demo homeserver, and prints
+ * its sign-in link: one link, the printed user and password, and you are chatting.
  */
 import path from "node:path";
+import { ELEMENT_WEB_TARBALL, findElementTarball, serveElementWeb, type ElementServer } from "../test/support/element-web";
 import { registerUser } from "../test/support/matrix-client";
 import { HOME_DOMAIN, PROVIDER_DOMAIN, Stack } from "../test/support/stack";
 
@@ -23,8 +28,10 @@ async function main(): Promise<void> {
     // Another WhatsApp-side peer (your own client, docs/protocol.md §18.1) may host its media on any loopback port.
     bridgeConfig: (c) => c.network.media.allowed_hosts.push("127.0.0.1", "localhost"),
   });
+  let element: ElementServer | undefined;
   const shutdown = async () => {
     process.stderr.write("\ndemo: stopping\n");
+    await element?.stop();
     await stack.stop();
     process.exit(0);
   };
@@ -47,14 +54,26 @@ async function main(): Promise<void> {
     await stack.sim.createUser(f.phone, f.name);
     await stack.sim.sendText(f.phone, `mimi://${PROVIDER_DOMAIN}/u/${demo.userId}`, f.text);
   }
+  if (findElementTarball()) {
+    try {
+      element = await serveElementWeb({ homeserverUrl: stack.hs.url, serverName: stack.hs.serverName, port: Number(process.env.DEMO_ELEMENT_PORT ?? 29700) });
+    } catch (err) {
+      // The demo is still useful with another client: say why Element is not served, and go on.
+      process.stderr.write(`demo: not serving Element: ${(err as Error).message}\n`);
+    }
+  }
+  const client = element
+    ? `  Element:      ${element.loginUrl}   (Element Web, already pointed at this homeserver: open it and sign in)\n`
+    : `  Use any Matrix client pointed at the homeserver (Element: "Edit" the homeserver on the sign-in page).\n` +
+      `  (To have the demo serve Element itself, set ELEMENT_WEB_DIR to the folder holding ${ELEMENT_WEB_TARBALL}.)\n`;
   process.stdout.write(`
   matrix-interop-bridge demo is running.
 
-  Homeserver:   ${stack.hs.url}   (server name: ${stack.hs.serverName})
-  Log in as:    ${demo.userId}
+${client}
+  Log in as:    ${demo.userId}   (username: demo)
   Password:     ${DEMO_PASSWORD}
+  Homeserver:   ${stack.hs.url}   (server name: ${stack.hs.serverName})
 
-  Use any Matrix client pointed at the homeserver (Element: "Edit" the homeserver on the sign-in page).
   What to try:
     - Accept the two chat invites from ${friends.map((f) => `${f.name} (WhatsApp)`).join(" and ")}: they greeted you.
     - Reply with formatting (bold, italic, code); see what they received:

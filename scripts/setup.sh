@@ -17,6 +17,9 @@ WANT_SYNAPSE=1
 # Debian packages: ffmpeg probes and converts media; python3/make/g++ build better-sqlite3;
 # python3-matrix-nio (with libolm) is the independent E2EE client of the encryption tests.
 DEB_PACKAGES=(ffmpeg python3 make g++ python3-matrix-nio)
+# The browser tests (test/e2e/element.test.ts) drive Element in Debian's Chromium through
+# playwright-core, which never downloads a browser of its own. Unit tests do not need it.
+[ "$WANT_SYNAPSE" = 1 ] && DEB_PACKAGES+=(chromium)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
