@@ -40,6 +40,7 @@ export const PROVISIONING_SECRET = "provisioning-secret-for-tests";
 export class Stack {
   readonly sim: SimApi;
   private clients: TestClient[] = [];
+  private adminClient: TestClient | undefined;
 
   private constructor(
     readonly name: string,
@@ -169,6 +170,12 @@ export class Stack {
     await client.startSync();
     this.clients.push(client);
     return client;
+  }
+
+  /** A homeserver administrator (no sync loop), for the admin API: e.g. every room a user is in, invites included. */
+  async admin(): Promise<TestClient> {
+    this.adminClient ??= await registerUser(this.hs, `hsadmin_${this.name.replace(/[^a-z0-9]/g, "")}`.toLowerCase(), { admin: true });
+    return this.adminClient;
   }
 
   /**
