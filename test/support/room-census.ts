@@ -46,3 +46,16 @@ export async function roomsOf(admin: TestClient, userId: string): Promise<string
   const all = await memberships(admin, [userId]);
   return [...all].filter(([, m]) => m[userId] === "join" || m[userId] === "invite").map(([roomId]) => roomId).sort();
 }
+
+/** Waits until `userId`'s membership in `roomId` is `membership` (read with the admin API, so it works for rooms the caller left). */
+export async function waitForMembership(admin: TestClient, roomId: string, userId: string, membership: Membership, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last: Membership | undefined;
+  for (;;) {
+    const { state } = await admin.request<{ state: StateEvent[] }>("GET", `/_synapse/admin/v1/rooms/${enc(roomId)}/state`);
+    last = state.find((e) => e.type === "m.room.member" && e.state_key === userId)?.content.membership;
+    if (last === membership) return;
+    if (Date.now() > deadline) throw new Error(`${userId} in ${roomId}: membership still ${last ?? "none"} after ${timeoutMs} ms, expected ${membership}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

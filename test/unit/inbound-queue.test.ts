@@ -199,9 +199,11 @@ describe("the durable inbound queue", () => {
     release();
     await until("it is on Matrix", () => store.inbound.depth() === 0 && hs.sent.length === 1);
     await core.onMessage(USER, message("+491", 1));
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(hs.sent.length, 1);
-    assert.equal(store.inbound.depth(), 0);
+    // A later message of the same chat goes through after the repeat (one ordered queue per chat):
+    // once it is on Matrix, the repeat was handled, and must not have been sent.
+    await core.onMessage(USER, message("+491", 2));
+    await until("the next message is on Matrix", () => hs.sent.length >= 2 && store.inbound.depth() === 0);
+    assert.deepEqual(hs.sent.map((s) => s.content.body), ["+491 says 1", "+491 says 2"]);
     core.stop();
     store.close();
   });
@@ -309,15 +311,21 @@ describe("delivery status", () => {
     await core.onMatrixMessage({ event_id: eventId, room_id: roomId, sender: USER, type: "m.room.message", origin_server_ts: Date.now(), content: { msgtype: "m.text", body: `mine ${n}` } });
     return { eventId, roomId };
   }
+  /** Another Matrix message in the room, through the same ordered queue: once the network has it, everything before it was handled. */
+  async function barrier(core: BridgeCore, store: BridgeStore, roomId: string, tag: string): Promise<void> {
+    const eventId = `$barrier-${tag}`;
+    await core.onMatrixMessage({ event_id: eventId, room_id: roomId, sender: USER, type: "m.room.message", origin_server_ts: Date.now(), content: { msgtype: "m.text", body: tag } });
+    await until("the barrier message reached the network", () => store.messages.byEventId(eventId) !== undefined);
+  }
   const statuses = (hs: FakeHomeserver, eventId: string) =>
     hs.sent.filter((s) => s.opts.type === STATUS && (s.content["m.relates_to"] as { event_id: string }).event_id === eventId).map((s) => s.content.delivered_to_users);
 
   it("posts one status saying delivered when the receipt comes within the wait", async () => {
     const hs = new FakeHomeserver();
     const { store, core } = makeCore(tempDb(), hs, 60_000);
-    const { eventId } = await sendFromMatrix(core, store, hs, 1);
+    const { eventId, roomId } = await sendFromMatrix(core, store, hs, 1);
     await until("the network took it", () => store.messages.byEventId(eventId) !== undefined);
-    await new Promise((r) => setTimeout(r, 50));
+    await barrier(core, store, roomId, "after-1");
     assert.deepEqual(statuses(hs, eventId), [], "the sent status waits");
     await core.onDelivered(USER, { chat: chat("+491"), txnId: eventId, recipient: "+491", timestamp: Date.now() });
     await until("the delivered status", () => statuses(hs, eventId).length === 1);
@@ -370,7 +378,9 @@ describe("delivery status", () => {
     await until("the network took it", () => store.messages.byEventId(eventId) !== undefined);
     await core.onDelivered(USER, { chat: chat("+491"), txnId: eventId, recipient: "+491", timestamp: Date.now() });
     await until("the receipt was handled", () => store.inbound.depth() === 0);
-    await new Promise((r) => setTimeout(r, 50));
+    // A later network message of the chat is handled after the receipt (one ordered queue per chat).
+    await core.onMessage(USER, message("+491", 99));
+    await until("the later message is on Matrix", () => hs.sent.some((s) => s.content.body === "+491 says 99"));
     assert.deepEqual(statuses(hs, eventId), []);
     assert.equal(hs.sent.filter((s) => s.opts.type === STATUS).length, 0);
     core.stop();
@@ -389,7 +399,7 @@ describe("delivery status", () => {
     const second = makeCore(tempDb(), hs2, 60_000);
     const held = await sendFromMatrix(second.core, second.store, hs2, 4);
     await until("the network took it", () => second.store.messages.byEventId(held.eventId) !== undefined);
-    await new Promise((r) => setTimeout(r, 50));
+    await barrier(second.core, second.store, held.roomId, "after-4");
     assert.deepEqual(statuses(hs2, held.eventId), []);
     second.core.stop();
     await until("the held status went out at stop", () => statuses(hs2, held.eventId).length === 1);
