@@ -15,6 +15,7 @@ import { DurableAppService } from "../../src/matrix/durable-appservice";
 import { AppserviceMatrixPort } from "../../src/matrix/matrix-side";
 import { EncryptedRecordStore, SignalLayerError, SignalParty, type PreKeyBundleData } from "../../src/protocol/signal.js";
 import { BridgeStore } from "../../src/store";
+import { fakeMatrixPort, fakeNetwork } from "../support/fakes";
 import { freePort } from "../support/homeserver";
 
 const HS_TOKEN = "hs-token-for-unit-tests-0123456789";
@@ -364,8 +365,7 @@ describe("a portal room created just before a crash is not created twice", () =>
     const rooms = new Map<string, string[]>();
     let created = 0;
     let crashAfterCreate = true;
-    const matrix = {
-      botMxid: "@bot:hs",
+    const matrix = fakeMatrixPort({
       ghostMxid: () => ghost,
       remoteIdOfGhost: () => "+491",
       ensureGhost: async () => ghost,
@@ -377,11 +377,11 @@ describe("a portal room created just before a crash is not created twice", () =>
       },
       joinedRooms: async (who: string) => [...rooms].filter(([, m]) => m.includes(who)).map(([id]) => id),
       members: async (_who: string, roomId: string) => rooms.get(roomId) ?? [],
-    } as unknown as import("../../src/bridge/matrix-port").MatrixPort;
-    const network = {
+    });
+    const network = fakeNetwork({
       ensureUser: async () => undefined,
       getProfile: async () => ({ userId: "+491", displayName: "Ana", avatar: null }),
-    } as unknown as import("../../src/network/connector").NetworkConnector;
+    });
     const chat = { id: "mimi://whatsapp.example/r/dm", kind: "dm" as const, participants: ["+491"] };
 
     await assert.rejects(new BridgeCore(store, matrix, network, opts).ensurePortal(receiver, chat), /killed/);

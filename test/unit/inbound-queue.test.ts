@@ -10,10 +10,10 @@ import os from "node:os";
 import path from "node:path";
 import { after, describe, it } from "node:test";
 import { BridgeCore } from "../../src/bridge/core";
-import type { MatrixPort, SendOptions } from "../../src/bridge/matrix-port";
 import { Permissions } from "../../src/bridge/permissions";
 import type { ChatRef, NetworkConnector, RemoteChange, RemoteMessage } from "../../src/network/connector";
 import { BridgeStore } from "../../src/store";
+import { FakeHomeserver, fakeNetwork } from "../support/fakes";
 
 const USER = "@alice:hs";
 const dirs: string[] = [];
@@ -27,82 +27,21 @@ function tempDb(): string {
   return path.join(dir, "bridge.db");
 }
 
-interface Sent {
-  as: string;
-  roomId: string;
-  content: Record<string, unknown>;
-  opts: SendOptions;
-}
-
-/** A homeserver that records sends; `gate(roomId)` holds a room's sends until released, `failNext` refuses some. */
-class FakeHomeserver {
-  readonly sent: Sent[] = [];
-  private rooms = 0;
-  private readonly gates = new Map<string, { promise: Promise<void>; release: () => void }>();
-  failNext = 0;
-  attempts = 0;
-  readonly botNotices: string[] = [];
-
-  gate(roomId: string): () => void {
-    let release!: () => void;
-    const promise = new Promise<void>((r) => (release = r));
-    this.gates.set(roomId, { promise, release });
-    return () => {
-      this.gates.delete(roomId);
-      release();
-    };
-  }
-
-  port(): MatrixPort {
-    const port: Partial<MatrixPort> = {
-      botMxid: "@bot:hs",
-      serverName: "hs",
-      ghostMxid: (id) => `@wa_${id.replace("+", "")}:hs`,
-      remoteIdOfGhost: () => null,
-      ensureGhost: async (id) => `@wa_${id.replace("+", "")}:hs`,
-      createDm: async () => `!room${++this.rooms}:hs`,
-      joinedRooms: async () => [],
-      members: async () => [],
-      send: async (as, roomId, content, opts) => {
-        this.attempts += 1;
-        await this.gates.get(roomId)?.promise;
-        if (this.failNext > 0) {
-          this.failNext -= 1;
-          throw new Error("M_UNKNOWN: the homeserver had a bad moment");
-        }
-        this.sent.push({ as, roomId, content, opts });
-        return `$ev${this.sent.length}`;
-      },
-      redact: async () => undefined,
-      leave: async () => undefined,
-      botNotice: async (_roomId, markdown) => {
-        this.botNotices.push(markdown);
-      },
-    };
-    return port as MatrixPort;
-  }
-
-  bodies(roomId?: string): string[] {
-    return this.sent.filter((s) => !roomId || s.roomId === roomId).map((s) => String(s.content.body));
-  }
-}
-
-function fakeNetwork(): NetworkConnector {
+function fakeNetworkForChats(): NetworkConnector {
   let sent = 0;
-  const network: Partial<NetworkConnector> = {
+  return fakeNetwork({
     capabilities: { maxTextLength: 65536, maxMediaSize: 1 << 20, deliveryReceipts: true },
     sendMessage: async () => ({ remoteId: `out${++sent}`, timestamp: Date.now() }),
     ensureUser: async () => undefined,
     getProfile: async (id) => ({ userId: id, displayName: `Contact ${id}`, avatar: null }),
     dmChat: (_mxid, remote) => ({ id: `dm:${remote}`, kind: "dm", participants: [remote] }),
-  };
-  return network as NetworkConnector;
+  });
 }
 
 function makeCore(file: string, hs: FakeHomeserver, sentStatusDelayMs = 0, messageStatusEvents = true) {
   const store = BridgeStore.open(file);
   store.users.getOrCreate(USER, { thirdPartyEnabled: true });
-  const core = new BridgeCore(store, hs.port(), fakeNetwork(), {
+  const core = new BridgeCore(store, hs.port(), fakeNetworkForChats(), {
     thirdPartyDefault: true,
     permissions: new Permissions({ "*": "user" }),
     retryDelayMs: 5,
