@@ -411,6 +411,9 @@ export function formatSummary(s: ChaosSummary): string {
     line("  Matrix → WhatsApp", s.matrixToWhatsApp),
     line("  WhatsApp → Matrix", s.whatsAppToMatrix),
   ];
+  if (s.matrixToWhatsApp.redelivered.resent > resendBound(s)) {
+    lines.push(`  the bridge re-sent ${s.matrixToWhatsApp.redelivered.resent} Matrix messages under the same id: more than ${s.kills} kill(s) × ${s.chats} chats can explain`);
+  }
   for (const [what, entries] of Object.entries(s.bridgeLogDuringOutages)) {
     lines.push(`  bridge log during the ${what} outage: ${entries.length} warn/error line(s)${entries.length ? ":" : ""}`);
     for (const e of entries.slice(0, 10)) lines.push(`    ${e.slice(0, 300)}`);
@@ -418,6 +421,17 @@ export function formatSummary(s: ChaosSummary): string {
   return lines.join("\n");
 }
 
+/**
+ * The most same-id re-sends of Matrix messages a run can explain: the bridge sends one message per
+ * chat at a time, so a kill leaves at most one per chat unacknowledged, to be sent again.
+ */
+export function resendBound(s: ChaosSummary): number {
+  return s.kills * s.chats;
+}
+
 export function failed(s: ChaosSummary): boolean {
-  return [s.matrixToWhatsApp, s.whatsAppToMatrix].some((d) => d.lost > 0 || d.duplicated > 0 || d.outOfOrder > 0);
+  return (
+    [s.matrixToWhatsApp, s.whatsAppToMatrix].some((d) => d.lost > 0 || d.duplicated > 0 || d.outOfOrder > 0) ||
+    s.matrixToWhatsApp.redelivered.resent > resendBound(s)
+  );
 }

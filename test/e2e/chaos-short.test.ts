@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Stack } from "../support/stack";
-import { formatSummary, runChaos } from "../chaos/chaos";
+import { formatSummary, resendBound, runChaos } from "../chaos/chaos";
 
 let stack: Stack;
 
@@ -30,4 +30,8 @@ test("the bridge is SIGKILLed three times while 200 messages flow over 10 chats:
     assert.equal(d.outOfOrder, 0, `${name}: nothing out of order`);
     assert.equal(d.received, 100, `${name}: received`);
   }
+  assert.ok(
+    summary.matrixToWhatsApp.redelivered.resent <= resendBound(summary),
+    `the bridge re-sent ${summary.matrixToWhatsApp.redelivered.resent} messages under the same id; ${summary.kills} kills can explain at most ${resendBound(summary)}`,
+  );
 });

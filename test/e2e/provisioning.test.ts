@@ -57,13 +57,13 @@ function refused(answer: Answer, status: number, errcode: string, reason?: RegEx
 }
 
 /** Counts, in the bridge's database (read-only, beside the running bridge), of what it keeps about a user. */
-function bridgeRows(mxid: string, uri: string): { signal: number; signalKinds: string[]; otherSignal: number; user: number; portals: number } {
+function bridgeRows(mxid: string, uri: string): { signal: number; signalKeys: string[]; otherSignal: number; user: number; portals: number } {
   const db = new BetterSqlite3(path.join(stack.dir, "bridge.db"), { readonly: true });
   try {
     const count = (sql: string, ...args: unknown[]) => (db.prepare(sql).get(...args) as { n: number }).n;
     return {
       signal: count("SELECT COUNT(*) AS n FROM signal_records WHERE owner = ?", uri),
-      signalKinds: (db.prepare("SELECT DISTINCT ns FROM signal_records WHERE owner = ?").all(uri) as { ns: string }[]).map((r) => r.ns),
+      signalKeys: (db.prepare("SELECT DISTINCT key FROM signal_records WHERE owner = ?").all(uri) as { key: string }[]).map((r) => r.key),
       otherSignal: count("SELECT COUNT(*) AS n FROM signal_records WHERE owner <> ?", uri),
       user: count("SELECT COUNT(*) AS n FROM matrix_users WHERE mxid = ?", mxid),
       portals: count("SELECT COUNT(*) AS n FROM portals WHERE receiver = ?", mxid),
@@ -143,7 +143,7 @@ describe("provisioning API", () => {
     const idaUri = `mimi://${PROVIDER_DOMAIN}/u/${ida.userId}`;
     const before = bridgeRows(ida.userId, idaUri);
     assert.ok(before.signal >= 2, `the bridge holds her Signal records (${before.signal})`);
-    assert.ok(before.signalKinds.includes("account"), `her identity among them (${before.signalKinds.join(", ")})`);
+    assert.ok(before.signalKeys.includes("account"), `her identity among them (${before.signalKeys.slice(0, 8).join(", ")}…)`);
     assert.deepEqual([before.user, before.portals], [1, 1]);
     const othersBefore = bridgeRows(ida.userId, idaUri).otherSignal;
 

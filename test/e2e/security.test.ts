@@ -20,7 +20,10 @@ const STORE_SECRET = "store-key-for-tests";
 const stacks: Stack[] = [];
 
 after(async () => {
-  for (const s of stacks) await s.stop();
+  // Every stack is stopped even if stopping one fails (a leftover stack would keep this process alive).
+  const results = await Promise.allSettled(stacks.map((s) => s.stop()));
+  const failure = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failure) throw failure.reason;
 });
 
 /** A provisioning call: the secret or a user's access token travels in the Authorization header. */
