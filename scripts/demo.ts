@@ -26,7 +26,7 @@ async function main(): Promise<void> {
     logLevel: "info",
     ports: { homeserver: Number(process.env.DEMO_HS_PORT ?? 8008), appservice: 29400, media: 29401, metrics: 29402, gateway: 29500, sim: 29600 },
     // Another WhatsApp-side peer (your own client, docs/protocol.md §18.1) may host its media on any loopback port.
-    bridgeConfig: (c) => c.network.media.allowed_hosts.push("127.0.0.1", "localhost"),
+    bridgeConfig: (c) => (c.network.media.allowed_hosts ??= []).push("127.0.0.1", "localhost"),
   });
   let element: ElementServer | undefined;
   const shutdown = async () => {

@@ -122,6 +122,8 @@ function send(res: http.ServerResponse, status: number, body: unknown): void {
 export class ControlApi {
   private server?: http.Server;
   private sim?: Simulator;
+  /** Every request for a hosted blob (/media/v1/…), so tests can tell whether the far side fetched one (the last 10,000). */
+  private readonly blobRequests: { method: string; path: string; at: number }[] = [];
 
   constructor(private readonly log: Logger) {}
 
@@ -155,6 +157,11 @@ export class ControlApi {
     try {
       const sim = this.sim;
       if (!sim) throw new SimError(503, "starting", "the simulator is starting");
+      if (url.pathname.startsWith("/media/v1/")) {
+        this.blobRequests.push({ method, path: url.pathname, at: Date.now() });
+        if (this.blobRequests.length > 10_000) this.blobRequests.shift();
+      }
+      if (method === "GET" && url.pathname === "/hosted-media/requests") return send(res, 200, this.blobRequests);
       if (sim.mediaHost.handle(req, res)) return;
       const media = /^\/media\/([0-9a-f]{64})$/.exec(url.pathname);
       if (media && (method === "GET" || method === "HEAD")) return this.serveMedia(sim, media[1]!, method, res);

@@ -7,8 +7,9 @@
 import { randomInt } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import { decodeFrame } from "../../src/protocol/frames";
 import { TestClient } from "../support/matrix-client";
-import { PROVIDER_DOMAIN, Stack } from "../support/stack";
+import { HOME_DOMAIN, PROVIDER_DOMAIN, Stack } from "../support/stack";
 
 export interface ChaosOptions {
   chats: number;
@@ -24,6 +25,13 @@ export interface ChaosOptions {
   chatsPerUser?: number;
   /** How long to wait for the last messages after sending stopped (ms). */
   settleMs?: number;
+  /**
+   * Once everything arrived, the run waits until nothing more moved for this long (ms, at least
+   * 10 s) before the final count, so a duplicate replayed late is still seen.
+   */
+  quietMs?: number;
+  /** Seeds the kill schedule and the senders' pacing (a random seed when absent; the summary names it). */
+  seed?: number;
   log?: (line: string) => void;
 }
 
@@ -31,7 +39,15 @@ export interface DirectionSummary {
   sent: number;
   received: number;
   lost: number;
+  /** Extra copies at the far end under a new message id (what a user would see twice). */
   duplicated: number;
+  /**
+   * Extra deliveries of a message under the same id, counted on the wire before anyone
+   * de-duplicates (the gateway's frame record): the sender's repeated sends to the gateway, and
+   * the gateway's repeated deliveries to the receiving side. Expected after kills; the
+   * receiving side must drop them (then `duplicated` stays 0).
+   */
+  redelivered: { resent: number; redelivered: number };
   outOfOrder: number;
 }
 
@@ -42,6 +58,9 @@ export interface OutageRecord {
 }
 
 export interface ChaosSummary {
+  seed: number;
+  /** How long nothing moved before the final count (ms). */
+  quietMs: number;
   chats: number;
   kills: number;
   killedWhileStarting: number;
@@ -91,9 +110,28 @@ async function inBatches<T>(items: T[], width: number, fn: (item: T) => Promise<
   );
 }
 
+/** A small seeded generator (mulberry32): the same seed gives the same kill schedule and pacing. */
+export function seededInts(seed: number): (min: number, max?: number) => number {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  // Like crypto.randomInt: (max) → [0, max), (min, max) → [min, max).
+  return (min, max) => (max === undefined ? Math.floor(next() * min) : min + Math.floor(next() * (max - min)));
+}
+
 export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosSummary> {
   const log = opts.log ?? (() => undefined);
   const started = Date.now();
+  const seed = opts.seed ?? randomInt(2 ** 31);
+  const quietMs = Math.max(10_000, opts.quietMs ?? 10_000);
+  log(`seed ${seed} (replay the kill schedule with --seed ${seed})`);
+  const killDice = seededInts(seed);
+  const paceDice = seededInts(seed ^ 0x5bd1e995);
   const perChat = Math.max(1, Math.round(opts.messages / 2 / opts.chats));
   const chatsPerUser = opts.chatsPerUser ?? 5;
 
@@ -126,7 +164,7 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
 
   // ---- traffic: per chat, one sequential sender per side, paced over durationMs
   const gapMs = opts.durationMs / perChat;
-  const pace = () => sleep(randomInt(0, Math.max(1, Math.round(2 * gapMs))));
+  const pace = () => sleep(paceDice(0, Math.max(1, Math.round(2 * gapMs))));
   let sendingDone = false;
   const senders = chats.flatMap((chat) => [
     (async () => {
@@ -155,17 +193,17 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
     const spacing = opts.durationMs / Math.max(1, opts.kills);
     while (kills < opts.kills) {
       // Often soon after a restart, while the backlog of the downtime is being worked off.
-      await sleep(randomInt(2) === 0 ? randomInt(200, 2500) : randomInt(200, Math.max(300, Math.round(spacing))));
+      await sleep(killDice(2) === 0 ? killDice(200, 2500) : killDice(200, Math.max(300, Math.round(spacing))));
       await stack.bridge.stop("SIGKILL");
       kills++;
       log(`kill ${kills}/${opts.kills} (while running)`);
-      if (kills < opts.kills && randomInt(4) === 0) {
+      if (kills < opts.kills && killDice(4) === 0) {
         // Now and then the bridge dies again while it is still starting (migrations, replay, logins).
         const starting = stack.bridge.start(/bridge ready/, 60_000).then(
           () => true,
           () => false,
         );
-        await sleep(randomInt(100, 2000));
+        await sleep(killDice(100, 2000));
         await stack.bridge.stop("SIGKILL");
         const wasReady = await starting;
         kills++;
@@ -210,8 +248,24 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
       lastProgress = Date.now();
     }
   }
+  // ---- quiet: the final count only after nothing moved (arrivals, same-id repeats on the wire) for quietMs
+  log(`everything counted once; waiting for ${quietMs / 1000} s without any movement before the final count`);
+  let quietSince = Date.now();
+  let lastState = "";
+  for (;;) {
+    // Arrivals at both ends and same-id repeats on the wire (keep-alive traffic does not count).
+    const state = JSON.stringify(summary);
+    if (state !== lastState) {
+      lastState = state;
+      quietSince = Date.now();
+    } else if (Date.now() - quietSince >= quietMs) break;
+    await sleep(1_000);
+    summary = await measure(stack, chats, perChat);
+  }
   void sendingDone;
   return {
+    seed,
+    quietMs,
     chats: chats.length,
     kills,
     killedWhileStarting,
@@ -236,7 +290,53 @@ async function measure(stack: Stack, chats: Chat[], perChat: number): Promise<{ 
     const inbox = await untilDone("reading an inbox", () => fullInbox(stack, chat.phone));
     toWhatsApp.push(indicesOf(inbox.filter((e) => e.from === uriOf(chat.client.userId)).map((e) => String(e.text ?? "")), chat.index, "mx"));
   }
-  return { matrixToWhatsApp: compare(toWhatsApp, perChat), whatsAppToMatrix: compare(toMatrix, perChat) };
+  const wire = sameIdRepeats(stack, chats);
+  return {
+    matrixToWhatsApp: { ...compare(toWhatsApp, perChat), redelivered: wire.matrixToWhatsApp },
+    whatsAppToMatrix: { ...compare(toMatrix, perChat), redelivered: wire.whatsAppToMatrix },
+  };
+}
+
+const framesFile = (stack: Stack) => path.join(stack.dir, "gateway-frames.log");
+
+/**
+ * Same-id repeats on the wire, per direction, from the gateway's frame record (every frame it
+ * received or sent, before the gateway, the bridge or the simulator de-duplicate anything):
+ * `resent` = send frames repeating a (from, to, id) already sent; `redelivered` = deliver frames
+ * repeating a (to, id) already delivered. Only the chaos chats' messages count.
+ */
+function sameIdRepeats(stack: Stack, chats: Chat[]): { matrixToWhatsApp: DirectionSummary["redelivered"]; whatsAppToMatrix: DirectionSummary["redelivered"] } {
+  const matrixUsers = new Set(chats.map((c) => uriOf(c.client.userId)));
+  const phones = new Set(chats.map((c) => `mimi://${HOME_DOMAIN}/u/${c.phone}`));
+  const counts = { mxResent: new Map<string, number>(), mxDelivered: new Map<string, number>(), waResent: new Map<string, number>(), waDelivered: new Map<string, number>() };
+  const bump = (m: Map<string, number>, key: string) => m.set(key, (m.get(key) ?? 0) + 1);
+  const text = fs.existsSync(framesFile(stack)) ? fs.readFileSync(framesFile(stack), "utf8") : "";
+  for (const line of text.split("\n")) {
+    const [direction, , hex] = line.split(" ");
+    if (!hex || !/^[0-9a-f]+$/.test(hex)) continue;
+    let frame: { t: string; from?: string; to?: string; id?: Uint8Array };
+    try {
+      frame = decodeFrame(Buffer.from(hex, "hex"), { maxFrameBytes: 64 * 1024 * 1024 }) as typeof frame;
+    } catch {
+      continue; // a line cut short by a killed process, or a frame the gateway refused
+    }
+    if (!frame.from || !frame.to || !frame.id) continue;
+    const key = `${frame.from} ${frame.to} ${Buffer.from(frame.id).toString("hex")}`;
+    const toWhatsApp = matrixUsers.has(frame.from) && phones.has(frame.to);
+    const toMatrix = phones.has(frame.from) && matrixUsers.has(frame.to);
+    if (direction === "in" && frame.t === "send") {
+      if (toWhatsApp) bump(counts.mxResent, key);
+      if (toMatrix) bump(counts.waResent, key);
+    } else if (direction === "out" && frame.t === "deliver") {
+      if (toWhatsApp) bump(counts.mxDelivered, key);
+      if (toMatrix) bump(counts.waDelivered, key);
+    }
+  }
+  const extra = (m: Map<string, number>) => [...m.values()].reduce((n, c) => n + c - 1, 0);
+  return {
+    matrixToWhatsApp: { resent: extra(counts.mxResent), redelivered: extra(counts.mxDelivered) },
+    whatsAppToMatrix: { resent: extra(counts.waResent), redelivered: extra(counts.waDelivered) },
+  };
 }
 
 function indicesOf(bodies: string[], chat: number, side: "mx" | "wa"): number[] {
@@ -249,8 +349,8 @@ function indicesOf(bodies: string[], chat: number, side: "mx" | "wa"): number[] 
 }
 
 /** Per chat: the indices in arrival order. Lost = never arrived; duplicated = extra copies; out of order = arrived after a later one. */
-export function compare(arrivals: number[][], perChat: number): DirectionSummary {
-  const summary: DirectionSummary = { sent: perChat * arrivals.length, received: 0, lost: 0, duplicated: 0, outOfOrder: 0 };
+export function compare(arrivals: number[][], perChat: number): Omit<DirectionSummary, "redelivered"> {
+  const summary: Omit<DirectionSummary, "redelivered"> = { sent: perChat * arrivals.length, received: 0, lost: 0, duplicated: 0, outOfOrder: 0 };
   for (const seq of arrivals) {
     summary.received += seq.length;
     const seen = new Set<number>();
@@ -302,14 +402,18 @@ function outageLogLines(stack: Stack, outages: OutageRecord[]): Record<string, s
 
 export function formatSummary(s: ChaosSummary): string {
   const line = (name: string, d: DirectionSummary) =>
-    `${name}: sent ${d.sent}, received ${d.received}, lost ${d.lost}, duplicated ${d.duplicated}, out of order ${d.outOfOrder}`;
+    `${name}: sent ${d.sent}, received ${d.received}, lost ${d.lost}, duplicated ${d.duplicated}, ` +
+    `redelivered (same id) ${d.redelivered.resent + d.redelivered.redelivered} (${d.redelivered.resent} re-sent to the gateway, ${d.redelivered.redelivered} re-delivered by it), out of order ${d.outOfOrder}`;
   const lines = [
     `chaos: ${s.chats} chats, ${s.matrixToWhatsApp.sent + s.whatsAppToMatrix.sent} messages, ${s.kills} SIGKILLs of the bridge (${s.killedWhileStarting} while it was starting)` +
       (s.outages.length ? `, outages: ${s.outages.map((o) => `${o.what} ${Math.round((o.to - o.from) / 1000)} s`).join(", ")}` : "") +
-      `, ${Math.round(s.ms / 1000)} s`,
+      `, ${Math.round(s.ms / 1000)} s, seed ${s.seed}, counted after ${Math.round(s.quietMs / 1000)} s without movement`,
     line("  Matrix → WhatsApp", s.matrixToWhatsApp),
     line("  WhatsApp → Matrix", s.whatsAppToMatrix),
   ];
+  if (s.matrixToWhatsApp.redelivered.resent > resendBound(s)) {
+    lines.push(`  the bridge re-sent ${s.matrixToWhatsApp.redelivered.resent} Matrix messages under the same id: more than ${s.kills} kill(s) × ${s.chats} chats can explain`);
+  }
   for (const [what, entries] of Object.entries(s.bridgeLogDuringOutages)) {
     lines.push(`  bridge log during the ${what} outage: ${entries.length} warn/error line(s)${entries.length ? ":" : ""}`);
     for (const e of entries.slice(0, 10)) lines.push(`    ${e.slice(0, 300)}`);
@@ -317,6 +421,17 @@ export function formatSummary(s: ChaosSummary): string {
   return lines.join("\n");
 }
 
+/**
+ * The most same-id re-sends of Matrix messages a run can explain: the bridge sends one message per
+ * chat at a time, so a kill leaves at most one per chat unacknowledged, to be sent again.
+ */
+export function resendBound(s: ChaosSummary): number {
+  return s.kills * s.chats;
+}
+
 export function failed(s: ChaosSummary): boolean {
-  return [s.matrixToWhatsApp, s.whatsAppToMatrix].some((d) => d.lost > 0 || d.duplicated > 0 || d.outOfOrder > 0);
+  return (
+    [s.matrixToWhatsApp, s.whatsAppToMatrix].some((d) => d.lost > 0 || d.duplicated > 0 || d.outOfOrder > 0) ||
+    s.matrixToWhatsApp.redelivered.resent > resendBound(s)
+  );
 }

@@ -4,7 +4,10 @@
  * then the gateway for 60 s, while both sides keep sending. Prints a summary and exits 1 on
  * any lost, duplicated or reordered message.
  *
- *   --chats N --messages N --kills N --outage-seconds N --duration-seconds N --keep
+ *   --chats N --messages N --kills N --outage-seconds N --duration-seconds N --seed N --quiet-seconds N --keep --help
+ *
+ * --seed replays a run's kill schedule and pacing (every run prints its seed); --quiet-seconds
+ * (at least 10) is how long nothing may move before the final count.
  */
 import { parseArgs } from "node:util";
 import { Stack } from "../support/stack";
@@ -19,9 +22,18 @@ async function main(): Promise<number> {
       kills: { type: "string" },
       "outage-seconds": { type: "string" },
       "duration-seconds": { type: "string" },
+      seed: { type: "string" },
+      "quiet-seconds": { type: "string" },
       keep: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
     },
   });
+  if (values.help) {
+    process.stdout.write(
+      "usage: npm run chaos -- [--outages] [--chats N] [--messages N] [--kills N] [--outage-seconds N] [--duration-seconds N] [--seed N] [--quiet-seconds N (>= 10)] [--keep]\n",
+    );
+    return 0;
+  }
   const num = (v: string | undefined, fallback: number) => (v === undefined ? fallback : Number(v));
   const outageMs = values.outages ? num(values["outage-seconds"], 60) * 1000 : 0;
   const kills = num(values.kills, values.outages ? 0 : 20);
@@ -32,8 +44,11 @@ async function main(): Promise<number> {
     outageMs,
     // Kills: about 6 s per kill and restart; outages: both outages plus time on either side.
     durationMs: num(values["duration-seconds"], outageMs ? (2 * outageMs) / 1000 + 40 : Math.max(30, kills * 6)) * 1000,
+    seed: values.seed === undefined ? undefined : Number(values.seed),
+    quietMs: num(values["quiet-seconds"], 10) * 1000,
     log: (line: string) => process.stdout.write(`[chaos] ${line}\n`),
   };
+  if (opts.seed !== undefined && !Number.isSafeInteger(opts.seed)) throw new Error("--seed must be a whole number");
   process.stdout.write(`[chaos] starting a stack (Synapse, gateway, simulator, bridge)\n`);
   const stack = await Stack.start("chaos", { logLevel: "info", simArgs: ["--send-timeout-ms", "600000"] });
   try {

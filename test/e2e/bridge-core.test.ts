@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { TestClient } from "../support/matrix-client";
+import { memberships, roomsOf } from "../support/room-census";
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
 let stack: Stack;
@@ -13,17 +14,20 @@ function uriOf(mxid: string): string {
   return `mimi://${PROVIDER_DOMAIN}/u/${mxid}`;
 }
 
-/** Rooms where both the user (joined or invited) and the ghost (joined) are members. */
-async function sharedRooms(client: TestClient, ghost: string): Promise<string[]> {
-  const rooms = [...new Set([...(await client.joinedRooms()), ...client.seenInvites().map((i) => i.roomId)])];
-  const shared: string[] = [];
-  for (const roomId of rooms) {
-    const members = await client.getRoomMembers(roomId).catch(() => []);
-    const ghostJoined = members.some((m) => m.state_key === ghost && m.content.membership === "join");
-    const userIn = members.some((m) => m.state_key === client.userId && ["join", "invite"].includes(String(m.content.membership)));
-    if (ghostJoined && userIn) shared.push(roomId);
-  }
-  return shared;
+/**
+ * Every room the user and the ghost are in, joined or invited, as the homeserver sees it (the
+ * admin API: an invite the user never accepted counts as much as a joined room).
+ */
+async function census(client: TestClient, ghost: string): Promise<{ user: string[]; ghost: string[] }> {
+  const admin = await stack.admin();
+  return { user: await roomsOf(admin, client.userId), ghost: await roomsOf(admin, ghost) };
+}
+
+/** The chat lives in `roomId` alone: the ghost is in no other room, the user in no other room but the bot's. */
+async function assertOneRoom(client: TestClient, ghost: string, botRoom: string, roomId: string): Promise<void> {
+  const rooms = await census(client, ghost);
+  assert.deepEqual(rooms.ghost, [roomId], "the ghost is in exactly one room (joined or invited)");
+  assert.deepEqual(rooms.user, [botRoom, roomId].sort(), "the user is in the bot room and the chat's room, nothing else (invites included)");
 }
 
 before(async () => {
@@ -123,7 +127,7 @@ describe("bridge core", () => {
     const phone = "+4915100000003";
     await stack.sim.createUser(phone, "Cleo");
     const carol = await stack.user("carol");
-    await stack.botRoom(carol, { enable: true });
+    const botRoom = await stack.botRoom(carol, { enable: true });
     const ghost = stack.ghostId(phone);
     const roomId = await carol.createRoom({ is_direct: true, invite: [ghost], preset: "trusted_private_chat" });
     await carol.sendText(roomId, "sent before the ghost joined");
@@ -131,7 +135,7 @@ describe("bridge core", () => {
     await stack.sim.waitForInbox(phone, (e) => e.kind === "text" && e.text === "sent before the ghost joined");
     await stack.sim.sendText(phone, uriOf(carol.userId), "got it");
     await carol.waitFor((e) => e.room_id === roomId && e.sender === ghost && e.content.body === "got it");
-    assert.deepEqual(await sharedRooms(carol, ghost), [roomId]);
+    await assertOneRoom(carol, ghost, botRoom, roomId);
   });
 
   test("`start <phone>` opens the chat from the bot and `list` shows it", async () => {
@@ -152,31 +156,80 @@ describe("bridge core", () => {
     await dave.waitFor((e) => e.room_id === botRoom && e.sender === stack.botId && /already have a chat/.test(String(e.content.body)));
   });
 
-  test("both sides send their first message at the same moment: still one room, both messages arrive", async () => {
-    const phone = "+4915100000005";
-    await stack.sim.createUser(phone, "Emil");
-    const erin = await stack.user("erin");
-    await stack.botRoom(erin, { enable: true });
-    const ghost = stack.ghostId(phone);
-    const [roomId] = await Promise.all([
-      erin.createRoom({ is_direct: true, invite: [ghost], preset: "trusted_private_chat" }).then(async (id) => {
-        await erin.sendText(id, "from Matrix at the same time");
-        return id;
-      }),
-      stack.sim.sendText(phone, uriOf(erin.userId), "from WhatsApp at the same time"),
-    ]);
-    await stack.sim.waitForInbox(phone, (e) => e.text === "from Matrix at the same time");
-    // If the WhatsApp side won the race, the chat lives in the ghost's room: accept its invite.
-    const ghostInvite = await Promise.race([
-      erin.waitForInvite((i) => i.inviter === ghost, { timeoutMs: 20_000 }).catch(() => null),
-      erin.waitFor((e) => e.room_id === roomId && e.sender === ghost && e.content.body === "from WhatsApp at the same time", { timeoutMs: 20_000 }).then(() => null),
-    ]);
-    if (ghostInvite) await erin.joinRoom(ghostInvite.roomId);
-    const fromWa = await erin.waitFor((e) => e.sender === ghost && e.content.body === "from WhatsApp at the same time", { timeoutMs: 20_000 });
-    await new Promise((r) => setTimeout(r, 1500));
-    const shared = await sharedRooms(erin, ghost);
-    assert.deepEqual(shared, [fromWa.room_id!], "exactly one room holds the chat");
-  });
+  // The first-message race, each order forced several times. Whoever wins, the chat ends in one
+  // room: if WhatsApp's message opened the ghost's room first, the ghost leaves the room the
+  // user created (pointing to the portal) and forwards what was said there.
+  const orders = {
+    "Matrix first: the bridge has the invite 5 ms before WhatsApp's message": { matrixLeadMs: 5 },
+    "WhatsApp first: the gateway has the message 5 ms before the room is created": { matrixLeadMs: -5 },
+    "at the same instant": { matrixLeadMs: 0 },
+  } as const;
+  let racePhone = 10;
+  for (const [order, { matrixLeadMs }] of Object.entries(orders)) {
+    for (let run = 1; run <= 3; run++) {
+      test(`the first-message race, ${order} (run ${run}): one room holds the chat, both messages arrive`, async (t) => {
+        const phone = `+49151000000${racePhone++}`;
+        await stack.sim.createUser(phone, "Emil");
+        const erin = await stack.user(`erin${racePhone}`);
+        const botRoom = await stack.botRoom(erin, { enable: true });
+        const ghost = stack.ghostId(phone);
+        const fromMatrix = `from Matrix (${order}, run ${run})`;
+        const fromWhatsApp = `from WhatsApp (${order}, run ${run})`;
+        const createRoom = () => erin.createRoom({ is_direct: true, invite: [ghost], preset: "trusted_private_chat" });
+        const whatsAppSide = () => stack.sim.sendText(phone, uriOf(erin.userId), fromWhatsApp);
+        const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+        let created: string;
+        if (matrixLeadMs > 0) {
+          // The homeserver's push of the invite is slower than the gateway's delivery, so "Matrix
+          // first" waits until the bridge logged the invite (it logs every event it receives).
+          const bridgeOutput = stack.bridge.watch();
+          created = await createRoom();
+          await bridgeOutput.until((l) => l.includes('"matrix event"') && l.includes(`"room":"${created}"`) && l.includes('"type":"m.room.member"'));
+          bridgeOutput.stop();
+          await delay(matrixLeadMs);
+          await Promise.all([whatsAppSide(), erin.sendText(created, fromMatrix)]);
+        } else if (matrixLeadMs < 0) {
+          await whatsAppSide();
+          await delay(-matrixLeadMs);
+          created = await createRoom();
+          await erin.sendText(created, fromMatrix);
+        } else {
+          [created] = await Promise.all([createRoom(), whatsAppSide()]);
+          await erin.sendText(created, fromMatrix);
+        }
+
+        // Settled: the Matrix message reached WhatsApp, and in the user's room either WhatsApp's
+        // message arrived (that room is the portal) or the ghost left it (the ghost's room is).
+        await stack.sim.waitForInbox(phone, (e) => e.text === fromMatrix, 30_000);
+        const outcome = await erin.waitFor(
+          (e) =>
+            e.room_id === created &&
+            ((e.sender === ghost && e.content.body === fromWhatsApp) || (e.type === "m.room.member" && e.state_key === ghost && e.content.membership === "leave")),
+          { timeoutMs: 30_000, description: "WhatsApp's message or the ghost leaving, in the room the user created" },
+        );
+        const wonBy = outcome.type === "m.room.member" ? "the ghost's room" : "the room the user created";
+        if (wonBy === "the ghost's room") {
+          const invite = await erin.waitForInvite((i) => i.inviter === ghost, { timeoutMs: 30_000 });
+          await erin.joinRoom(invite.roomId);
+        }
+        const message = await erin.waitFor((e) => e.sender === ghost && e.content.body === fromWhatsApp, { timeoutMs: 30_000 });
+        const portal = message.room_id!;
+        t.diagnostic(`${order}, run ${run}: the chat lives in ${wonBy}`);
+
+        const rooms = await census(erin, ghost);
+        assert.deepEqual(rooms.ghost, [portal], "the ghost is in exactly one room (joined or invited)");
+        if (portal === created) {
+          assert.deepEqual(rooms.user, [botRoom, portal].sort(), "the user is in the bot room and the portal, nothing else (invites included)");
+        } else {
+          // The user's own room stays theirs; the ghost left it after pointing to the portal.
+          assert.deepEqual(rooms.user, [botRoom, created, portal].sort(), "the bot room, the portal, and the room the user created");
+          const members = (await stack.admin().then((a) => memberships(a, [ghost]))).get(created);
+          assert.equal(members?.[ghost], "leave", "the ghost left the room the user created");
+          await erin.waitFor((e) => e.room_id === created && e.sender === ghost && /You already have a chat/.test(String(e.content.body)));
+        }
+      });
+    }
+  }
 
   test("the ghost follows the WhatsApp user's name changes", async () => {
     const phone = "+4915100000006";
@@ -194,7 +247,7 @@ describe("bridge core", () => {
     const phone = "+4915100000007";
     await stack.sim.createUser(phone, "Gus");
     const gina = await stack.user("gina");
-    await stack.botRoom(gina, { enable: true });
+    const botRoom = await stack.botRoom(gina, { enable: true });
     await stack.sim.sendText(phone, uriOf(gina.userId), "before restart");
     const invite = await gina.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     await gina.joinRoom(invite.roomId);
@@ -205,6 +258,6 @@ describe("bridge core", () => {
     assert.equal(after.room_id, invite.roomId);
     await gina.sendText(invite.roomId, "reply after restart");
     await stack.sim.waitForInbox(phone, (e) => e.text === "reply after restart");
-    assert.deepEqual(await sharedRooms(gina, stack.ghostId(phone)), [invite.roomId]);
+    await assertOneRoom(gina, stack.ghostId(phone), botRoom, invite.roomId);
   });
 });

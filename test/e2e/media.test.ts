@@ -267,10 +267,15 @@ describe("media from WhatsApp to Matrix", () => {
   });
 
   test("a file over the size limit is not fetched: the room gets a notice naming it and why", async (t) => {
-    await stack.sim.sendMedia(chat.phone, chat.uri, { file: files.big, mimetype: "application/octet-stream" });
+    const sent = await stack.sim.sendMedia(chat.phone, chat.uri, { file: files.big, mimetype: "application/octet-stream" });
     const event = await nextFromGhost(chat, "the over-limit notice", (e) => e.content.msgtype === "m.notice");
     show(t, "m.notice (over the limit)", event);
     assert.equal(event.content.body, "Sent a file (big.bin) that could not be bridged: it is 6.0 MB, over this bridge's limit of 5.0 MB.");
+    // The simulator's media host saw the bridge fetch the earlier files, but never this one.
+    const requests = await stack.sim.blobRequests();
+    const blobPath = new URL(sent.url).pathname;
+    assert.ok(requests.some((r) => r.method === "GET" && r.path !== blobPath), "the media host records the bridge's fetches (it fetched the earlier files)");
+    assert.deepEqual(requests.filter((r) => r.path === blobPath), [], "nobody asked for the over-limit blob");
   });
 });
 

@@ -6,6 +6,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import { roomsOf, waitForMembership } from "../support/room-census";
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
 let stack: Stack;
@@ -43,7 +44,7 @@ describe("portal lifecycle", () => {
     assert.equal(createHash("sha256").update(media.data).digest("hex"), createHash("sha256").update(png).digest("hex"));
   });
 
-  test("after the user leaves, the next message from WhatsApp opens a fresh room and nothing is lost", async () => {
+  test("after the user leaves, the ghost leaves too; the next message from WhatsApp opens a fresh room and nothing is lost", async () => {
     const phone = "+4915300000002";
     await stack.sim.createUser(phone, "Quinn");
     const bob = await stack.user("bob");
@@ -53,8 +54,9 @@ describe("portal lifecycle", () => {
     await bob.joinRoom(first.roomId);
     await bob.waitFor((e) => e.room_id === first.roomId && e.content.body === "first chat");
     await bob.leaveRoom(first.roomId);
-    // The bridge closes the portal: its ghost leaves too.
-    await new Promise((r) => setTimeout(r, 1000));
+    // The bridge closes the portal: its ghost leaves too (seen through the admin API, as bob is gone).
+    const admin = await stack.admin();
+    await waitForMembership(admin, first.roomId, stack.ghostId(phone), "leave");
     await stack.sim.sendText(phone, uriOf(bob.userId), "are you there?");
     const second = await bob.waitForInvite((i) => i.inviter === stack.ghostId(phone) && i.roomId !== first.roomId);
     await bob.joinRoom(second.roomId);
@@ -62,5 +64,6 @@ describe("portal lifecycle", () => {
     assert.equal(msg.sender, stack.ghostId(phone));
     await bob.sendText(second.roomId, "yes, here");
     await stack.sim.waitForInbox(phone, (e) => e.text === "yes, here");
+    assert.deepEqual(await roomsOf(admin, stack.ghostId(phone)), [second.roomId], "the ghost is in the fresh room only");
   });
 });

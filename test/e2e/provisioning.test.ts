@@ -3,7 +3,9 @@
  * /ready), against a whole running stack: every route, and every way a request is refused.
  */
 import assert from "node:assert/strict";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
+import BetterSqlite3 from "better-sqlite3";
 import { PROVIDER_DOMAIN, PROVISIONING_SECRET, Stack } from "../support/stack";
 
 let stack: Stack;
@@ -52,6 +54,23 @@ function refused(answer: Answer, status: number, errcode: string, reason?: RegEx
   assert.equal(answer.json.errcode, errcode, JSON.stringify(answer.json));
   assert.equal(typeof answer.json.error, "string", "every refusal says why");
   if (reason) assert.match(answer.json.error, reason);
+}
+
+/** Counts, in the bridge's database (read-only, beside the running bridge), of what it keeps about a user. */
+function bridgeRows(mxid: string, uri: string): { signal: number; signalKeys: string[]; otherSignal: number; user: number; portals: number } {
+  const db = new BetterSqlite3(path.join(stack.dir, "bridge.db"), { readonly: true });
+  try {
+    const count = (sql: string, ...args: unknown[]) => (db.prepare(sql).get(...args) as { n: number }).n;
+    return {
+      signal: count("SELECT COUNT(*) AS n FROM signal_records WHERE owner = ?", uri),
+      signalKeys: (db.prepare("SELECT DISTINCT key FROM signal_records WHERE owner = ?").all(uri) as { key: string }[]).map((r) => r.key),
+      otherSignal: count("SELECT COUNT(*) AS n FROM signal_records WHERE owner <> ?", uri),
+      user: count("SELECT COUNT(*) AS n FROM matrix_users WHERE mxid = ?", mxid),
+      portals: count("SELECT COUNT(*) AS n FROM portals WHERE receiver = ?", mxid),
+    };
+  } finally {
+    db.close();
+  }
 }
 
 before(async () => {
@@ -119,6 +138,15 @@ describe("provisioning API", () => {
       },
     );
 
+    // What `forget` must delete is really there before: her Signal identity, prekeys (and any
+    // sessions), her settings row and her portal, in the bridge's own database.
+    const idaUri = `mimi://${PROVIDER_DOMAIN}/u/${ida.userId}`;
+    const before = bridgeRows(ida.userId, idaUri);
+    assert.ok(before.signal >= 2, `the bridge holds her Signal records (${before.signal})`);
+    assert.ok(before.signalKeys.includes("account"), `her identity among them (${before.signalKeys.slice(0, 8).join(", ")}…)`);
+    assert.deepEqual([before.user, before.portals], [1, 1]);
+    const othersBefore = bridgeRows(ida.userId, idaUri).otherSignal;
+
     const forgotten = ok(await asIntegration("DELETE", "/user", ida.userId));
     assert.deepEqual(forgotten.deleted, {
       network_identity: true,
@@ -130,6 +158,9 @@ describe("provisioning API", () => {
       space: true,
       settings: true,
     });
+    const gone = bridgeRows(ida.userId, idaUri);
+    assert.deepEqual({ signal: gone.signal, user: gone.user, portals: gone.portals }, { signal: 0, user: 0, portals: 0 }, "her records are gone from the bridge's database");
+    assert.equal(gone.otherSignal, othersBefore, "and only hers");
     refused(await asIntegration("GET", "/status", ida.userId), 404, "M_NOT_FOUND");
     refused(await asIntegration("DELETE", "/user", ida.userId), 404, "M_NOT_FOUND", /no data about you/);
     await assert.rejects(stack.sim.sendText(phone, `mimi://${PROVIDER_DOMAIN}/u/${ida.userId}`, "hello?"), (err: { code?: string }) => err.code === "unknown_user");
@@ -203,6 +234,7 @@ describe("metrics and health", () => {
     assert.equal((await fetch(`${stack.metricsUrl}/ready`)).status, 200);
     assert.equal((await fetch(`${stack.metricsUrl}/nope`)).status, 404);
 
+    // The names operators rely on are exposed.
     const text = await stack.metrics();
     for (const name of [
       "bridge_messages_bridged_total",
@@ -228,5 +260,31 @@ describe("metrics and health", () => {
     assert.equal(await stack.metric("bridge_network_connection_state", { state: "connected" }), 1);
     assert.ok((await stack.metric("bridge_users", { third_party_chats: "off" })) >= 2, "users who switched off through the API count");
     assert.ok((await stack.metric("bridge_provisioning_request_duration_seconds_count", { route: "/settings", method: "PUT", status: "400" })) >= 1);
+
+    // And they count what the bridge did: a chat opened from WhatsApp, a message each way, a bot
+    // command and a provisioning call move their series by exactly that much.
+    const series = {
+      toMatrix: ["bridge_messages_bridged_total", { direction: "to_matrix", type: "text" }],
+      toNetwork: ["bridge_messages_bridged_total", { direction: "to_network", type: "text" }],
+      portals: ["bridge_portals", {}],
+      list: ["bridge_bot_commands_total", { command: "list", outcome: "ok" }],
+      version: ["bridge_provisioning_request_duration_seconds_count", { route: "/version", method: "GET", status: "200" }],
+    } as const;
+    const read = async () => Object.fromEntries(await Promise.all(Object.entries(series).map(async ([k, [name, labels]]) => [k, await stack.metric(name, labels)] as const)));
+    const before = await read();
+    const nora = await stack.user("nora");
+    const botRoom = await stack.botRoom(nora, { enable: true });
+    const phone = "+4915300000077";
+    await stack.sim.createUser(phone, "Olga");
+    await stack.sim.sendText(phone, `mimi://${PROVIDER_DOMAIN}/u/${nora.userId}`, "hello Nora");
+    const invite = await nora.waitForInvite((i) => i.inviter === stack.ghostId(phone), WAIT);
+    await nora.joinRoom(invite.roomId);
+    await nora.waitFor((e) => e.room_id === invite.roomId && e.content.body === "hello Nora", WAIT);
+    await nora.sendText(invite.roomId, "hello Olga");
+    await stack.sim.waitForInbox(phone, (e) => e.text === "hello Olga");
+    await nora.sendText(botRoom, "list");
+    await nora.waitFor((e) => e.room_id === botRoom && e.sender === stack.botId && /Your Third-Party Chats \(1\)/.test(String(e.content.body)), WAIT);
+    ok(await call("GET", "/version", { token: nora.accessToken }));
+    assert.deepEqual(await read(), { toMatrix: before.toMatrix + 1, toNetwork: before.toNetwork + 1, portals: before.portals + 1, list: before.list + 1, version: before.version + 1 });
   });
 });

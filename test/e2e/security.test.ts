@@ -13,17 +13,33 @@ import { IdentityKeyPair } from "@signalapp/libsignal-client";
 import BetterSqlite3 from "better-sqlite3";
 import YAML from "yaml";
 import { EncryptedRecordStore, deriveStoreKey } from "../../src/protocol/signal.js";
-import { PROVIDER_DOMAIN, Stack } from "../support/stack";
+import { PROVIDER_DOMAIN, PROVISIONING_SECRET, Stack } from "../support/stack";
 
 const uriOf = (mxid: string) => `mimi://${PROVIDER_DOMAIN}/u/${mxid}`;
 const stacks: Stack[] = [];
 
 after(async () => {
-  for (const s of stacks) await s.stop();
+  // Every stack is stopped even if stopping one fails (a leftover stack would keep this process alive).
+  const results = await Promise.allSettled(stacks.map((s) => s.stop()));
+  const failure = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failure) throw failure.reason;
 });
 
-/** A conversation touching every path: bot room and commands, a chat both ways, a restart, more messages. */
-async function converse(stack: Stack, phone: string, bodies: string[]): Promise<void> {
+/** A provisioning call: the secret or a user's access token travels in the Authorization header. */
+async function provision(stack: Stack, token: string, path: string, userId?: string): Promise<number> {
+  const url = new URL(`${stack.appserviceUrl}/_matrix/provision/v1${path}`);
+  if (userId) url.searchParams.set("user_id", userId);
+  const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+/**
+ * A conversation touching every path: bot room and commands, the provisioning API with the
+ * shared secret and with the user's own access token (and wrong ones), a chat both ways, a
+ * restart, more messages. Returns the Matrix users' access tokens.
+ */
+async function converse(stack: Stack, phone: string, bodies: string[]): Promise<string[]> {
   const alice = await stack.user("alice");
   await stack.sim.createUser(phone, "Sam");
   const botRoom = await stack.botRoom(alice, { enable: true });
@@ -40,10 +56,15 @@ async function converse(stack: Stack, phone: string, bodies: string[]): Promise<
   await stack.sim.waitForInbox(phone, (e) => e.text === bodies[2]);
   await stack.sim.sendText(phone, uriOf(alice.userId), bodies[3]);
   await alice.waitFor((e) => e.room_id === invite.roomId && e.content.body === bodies[3]);
+  assert.equal(await provision(stack, PROVISIONING_SECRET, "/status", alice.userId), 200);
+  assert.equal(await provision(stack, alice.accessToken, "/status"), 200, "the bridge checked the user's token with /whoami");
+  assert.equal(await provision(stack, `${PROVISIONING_SECRET}-wrong`, "/status", alice.userId), 401);
+  assert.equal(await provision(stack, `${alice.accessToken}x`, "/status"), 401);
+  return [alice.accessToken];
 }
 
 /** The secrets the bridge holds, in every form they could leak in. */
-function secretsOf(stack: Stack): Record<string, string[]> {
+function secretsOf(stack: Stack, userTokens: string[]): Record<string, string[]> {
   const registration = YAML.parse(fs.readFileSync(stack.registrationPath, "utf8"));
   const key = Buffer.from(deriveStoreKey(stack.secrets.storeKey));
   return {
@@ -52,6 +73,9 @@ function secretsOf(stack: Stack): Record<string, string[]> {
     "bridge provider secret": [stack.secrets.bridgeProviderSecret],
     "simulator provider secret": [stack.secrets.homeProviderSecret],
     "store key": [stack.secrets.storeKey, key.toString("hex"), key.toString("base64")],
+    // A wrong secret or token that merely starts with the real one would leak it too.
+    "provisioning shared secret": [PROVISIONING_SECRET],
+    "users' access tokens": userTokens,
   };
 }
 
@@ -63,17 +87,17 @@ describe("security", () => {
   test("at debug level no log holds a token, a provider secret or the store key; keys are encrypted at rest; files are private", async (t) => {
     const stack = await Stack.start("secdebug", { logLevel: "debug", childLogLevel: "debug" });
     stacks.push(stack);
-    await converse(stack, "+4915200000101", ["debug one", "debug two", "debug three", "debug four"]);
+    const tokens = await converse(stack, "+4915200000101", ["debug one", "debug two", "debug three", "debug four"]);
 
     const logs = logsOf(stack);
     assert.match(logs.bridge, /"level":"debug"/, "the bridge logged at debug level");
     assert.match(logs.gateway, /"level":"debug"/, "the gateway logged at debug level");
-    for (const [what, forms] of Object.entries(secretsOf(stack))) {
+    for (const [what, forms] of Object.entries(secretsOf(stack, tokens))) {
       for (const form of forms) {
         for (const [name, text] of Object.entries(logs)) assert.ok(!text.includes(form), `the ${what} appears in the ${name} log`);
       }
     }
-    t.diagnostic(`searched ${Object.values(logs).reduce((n, l) => n + l.length, 0)} bytes of debug logs for ${Object.keys(secretsOf(stack)).join(", ")}: none found`);
+    t.diagnostic(`searched ${Object.values(logs).reduce((n, l) => n + l.length, 0)} bytes of debug logs for ${Object.keys(secretsOf(stack, tokens)).join(", ")}: none found`);
 
     // Key material: every Signal record decrypts with the store key, and none of the plaintext is in the database files.
     const dbFile = path.join(stack.dir, "bridge.db");
@@ -125,7 +149,7 @@ describe("security", () => {
     const stack = await Stack.start("secinfo", { logLevel: "info", childLogLevel: "info" });
     stacks.push(stack);
     const bodies = ["aubergine 7781 from WhatsApp", "butterscotch 2214 from Matrix", "cardamom 9906 from Matrix", "dandelion 3345 from WhatsApp"];
-    await converse(stack, "+4915200000102", bodies);
+    const tokens = await converse(stack, "+4915200000102", bodies);
     const logs = logsOf(stack);
     for (const body of bodies) {
       for (const [name, text] of Object.entries(logs)) {
@@ -133,7 +157,7 @@ describe("security", () => {
         assert.ok(!text.includes(createHash("sha256").update(body).digest("hex")), "nor its hash");
       }
     }
-    for (const [what, forms] of Object.entries(secretsOf(stack))) {
+    for (const [what, forms] of Object.entries(secretsOf(stack, tokens))) {
       for (const form of forms) for (const [name, text] of Object.entries(logs)) assert.ok(!text.includes(form), `the ${what} appears in the ${name} log`);
     }
   });

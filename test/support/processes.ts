@@ -6,6 +6,7 @@ export class ManagedProcess {
   private child?: ChildProcess;
   private output = "";
   private exited?: Promise<number | null>;
+  private readonly watchers = new Set<(chunk: string) => void>();
   /** Put before `args` on the next start, e.g. node flags such as --cpu-prof for a benchmark run. */
   leadingArgs: string[] = [];
 
@@ -28,6 +29,7 @@ export class ManagedProcess {
       const timer = setTimeout(() => reject(new Error(`${this.name} not ready after ${timeoutMs} ms:\n${this.tail()}`)), timeoutMs);
       const onData = (chunk: Buffer) => {
         log.write(chunk);
+        for (const watch of this.watchers) watch(chunk.toString());
         this.output = (this.output + chunk.toString()).slice(-20_000);
         if (ready.test(this.output)) {
           clearTimeout(timer);
@@ -42,6 +44,39 @@ export class ManagedProcess {
       });
     });
     // Keep logging after readiness (the listeners above stay attached).
+  }
+
+  /**
+   * Watches the output from now on (across restarts): `until(match)` resolves with the first
+   * line since the call to watch() that matches, or rejects after timeoutMs listing none.
+   */
+  watch(): { until(match: (line: string) => boolean, timeoutMs?: number): Promise<string>; stop(): void } {
+    let text = "";
+    const wakers = new Set<() => void>();
+    const watcher = (chunk: string) => {
+      text += chunk;
+      for (const wake of wakers) wake();
+    };
+    this.watchers.add(watcher);
+    return {
+      until: (match, timeoutMs = 30_000) =>
+        new Promise<string>((resolve, reject) => {
+          const check = () => {
+            const line = text.split("\n").find(match);
+            if (line === undefined) return;
+            clearTimeout(timer);
+            wakers.delete(check);
+            resolve(line);
+          };
+          const timer = setTimeout(() => {
+            wakers.delete(check);
+            reject(new Error(`${this.name}: no matching output line within ${timeoutMs} ms`));
+          }, timeoutMs);
+          wakers.add(check);
+          check();
+        }),
+      stop: () => this.watchers.delete(watcher),
+    };
   }
 
   tail(lines = 40): string {

@@ -101,6 +101,11 @@ export class SimApi {
     return this.request("POST", `/users/${encodeURIComponent(phone)}/media`, { to, ...media });
   }
 
+  /** Every request the simulator's media host received for a hosted blob, oldest first. */
+  blobRequests(): Promise<{ method: string; path: string; at: number }[]> {
+    return this.request("GET", "/hosted-media/requests");
+  }
+
   inbox(phone: string, after = 0): Promise<InboxEntry[]> {
     return this.request("GET", `/users/${encodeURIComponent(phone)}/inbox?after=${after}`);
   }

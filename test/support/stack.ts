@@ -4,13 +4,30 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import YAML from "yaml";
+import type { BridgeConfig } from "../../src/config";
 import { freePort, repoRoot, startTestHomeserver, TestHomeserver } from "./homeserver";
 import { registerUser, TestClient } from "./matrix-client";
 import { ManagedProcess } from "./processes";
 import { SimApi } from "./sim-api";
 
+type DeepPartial<T> = { [K in keyof T]?: T[K] extends unknown[] ? T[K] : T[K] extends object ? DeepPartial<T[K]> : T[K] };
+
+/**
+ * The config file a stack writes for its bridge: the YAML that src/config.ts validates into a
+ * BridgeConfig, with the defaults left out. What every stack sets is required here, so a test
+ * can change a part of it (`c.network.media.max_size = …`) without casts.
+ */
+export type StackBridgeConfig = DeepPartial<BridgeConfig> & {
+  homeserver: BridgeConfig["homeserver"];
+  appservice: Pick<BridgeConfig["appservice"], "hostname" | "port">;
+  database: BridgeConfig["database"];
+  network: DeepPartial<BridgeConfig["network"]> & { media: DeepPartial<BridgeConfig["network"]["media"]> };
+  logging: BridgeConfig["logging"];
+};
+
 export interface StackOptions {
-  bridgeConfig?: (c: Record<string, any>) => void;
+  /** Changes the bridge's config before it is written (the stack's defaults are in Stack.start). */
+  bridgeConfig?: (c: StackBridgeConfig) => void;
   /** Fixed ports (the demo uses well-known ones); free ports are chosen otherwise. */
   ports?: Partial<Record<"homeserver" | "appservice" | "media" | "gateway" | "sim" | "metrics", number>>;
   /** Where config, databases and logs go; a fresh temporary folder by default. */
@@ -68,6 +85,7 @@ function stackSecrets(dir: string): StackSecrets {
 export class Stack {
   readonly sim: SimApi;
   private clients: TestClient[] = [];
+  private adminClient: TestClient | undefined;
 
   private constructor(
     readonly name: string,
@@ -121,7 +139,7 @@ export class Stack {
     const bridgePort = existingRegistration ? Number(new URL(YAML.parse(fs.readFileSync(existingRegistration, "utf8")).url).port) : asPort;
     const hsPort = ports.homeserver ?? (await freePort());
     const serverName = process.env.MATRIX_SERVER_NAME ?? "localhost";
-    const config: Record<string, any> = {
+    const config: StackBridgeConfig = {
       homeserver: { url: process.env.MATRIX_HOMESERVER_URL ?? `http://127.0.0.1:${hsPort}`, domain: serverName },
       appservice: { hostname: "127.0.0.1", port: bridgePort },
       database: { path: path.join(dir, "bridge.db") },
@@ -201,6 +219,12 @@ export class Stack {
     return client;
   }
 
+  /** A homeserver administrator (no sync loop), for the admin API: e.g. every room a user is in, invites included. */
+  async admin(): Promise<TestClient> {
+    this.adminClient ??= await registerUser(this.hs, `hsadmin_${this.name.replace(/[^a-z0-9]/g, "")}`.toLowerCase(), { admin: true });
+    return this.adminClient;
+  }
+
   /**
    * Opens the user's management room with the bot and returns its id. With `enable`, the user
    * also turns Third-Party Chats on (they start off, as in the product).
@@ -252,7 +276,8 @@ export class Stack {
   }
 
   logs(): string {
-    return ["gateway", "sim", "bridge"].map((n) => `--- ${n}\n${(this as any)[n === "sim" ? "simProcess" : n].tail(30)}`).join("\n");
+    const processes: Record<string, ManagedProcess> = { gateway: this.gateway, sim: this.simProcess, bridge: this.bridge };
+    return Object.entries(processes).map(([n, p]) => `--- ${n}\n${p.tail(30)}`).join("\n");
   }
 
   async stop(): Promise<void> {

@@ -261,6 +261,8 @@ describe("bad input, generated", () => {
   }
 
   it("Matrix events: matrixToRemote converts a message or names why it cannot, whatever the content", (t) => {
+    const TEXT_MSGTYPES = ["m.text", "m.notice", "m.emote"];
+    const MEDIA_MSGTYPES = ["m.image", "m.video", "m.audio", "m.file"];
     const tally = new Tally();
     const oddString = fc.oneof(
       fc.string({ maxLength: 30 }),
@@ -290,7 +292,20 @@ describe("bad input, generated", () => {
           assertClear(result.reason);
           tally.refuse("unbridgeable");
         } else {
-          assert.ok(["text", "unsupported"].includes(result.type) || typeof result.type === "string");
+          // What is accepted is text with its markdown, or media still on the homeserver (an mxc URI the input gave).
+          if (result.type === "text") {
+            assert.equal(typeof result.markdown, "string");
+            assert.ok(TEXT_MSGTYPES.includes(String(c.msgtype)), `text only from a text msgtype, not ${JSON.stringify(c.msgtype)}`);
+            assert.equal(typeof c.body, "string", "text only from a string body");
+          } else {
+            assert.equal(result.type, "media", `an accepted message is text or media, not ${JSON.stringify(result)}`);
+            assert.deepEqual(result.source, { from: "matrix", mxc: c.url }, "media names the mxc URI it was given");
+            assert.match(String(c.url), /^mxc:\/\/[^/\s]+\/[^/\s]+$/, "and only a well-formed one");
+            assert.ok(MEDIA_MSGTYPES.includes(String(c.msgtype)), `media only from a media msgtype, not ${JSON.stringify(c.msgtype)}`);
+            assert.ok(["image", "video", "voice", "audio", "file"].includes(result.media.kind));
+            assert.equal(typeof result.media.mimetype, "string");
+            assert.ok(result.media.filename.length > 0, "a file name, even when the event had none");
+          }
           // What the core accepts converts back to Matrix without error.
           remoteToMatrix(result);
           tally.accepted++;

@@ -4,6 +4,7 @@
  * that looks for an interrupted earlier attempt before repeating it.
  */
 import assert from "node:assert/strict";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -14,6 +15,7 @@ import { DurableAppService } from "../../src/matrix/durable-appservice";
 import { AppserviceMatrixPort } from "../../src/matrix/matrix-side";
 import { EncryptedRecordStore, SignalLayerError, SignalParty, type PreKeyBundleData } from "../../src/protocol/signal.js";
 import { BridgeStore } from "../../src/store";
+import { fakeMatrixPort, fakeNetwork } from "../support/fakes";
 import { freePort } from "../support/homeserver";
 
 const HS_TOKEN = "hs-token-for-unit-tests-0123456789";
@@ -168,29 +170,55 @@ describe("the appservice transaction journal", () => {
     await as.appservice.close();
   });
 
-  it("compares the token in constant time over digests (any length, no early exit)", () => {
+  it("compares the token in constant time over digests (any length, no early exit)", (t) => {
     const { store } = tempStore();
     const appservice = new DurableAppService({ homeserverToken: HS_TOKEN, journal: store.journal, maxBodyBytes: 1024 });
     const req = (authorization?: string, access_token?: string) => ({ headers: authorization ? { authorization } : {}, query: access_token ? { access_token } : {} }) as never;
-    assert.equal(appservice.hasHomeserverToken(req(`Bearer ${HS_TOKEN}`)), true);
-    assert.equal(appservice.hasHomeserverToken(req(undefined, HS_TOKEN)), true);
+    // Every check that has a token must go through crypto.timingSafeEqual, on two SHA-256 digests
+    // (equal lengths whatever was sent), and its answer must be that comparison's.
+    const compare = t.mock.method(crypto, "timingSafeEqual");
+    const cases: Array<[string, ReturnType<typeof req>, boolean]> = [
+      ["the right token in the header", req(`Bearer ${HS_TOKEN}`), true],
+      ["the right token in the query", req(undefined, HS_TOKEN), true],
+      ["one character short", req(`Bearer ${HS_TOKEN.slice(0, -1)}`), false],
+      ["the last character changed", req(`Bearer ${HS_TOKEN.slice(0, -1)}X`), false],
+      ["the first character changed", req(`Bearer X${HS_TOKEN.slice(1)}`), false],
+      ["much longer", req(`Bearer ${HS_TOKEN.repeat(40)}`), false],
+      ["empty", req("Bearer "), false],
+    ];
+    for (const [what, request, expected] of cases) {
+      const calls = compare.mock.callCount();
+      assert.equal(appservice.hasHomeserverToken(request), expected, what);
+      assert.equal(compare.mock.callCount(), calls + 1, `${what}: compared once with timingSafeEqual`);
+      const call = compare.mock.calls.at(-1)!;
+      const [a, b] = call.arguments as [Buffer, Buffer];
+      assert.deepEqual([a.length, b.length], [32, 32], `${what}: two SHA-256 digests, whatever the token's length`);
+      assert.equal(call.result, expected, `${what}: the answer is the constant-time comparison's`);
+    }
+    // No token at all, or another scheme: nothing to compare.
+    const calls = compare.mock.callCount();
     assert.equal(appservice.hasHomeserverToken(req(`Basic ${HS_TOKEN}`)), false);
-    assert.equal(appservice.hasHomeserverToken(req("Bearer ")), false);
-    assert.equal(appservice.hasHomeserverToken(req(`Bearer ${HS_TOKEN.slice(0, -1)}`)), false);
     assert.equal(appservice.hasHomeserverToken(req()), false);
+    assert.equal(compare.mock.callCount(), calls);
   });
 
-  it("refuses a body over the limit from its Content-Length, without reading it", async () => {
+  // Not "without reading it": body-parser (inside matrix-appservice) drains a refused body before
+  // answering. What holds is that the size decides before any parsing or journaling.
+  it("refuses a body over the limit with 413 before parsing it: even an unparsable body gets 413, and nothing is journaled", async () => {
     const { store } = tempStore();
     const as = await startAppservice(store);
-    const big = JSON.stringify({ events: [event(1, { content: { msgtype: "m.text", body: "x".repeat(100 * 1024) } })] });
-    const res = await fetch(`${as.url}/_matrix/app/v1/transactions/9`, {
-      method: "PUT",
-      headers: { "content-type": "application/json", authorization: `Bearer ${HS_TOKEN}` },
-      body: big,
-    });
-    assert.equal(res.status, 413);
+    const put = (body: string) =>
+      fetch(`${as.url}/_matrix/app/v1/transactions/9`, { method: "PUT", headers: { "content-type": "application/json", authorization: `Bearer ${HS_TOKEN}` }, body });
+    const small = await put("x".repeat(1024));
+    assert.equal(small.status, 400, "under the limit, the same garbage is parsed and refused as not JSON");
+    assert.equal(((await small.json()) as { errcode: string }).errcode, "M_NOT_JSON");
+    const big = await put("x".repeat(100 * 1024));
+    assert.equal(big.status, 413, "over the limit (64 KiB), it is refused for its size before anyone parses it");
+    assert.equal(((await big.json()) as { errcode: string }).errcode, "M_TOO_LARGE");
+    const bigValid = await put(JSON.stringify({ events: [event(1, { content: { msgtype: "m.text", body: "x".repeat(100 * 1024) } })] }));
+    assert.equal(bigValid.status, 413);
     assert.equal(store.journal.pendingCount(), 0);
+    assert.equal(as.handed.length, 0);
     await as.appservice.close();
   });
 });
@@ -337,8 +365,7 @@ describe("a portal room created just before a crash is not created twice", () =>
     const rooms = new Map<string, string[]>();
     let created = 0;
     let crashAfterCreate = true;
-    const matrix = {
-      botMxid: "@bot:hs",
+    const matrix = fakeMatrixPort({
       ghostMxid: () => ghost,
       remoteIdOfGhost: () => "+491",
       ensureGhost: async () => ghost,
@@ -350,11 +377,11 @@ describe("a portal room created just before a crash is not created twice", () =>
       },
       joinedRooms: async (who: string) => [...rooms].filter(([, m]) => m.includes(who)).map(([id]) => id),
       members: async (_who: string, roomId: string) => rooms.get(roomId) ?? [],
-    } as unknown as import("../../src/bridge/matrix-port").MatrixPort;
-    const network = {
+    });
+    const network = fakeNetwork({
       ensureUser: async () => undefined,
       getProfile: async () => ({ userId: "+491", displayName: "Ana", avatar: null }),
-    } as unknown as import("../../src/network/connector").NetworkConnector;
+    });
     const chat = { id: "mimi://whatsapp.example/r/dm", kind: "dm" as const, participants: ["+491"] };
 
     await assert.rejects(new BridgeCore(store, matrix, network, opts).ensurePortal(receiver, chat), /killed/);

@@ -542,24 +542,35 @@ describe("robustness", () => {
     }
   });
 
-  it("deeply nested markdown does not throw", () => {
-    assert.doesNotThrow(() => markdownToMatrix("> ".repeat(10_000) + "x"));
-    assert.doesNotThrow(() => markdownToMatrix("- ".repeat(10_000) + "x"));
-    assert.doesNotThrow(() => markdownToMatrix("*".repeat(10_000) + "x" + "*".repeat(10_000)));
-    assert.doesNotThrow(() => markdownToMatrix("[".repeat(10_000) + "x" + "](y)".repeat(10_000)));
+  const deeplyNested = ["> ".repeat(10_000) + "x", "- ".repeat(10_000) + "x", "*".repeat(10_000) + "x" + "*".repeat(10_000), "[".repeat(10_000) + "x" + "](y)".repeat(10_000)];
+  it("deeply nested markdown converts without throwing and keeps its text in the body", () => {
+    for (const input of deeplyNested) assert.ok(markdownToMatrix(input).body.includes("x"), `the text survives in the body of ${input.slice(0, 8)}…`);
   });
+
+  it(
+    "deeply nested markdown keeps its text in the HTML too",
+    { todo: "known defect found by this test: markdown-it stops at maxNesting (20) and drops the rest, so 10,000 nested quotes or list items render without their text" },
+    () => {
+      for (const input of deeplyNested) {
+        const html = markdownToMatrix(input).formatted_body;
+        if (html !== undefined) assert.ok(html.includes("x"), `the text survives in the HTML of ${input.slice(0, 8)}…`);
+      }
+    },
+  );
 
   it("many siblings and long runs are fine", () => {
     assert.equal(fromHtml("<b>x</b>".repeat(200_000)), `**${"x".repeat(200_000)}**`);
-    assert.doesNotThrow(() => fromPlain(" ".repeat(100_000) + "x" + "_".repeat(100_000) + "\\".repeat(100_000)));
-    assert.doesNotThrow(() => markdownToMatrix("a\\\n".repeat(50_000)));
+    const plain = " ".repeat(100_000) + "x" + "_".repeat(100_000) + "\\".repeat(100_000);
+    assert.equal(markdownToMatrix(fromPlain(plain)).body, plain, "escaped and back, every character");
+    assert.equal((markdownToMatrix("a\\\n".repeat(50_000)).body.match(/a/g) ?? []).length, 50_000, "every line's text is kept");
   });
 
-  it("control characters, lone surrogates and NUL do not throw", () => {
+  it("control characters, lone surrogates and NUL convert without throwing and keep the text around them", () => {
     const nasty = "a\u0000b\u0001\u001b[31m\u007f\ud800\udfff\ufffe\u2028\u2029\r\n\r";
-    assert.doesNotThrow(() => fromPlain(nasty));
-    assert.doesNotThrow(() => fromHtml(nasty + "<b>" + nasty));
-    assert.doesNotThrow(() => markdownToMatrix(nasty));
+    const letters = (s: string) => s.replace(/[^ab]/g, "");
+    assert.equal(letters(fromPlain(nasty)), "ab");
+    assert.equal(letters(fromHtml(nasty + "<b>" + nasty)), "abab");
+    assert.equal(letters(markdownToMatrix(nasty).body), "ab");
     assert.equal(markdownToMatrix(fromPlain("a\u0001b")).body, "a\u0001b");
   });
 
@@ -569,13 +580,17 @@ describe("robustness", () => {
     assert.deepEqual(markdownToMatrix(undefined as unknown as string), { msgtype: "m.text", body: "" });
   });
 
-  it("random HTML and markdown never throw", () => {
+  it("random HTML and markdown never throw, and always give a text message (HTML only with its format)", () => {
     const unit = fc.constantFrom(..."<>/ab =\"'&;#*_`[]()!\n-", "<b>", "</b>", "<a href=\"https://x.y\">", "</a>", "<ul>", "<li>", "<pre>", "<code>", "<blockquote>", "<mx-reply>", "<table>", "<tr>", "<td>", "<br>", "&amp;", "&#0;");
     fc.assert(
       fc.property(fc.string({ unit, maxLength: 80 }), (input) => {
         const markdown = fromHtml(input);
-        markdownToMatrix(markdown);
-        markdownToMatrix(input);
+        assert.equal(typeof markdown, "string");
+        for (const result of [markdownToMatrix(markdown), markdownToMatrix(input)]) {
+          assert.equal(result.msgtype, "m.text");
+          assert.equal(typeof result.body, "string");
+          assert.equal(result.formatted_body === undefined, result.format === undefined, "formatted_body comes with its format");
+        }
       }),
       { numRuns: 2000 },
     );

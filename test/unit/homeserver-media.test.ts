@@ -11,12 +11,13 @@ import os from "node:os";
 import path from "node:path";
 import { after, describe, it } from "node:test";
 import { BridgeCore } from "../../src/bridge/core";
-import { MatrixEvent, MatrixPort } from "../../src/bridge/matrix-port";
+import { MatrixEvent } from "../../src/bridge/matrix-port";
 import { Permissions } from "../../src/bridge/permissions";
 import { HomeserverLink } from "../../src/matrix/homeserver-link";
 import { MatrixMedia } from "../../src/matrix/media";
-import { LocalMedia, MediaError, NetworkConnector, OutboundMessage } from "../../src/network/connector";
+import { LocalMedia, MediaError, OutboundMessage } from "../../src/network/connector";
 import { BridgeStore } from "../../src/store";
+import { fakeMatrixPort, fakeNetwork } from "../support/fakes";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-hs-media-"));
 const servers: http.Server[] = [];
@@ -96,7 +97,7 @@ describe("a file the homeserver will not give", () => {
     store.portals.setRoom(portal.id, roomId);
     const downloads: string[] = [];
     const notices: Array<{ text: string; replyTo?: string }> = [];
-    const matrix = {
+    const matrix = fakeMatrixPort({
       ghostMxid: () => ghost,
       downloadMedia: (mxc: string) => {
         downloads.push(mxc);
@@ -106,17 +107,16 @@ describe("a file the homeserver will not give", () => {
         notices.push({ text, replyTo });
       },
       send: async () => "$status",
-    } as unknown as MatrixPort;
+    });
     const sent: OutboundMessage[] = [];
-    const network = {
-      networkName: "WhatsApp",
+    const network = fakeNetwork({
       getCapabilities: () => ({ text: { maxLength: 65536 }, media: { file: { mimetypes: ["*/*"], maxSize: 1024 * 1024 } }, replies: false, readReceipts: false, typing: false, deliveryReceipts: false }),
       ensureUser: async () => undefined,
       sendMessage: async (_user: string, _chat: unknown, message: OutboundMessage) => {
         sent.push(message);
         return { remoteId: `r${sent.length}`, timestamp: Date.now() };
       },
-    } as unknown as NetworkConnector;
+    });
     const core = new BridgeCore(store, matrix, network, { thirdPartyDefault: true, permissions: new Permissions({ hs: "user" }), retryDelayMs: 1, maxRetryDelayMs: 2, mediaDownloadAttempts: attempts });
     return { core, store, downloads, notices, sent };
   }

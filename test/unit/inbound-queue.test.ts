@@ -10,10 +10,10 @@ import os from "node:os";
 import path from "node:path";
 import { after, describe, it } from "node:test";
 import { BridgeCore } from "../../src/bridge/core";
-import type { MatrixPort, SendOptions } from "../../src/bridge/matrix-port";
 import { Permissions } from "../../src/bridge/permissions";
 import type { ChatRef, NetworkConnector, RemoteChange, RemoteMessage } from "../../src/network/connector";
 import { BridgeStore } from "../../src/store";
+import { FakeHomeserver, fakeNetwork } from "../support/fakes";
 
 const USER = "@alice:hs";
 const dirs: string[] = [];
@@ -27,83 +27,21 @@ function tempDb(): string {
   return path.join(dir, "bridge.db");
 }
 
-interface Sent {
-  as: string;
-  roomId: string;
-  content: Record<string, unknown>;
-  opts: SendOptions;
-}
-
-/** A homeserver that records sends; `gate(roomId)` holds a room's sends until released, `failNext` refuses some. */
-class FakeHomeserver {
-  readonly sent: Sent[] = [];
-  private rooms = 0;
-  private readonly gates = new Map<string, { promise: Promise<void>; release: () => void }>();
-  failNext = 0;
-  attempts = 0;
-  readonly botNotices: string[] = [];
-
-  gate(roomId: string): () => void {
-    let release!: () => void;
-    const promise = new Promise<void>((r) => (release = r));
-    this.gates.set(roomId, { promise, release });
-    return () => {
-      this.gates.delete(roomId);
-      release();
-    };
-  }
-
-  port(): MatrixPort {
-    const port: Partial<MatrixPort> = {
-      botMxid: "@bot:hs",
-      serverName: "hs",
-      ghostMxid: (id) => `@wa_${id.replace("+", "")}:hs`,
-      remoteIdOfGhost: () => null,
-      ensureGhost: async (id) => `@wa_${id.replace("+", "")}:hs`,
-      createDm: async () => `!room${++this.rooms}:hs`,
-      joinedRooms: async () => [],
-      members: async () => [],
-      send: async (as, roomId, content, opts) => {
-        this.attempts += 1;
-        await this.gates.get(roomId)?.promise;
-        if (this.failNext > 0) {
-          this.failNext -= 1;
-          throw new Error("M_UNKNOWN: the homeserver had a bad moment");
-        }
-        this.sent.push({ as, roomId, content, opts });
-        return `$ev${this.sent.length}`;
-      },
-      redact: async () => undefined,
-      leave: async () => undefined,
-      botNotice: async (_roomId, markdown) => {
-        this.botNotices.push(markdown);
-      },
-    };
-    return port as MatrixPort;
-  }
-
-  bodies(roomId?: string): string[] {
-    return this.sent.filter((s) => !roomId || s.roomId === roomId).map((s) => String(s.content.body));
-  }
-}
-
-function fakeNetwork(): NetworkConnector {
+function fakeNetworkForChats(): NetworkConnector {
   let sent = 0;
-  const network: Partial<NetworkConnector> = {
-    networkName: "WhatsApp",
+  return fakeNetwork({
     getCapabilities: () => ({ text: { maxLength: 65536 }, media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } }, replies: false, readReceipts: false, typing: false, deliveryReceipts: true }),
     sendMessage: async () => ({ remoteId: `out${++sent}`, timestamp: Date.now() }),
     ensureUser: async () => undefined,
     getProfile: async (id) => ({ userId: id, displayName: `Contact ${id}`, avatar: null }),
     dmChat: (_mxid, remote) => ({ id: `dm:${remote}`, kind: "dm", participants: [remote] }),
-  };
-  return network as NetworkConnector;
+  });
 }
 
 function makeCore(file: string, hs: FakeHomeserver, sentStatusDelayMs = 0, messageStatusEvents = true) {
   const store = BridgeStore.open(file);
   store.users.getOrCreate(USER, { thirdPartyEnabled: true });
-  const core = new BridgeCore(store, hs.port(), fakeNetwork(), {
+  const core = new BridgeCore(store, hs.port(), fakeNetworkForChats(), {
     thirdPartyDefault: true,
     permissions: new Permissions({ "*": "user" }),
     retryDelayMs: 5,
@@ -200,9 +138,11 @@ describe("the durable inbound queue", () => {
     release();
     await until("it is on Matrix", () => store.inbound.depth() === 0 && hs.sent.length === 1);
     await core.onMessage(USER, message("+491", 1));
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(hs.sent.length, 1);
-    assert.equal(store.inbound.depth(), 0);
+    // A later message of the same chat goes through after the repeat (one ordered queue per chat):
+    // once it is on Matrix, the repeat was handled, and must not have been sent.
+    await core.onMessage(USER, message("+491", 2));
+    await until("the next message is on Matrix", () => hs.sent.length >= 2 && store.inbound.depth() === 0);
+    assert.deepEqual(hs.sent.map((s) => s.content.body), ["+491 says 1", "+491 says 2"]);
     core.stop();
     store.close();
   });
@@ -310,15 +250,21 @@ describe("delivery status", () => {
     await core.onMatrixMessage({ event_id: eventId, room_id: roomId, sender: USER, type: "m.room.message", origin_server_ts: Date.now(), content: { msgtype: "m.text", body: `mine ${n}` } });
     return { eventId, roomId };
   }
+  /** Another Matrix message in the room, through the same ordered queue: once the network has it, everything before it was handled. */
+  async function barrier(core: BridgeCore, store: BridgeStore, roomId: string, tag: string): Promise<void> {
+    const eventId = `$barrier-${tag}`;
+    await core.onMatrixMessage({ event_id: eventId, room_id: roomId, sender: USER, type: "m.room.message", origin_server_ts: Date.now(), content: { msgtype: "m.text", body: tag } });
+    await until("the barrier message reached the network", () => store.messages.byEventId(eventId) !== undefined);
+  }
   const statuses = (hs: FakeHomeserver, eventId: string) =>
     hs.sent.filter((s) => s.opts.type === STATUS && (s.content["m.relates_to"] as { event_id: string }).event_id === eventId).map((s) => s.content.delivered_to_users);
 
   it("posts one status saying delivered when the receipt comes within the wait", async () => {
     const hs = new FakeHomeserver();
     const { store, core } = makeCore(tempDb(), hs, 60_000);
-    const { eventId } = await sendFromMatrix(core, store, hs, 1);
+    const { eventId, roomId } = await sendFromMatrix(core, store, hs, 1);
     await until("the network took it", () => store.messages.byEventId(eventId) !== undefined);
-    await new Promise((r) => setTimeout(r, 50));
+    await barrier(core, store, roomId, "after-1");
     assert.deepEqual(statuses(hs, eventId), [], "the sent status waits");
     await core.onDelivered(USER, { chat: chat("+491"), txnId: eventId, recipient: "+491", timestamp: Date.now() });
     await until("the delivered status", () => statuses(hs, eventId).length === 1);
@@ -371,7 +317,9 @@ describe("delivery status", () => {
     await until("the network took it", () => store.messages.byEventId(eventId) !== undefined);
     await core.onDelivered(USER, { chat: chat("+491"), txnId: eventId, recipient: "+491", timestamp: Date.now() });
     await until("the receipt was handled", () => store.inbound.depth() === 0);
-    await new Promise((r) => setTimeout(r, 50));
+    // A later network message of the chat is handled after the receipt (one ordered queue per chat).
+    await core.onMessage(USER, message("+491", 99));
+    await until("the later message is on Matrix", () => hs.sent.some((s) => s.content.body === "+491 says 99"));
     assert.deepEqual(statuses(hs, eventId), []);
     assert.equal(hs.sent.filter((s) => s.opts.type === STATUS).length, 0);
     core.stop();
@@ -390,7 +338,7 @@ describe("delivery status", () => {
     const second = makeCore(tempDb(), hs2, 60_000);
     const held = await sendFromMatrix(second.core, second.store, hs2, 4);
     await until("the network took it", () => second.store.messages.byEventId(held.eventId) !== undefined);
-    await new Promise((r) => setTimeout(r, 50));
+    await barrier(second.core, second.store, held.roomId, "after-4");
     assert.deepEqual(statuses(hs2, held.eventId), []);
     second.core.stop();
     await until("the held status went out at stop", () => statuses(hs2, held.eventId).length === 1);

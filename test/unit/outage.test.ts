@@ -12,13 +12,12 @@ import { doHttpRequest } from "@vector-im/matrix-bot-sdk";
 import Transport from "winston-transport";
 import { BridgeCore } from "../../src/bridge/core";
 import { LinkHealth } from "../../src/bridge/link-health";
-import { MatrixPort } from "../../src/bridge/matrix-port";
 import { Permissions } from "../../src/bridge/permissions";
 import { getLogger } from "../../src/logging";
 import { HomeserverLink, isAmbiguousFailure } from "../../src/matrix/homeserver-link";
 import { MatrixMedia } from "../../src/matrix/media";
-import { NetworkConnector } from "../../src/network/connector";
 import { BridgeStore } from "../../src/store";
+import { fakeMatrixPort, fakeNetwork } from "../support/fakes";
 import { freePort } from "../support/homeserver";
 
 /** Collects what a logger writes. */
@@ -154,7 +153,7 @@ describe("link health", () => {
 
   it("the core reports the gateway connection as one outage across reconnect attempts, in its health object", () => {
     const store = BridgeStore.open(":memory:");
-    const core = new BridgeCore(store, {} as MatrixPort, {} as NetworkConnector, { thirdPartyDefault: true, permissions: new Permissions({}) });
+    const core = new BridgeCore(store, fakeMatrixPort(), fakeNetwork(), { thirdPartyDefault: true, permissions: new Permissions({}) });
     core.onConnectionState({ state: "connected" });
     assert.equal(core.health().network.state, "up");
     for (let i = 0; i < 4; i++) {

@@ -34,8 +34,8 @@ test("the inbound queue keeps one row per event, oldest first, per portal, and r
   assert.ok(next.createdAt >= before && next.createdAt <= Date.now());
   assert.deepEqual(store.inbound.messagesOf(p1).map((i) => i.remoteId), ["m1", "m2"], "messages only, changes left out");
 
-  store.inbound.recordAttempt(next.seq);
-  store.inbound.recordAttempt(next.seq);
+  store.inbound.recordFailure(next.seq);
+  store.inbound.recordFailure(next.seq);
   assert.equal(store.inbound.next(p1)!.attempts, 2);
   assert.equal(store.inbound.next(p2)!.attempts, 0, "other rows keep their count");
   store.inbound.remove(next.seq);
@@ -52,7 +52,7 @@ test("the inbound queue moves waiting items to another portal in their order, wi
   store.inbound.enqueue(from, "@a:hs", "m1", "message", 1);
   store.inbound.enqueue(from, "@a:hs", "m2", "message", 2);
   const items = store.inbound.messagesOf(from);
-  store.inbound.recordAttempt(items[1].seq);
+  store.inbound.recordFailure(items[1].seq);
   const moved = store.inbound.messagesOf(from);
   for (const i of moved) store.inbound.remove(i.seq);
   store.inbound.requeue(moved, to);
@@ -100,7 +100,7 @@ test("the outbound queue refuses an event it has processed, keeps order per port
   assert.equal(store.outbound.depthForUser("@b:hs"), 1);
   assert.equal(store.outbound.depthForUser("@c:hs"), 0);
   assert.equal(store.outbound.depth(), 3);
-  store.outbound.recordAttempt(pending[1].seq);
+  store.outbound.recordFailure(pending[1].seq);
   assert.deepEqual(store.outbound.pending(a1).map((i) => i.attempts), [0, 1]);
   store.outbound.remove(pending[0].seq);
   assert.deepEqual(store.outbound.pending(a1).map((i) => i.eventId), ["$3"]);
