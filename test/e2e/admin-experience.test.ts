@@ -63,11 +63,12 @@ function runBridge(args: string[]): Promise<{ code: number | null; stdout: strin
 }
 
 describe("a new admin's first start", { timeout: 5 * 60_000 }, () => {
-  test("the bot is a namespaced user with its display name and avatar from the config", async () => {
+  test("the bot is a namespaced user with its display name and avatar from the config", async (t) => {
     const alice = await stack.user("alice");
     const profile = (await alice.getProfile(stack.botId)) as { displayname?: string; avatar_url?: string };
     assert.equal(profile.displayname, "Third-Party Chats");
     assert.equal(profile.avatar_url, BOT_AVATAR);
+    t.diagnostic(`GET /profile/${stack.botId} → ${JSON.stringify(profile)}`);
     // The registration's sender is a random user nobody talks to; the bot is not it.
     const registration = YAML.parse(fs.readFileSync(stack.registrationPath, "utf8"));
     assert.notEqual(`@${registration.sender_localpart}:${stack.domain}`, stack.botId);
@@ -86,7 +87,7 @@ describe("a new admin's first start", { timeout: 5 * 60_000 }, () => {
     assert.ok(entries.some((e) => e.message === "bridge ready"));
   });
 
-  test("a gateway that refuses the bridge's credentials stops it with one line naming the settings, exit 1, no stack trace", async () => {
+  test("a gateway that refuses the bridge's credentials stops it with one line naming the settings, exit 1, no stack trace", async (t) => {
     await stack.bridge.stop();
     const config = YAML.parse(fs.readFileSync(stack.configPath, "utf8"));
     config.network.provider_secret = crypto.randomBytes(24).toString("hex"); // not the one the gateway knows
@@ -101,5 +102,6 @@ describe("a new admin's first start", { timeout: 5 * 60_000 }, () => {
     assert.match(String(errors[0].message), /^the gateway at ws:\/\/127\.0\.0\.1:\d+\/v1 refused this bridge's credentials \(provider matrix\.localhost: .*\); check network\.provider_domain and network\.provider_secret \(or BRIDGE_PROVIDER_SECRET\)/);
     assert.doesNotMatch(r.stdout + r.stderr, /\bat .*\.js:\d+|"stack"/, "no stack trace");
     assert.ok(!r.stderr.includes(config.network.provider_secret), "the secret is not printed");
+    t.diagnostic(`exit ${r.code}; the error line: ${JSON.stringify(errors[0])}`);
   });
 });
