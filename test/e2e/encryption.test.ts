@@ -193,6 +193,14 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
     assert.deepEqual(Object.keys(keys.devices), [ghostDevice], "still one device");
   });
 
+  it("forgetting a user deletes its crypto state here and its device on the homeserver", async () => {
+    const bot = asConfig.bot as string;
+    const devices = async () => (await (await fetch(`${hs.url}/_matrix/client/v3/devices?user_id=${encodeURIComponent(bot)}`, { headers: { authorization: `Bearer ${asConfig.asToken}` } })).json()) as { devices: { device_id: string }[] };
+    assert.equal((await devices()).devices.length, 1, "the bot has its device (from the start-up check)");
+    assert.deepEqual(await control("POST", "/control/forget", { user: bot }), { deviceInStore: null, databasesInStore: 0 });
+    assert.deepEqual((await devices()).devices, [], "its device is gone from the homeserver");
+  });
+
   it("the homeserver's database holds none of the texts", { skip: process.env.MATRIX_HOMESERVER_URL ? "uses an existing homeserver" : false }, async () => {
     assert.ok(texts.length > 0);
     assert.ok(hs.dataDir, "the instance directory is known");

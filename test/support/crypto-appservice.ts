@@ -10,6 +10,7 @@
  *   GET  /control/received?text=T   -> {messages: [{room, sender, text}], failures: [code]} once T
  *                                      was decrypted or a decryption failed (408 after a minute)
  *   GET  /control/cross-signed      -> {crossSigned: bool}
+ *   POST /control/forget {user}     -> forgetUser, then {deviceInStore, databasesInStore}
  *   GET  /control/check[?drop=1]    -> the start-up check's answer; drop=1 strips the encryption
  *                                      extensions from transactions meanwhile (a homeserver without them)
  * Prints "READY <deviceId>" on stdout once the ghost's device is up.
@@ -119,6 +120,14 @@ async function main(): Promise<void> {
           reply(200, { messages: received, failures });
         };
         changed.add(wake);
+        return;
+      }
+      if (url.pathname === "/control/forget") {
+        const user = body.user as string;
+        manager
+          .forgetUser(user)
+          .then(() => reply(200, { deviceInStore: store.deviceOf(user) ?? null, databasesInStore: store.file.databaseNames().filter((n) => n.includes(user)).length }))
+          .catch((err) => reply(500, { error: (err as Error).message }));
         return;
       }
       if (url.pathname === "/control/check") {
