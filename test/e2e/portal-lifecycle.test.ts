@@ -6,7 +6,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { roomsOf, waitForMembership } from "../support/room-census";
+import { roomsOf, waitUntilOut } from "../support/room-census";
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
 let stack: Stack;
@@ -56,7 +56,7 @@ describe("portal lifecycle", () => {
     await bob.leaveRoom(first.roomId);
     // The bridge closes the portal: its ghost leaves too (seen through the admin API, as bob is gone).
     const admin = await stack.admin();
-    await waitForMembership(admin, first.roomId, stack.ghostId(phone), "leave");
+    await waitUntilOut(admin, first.roomId, stack.ghostId(phone));
     await stack.sim.sendText(phone, uriOf(bob.userId), "are you there?");
     const second = await bob.waitForInvite((i) => i.inviter === stack.ghostId(phone) && i.roomId !== first.roomId);
     await bob.joinRoom(second.roomId);

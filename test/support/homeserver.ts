@@ -131,7 +131,10 @@ export async function startTestHomeserver(options: StartTestHomeserverOptions = 
       stopped = true;
       process.removeListener("exit", stopSync);
       await new Promise<void>((resolve, reject) => {
-        execFile("bash", [script, "stop", "--name", name, ...(options.purge ? ["--purge"] : [])], { timeout: 180_000 }, (error, _out, err) => {
+        // As long as a start may take: stop waits for the chroot's mount lock, which other stacks
+        // starting on a loaded machine can hold for over a minute (60 s failed teardowns here),
+        // and Synapse itself may be slow to exit there.
+        execFile("bash", [script, "stop", "--name", name, ...(options.purge ? ["--purge"] : [])], { timeout: 10 * 60_000 }, (error, _out, err) => {
           if (error) reject(new Error(`scripts/synapse.sh stop --name ${name} failed: ${err || error.message}`));
           else resolve();
         });

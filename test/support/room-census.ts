@@ -59,3 +59,18 @@ export async function waitForMembership(admin: TestClient, roomId: string, userI
     await new Promise((r) => setTimeout(r, 200));
   }
 }
+
+/**
+ * Waits until `userId` is no longer in `roomId` (neither joined nor invited). When every local
+ * member left, Synapse drops the room's current state, so "no membership at all" counts as out.
+ */
+export async function waitUntilOut(admin: TestClient, roomId: string, userId: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { state } = await admin.request<{ state: StateEvent[] }>("GET", `/_synapse/admin/v1/rooms/${enc(roomId)}/state`);
+    const membership = state.find((e) => e.type === "m.room.member" && e.state_key === userId)?.content.membership;
+    if (membership !== "join" && membership !== "invite") return;
+    if (Date.now() > deadline) throw new Error(`${userId} is still ${membership} in ${roomId} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
