@@ -36,8 +36,8 @@ export class DeviceClient {
     }
     const backoff = new Backoff({ initialMs: 200, maxMs: 5000, jitter: 0.3, maxAttempts: this.opts.attempts ?? 5 });
     for (;;) {
-      let status = 0;
-      let text = "";
+      let status: number;
+      let text: string;
       try {
         const response = await fetch(url, {
           method,
