@@ -173,13 +173,13 @@ describe("Element in a browser, chatting with WhatsApp users through the bridge"
       // The voice message: Element's voice player with its waveform and the 3 s duration. Element
       // computes both from the audio when an event lacks them, so the event Element received is
       // checked too: the waveform and duration it draws from are the bridge's.
+      const voice = s.page.locator(".mx_MVoiceMessageBody").last();
+      await voice.waitFor({ timeout: 60_000 });
       const voiceEvent = (await s.timeline(chat.roomName)).find((e) => e.content.msgtype === "m.audio" && "org.matrix.msc3245.voice" in e.content);
       assert.ok(voiceEvent, "Element received the voice message as an MSC3245 voice message");
       const audio = voiceEvent.content["org.matrix.msc1767.audio"] ?? {};
       assert.ok(Array.isArray(audio.waveform) && audio.waveform.length >= 10, `the event carries a waveform (${JSON.stringify(audio.waveform)})`);
       assert.ok(Math.abs(audio.duration - 3000) <= 100, `the event carries the duration (${audio.duration} ms)`);
-      const voice = s.page.locator(".mx_MVoiceMessageBody").last();
-      await voice.waitFor({ timeout: 60_000 });
       assert.equal(await voice.locator("time").getAttribute("datetime"), "PT3S");
       assert.equal(await voice.locator("time").innerText(), "00:03");
       const bars = await voice.locator(".mx_Waveform_bar").evaluateAll((els) => els.map((el) => (el as any).getBoundingClientRect().height));
