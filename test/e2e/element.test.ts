@@ -182,10 +182,17 @@ describe("Element in a browser, chatting with WhatsApp users through the bridge"
       assert.ok(Math.abs(audio.duration - 3000) <= 100, `the event carries the duration (${audio.duration} ms)`);
       assert.equal(await voice.locator("time").getAttribute("datetime"), "PT3S");
       assert.equal(await voice.locator("time").innerText(), "00:03");
-      const bars = await voice.locator(".mx_Waveform_bar").evaluateAll((els) => els.map((el) => (el as any).getBoundingClientRect().height));
-      assert.ok(bars.length >= 10, `a waveform of ${bars.length} bars`);
-      const mid = bars[Math.floor(bars.length / 2)];
-      assert.ok(mid < Math.max(...bars) / 3, `the quiet middle second is a dip in the waveform (bars ${bars.map((h) => h.toFixed(0)).join(",")})`);
+      // Element draws a placeholder first and its waveform once the audio is decoded: wait for the shape.
+      let bars: number[] = [];
+      const dipInTheMiddle = () => bars.length >= 10 && bars[Math.floor(bars.length / 2)] < Math.max(...bars) / 3 && bars[1] > Math.max(...bars) / 2;
+      await waitUntil(
+        async () => {
+          bars = await voice.locator(".mx_Waveform_bar").evaluateAll((els) => els.map((el) => (el as any).getBoundingClientRect().height));
+          return dipInTheMiddle();
+        },
+        30_000,
+        "a waveform, loud at the start, with the quiet middle second as a dip",
+      ).catch((err: Error) => assert.fail(`${err.message} (bars ${bars.map((h) => h.toFixed(0)).join(",")})`));
 
       // The video: Element's player, with the bridge's thumbnail as its poster.
       const video = s.page.locator("video.mx_MVideoBody").last();
