@@ -170,21 +170,39 @@ describe("Element in a browser, chatting with WhatsApp users through the bridge"
       assert.equal(await caption.innerText(), "Look here");
       assert.equal(await caption.locator("strong").innerText(), "here");
 
-      // The voice message: Element's voice player with its waveform and the 3 s duration.
+      // The voice message: Element's voice player with its waveform and the 3 s duration. Element
+      // computes both from the audio when an event lacks them, so the event Element received is
+      // checked too: the waveform and duration it draws from are the bridge's.
       const voice = s.page.locator(".mx_MVoiceMessageBody").last();
       await voice.waitFor({ timeout: 60_000 });
+      const voiceEvent = (await s.timeline(chat.roomName)).find((e) => e.content.msgtype === "m.audio" && "org.matrix.msc3245.voice" in e.content);
+      assert.ok(voiceEvent, "Element received the voice message as an MSC3245 voice message");
+      const audio = voiceEvent.content["org.matrix.msc1767.audio"] ?? {};
+      assert.ok(Array.isArray(audio.waveform) && audio.waveform.length >= 10, `the event carries a waveform (${JSON.stringify(audio.waveform)})`);
+      assert.ok(Math.abs(audio.duration - 3000) <= 100, `the event carries the duration (${audio.duration} ms)`);
       assert.equal(await voice.locator("time").getAttribute("datetime"), "PT3S");
       assert.equal(await voice.locator("time").innerText(), "00:03");
-      const bars = await voice.locator(".mx_Waveform_bar").evaluateAll((els) => els.map((el) => (el as any).getBoundingClientRect().height));
-      assert.ok(bars.length >= 10, `a waveform of ${bars.length} bars`);
-      const mid = bars[Math.floor(bars.length / 2)];
-      assert.ok(mid < Math.max(...bars) / 3, `the quiet middle second is a dip in the waveform (bars ${bars.map((h) => h.toFixed(0)).join(",")})`);
+      // Element draws a placeholder first and its waveform once the audio is decoded: wait for the shape.
+      let bars: number[] = [];
+      const dipInTheMiddle = () => bars.length >= 10 && bars[Math.floor(bars.length / 2)] < Math.max(...bars) / 3 && bars[1] > Math.max(...bars) / 2;
+      await waitUntil(
+        async () => {
+          bars = await voice.locator(".mx_Waveform_bar").evaluateAll((els) => els.map((el) => (el as any).getBoundingClientRect().height));
+          return dipInTheMiddle();
+        },
+        30_000,
+        "a waveform, loud at the start, with the quiet middle second as a dip",
+      ).catch((err: Error) => assert.fail(`${err.message} (bars ${bars.map((h) => h.toFixed(0)).join(",")})`));
 
       // The video: Element's player, with the bridge's thumbnail as its poster.
       const video = s.page.locator("video.mx_MVideoBody").last();
       await video.waitFor({ timeout: 60_000 });
       assert.equal(await video.getAttribute("title"), "clip.mp4");
-      assert.match(String(await video.getAttribute("poster")), /\/_matrix\/(client\/v1\/)?media\/(v3\/)?download\//, "a poster (the video's thumbnail)");
+      const videoEvent = (await s.timeline(chat.roomName)).find((e) => e.content.msgtype === "m.video");
+      const thumbnail = String(videoEvent?.content.info?.thumbnail_url ?? "");
+      assert.match(thumbnail, /^mxc:\/\//, "the bridge gave the video a thumbnail");
+      const mediaId = thumbnail.split("/").pop()!;
+      assert.match(String(await video.getAttribute("poster")), new RegExp(`/download/[^/]+/${mediaId}(\\?|$)`), "Element shows that thumbnail as the video's poster");
 
       // The file: its name and size, to download.
       const file = s.page.locator(".mx_MFileBody_info_filename").last();

@@ -164,6 +164,16 @@ export class ElementSession {
     await tile.locator(".mx_MessageActionBar").getByRole("button", { name: action, exact: true }).click();
   }
 
+  /** The message events of room `roomName` as Element's own client received them (type, sender, content), oldest first. */
+  async timeline(roomName: string): Promise<{ type: string; sender: string; content: Record<string, any> }[]> {
+    return this.page.evaluate((name) => {
+      const client = (globalThis as any).mxMatrixClientPeg.get();
+      const room = client.getRooms().find((r: any) => r.name === name);
+      if (!room) throw new Error(`Element has no room named ${name}`);
+      return room.getLiveTimeline().getEvents().map((e: any) => ({ type: e.getType(), sender: e.getSender(), content: e.getContent() }));
+    }, roomName);
+  }
+
   /** Whether the open room's state (as Element's own client holds it) has m.room.encryption. */
   async roomIsEncrypted(roomName: string): Promise<boolean> {
     return this.page.evaluate((name) => {
