@@ -134,8 +134,9 @@ describe("Element in a browser, chatting with WhatsApp users through the bridge"
   test("a fresh account signs in, accepts a WhatsApp user's invite and sees the greeting formatted", { timeout: TEST_TIMEOUT }, async (t) => {
     const user = await freshAccount("greeting", { enable: true });
     await inElement(t, "greeting", user, async (s) => {
-      // Signed in: the room list shows, with the DM the account opened with the bot.
-      await s.roomTile(/interopbot/i).first().waitFor();
+      // Signed in: the room list shows, with the DM the account opened with the bot, under the
+      // bot's display name (appservice.bot.displayname), not its bare user id.
+      await s.roomTile(/Third-Party Chats/).first().waitFor();
       const chat = await chatFromWhatsApp(s, user, "Anna Schmidt", "Hi, this is **Anna** on _WhatsApp_ and *this* is italic");
       const body = s.tile("Hi, this is").locator(".mx_EventTile_body");
       await body.waitFor();
@@ -202,7 +203,11 @@ describe("Element in a browser, chatting with WhatsApp users through the bridge"
       const thumbnail = String(videoEvent?.content.info?.thumbnail_url ?? "");
       assert.match(thumbnail, /^mxc:\/\//, "the bridge gave the video a thumbnail");
       const mediaId = thumbnail.split("/").pop()!;
-      assert.match(String(await video.getAttribute("poster")), new RegExp(`/download/[^/]+/${mediaId}(\\?|$)`), "Element shows that thumbnail as the video's poster");
+      // Element shows a blurhash placeholder (a data: URL) until the thumbnail has loaded: wait, bounded.
+      const poster = new RegExp(`/download/[^/]+/${mediaId}(\\?|$)`);
+      await s.page
+        .waitForFunction(([el, source]) => new RegExp(source).test(String((el as any).getAttribute("poster"))), [await video.elementHandle(), poster.source] as const, { timeout: 30_000 })
+        .catch(async () => assert.fail(`Element shows that thumbnail as the video's poster (poster: ${String(await video.getAttribute("poster")).slice(0, 80)})`));
 
       // The file: its name and size, to download.
       const file = s.page.locator(".mx_MFileBody_info_filename").last();
