@@ -28,13 +28,9 @@ const testsFor = {
   "src/protocol/deterministic-cbor": ["deterministic-cbor*"],
 };
 const mutateArgs = process.argv.flatMap((arg, i, all) =>
-  (arg === "--mutate" || arg === "-m" ? all[i + 1] ?? "" : arg.startsWith("--mutate=") ? arg.slice(9) : "").split(",").filter(Boolean),
+  (arg === "--mutate" || arg === "-m" ? (all[i + 1] ?? "") : arg.startsWith("--mutate=") ? arg.slice(9) : "").split(",").filter(Boolean),
 );
-const chosen = Object.keys(testsFor).filter(
-  (key) =>
-    mutateArgs.length === 0 ||
-    mutateArgs.some((glob) => glob.startsWith(key) || key.startsWith(glob.split("*")[0])),
-);
+const chosen = Object.keys(testsFor).filter((key) => mutateArgs.length === 0 || mutateArgs.some((glob) => glob.startsWith(key) || key.startsWith(glob.split("*")[0])));
 const testFiles = [...new Set(chosen.flatMap((key) => testsFor[key]))].map((name) => `dist/test/unit/${name}.test.js`);
 
 // Results and reports per folder (reports/mutation/<folder>/), so runs on different folders

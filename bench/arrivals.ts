@@ -71,7 +71,11 @@ export class Arrivals {
   }
 
   waitForOne(run: string, n: number, timeoutMs: number): Promise<number> {
-    return this.waitUntil(() => this.byRun.get(run)?.get(n), timeoutMs, () => `"${tagOf(run, n)}" did not arrive`);
+    return this.waitUntil(
+      () => this.byRun.get(run)?.get(n),
+      timeoutMs,
+      () => `"${tagOf(run, n)}" did not arrive`,
+    );
   }
 }
 

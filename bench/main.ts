@@ -154,7 +154,11 @@ function bridgeHistograms(exposition: string): { handling: HistogramReading; pas
 function bridgeOwnTime(report: Report, handling: HistogramReading, passage: HistogramReading, attempt: HistogramReading, sent: number): void {
   const metric = "bridge_internal_ms_mean_matrix_to_remote";
   if (handling.count < sent || passage.count < sent) {
-    report.missing(metric, "ms", `the bridge's /metrics counted ${handling.count} handled and ${passage.count} accepted Matrix messages of ${sent} sent (a build without bridge_matrix_to_network_duration_seconds?)`);
+    report.missing(
+      metric,
+      "ms",
+      `the bridge's /metrics counted ${handling.count} handled and ${passage.count} accepted Matrix messages of ${sent} sent (a build without bridge_matrix_to_network_duration_seconds?)`,
+    );
     return;
   }
   const handlingMs = histogramMean(handling) * 1000;
@@ -208,7 +212,8 @@ async function main(): Promise<void> {
   let failed = false;
   let profiled: { fromUs: number; toUs: number } | undefined;
   try {
-    if (!stack.hs.managed) throw new Error("the benchmark needs a Synapse it starts itself (MATRIX_HOMESERVER_URL is set): that homeserver has not loaded the probe appservice's registration");
+    if (!stack.hs.managed)
+      throw new Error("the benchmark needs a Synapse it starts itself (MATRIX_HOMESERVER_URL is set): that homeserver has not loaded the probe appservice's registration");
     const firstOutput = stack.bridge.tail(400);
     report.add({ metric: "startup_ms_empty_store", value: readyMsFrom(firstOutput), unit: "ms", note: '"bridge ready" on its first start, for comparison' });
     const inspector = inspectorUrlFrom(firstOutput);

@@ -71,8 +71,36 @@ async function idleRssKb(pid: number): Promise<number> {
 function makeVideo(file: string, bytes: number): void {
   execFileSync(
     "ffmpeg",
-    ["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "anoisesrc=color=white:amplitude=0.5", "-t", "120",
-      "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0", "-c:a", "aac", "-b:a", "128k", "-fs", String(bytes), "-movflags", "+faststart", file],
+    [
+      "-v",
+      "error",
+      "-y",
+      "-f",
+      "lavfi",
+      "-i",
+      "testsrc2=size=1280x720:rate=30",
+      "-f",
+      "lavfi",
+      "-i",
+      "anoisesrc=color=white:amplitude=0.5",
+      "-t",
+      "120",
+      "-c:v",
+      "libx264",
+      "-preset",
+      "ultrafast",
+      "-qp",
+      "0",
+      "-c:a",
+      "aac",
+      "-b:a",
+      "128k",
+      "-fs",
+      String(bytes),
+      "-movflags",
+      "+faststart",
+      file,
+    ],
     { stdio: "pipe" },
   );
 }
@@ -113,10 +141,13 @@ export async function measureMediaRss(stack: Stack, opts: { workDir?: string } =
   await client.joinRoom(invite.roomId);
   const ghost = stack.ghostId(phone);
   const fromGhost = (filename: string) =>
-    client.waitFor((e) => e.room_id === invite.roomId && e.sender === ghost && e.type === "m.room.message" && (e.content.filename === filename || e.content.msgtype === "m.notice"), {
-      timeoutMs: 10 * 60_000,
-      description: `the ghost's ${filename}`,
-    });
+    client.waitFor(
+      (e) => e.room_id === invite.roomId && e.sender === ghost && e.type === "m.room.message" && (e.content.filename === filename || e.content.msgtype === "m.notice"),
+      {
+        timeoutMs: 10 * 60_000,
+        description: `the ghost's ${filename}`,
+      },
+    );
 
   // Each direction is measured in a freshly started bridge, after a small warm-up transfer the
   // same way, so neither code loaded on first use nor memory kept from the other direction counts.
@@ -137,7 +168,12 @@ export async function measureMediaRss(stack: Stack, opts: { workDir?: string } =
   const warmupBytes = fs.readFileSync(warmup);
   const warmupMxc = await client.uploadMedia(warmupBytes, "video/mp4", "warmup-back.mp4");
   await stack.restartBridge();
-  await client.sendEvent(invite.roomId, "m.room.message", { msgtype: "m.video", body: "warmup-back.mp4", url: warmupMxc, info: { mimetype: "video/mp4", size: warmupBytes.length } });
+  await client.sendEvent(invite.roomId, "m.room.message", {
+    msgtype: "m.video",
+    body: "warmup-back.mp4",
+    url: warmupMxc,
+    info: { mimetype: "video/mp4", size: warmupBytes.length },
+  });
   await stack.sim.waitForInbox(phone, (e) => e.kind === "media" && e.filename === "warmup-back.mp4", 120_000);
   pid = bridgePid(stack);
   idle = await idleRssKb(pid);

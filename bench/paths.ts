@@ -117,13 +117,7 @@ export interface LatencySample {
  * Latency samples of several paths, taken one message at a time and interleaved (latencyOrder,
  * on rotating chats), so that load from outside the benchmark falls on all paths alike.
  */
-export async function latencies(
-  paths: readonly Path[],
-  chats: readonly Chat[],
-  samples: number,
-  timeoutMs: number,
-  onSample?: (s: LatencySample) => void,
-): Promise<number[][]> {
+export async function latencies(paths: readonly Path[], chats: readonly Chat[], samples: number, timeoutMs: number, onSample?: (s: LatencySample) => void): Promise<number[][]> {
   const results: number[][] = paths.map(() => []);
   const runs = paths.map(() => runName("lat"));
   let previous: string | null = null;

@@ -107,7 +107,10 @@ export class ProbeAppservice {
     if (token !== this.hsToken) {
       this.refused++;
       req.resume();
-      answer(token === undefined ? 401 : 403, token === undefined ? { errcode: "M_UNAUTHORIZED", error: "no homeserver token" } : { errcode: "M_FORBIDDEN", error: "wrong homeserver token" });
+      answer(
+        token === undefined ? 401 : 403,
+        token === undefined ? { errcode: "M_UNAUTHORIZED", error: "no homeserver token" } : { errcode: "M_FORBIDDEN", error: "wrong homeserver token" },
+      );
       return;
     }
     const isTransaction = /^\/_matrix\/app\/v1\/transactions\/[^/]+$/.test(url.pathname);

@@ -54,7 +54,10 @@ export function ownerOf(frame: CallFrame): string {
 }
 
 function whereOf(frame: CallFrame): string {
-  const short = frame.url.replace(/^.*\/node_modules\//, "").replace(/^.*\/dist\//, "").replace(/^file:\/\//, "");
+  const short = frame.url
+    .replace(/^.*\/node_modules\//, "")
+    .replace(/^.*\/dist\//, "")
+    .replace(/^file:\/\//, "");
   return short ? `${short}:${frame.lineNumber + 1}` : "";
 }
 
@@ -118,7 +121,10 @@ export function summarizeProfile(profile: CpuProfile, top = 12, window?: { fromU
       .map(fn)
       .sort((a, b) => b.totalMs - a.totalMs)
       .slice(0, top),
-    hottest: [...self.keys()].map(fn).sort((a, b) => b.selfMs - a.selfMs).slice(0, top),
+    hottest: [...self.keys()]
+      .map(fn)
+      .sort((a, b) => b.selfMs - a.selfMs)
+      .slice(0, top),
   };
 }
 
@@ -131,7 +137,10 @@ export function formatProfile(s: ProfileSummary): string {
   const pct = (ms: number, of = busy) => `${((100 * ms) / Math.max(of, 1)).toFixed(1)}%`;
   const lines = [
     `profiled ${(s.durationMs / 1000).toFixed(1)} s: busy ${pct(busy, s.durationMs)} of the time (idle ${pct(s.idleMs, s.durationMs)}); GC ${pct(s.gcMs)} of busy`,
-    `busy time by owner: ${s.byOwner.slice(0, 10).map((o) => `${o.owner} ${pct(o.selfMs)}`).join(", ")}`,
+    `busy time by owner: ${s.byOwner
+      .slice(0, 10)
+      .map((o) => `${o.owner} ${pct(o.selfMs)}`)
+      .join(", ")}`,
     "bridge's own functions, by total time (self in brackets), % of busy:",
     ...s.ownFunctions.map((f) => `  ${pct(f.totalMs).padStart(6)} (${pct(f.selfMs)})  ${f.name}  ${f.where}`),
     "hottest functions anywhere, by self time, % of busy:",

@@ -97,7 +97,11 @@ function growStore(file: string, opts: ScaleOptions, stack: Stack, storeSecret: 
 
 /** Registers the Matrix accounts the activity's chats go to (the ghosts invite them, so they must exist). */
 export async function registerActivityReceivers(stack: Stack, count: number): Promise<void> {
-  await inParallel(Array.from({ length: count }, (_, u) => u), 4, (u) => registerUser(stack.hs, scaleUser(u, stack.domain).slice(1).split(":")[0]));
+  await inParallel(
+    Array.from({ length: count }, (_, u) => u),
+    4,
+    (u) => registerUser(stack.hs, scaleUser(u, stack.domain).slice(1).split(":")[0]),
+  );
 }
 
 export async function measureScale(stack: Stack, opts: ScaleOptions): Promise<ScaleResult> {
@@ -139,9 +143,7 @@ export async function measureScale(stack: Stack, opts: ScaleOptions): Promise<Sc
     try {
       const before = messages();
       const started = performance.now();
-      await inParallel(opts.activityPhones, 16, (phone, i) =>
-        stack.sim.sendText(phone, userUriOf(scaleUser(i % opts.activityReceivers, stack.domain)), `activity ${i}`),
-      );
+      await inParallel(opts.activityPhones, 16, (phone, i) => stack.sim.sendText(phone, userUriOf(scaleUser(i % opts.activityReceivers, stack.domain)), `activity ${i}`));
       const deadline = Date.now() + opts.timeoutMs;
       while (messages() < before + opts.activityPhones.length) {
         if (Date.now() > deadline) throw new Error(`activity: ${messages() - before} of ${opts.activityPhones.length} messages bridged after ${opts.timeoutMs} ms`);
@@ -150,7 +152,9 @@ export async function measureScale(stack: Stack, opts: ScaleOptions): Promise<Sc
       const activityMs = performance.now() - started;
       const afterActivity = await memoryAtRest(pid, inspector, opts.timeoutMs);
       await opts.afterReading?.(`after activity in ${opts.activityPhones.length} new portals`, pid);
-      say(`${opts.activityPhones.length} new portals in ${(activityMs / 1000).toFixed(1)} s; ${afterActivity.afterGcMb.toFixed(1)} MB after (${afterActivity.asFoundMb.toFixed(1)} MB before a full GC)`);
+      say(
+        `${opts.activityPhones.length} new portals in ${(activityMs / 1000).toFixed(1)} s; ${afterActivity.afterGcMb.toFixed(1)} MB after (${afterActivity.asFoundMb.toFixed(1)} MB before a full GC)`,
+      );
       return { portalsInStore, readyMs, wallMs, atRest, afterActivity, activityMs };
     } finally {
       counter.close();

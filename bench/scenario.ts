@@ -67,7 +67,11 @@ export async function setUpScenario(
   opts: { chats: number; receivers: number; probe: ProbeAppservice; say: (line: string) => void; timeoutMs: number },
 ): Promise<Scenario> {
   const { say, timeoutMs } = opts;
-  const receivers = await inParallel(Array.from({ length: opts.receivers }, (_, r) => r), 4, (r) => stack.user(`bench${r}`));
+  const receivers = await inParallel(
+    Array.from({ length: opts.receivers }, (_, r) => r),
+    4,
+    (r) => stack.user(`bench${r}`),
+  );
   const directSender = await stack.user("direct");
   // Third-Party Chats are off for a new user: the benchmark's users turn them on.
   await inParallel(receivers, 4, (client) => stack.botRoom(client, { enable: true }));

@@ -125,8 +125,7 @@ function buildConfig(argv: string[]): { config: GatewayConfig; logging: NonNulla
 
 async function main(): Promise<void> {
   const { config, logging } = buildConfig(process.argv.slice(2));
-  if (logging.level || logging.format)
-    configureLogging({ level: logging.level ?? "info", format: logging.format ?? "json" });
+  if (logging.level || logging.format) configureLogging({ level: logging.level ?? "info", format: logging.format ?? "json" });
   const log = getLogger("gateway");
   let server: GatewayServer;
   try {

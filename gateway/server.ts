@@ -157,8 +157,7 @@ export class GatewayServer {
     if (config.recordFramesPath) this.config.recordFramesPath = config.recordFramesPath;
     if (this.config.limits.maxBodyBytes > this.config.limits.maxFrameBytes - 1024)
       throw new Error("limits.maxBodyBytes must leave at least 1024 bytes of maxFrameBytes for the deliver envelope");
-    if (!config.providers.some((p) => p.name === config.homeProvider))
-      throw new Error(`home provider ${config.homeProvider} is not among the configured providers`);
+    if (!config.providers.some((p) => p.name === config.homeProvider)) throw new Error(`home provider ${config.homeProvider} is not among the configured providers`);
     for (const p of config.providers) {
       if (!isValidProviderDomain(p.name)) throw new Error(`provider name ${JSON.stringify(p.name)} is not a lowercase domain`);
       if (!p.secret) throw new Error(`provider ${p.name} has an empty secret`);
@@ -174,8 +173,7 @@ export class GatewayServer {
       maxQueuePerUser: this.config.maxQueuePerUser,
     });
     this.expire();
-    if (this.config.recordFramesPath)
-      this.recorder = createWriteStream(this.config.recordFramesPath, { flags: "a" });
+    if (this.config.recordFramesPath) this.recorder = createWriteStream(this.config.recordFramesPath, { flags: "a" });
     this.startedAt = Date.now();
     this.http = http.createServer((req, res) => this.onHttp(req, res));
     this.wss = new WebSocketServer({ noServer: true, maxPayload: this.config.limits.maxFrameBytes });
@@ -264,10 +262,7 @@ export class GatewayServer {
       tokensAt: Date.now(),
     };
     this.connections.set(conn.id, conn);
-    conn.handshakeTimer = setTimeout(
-      () => ws.close(CloseCode.handshakeTimeout, "no hello in time"),
-      this.config.handshakeTimeoutMs,
-    );
+    conn.handshakeTimer = setTimeout(() => ws.close(CloseCode.handshakeTimeout, "no hello in time"), this.config.handshakeTimeoutMs);
     ws.on("message", (data, isBinary) => this.onMessage(conn, data, isBinary));
     ws.on("close", (code, reason) => this.onClose(conn, code, reason.toString()));
     // ws raises 'error' for oversize messages (it then closes with 1009) and socket faults.
@@ -513,22 +508,19 @@ export class GatewayServer {
       }
       case "logout": {
         this.requireOwnUser(conn, frame.user, "user");
-        if (conn.sessions.delete(frame.user) && this.sessions.get(frame.user)?.conn === conn)
-          this.sessions.delete(frame.user);
+        if (conn.sessions.delete(frame.user) && this.sessions.get(frame.user)?.conn === conn) this.sessions.delete(frame.user);
         return {};
       }
       case "enlist": {
         this.requireOwnUser(conn, frame.user, "user");
-        if (conn.provider === this.config.homeProvider)
-          throw new ProtocolError("forbidden", "enlist: home provider accounts are made with account.upsert");
+        if (conn.provider === this.config.homeProvider) throw new ProtocolError("forbidden", "enlist: home provider accounts are made with account.upsert");
         const { created, changed } = store.upsertAccount(frame.user, conn.provider!, false, frame.displayName, undefined, frame.thirdPartyChats);
         if (changed && !created) this.fanOutProfile(frame.user);
         return { created };
       }
       case "unenlist": {
         this.requireOwnUser(conn, frame.user, "user");
-        if (conn.provider === this.config.homeProvider)
-          throw new ProtocolError("forbidden", "unenlist: home provider accounts cannot be unenlisted");
+        if (conn.provider === this.config.homeProvider) throw new ProtocolError("forbidden", "unenlist: home provider accounts cannot be unenlisted");
         // Out of every group first, so the other members hear that the user left.
         for (const group of store.groupsOf(frame.user)) this.leaveGroup(group, frame.user);
         store.deleteAccount(frame.user);
@@ -564,15 +556,13 @@ export class GatewayServer {
       case "keys.publish": {
         this.requireSession(conn, frame.user, "user");
         const { maxOneTimeKeysPerPublish, maxOneTimeKeysStored } = this.config.limits;
-        if (frame.oneTimePreKeys.length > maxOneTimeKeysPerPublish)
-          throw new ProtocolError("too_large", `keys.publish.oneTimePreKeys: more than ${maxOneTimeKeysPerPublish} keys`);
+        if (frame.oneTimePreKeys.length > maxOneTimeKeysPerPublish) throw new ProtocolError("too_large", `keys.publish.oneTimePreKeys: more than ${maxOneTimeKeysPerPublish} keys`);
         if (new Set(frame.oneTimePreKeys.map((k) => k.id)).size !== frame.oneTimePreKeys.length)
           throw new ProtocolError("bad_frame", "keys.publish.oneTimePreKeys: duplicate id", {
             field: "keys.publish.oneTimePreKeys",
           });
         const remaining = store.publishKeys(frame, maxOneTimeKeysStored);
-        if (remaining === undefined)
-          throw new ProtocolError("too_large", `keys.publish: more than ${maxOneTimeKeysStored} one-time keys stored`);
+        if (remaining === undefined) throw new ProtocolError("too_large", `keys.publish: more than ${maxOneTimeKeysStored} one-time keys stored`);
         return { remaining };
       }
       case "keys.fetch": {
@@ -600,9 +590,11 @@ export class GatewayServer {
         const group = this.requireGroup(frame.room);
         this.requireAdmin(group, frame.by, frame.t);
         if (group.members.some((m) => m.user === frame.user)) return { group };
-        if (group.members.length >= this.maxGroupMembers)
-          throw new ProtocolError("too_large", `group.add: the group has ${this.maxGroupMembers} members already`);
-        const refusal = this.joinRefusal(group.members.map((m) => m.user), frame.user);
+        if (group.members.length >= this.maxGroupMembers) throw new ProtocolError("too_large", `group.add: the group has ${this.maxGroupMembers} members already`);
+        const refusal = this.joinRefusal(
+          group.members.map((m) => m.user),
+          frame.user,
+        );
         if (refusal) throw new ProtocolError(refusal.code, `group.add: ${refusal.message}`);
         const next = this.nextRev(group, { members: [...group.members, { user: frame.user, admin: false }] });
         this.commitGroup(next, { change: "added", by: frame.by, subject: frame.user });
@@ -636,8 +628,7 @@ export class GatewayServer {
         const target = group.members.find((m) => m.user === frame.user);
         if (!target) throw new ProtocolError("not_member", `group.admin: ${frame.user} is not a member of ${frame.room}`);
         if (target.admin === frame.admin) return { group };
-        if (!frame.admin && group.members.filter((m) => m.admin).length === 1)
-          throw new ProtocolError("forbidden", "group.admin: a group keeps at least one admin");
+        if (!frame.admin && group.members.filter((m) => m.admin).length === 1) throw new ProtocolError("forbidden", "group.admin: a group keeps at least one admin");
         const next = this.nextRev(group, { members: group.members.map((m) => (m.user === frame.user ? { user: m.user, admin: frame.admin } : m)) });
         this.commitGroup(next, { change: "admin", by: frame.by, subject: frame.user });
         return { group: next };
@@ -668,11 +659,9 @@ export class GatewayServer {
     // A retry (the ok was lost): the same group, its refusals, and nothing new.
     if (existing) return { group: existing, refused: store.createRefusals(room), duplicate: true };
     const creator = store.getAccount(frame.by)!;
-    if (!creator.home && !creator.thirdPartyChats)
-      throw new ProtocolError("not_opted_in", `group.create: ${frame.by} has not turned Third-Party Chats on`);
+    if (!creator.home && !creator.thirdPartyChats) throw new ProtocolError("not_opted_in", `group.create: ${frame.by} has not turned Third-Party Chats on`);
     const candidates = [...new Set(frame.members)].filter((u) => u !== frame.by);
-    if (candidates.length + 1 > this.maxGroupMembers)
-      throw new ProtocolError("too_large", `group.create: more than ${this.maxGroupMembers} members`);
+    if (candidates.length + 1 > this.maxGroupMembers) throw new ProtocolError("too_large", `group.create: more than ${this.maxGroupMembers} members`);
     const members = [frame.by];
     const refused: GroupRefusal[] = [];
     // In the order given, each against those already in: the same answer group.add would give.
@@ -766,8 +755,7 @@ export class GatewayServer {
     const store = this.store!;
     const candidate = store.getAccount(user);
     if (!candidate) return { code: "unknown_user", message: `no account ${user}` };
-    if (!store.providerFeatures(candidate.provider).has(FEATURE_GROUPS))
-      return { code: "not_supported", message: `the provider of ${user} does not support groups` };
+    if (!store.providerFeatures(candidate.provider).has(FEATURE_GROUPS)) return { code: "not_supported", message: `the provider of ${user} does not support groups` };
     const accounts = members.map((m) => store.getAccount(m)).filter((a): a is Account => a !== undefined);
     if (!candidate.home) {
       if (!candidate.thirdPartyChats) return { code: "not_opted_in", message: `${user} has not turned Third-Party Chats on` };
@@ -804,10 +792,7 @@ export class GatewayServer {
         field: "send.payload.type",
       });
     if (frame.payload.body.length > this.config.limits.maxBodyBytes)
-      throw new ProtocolError(
-        "too_large",
-        `send.payload.body is ${frame.payload.body.length} bytes, limit ${this.config.limits.maxBodyBytes}`,
-      );
+      throw new ProtocolError("too_large", `send.payload.body is ${frame.payload.body.length} bytes, limit ${this.config.limits.maxBodyBytes}`);
     // Before the other checks so that a retry of an accepted send gets the same
     // answer even if the recipient has since switched Third-Party Chats off.
     const prior = store.priorSend(frame);
@@ -815,8 +800,7 @@ export class GatewayServer {
     const recipient = store.getAccount(frame.to);
     if (!recipient) throw new ProtocolError("unknown_user", `send: no account ${frame.to}`);
     if (isGroupRoom(frame.room)) {
-      if (!conn.features.has(FEATURE_GROUPS))
-        throw new ProtocolError("not_supported", `send: announce the "${FEATURE_GROUPS}" feature in hello to send to group rooms`);
+      if (!conn.features.has(FEATURE_GROUPS)) throw new ProtocolError("not_supported", `send: announce the "${FEATURE_GROUPS}" feature in hello to send to group rooms`);
       this.checkGroupSend("send", store.getAccount(frame.from)!, recipient, frame.room);
       return this.sendOutcome(frame, store.acceptSend(frame, true));
     }
@@ -869,8 +853,7 @@ export class GatewayServer {
     if (!recipient) throw new ProtocolError("unknown_user", `typing: no account ${frame.to}`);
     const inGroup = isGroupRoom(frame.room);
     if (inGroup) {
-      if (!conn.features.has(FEATURE_GROUPS))
-        throw new ProtocolError("not_supported", `typing: announce the "${FEATURE_GROUPS}" feature in hello to use group rooms`);
+      if (!conn.features.has(FEATURE_GROUPS)) throw new ProtocolError("not_supported", `typing: announce the "${FEATURE_GROUPS}" feature in hello to use group rooms`);
       this.checkGroupSend("typing", store.getAccount(frame.from)!, recipient, frame.room);
     } else {
       this.checkRoom(frame.from, frame.to, frame.room);
@@ -914,13 +897,11 @@ export class GatewayServer {
   // -------------------------------------------------------------------- checks
 
   private requireOwnUser(conn: Connection, user: string, field: string): void {
-    if (userDomain(user) !== conn.provider)
-      throw new ProtocolError("forbidden", `${field}: ${user} is not a user of provider ${conn.provider}`);
+    if (userDomain(user) !== conn.provider) throw new ProtocolError("forbidden", `${field}: ${user} is not a user of provider ${conn.provider}`);
   }
 
   private requireHome(conn: Connection, what: string): void {
-    if (conn.provider !== this.config.homeProvider)
-      throw new ProtocolError("forbidden", `${what} is reserved to the home provider`);
+    if (conn.provider !== this.config.homeProvider) throw new ProtocolError("forbidden", `${what} is reserved to the home provider`);
   }
 
   private requireSession(conn: Connection, user: string, field: string): Session {
@@ -931,8 +912,7 @@ export class GatewayServer {
   }
 
   private checkRoom(from: string, to: string, room: string): void {
-    if (room !== dmRoomUri(from, to, this.config.roomDomain))
-      throw new ProtocolError("unknown_room", `room ${room} is not the chat of ${from} and ${to}`);
+    if (room !== dmRoomUri(from, to, this.config.roomDomain)) throw new ProtocolError("unknown_room", `room ${room} is not the chat of ${from} and ${to}`);
   }
 
   /**
@@ -943,12 +923,10 @@ export class GatewayServer {
    * is off, it is told who tried, once per sender until it acks (§6.4).
    */
   private checkReachable(a: Account, b: Account, room?: string): void {
-    if (!a.home && !b.home)
-      throw new ProtocolError("forbidden", "third-party users can only reach users of the home provider");
+    if (!a.home && !b.home) throw new ProtocolError("forbidden", "third-party users can only reach users of the home provider");
     if (a.home && b.home) return;
     const homeSide = a.home ? a : b;
-    if (!homeSide.thirdPartyChats)
-      throw new ProtocolError("third_party_disabled", `${homeSide.user} has Third-Party Chats turned off`);
+    if (!homeSide.thirdPartyChats) throw new ProtocolError("third_party_disabled", `${homeSide.user} has Third-Party Chats turned off`);
     const thirdPartySide = a.home ? b : a;
     if (!thirdPartySide.thirdPartyChats) {
       if (room !== undefined && thirdPartySide === b && this.store!.queueRefused(b.user, a.user, room)) this.pump(b.user);

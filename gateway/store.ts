@@ -40,10 +40,7 @@ export interface QueuedEvent {
   group: boolean;
 }
 
-export type AcceptResult =
-  | { kind: "accepted"; ts: number; seq: number }
-  | { kind: "duplicate"; ts: number }
-  | { kind: "queue_full" };
+export type AcceptResult = { kind: "accepted"; ts: number; seq: number } | { kind: "duplicate"; ts: number } | { kind: "queue_full" };
 
 export interface StoreOptions {
   /** "FULL" fsyncs every commit (survives power loss); "NORMAL" survives process crashes only. */
@@ -245,20 +242,11 @@ export class GatewayStore {
    * A new home account starts with Third-Party Chats off, a new third-party account with
    * `thirdPartyChats` (default on); given for an existing account, it replaces the setting.
    */
-  upsertAccount(
-    user: string,
-    provider: string,
-    home: boolean,
-    displayName: string,
-    avatar: Avatar | undefined,
-    thirdPartyChats?: boolean,
-  ): { created: boolean; changed: boolean } {
+  upsertAccount(user: string, provider: string, home: boolean, displayName: string, avatar: Avatar | undefined, thirdPartyChats?: boolean): { created: boolean; changed: boolean } {
     return this.db.transaction(() => {
       const before = this.getAccount(user);
       const now = Date.now();
-      const av = avatar
-        ? [avatar.url, avatar.mimetype, avatar.size, Buffer.from(avatar.sha256)]
-        : [null, null, null, null];
+      const av = avatar ? [avatar.url, avatar.mimetype, avatar.size, Buffer.from(avatar.sha256)] : [null, null, null, null];
       if (!before) {
         this.db
           .prepare(
@@ -345,9 +333,7 @@ export class GatewayStore {
   }
 
   providerFeatures(provider: string): Set<string> {
-    const row = this.db.prepare("SELECT features FROM provider_features WHERE provider = ?").get(provider) as
-      | { features: string }
-      | undefined;
+    const row = this.db.prepare("SELECT features FROM provider_features WHERE provider = ?").get(provider) as { features: string } | undefined;
     return new Set(row ? (JSON.parse(row.features) as string[]) : []);
   }
 
@@ -356,9 +342,7 @@ export class GatewayStore {
   getGroup(room: string): GroupState | undefined {
     const row = this.db.prepare("SELECT * FROM groups WHERE room = ?").get(room) as GroupRow | undefined;
     if (!row) return undefined;
-    const members = this.db
-      .prepare("SELECT user, admin FROM group_members WHERE room = ? ORDER BY position")
-      .all(room) as { user: string; admin: number }[];
+    const members = this.db.prepare("SELECT user, admin FROM group_members WHERE room = ? ORDER BY position").all(room) as { user: string; admin: number }[];
     const group: GroupState = {
       room,
       rev: row.rev,
@@ -380,19 +364,15 @@ export class GatewayStore {
 
   /** What group.create could not add when the group was made. */
   createRefusals(room: string): GroupRefusal[] {
-    const row = this.db.prepare("SELECT create_refused FROM groups WHERE room = ?").get(room) as
-      | { create_refused: string }
-      | undefined;
+    const row = this.db.prepare("SELECT create_refused FROM groups WHERE room = ?").get(room) as { create_refused: string } | undefined;
     return row ? (JSON.parse(row.create_refused) as GroupRefusal[]) : [];
   }
 
   /** The groups `user` is a member of, oldest first. */
   groupsOf(user: string): GroupState[] {
-    const rows = this.db
-      .prepare(
-        "SELECT g.room AS room FROM group_members m JOIN groups g ON g.room = m.room WHERE m.user = ? ORDER BY g.created_at, g.room",
-      )
-      .all(user) as { room: string }[];
+    const rows = this.db.prepare("SELECT g.room AS room FROM group_members m JOIN groups g ON g.room = m.room WHERE m.user = ? ORDER BY g.created_at, g.room").all(user) as {
+      room: string;
+    }[];
     return rows.map((r) => this.getGroup(r.room)!);
   }
 
@@ -402,18 +382,11 @@ export class GatewayStore {
    * just left or was removed), in one transaction. A member whose queue is full misses the
    * event (group.get has the state). Returns the users whose queues received it.
    */
-  commitGroup(
-    next: GroupState,
-    event: { change: GroupChange; by: string; subject?: string },
-    alsoNotify: string[] = [],
-    createRefused?: GroupRefusal[],
-  ): string[] {
+  commitGroup(next: GroupState, event: { change: GroupChange; by: string; subject?: string }, alsoNotify: string[] = [], createRefused?: GroupRefusal[]): string[] {
     return this.db.transaction(() => {
       const before = this.db.prepare("SELECT rev FROM groups WHERE room = ?").get(next.room) as { rev: number } | undefined;
       if ((before?.rev ?? 0) + 1 !== next.rev) throw new Error(`group ${next.room}: rev ${next.rev} does not follow ${before?.rev ?? 0}`);
-      const pic = next.picture
-        ? [next.picture.url, next.picture.mimetype, next.picture.size, Buffer.from(next.picture.sha256)]
-        : [null, null, null, null];
+      const pic = next.picture ? [next.picture.url, next.picture.mimetype, next.picture.size, Buffer.from(next.picture.sha256)] : [null, null, null, null];
       if (!before)
         this.db
           .prepare(
@@ -464,15 +437,10 @@ export class GatewayStore {
    */
   publishKeys(frame: KeysPublishFrame, maxStored: number): number | undefined {
     return this.db.transaction(() => {
-      const existing = this.db.prepare("SELECT identity_key FROM key_bundles WHERE user = ?").get(frame.user) as
-        | { identity_key: Buffer }
-        | undefined;
-      if (existing && !sameBytes(existing.identity_key, frame.identityKey))
-        this.db.prepare("DELETE FROM one_time_keys WHERE user = ?").run(frame.user);
+      const existing = this.db.prepare("SELECT identity_key FROM key_bundles WHERE user = ?").get(frame.user) as { identity_key: Buffer } | undefined;
+      if (existing && !sameBytes(existing.identity_key, frame.identityKey)) this.db.prepare("DELETE FROM one_time_keys WHERE user = ?").run(frame.user);
       const ids = new Set(frame.oneTimePreKeys.map((k) => k.id));
-      const kept = (
-        this.db.prepare("SELECT key_id FROM one_time_keys WHERE user = ?").all(frame.user) as { key_id: number }[]
-      ).filter((r) => !ids.has(r.key_id)).length;
+      const kept = (this.db.prepare("SELECT key_id FROM one_time_keys WHERE user = ?").all(frame.user) as { key_id: number }[]).filter((r) => !ids.has(r.key_id)).length;
       if (kept + ids.size > maxStored) return undefined;
       this.db
         .prepare(
@@ -496,9 +464,7 @@ export class GatewayStore {
           Buffer.from(frame.kyberPreKey.signature),
           Date.now(),
         );
-      const insert = this.db.prepare(
-        "INSERT OR REPLACE INTO one_time_keys (user, key_id, public_key) VALUES (?, ?, ?)",
-      );
+      const insert = this.db.prepare("INSERT OR REPLACE INTO one_time_keys (user, key_id, public_key) VALUES (?, ?, ?)");
       for (const k of frame.oneTimePreKeys) insert.run(frame.user, k.id, Buffer.from(k.publicKey));
       return this.countOneTimeKeys(frame.user);
     })();
@@ -537,9 +503,8 @@ export class GatewayStore {
         signedPreKey: { id: row.spk_id, publicKey: bytes(row.spk_public), signature: bytes(row.spk_signature) },
         kyberPreKey: { id: row.kpk_id, publicKey: bytes(row.kpk_public), signature: bytes(row.kpk_signature) },
       };
-      const otk = this.db
-        .prepare("SELECT key_id, public_key FROM one_time_keys WHERE user = ? ORDER BY key_id LIMIT 1")
-        .get(user) as { key_id: number; public_key: Buffer } | undefined;
+      const otk = this.db.prepare("SELECT key_id, public_key FROM one_time_keys WHERE user = ? ORDER BY key_id LIMIT 1").get(user) as
+        { key_id: number; public_key: Buffer } | undefined;
       if (otk) {
         this.db.prepare("DELETE FROM one_time_keys WHERE user = ? AND key_id = ?").run(user, otk.key_id);
         bundle.oneTimePreKey = { id: otk.key_id, publicKey: bytes(otk.public_key) };
@@ -551,16 +516,12 @@ export class GatewayStore {
   // -------------------------------------------------------------------- queues
 
   lastSeq(user: string): number {
-    const row = this.db.prepare("SELECT last_seq FROM queue_state WHERE user = ?").get(user) as
-      | { last_seq: number }
-      | undefined;
+    const row = this.db.prepare("SELECT last_seq FROM queue_state WHERE user = ?").get(user) as { last_seq: number } | undefined;
     return row?.last_seq ?? 0;
   }
 
   ackedSeq(user: string): number {
-    const row = this.db.prepare("SELECT acked_seq FROM queue_state WHERE user = ?").get(user) as
-      | { acked_seq: number }
-      | undefined;
+    const row = this.db.prepare("SELECT acked_seq FROM queue_state WHERE user = ?").get(user) as { acked_seq: number } | undefined;
     return row?.acked_seq ?? 0;
   }
 
@@ -581,9 +542,7 @@ export class GatewayStore {
     const seq = this.lastSeq(user) + 1;
     this.db.prepare("UPDATE queue_state SET last_seq = ? WHERE user = ?").run(seq, user);
     this.db
-      .prepare(
-        "INSERT INTO queue (user, seq, type, frame, sender, room, msg_id, created_at, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-      )
+      .prepare("INSERT INTO queue (user, seq, type, frame, sender, room, msg_id, created_at, grp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
       .run(
         user,
         seq,
@@ -605,9 +564,8 @@ export class GatewayStore {
    * get "already accepted" rather than a second delivery.
    */
   priorSend(frame: SendFrame): AcceptResult | undefined {
-    const prior = this.db
-      .prepare("SELECT ts FROM sends WHERE sender = ? AND recipient = ? AND msg_id = ?")
-      .get(frame.from, frame.to, Buffer.from(frame.id)) as { ts: number } | undefined;
+    const prior = this.db.prepare("SELECT ts FROM sends WHERE sender = ? AND recipient = ? AND msg_id = ?").get(frame.from, frame.to, Buffer.from(frame.id)) as
+      { ts: number } | undefined;
     return prior ? { kind: "duplicate", ts: prior.ts } : undefined;
   }
 
@@ -640,9 +598,7 @@ export class GatewayStore {
         { sender: frame.from, room: frame.room, id: frame.id },
         inGroup,
       );
-      this.db
-        .prepare("INSERT INTO sends (sender, recipient, msg_id, ts, created_at) VALUES (?, ?, ?, ?, ?)")
-        .run(frame.from, frame.to, Buffer.from(frame.id), ts, ts);
+      this.db.prepare("INSERT INTO sends (sender, recipient, msg_id, ts, created_at) VALUES (?, ?, ?, ?, ?)").run(frame.from, frame.to, Buffer.from(frame.id), ts, ts);
       // A group's members are in group_members; room_members records who shares a 1:1 chat.
       if (!inGroup) {
         const member = this.db.prepare("INSERT OR IGNORE INTO room_members (room, user) VALUES (?, ?)");
@@ -655,9 +611,12 @@ export class GatewayStore {
 
   /** Events of `user` with seq > afterSeq, oldest first. */
   eventsAfter(user: string, afterSeq: number, limit: number): QueuedEvent[] {
-    const rows = this.db
-      .prepare("SELECT seq, type, frame, grp FROM queue WHERE user = ? AND seq > ? ORDER BY seq LIMIT ?")
-      .all(user, afterSeq, limit) as { seq: number; type: string; frame: Buffer; grp: number }[];
+    const rows = this.db.prepare("SELECT seq, type, frame, grp FROM queue WHERE user = ? AND seq > ? ORDER BY seq LIMIT ?").all(user, afterSeq, limit) as {
+      seq: number;
+      type: string;
+      frame: Buffer;
+      grp: number;
+    }[];
     return rows.map((r) => ({ seq: r.seq, type: r.type, frame: bytes(r.frame), group: r.grp === 1 }));
   }
 
@@ -672,9 +631,7 @@ export class GatewayStore {
       if (seq <= acked) return [];
       const now = this.now();
       const delivers = this.db
-        .prepare(
-          "SELECT sender, room, msg_id, grp FROM queue WHERE user = ? AND seq > ? AND seq <= ? AND type = 'deliver' ORDER BY seq",
-        )
+        .prepare("SELECT sender, room, msg_id, grp FROM queue WHERE user = ? AND seq > ? AND seq <= ? AND type = 'deliver' ORDER BY seq")
         .all(user, acked, seq) as { sender: string; room: string; msg_id: Buffer; grp: number }[];
       const notified = new Set<string>();
       for (const d of delivers) {

@@ -137,7 +137,12 @@ function avatarOf(file: string): { mimetype: string; base64: string } {
 }
 
 function time(ts: unknown): string {
-  return typeof ts === "number" ? new Date(ts).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "-";
+  return typeof ts === "number"
+    ? new Date(ts)
+        .toISOString()
+        .replace("T", " ")
+        .replace(/\.\d+Z$/, "Z")
+    : "-";
 }
 
 function uintArg(v: string | undefined, what: string): number {
@@ -415,12 +420,7 @@ export async function runCli(argv: string[], io: Io = { out: (l) => process.stdo
   }
 }
 
-async function runGroup(
-  api: Api,
-  args: string[],
-  values: { member?: string[]; topic?: string },
-  print: (answer: unknown, line: string) => void,
-): Promise<number> {
+async function runGroup(api: Api, args: string[], values: { member?: string[]; topic?: string }, print: (answer: unknown, line: string) => void): Promise<number> {
   const [sub, phone, room] = args;
   const groupRoute = (p: string, r: string) => `${user(p)}/groups/${encodeURIComponent(r)}`;
   switch (sub) {

@@ -176,7 +176,9 @@ export class ControlApi {
         const result = await route.handler(sim, params, body, url.searchParams);
         return send(res, route.status?.(result) ?? 200, result);
       }
-      throw pathMatched ? new SimError(405, "method_not_allowed", `${method} is not allowed on ${url.pathname}`) : new SimError(404, "not_found", `no route ${method} ${url.pathname}`);
+      throw pathMatched
+        ? new SimError(405, "method_not_allowed", `${method} is not allowed on ${url.pathname}`)
+        : new SimError(404, "not_found", `no route ${method} ${url.pathname}`);
     } catch (err) {
       const { status, code, message } = httpStatusOf(err);
       // Failures worth an operator's look; refusals (4xx, 501, 503) are the API working as documented.

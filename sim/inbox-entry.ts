@@ -2,12 +2,7 @@
  * What a received MIMI message means to a WhatsApp user, as the fields of an inbox entry
  * (docs/simulator.md lists them): the kind of message and its readable parts.
  */
-import {
-  MIMI_CONTENT_TYPE_MARKDOWN,
-  MIMI_DISPOSITION,
-  type MimiMessage,
-  type MimiNestedPart,
-} from "../src/protocol/mimi.js";
+import { MIMI_CONTENT_TYPE_MARKDOWN, MIMI_DISPOSITION, type MimiMessage, type MimiNestedPart } from "../src/protocol/mimi.js";
 import { isSticker, waKindOf } from "../src/protocol/payload.js";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -46,8 +41,7 @@ export function describeMimi(message: MimiMessage): { kind: string } & Record<st
     return { kind: "sticker", contentType: body.cardinality === "single" || body.cardinality === "external" ? body.contentType : "", size };
   }
   if (body.disposition === MIMI_DISPOSITION.reaction) {
-    if (body.cardinality === "null" && message.replaces && message.inReplyTo)
-      return { kind: "unreaction", target: hex(message.inReplyTo), reaction: hex(message.replaces) };
+    if (body.cardinality === "null" && message.replaces && message.inReplyTo) return { kind: "unreaction", target: hex(message.inReplyTo), reaction: hex(message.replaces) };
     const emoji = textOf(body);
     if (emoji !== undefined && message.inReplyTo) return { kind: "reaction", target: hex(message.inReplyTo), emoji };
   }

@@ -245,20 +245,17 @@ export class Simulator {
   private accountOf(phone: string, name: string, avatarSha256: string | null): { user: string; displayName: string; avatar?: Avatar } {
     const account: { user: string; displayName: string; avatar?: Avatar } = { user: this.uriOf(phone), displayName: name };
     const media = avatarSha256 ? this.store.getMedia(avatarSha256) : undefined;
-    if (media)
-      account.avatar = { url: this.mediaUrl(media.sha256), mimetype: media.mimetype, size: media.size, sha256: new Uint8Array(Buffer.from(media.sha256, "hex")) };
+    if (media) account.avatar = { url: this.mediaUrl(media.sha256), mimetype: media.mimetype, size: media.size, sha256: new Uint8Array(Buffer.from(media.sha256, "hex")) };
     return account;
   }
 
   private saveAvatar(input: unknown): string {
     if (typeof input !== "object" || input === null) throw new SimError(400, "bad_request", "avatar must be {mimetype, base64}");
     const { mimetype, base64 } = input as Partial<AvatarInput>;
-    if (typeof mimetype !== "string" || !/^image\/[\w.+-]+$/.test(mimetype))
-      throw new SimError(400, "bad_request", "avatar.mimetype must be an image type such as image/png");
+    if (typeof mimetype !== "string" || !/^image\/[\w.+-]+$/.test(mimetype)) throw new SimError(400, "bad_request", "avatar.mimetype must be an image type such as image/png");
     if (typeof base64 !== "string" || !/^[A-Za-z0-9+/=\s]+$/.test(base64)) throw new SimError(400, "bad_request", "avatar.base64 must be base64");
     const bytes = Buffer.from(base64, "base64");
-    if (bytes.length === 0 || bytes.length > MAX_AVATAR_BYTES)
-      throw new SimError(400, "bad_request", `avatar must be 1..${MAX_AVATAR_BYTES} bytes`);
+    if (bytes.length === 0 || bytes.length > MAX_AVATAR_BYTES) throw new SimError(400, "bad_request", `avatar must be 1..${MAX_AVATAR_BYTES} bytes`);
     const sha256 = createHash("sha256").update(bytes).digest("hex");
     this.store.putMedia(bytes, mimetype, sha256);
     return sha256;
@@ -277,8 +274,7 @@ export class Simulator {
   async createUser(body: { phone?: unknown; name?: unknown; avatar?: unknown; thirdPartyChats?: unknown }): Promise<UserView & { created: boolean }> {
     const phone = this.normalizePhone(body.phone);
     const name = this.checkName(body.name);
-    if (body.thirdPartyChats !== undefined && typeof body.thirdPartyChats !== "boolean")
-      throw new SimError(400, "bad_request", "thirdPartyChats must be a boolean");
+    if (body.thirdPartyChats !== undefined && typeof body.thirdPartyChats !== "boolean") throw new SimError(400, "bad_request", "thirdPartyChats must be a boolean");
     const avatarSha256 = body.avatar === undefined || body.avatar === null ? null : this.saveAvatar(body.avatar);
     const isNew = this.store.getUser(phone) === undefined;
     const { created } = await this.client.upsertAccount(this.accountOf(phone, name, avatarSha256));
@@ -372,8 +368,7 @@ export class Simulator {
 
   private learnPeer(uri: string): void {
     const parsed = parseMimiUri(uri);
-    if (parsed && parsed.domain !== this.opts.provider && MATRIX_ID_RE.test(parsed.id) && this.store.peerUri(parsed.id) !== uri)
-      this.store.rememberPeer(parsed.id, uri);
+    if (parsed && parsed.domain !== this.opts.provider && MATRIX_ID_RE.test(parsed.id) && this.store.peerUri(parsed.id) !== uri) this.store.rememberPeer(parsed.id, uri);
   }
 
   // ------------------------------------------------------------------ sending
@@ -397,13 +392,7 @@ export class Simulator {
     return group.members.map((m) => m.user).filter((u) => u !== from);
   }
 
-  private async sendPayload(
-    user: SimUser,
-    target: Target,
-    payload: Payload,
-    ids: { wireId: Uint8Array; mimiId: Uint8Array | null },
-    kind: string,
-  ): Promise<SendOutcome> {
+  private async sendPayload(user: SimUser, target: Target, payload: Payload, ids: { wireId: Uint8Array; mimiId: Uint8Array | null }, kind: string): Promise<SendOutcome> {
     const from = this.uriOf(user.phone);
     const timeout = { timeoutMs: this.opts.sendTimeoutMs ?? 30_000 };
     if (target.kind === "group") {
@@ -631,7 +620,10 @@ export class Simulator {
   }
 
   /** A status update to every third-party user this user has chatted with (one status payload each). */
-  async sendStatus(rawPhone: string, body: { text?: unknown }): Promise<{ sent: Array<{ to: string; id: string; ts: number }>; failed: Array<{ to: string; error: string; message: string }> }> {
+  async sendStatus(
+    rawPhone: string,
+    body: { text?: unknown },
+  ): Promise<{ sent: Array<{ to: string; id: string; ts: number }>; failed: Array<{ to: string; error: string; message: string }> }> {
     const user = this.requireUser(rawPhone);
     const text = requireText(body.text, "text");
     const sent: Array<{ to: string; id: string; ts: number }> = [];
@@ -810,8 +802,7 @@ export class Simulator {
   }
 
   private groupParam(v: unknown): string {
-    if (typeof v !== "string" || !isGroupRoom(v) || parseMimiUri(v)?.kind !== "r")
-      throw new SimError(400, "bad_request", "group must be a group's room URI (mimi://…/r/g-…)");
+    if (typeof v !== "string" || !isGroupRoom(v) || parseMimiUri(v)?.kind !== "r") throw new SimError(400, "bad_request", "group must be a group's room URI (mimi://…/r/g-…)");
     return v;
   }
 
@@ -821,7 +812,10 @@ export class Simulator {
   }
 
   /** Creates a group with this user as its admin; members the gateway refused are listed with its code. */
-  async createGroup(rawPhone: string, body: { name?: unknown; members?: unknown; topic?: unknown }): Promise<GroupView & { refused: Array<{ id: string; uri: string; error: string }> }> {
+  async createGroup(
+    rawPhone: string,
+    body: { name?: unknown; members?: unknown; topic?: unknown },
+  ): Promise<GroupView & { refused: Array<{ id: string; uri: string; error: string }> }> {
     const user = this.requireUser(rawPhone);
     const name = this.checkName(body.name);
     if (body.topic !== undefined && typeof body.topic !== "string") throw new SimError(400, "bad_request", "topic must be a string");

@@ -139,9 +139,7 @@ export class SimStore {
       this.db.prepare("UPDATE users SET name = ?, avatar_sha256 = ? WHERE phone = ?").run(name, avatarSha256, phone);
       return false;
     }
-    this.db
-      .prepare("INSERT INTO users (phone, name, avatar_sha256, third_party_chats, created_at) VALUES (?, ?, ?, 0, ?)")
-      .run(phone, name, avatarSha256, Date.now());
+    this.db.prepare("INSERT INTO users (phone, name, avatar_sha256, third_party_chats, created_at) VALUES (?, ?, ?, 0, ?)").run(phone, name, avatarSha256, Date.now());
     return true;
   }
 
@@ -238,9 +236,7 @@ export class SimStore {
   }
 
   inbox(phone: string, after: number, limit = 1000): InboxEntry[] {
-    const rows = this.db
-      .prepare("SELECT entry FROM inbox WHERE phone = ? AND n > ? ORDER BY n LIMIT ?")
-      .all(phone, after, limit) as { entry: string }[];
+    const rows = this.db.prepare("SELECT entry FROM inbox WHERE phone = ? AND n > ? ORDER BY n LIMIT ?").all(phone, after, limit) as { entry: string }[];
     return rows.map((r) => JSON.parse(r.entry) as InboxEntry);
   }
 
@@ -255,15 +251,12 @@ export class SimStore {
   }
 
   recordSent(phone: string, peer: string, wireId: string, mimiId: string | null, kind: string): void {
-    this.db
-      .prepare("INSERT OR REPLACE INTO sent (phone, peer, wire_id, mimi_id, kind) VALUES (?, ?, ?, ?, ?)")
-      .run(phone, peer, wireId, mimiId, kind);
+    this.db.prepare("INSERT OR REPLACE INTO sent (phone, peer, wire_id, mimi_id, kind) VALUES (?, ?, ?, ?, ?)").run(phone, peer, wireId, mimiId, kind);
   }
 
   sentMessage(phone: string, peer: string, wireId: string): { mimiId: string | null; kind: string } | undefined {
     const row = this.db.prepare("SELECT mimi_id, kind FROM sent WHERE phone = ? AND peer = ? AND wire_id = ?").get(phone, peer, wireId) as
-      | { mimi_id: string | null; kind: string }
-      | undefined;
+      { mimi_id: string | null; kind: string } | undefined;
     return row && { mimiId: row.mimi_id, kind: row.kind };
   }
 

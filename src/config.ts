@@ -44,7 +44,10 @@ export interface BridgeConfig {
 
 /** A config problem, worded for the admin: "<field>: <what is wrong>". */
 export class ConfigError extends Error {
-  constructor(readonly field: string, readonly problem: string) {
+  constructor(
+    readonly field: string,
+    readonly problem: string,
+  ) {
     super(`${field || "config"}: ${problem}`);
     this.name = "ConfigError";
   }
@@ -68,7 +71,10 @@ function describe(error: ErrorObject, schemaDescription?: string): ConfigError {
     case "required":
       return new ConfigError(where ? `${where}.${error.params.missingProperty}` : String(error.params.missingProperty), "is missing");
     case "additionalProperties":
-      return new ConfigError(where ? `${where}.${error.params.additionalProperty}` : String(error.params.additionalProperty), "is not a known setting (check the spelling against config/config.sample.yaml)");
+      return new ConfigError(
+        where ? `${where}.${error.params.additionalProperty}` : String(error.params.additionalProperty),
+        "is not a known setting (check the spelling against config/config.sample.yaml)",
+      );
     case "enum":
       return new ConfigError(where, `must be one of ${(error.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(", ")}`);
     case "pattern":
@@ -122,14 +128,7 @@ export const MIN_SECRET_LENGTH = 16;
  * Values published in config/config.sample.yaml, registration.yaml and the docs. A bridge started
  * with one would authenticate with, or encrypt every user's Signal keys under, a key anyone can read.
  */
-const KNOWN_PLACEHOLDERS: ReadonlySet<string> = new Set([
-  "change-me",
-  "change-me-too",
-  "changeme",
-  "a-long-random-secret-string",
-  "secret",
-  "password",
-]);
+const KNOWN_PLACEHOLDERS: ReadonlySet<string> = new Set(["change-me", "change-me-too", "changeme", "a-long-random-secret-string", "secret", "password"]);
 
 /** Why a secret may not be used, or null when it may. */
 export function secretProblem(value: string): string | null {

@@ -110,7 +110,9 @@ export class BridgeCore implements NetworkEventHandler {
     for (const user of this.store.users.all()) {
       if (this.permissions.mayUse(user.mxid) || !user.thirdPartyEnabled) continue;
       this.store.users.setThirdPartyEnabled(user.mxid, false);
-      void this.network.setThirdPartyChats(user.mxid, false).catch((err: Error) => log.warn("could not turn a withdrawn user off on the network", { user: user.mxid, error: err.message }));
+      void this.network
+        .setThirdPartyChats(user.mxid, false)
+        .catch((err: Error) => log.warn("could not turn a withdrawn user off on the network", { user: user.mxid, error: err.message }));
       log.info("user no longer permitted: Third-Party Chats turned off", { user: user.mxid });
     }
     this.sender.resume();

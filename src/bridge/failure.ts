@@ -131,7 +131,14 @@ export const FAILURES = {
   too_old: (noun: EventNoun, why: string) => refused("too_old", "m.event_too_old", noun, why),
   /** The network said no for good. */
   network_refused: (noun: EventNoun, why: string) =>
-    new BridgeFailure({ kind: "network_refused", status: "FAIL_PERMANENT", reason: "m.foreign_network_error", message: why, notice: `Your ${noun} was not delivered: ${why}.`, quote: true }),
+    new BridgeFailure({
+      kind: "network_refused",
+      status: "FAIL_PERMANENT",
+      reason: "m.foreign_network_error",
+      message: why,
+      notice: `Your ${noun} was not delivered: ${why}.`,
+      quote: true,
+    }),
   /** The bridge could not handle the Matrix event even after retrying it; whether any of it went out is not known. */
   not_handled: () =>
     new BridgeFailure({

@@ -280,7 +280,15 @@ export class InboundPipeline {
         if (previous) await matrix.redact(ghost, roomId, previous.eventId, { txnId: `${txnId}.replaces`, reason: `Reaction changed on ${on}` });
         const eventId = await matrix.send(ghost, roomId, reactionContent(target.eventId, change.emoji), { txnId, ts: event.timestamp, type: "m.reaction" });
         return this.finish(item, () =>
-          store.reactions.put({ portalId: portal.id, targetRemoteId: target.remoteId, sender: event.sender, emoji: change.emoji, eventId, remoteId: event.id, timestamp: event.timestamp }),
+          store.reactions.put({
+            portalId: portal.id,
+            targetRemoteId: target.remoteId,
+            sender: event.sender,
+            emoji: change.emoji,
+            eventId,
+            remoteId: event.id,
+            timestamp: event.timestamp,
+          }),
         );
       }
       case "unreaction": {

@@ -54,7 +54,9 @@ export class InboxManager {
       const space = user.spaceRoomId;
       if (space) {
         for (const portal of portals) await this.unlink(space, portal);
-        await this.matrix.kick(this.matrix.botMxid, space, mxid, "You switched to the unified inbox").catch((err: Error) => log.debug("could not remove the user from the space", { error: err.message }));
+        await this.matrix
+          .kick(this.matrix.botMxid, space, mxid, "You switched to the unified inbox")
+          .catch((err: Error) => log.debug("could not remove the user from the space", { error: err.message }));
         await this.matrix.leave(this.matrix.botMxid, space, "unified inbox").catch((err: Error) => log.debug("could not leave the space", { error: err.message }));
       }
       this.store.users.setInbox(mxid, "unified", null);
@@ -112,9 +114,9 @@ export class InboxManager {
   private async unlink(space: string, portal: PortalRow & { roomId: string | null }): Promise<void> {
     if (!portal.roomId) return;
     // An m.space.child / m.space.parent without `via` is no link (spec: Spaces).
-    await this.matrix.setState(this.matrix.botMxid, space, "m.space.child", portal.roomId, {}).catch((err: Error) =>
-      log.debug("could not remove a space child", { room: portal.roomId, error: err.message }),
-    );
+    await this.matrix
+      .setState(this.matrix.botMxid, space, "m.space.child", portal.roomId, {})
+      .catch((err: Error) => log.debug("could not remove a space child", { room: portal.roomId, error: err.message }));
     await this.unlinkParent(space, portal);
   }
 

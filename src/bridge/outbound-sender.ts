@@ -171,7 +171,8 @@ export class OutboundSender {
   private failureOf(err: unknown, payload: QueuedPayload, noun: EventNoun): BridgeFailure | null {
     if (err instanceof BridgeFailure) return err.retriable ? null : err;
     const isMedia = (payload.kind === undefined || payload.kind === "message") && !("unbridgeable" in payload.content) && payload.content.type === "media";
-    if (err instanceof MediaError && !err.retryable && isMedia) return FAILURES.media_failed(err.reason, notSentText((payload.content as Extract<RemoteContent, { type: "media" }>).media, err.reason));
+    if (err instanceof MediaError && !err.retryable && isMedia)
+      return FAILURES.media_failed(err.reason, notSentText((payload.content as Extract<RemoteContent, { type: "media" }>).media, err.reason));
     if (err instanceof NetworkError && !err.retryable) return FAILURES.network_refused(noun, err.message);
     return null;
   }
@@ -254,7 +255,15 @@ export class OutboundSender {
         const previous = store.reactions.get(portal.id, target.remoteId, user);
         const result = await network.sendChange(user, chat, { txnId, change: { type: "reaction", target: target.remoteId, emoji: payload.key }, timestamp: payload.ts });
         store.transaction(() => {
-          store.reactions.put({ portalId: portal.id, targetRemoteId: target.remoteId, sender: user, emoji: payload.key, eventId: txnId, remoteId: result.remoteId, timestamp: result.timestamp });
+          store.reactions.put({
+            portalId: portal.id,
+            targetRemoteId: target.remoteId,
+            sender: user,
+            emoji: payload.key,
+            eventId: txnId,
+            remoteId: result.remoteId,
+            timestamp: result.timestamp,
+          });
           store.outbound.remove(item.seq);
         });
         // The network replaced the earlier reaction; Matrix would show both.
@@ -285,7 +294,10 @@ export class OutboundSender {
         if (message.sender !== user) throw FAILURES.not_sender("deletion", `${on} lets only the sender delete a message for everyone, so it was deleted here only`);
         if (!caps.deletes) throw FAILURES.feature_unsupported("deletion", `${on} does not support deleting messages here, so it was deleted here only`);
         if (caps.deletes.maxAgeMs > 0 && payload.ts - message.timestamp > caps.deletes.maxAgeMs) {
-          throw FAILURES.too_old("deletion", `${on} allows deleting a message for everyone only within ${describeDuration(caps.deletes.maxAgeMs)} of sending it, so it was deleted here only`);
+          throw FAILURES.too_old(
+            "deletion",
+            `${on} allows deleting a message for everyone only within ${describeDuration(caps.deletes.maxAgeMs)} of sending it, so it was deleted here only`,
+          );
         }
         const deletion = { type: "delete" as const, target: message.remoteId, ...(message.replyTo ? { replyTo: message.replyTo } : {}) };
         await network.sendChange(user, chat, { txnId, change: deletion, timestamp: payload.ts });

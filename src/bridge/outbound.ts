@@ -191,7 +191,11 @@ export class OutboundPipeline {
       const unread = store.messages.receivedBetween(portal.id, portal.receiver, store.readMarkers.get(portal.id), upTo, MAX_READ_BATCH);
       if (unread.length === 0) return;
       try {
-        await network.sendReadReceipt(portal.receiver, chat, unread.map((m) => m.remoteId));
+        await network.sendReadReceipt(
+          portal.receiver,
+          chat,
+          unread.map((m) => m.remoteId),
+        );
         store.readMarkers.advance(portal.id, unread[unread.length - 1].timestamp);
       } catch (err) {
         // The next receipt reports these again.

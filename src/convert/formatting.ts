@@ -55,8 +55,7 @@ const ASCII_PUNCT = /[!-/:-@[-`{-~]/;
 const WORD_CHAR = /^[\p{L}\p{N}]/u;
 const ESCAPABLE = /[\\`*~[\]<&]|_+/g;
 const ENTITY_LIKE = /&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{0,31});/y;
-const EMAIL_AUTOLINK =
-  /<[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*>/y;
+const EMAIL_AUTOLINK = /<[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*>/y;
 const URL_IN_TEXT = /\b(?:https?|ftp):\/\/[^\s<>]+/gi;
 const URL_TRAILING_PUNCT = "?!.,:;*_~'\"";
 
@@ -225,9 +224,37 @@ const DROPPED = new Set(["mx-reply", "script", "style", "template", "head", "tit
 const BLOCK_SYNTAX = new Set(["blockquote", "ul", "ol", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table"]);
 // Blocks without markdown syntax: their content becomes separate paragraphs.
 const BLOCK_CONTAINER = new Set([
-  "p", "div", "section", "article", "header", "footer", "main", "nav", "aside", "figure", "figcaption",
-  "address", "center", "dl", "dt", "dd", "details", "summary", "li", "caption", "form", "fieldset",
-  "legend", "html", "body", "thead", "tbody", "tfoot", "tr", "td", "th",
+  "p",
+  "div",
+  "section",
+  "article",
+  "header",
+  "footer",
+  "main",
+  "nav",
+  "aside",
+  "figure",
+  "figcaption",
+  "address",
+  "center",
+  "dl",
+  "dt",
+  "dd",
+  "details",
+  "summary",
+  "li",
+  "caption",
+  "form",
+  "fieldset",
+  "legend",
+  "html",
+  "body",
+  "thead",
+  "tbody",
+  "tfoot",
+  "tr",
+  "td",
+  "th",
 ]);
 
 const LINK_SCHEMES = /^(?:https?|ftp|mailto|magnet):/i;
@@ -430,7 +457,7 @@ function resolveDelimiters(marked: string): string {
     return encode.has(start - c.length) ? ";" : c;
   };
   const after = (end: number): string => (encode.has(end) ? "&" : charAtPoint(text, end));
-  for (let size = -1; size !== encode.size; ) {
+  for (let size = -1; size !== encode.size;) {
     size = encode.size;
     for (const at of opens) {
       const d = text.charAt(at);
@@ -487,18 +514,17 @@ function codeSpan(raw: string): string {
   }
   const fence = "`".repeat(longest + 1);
   // CommonMark strips one space from each side when both are present, and a backtick edge would merge with the fence.
-  const pad =
-    text.startsWith("`") || text.endsWith("`") || (text.startsWith(" ") && text.endsWith(" ") && text.trim() !== "")
-      ? " "
-      : "";
+  const pad = text.startsWith("`") || text.endsWith("`") || (text.startsWith(" ") && text.endsWith(" ") && text.trim() !== "") ? " " : "";
   return fence + pad + text + pad + fence;
 }
 
 function linkDestination(href: string): string {
-  return href
-    .replace(/[\\()<>&]/g, "\\$&")
-    // eslint-disable-next-line no-control-regex -- control characters and spaces are what gets percent-encoded
-    .replace(/[\x00-\x20\x7f]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0"));
+  return (
+    href
+      .replace(/[\\()<>&]/g, "\\$&")
+      // eslint-disable-next-line no-control-regex -- control characters and spaces are what gets percent-encoded
+      .replace(/[\x00-\x20\x7f]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0"))
+  );
 }
 
 function safeDecode(text: string): string {
@@ -780,9 +806,7 @@ function listMarkdown(el: Element, ctx: HtmlContext, marker: string, ordered: bo
       const bullet = ordered ? `${start + index}${marker} ` : `${marker} `;
       const indent = " ".repeat(bullet.length);
       // Tight items: a nested list that can interrupt the item's paragraph follows on the next line.
-      const content = blocks
-        .map((b, i) => (i === 0 ? "" : b.kind === "list" && b.interrupts ? "\n" : "\n\n") + b.markdown)
-        .join("");
+      const content = blocks.map((b, i) => (i === 0 ? "" : b.kind === "list" && b.interrupts ? "\n" : "\n\n") + b.markdown).join("");
       return content
         .split("\n")
         .map((line, i) => (i === 0 ? bullet + line : line === "" ? "" : indent + line))
@@ -844,8 +868,7 @@ function table(el: Element, ctx: HtmlContext): string {
   );
   const columns = cells.reduce((max, r) => Math.max(max, r.length), 0);
   if (columns === 0) return caption;
-  const line = (r: string[]) =>
-    "| " + Array.from({ length: columns }, (_, i) => r[i] ?? "").join(" | ") + " |";
+  const line = (r: string[]) => "| " + Array.from({ length: columns }, (_, i) => r[i] ?? "").join(" | ") + " |";
   const lines = [line(cells[0]!), "|" + " --- |".repeat(columns), ...cells.slice(1).map(line)];
   return (caption === "" ? "" : caption + "\n\n") + lines.join("\n");
 }
@@ -937,9 +960,7 @@ function trimTrailingNewlines(text: string): string {
 }
 
 function decodeBasicEntities(html: string): string {
-  return html.replace(/&(lt|gt|quot|amp);/g, (_m, name: string) =>
-    name === "lt" ? "<" : name === "gt" ? ">" : name === "quot" ? '"' : "&",
-  );
+  return html.replace(/&(lt|gt|quot|amp);/g, (_m, name: string) => (name === "lt" ? "<" : name === "gt" ? ">" : name === "quot" ? '"' : "&"));
 }
 
 /**
@@ -959,7 +980,12 @@ export function markdownToMatrix(markdown: string, options: MarkdownToMatrixOpti
   if (!/<(?!\/?p>|br>)/.test(html)) {
     // Only paragraphs and line breaks: the plain text says it all.
     const plain = trimTrailingNewlines(
-      decodeBasicEntities(html.replace(/<br>/g, "\n").replace(/<\/p>\n*/g, "\n\n").replace(/<p>/g, "")),
+      decodeBasicEntities(
+        html
+          .replace(/<br>/g, "\n")
+          .replace(/<\/p>\n*/g, "\n\n")
+          .replace(/<p>/g, ""),
+      ),
     );
     // Markdown that renders to nothing (e.g. only a link reference definition) is kept as typed.
     return { msgtype, body: plain === "" ? text : plain };

@@ -9,12 +9,7 @@ export type MessageStatus = "SUCCESS" | "PENDING" | "FAIL_RETRIABLE" | "FAIL_PER
 
 /** Why an event failed (mautrix's MessageStatusReason values). */
 export type MessageStatusReason =
-  | "m.event_not_handled"
-  | "com.beeper.unsupported_event"
-  | "m.event_too_old"
-  | "m.foreign_network_error"
-  | "m.no_permission"
-  | "m.bridge_unavailable";
+  "m.event_not_handled" | "com.beeper.unsupported_event" | "m.event_too_old" | "m.foreign_network_error" | "m.no_permission" | "m.bridge_unavailable";
 
 export interface MessageStatusInfo {
   /** The Matrix event the status is about. */

@@ -6,7 +6,11 @@
 import { Backoff, sleep } from "../util/backoff";
 
 export class MatrixRequestError extends Error {
-  constructor(readonly status: number, readonly errcode: string | undefined, message: string) {
+  constructor(
+    readonly status: number,
+    readonly errcode: string | undefined,
+    message: string,
+  ) {
     super(message);
     this.name = "MatrixRequestError";
   }

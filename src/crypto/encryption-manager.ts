@@ -45,7 +45,10 @@ export interface DecryptedEvent {
 
 /** An event that did not decrypt; `code` is the library's reason (MissingRoomKey, …). */
 export class DecryptionFailure extends Error {
-  constructor(readonly code: string, message: string) {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
     this.name = "DecryptionFailure";
   }
@@ -151,7 +154,12 @@ export class EncryptionManager {
     else if (request instanceof sdk.ToDeviceRequest) {
       response = await this.client.request("PUT", `v3/sendToDevice/${encodeURIComponent(request.event_type)}/${encodeURIComponent(request.txn_id)}`, as, JSON.parse(request.body));
     } else if (request instanceof sdk.RoomMessageRequest) {
-      response = await this.client.request("PUT", `v3/rooms/${encodeURIComponent(request.room_id)}/send/${encodeURIComponent(request.event_type)}/${encodeURIComponent(request.txn_id)}`, as, JSON.parse(request.body));
+      response = await this.client.request(
+        "PUT",
+        `v3/rooms/${encodeURIComponent(request.room_id)}/send/${encodeURIComponent(request.event_type)}/${encodeURIComponent(request.txn_id)}`,
+        as,
+        JSON.parse(request.body),
+      );
     } else {
       // Key backup is not used: the bridge keeps no history.
       return;
@@ -188,8 +196,15 @@ export class EncryptionManager {
     }
   }
 
-  private async feed(user: UserMachine, ext: TransactionExtensions, data: { toDevice: Record<string, unknown>[]; oneTimeKeyCounts?: Record<string, number>; unusedFallbackKeyTypes?: string[] }): Promise<void> {
-    const lists = new sdk.DeviceLists(ext.changed.map((u) => new sdk.UserId(u)), ext.left.map((u) => new sdk.UserId(u)));
+  private async feed(
+    user: UserMachine,
+    ext: TransactionExtensions,
+    data: { toDevice: Record<string, unknown>[]; oneTimeKeyCounts?: Record<string, number>; unusedFallbackKeyTypes?: string[] },
+  ): Promise<void> {
+    const lists = new sdk.DeviceLists(
+      ext.changed.map((u) => new sdk.UserId(u)),
+      ext.left.map((u) => new sdk.UserId(u)),
+    );
     const counts = new Map(Object.entries(data.oneTimeKeyCounts ?? {}));
     const fallback = data.unusedFallbackKeyTypes ? new Set(data.unusedFallbackKeyTypes) : undefined;
     await user.machine.receiveSyncChanges(JSON.stringify(data.toDevice), lists, counts, fallback);
@@ -235,7 +250,11 @@ export class EncryptionManager {
     const ids = members.chunk.filter((m) => m.content.membership === "join" || m.content.membership === "invite").map((m) => m.state_key);
     let settings: RoomInfo["settings"] = {};
     try {
-      const state = await this.client.request<{ rotation_period_ms?: number; rotation_period_msgs?: number }>("GET", `v3/rooms/${encodeURIComponent(roomId)}/state/m.room.encryption/`, as);
+      const state = await this.client.request<{ rotation_period_ms?: number; rotation_period_msgs?: number }>(
+        "GET",
+        `v3/rooms/${encodeURIComponent(roomId)}/state/m.room.encryption/`,
+        as,
+      );
       settings = { rotationPeriodMs: state.rotation_period_ms, rotationPeriodMsgs: state.rotation_period_msgs };
     } catch (err) {
       if (!(err instanceof MatrixRequestError && err.status === 404)) throw err;

@@ -216,7 +216,11 @@ export class MatrixAppservice {
         const spaceOwner = this.store.users.bySpaceRoom(event.room_id);
         if (spaceOwner?.mxid === event.state_key) {
           if (await core.inbox.spaceLeft(spaceOwner.mxid, event.room_id)) {
-            await core.tellUser(spaceOwner.mxid, "You left your Third-Party Chats space, so your chats are back among your other chats. Say `inbox dedicated` to get the space back.", `spaceleft.${event.event_id}`);
+            await core.tellUser(
+              spaceOwner.mxid,
+              "You left your Third-Party Chats space, so your chats are back among your other chats. Say `inbox dedicated` to get the space back.",
+              `spaceleft.${event.event_id}`,
+            );
           }
           return;
         }
@@ -239,7 +243,11 @@ export class MatrixAppservice {
         const reply = await this.bot!.handle(event.sender, event.content.body);
         if (reply !== null) await this.replyAsBot(event.room_id, reply, event.event_id);
         // After `forget` the bridge keeps nothing about the user, this room included.
-        if (!this.store.users.get(event.sender)) await this.bridge.getIntent(this.port.botMxid).leave(event.room_id).catch(() => undefined);
+        if (!this.store.users.get(event.sender))
+          await this.bridge
+            .getIntent(this.port.botMxid)
+            .leave(event.room_id)
+            .catch(() => undefined);
       }
       return;
     }

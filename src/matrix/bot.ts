@@ -61,7 +61,9 @@ export class BotCommands {
         run: async (user, args) => {
           if (args.length) throw usage("enable");
           const change = await this.controls.setThirdPartyChats(user, true);
-          const lines = [change.changed ? `Third-Party Chats are **on**. ${net} users can now write to you, and \`start <phone>\` opens a chat.` : "Third-Party Chats were already on."];
+          const lines = [
+            change.changed ? `Third-Party Chats are **on**. ${net} users can now write to you, and \`start <phone>\` opens a chat.` : "Third-Party Chats were already on.",
+          ];
           if (change.refusedWhileOff.length) {
             const who = change.refusedWhileOff.map((c) => c.remoteId).join(", ");
             lines.push(`While they were off, these ${net} users tried to write to you: ${who}. Their messages were not kept; they need to write again.`);

@@ -47,7 +47,10 @@ export interface AppServiceHandlers {
  * `this.onTransaction` to the route and its other routes call `this.isInvalidToken`, so the
  * subclass's prototype is where they are found.
  */
-export function replaceAppServiceHandlers<T extends AppService>(subclass: abstract new (...args: never[]) => T, handlers: { [K in keyof AppServiceHandlers]: (this: T, ...args: Parameters<AppServiceHandlers[K]>) => ReturnType<AppServiceHandlers[K]> }): void {
+export function replaceAppServiceHandlers<T extends AppService>(
+  subclass: abstract new (...args: never[]) => T,
+  handlers: { [K in keyof AppServiceHandlers]: (this: T, ...args: Parameters<AppServiceHandlers[K]>) => ReturnType<AppServiceHandlers[K]> },
+): void {
   for (const name of ["onTransaction", "isInvalidToken"] as const) {
     Object.defineProperty(subclass.prototype, name, { value: handlers[name], writable: true, configurable: true });
   }

@@ -59,9 +59,7 @@ export class AppserviceMatrixPort implements MatrixPort {
   }
 
   displayNameFor(remoteUserId: string, name: string | null): string {
-    return this.config.appservice.ghosts.displayname_template
-      .replace("{name}", name && name.trim() ? name.trim() : remoteUserId)
-      .replace("{phone}", remoteUserId);
+    return this.config.appservice.ghosts.displayname_template.replace("{name}", name && name.trim() ? name.trim() : remoteUserId).replace("{phone}", remoteUserId);
   }
 
   async ensureGhost(remoteUserId: string, profile: RemoteProfile | null): Promise<string> {
@@ -179,14 +177,7 @@ export class AppserviceMatrixPort implements MatrixPort {
   }
 
   /** The event an interrupted send created, if it is among the sender's recent events in the room. */
-  private async findEarlierSend(
-    asMxid: string,
-    roomId: string,
-    type: string,
-    content: Record<string, unknown>,
-    ts: number | undefined,
-    startedAt: number,
-  ): Promise<string | null> {
+  private async findEarlierSend(asMxid: string, roomId: string, type: string, content: Record<string, unknown>, ts: number | undefined, startedAt: number): Promise<string | null> {
     const filter = JSON.stringify({ senders: [asMxid], types: [type] });
     let chunk: MatrixEvent[];
     try {

@@ -160,7 +160,8 @@ export class MatrixMedia {
     } catch {
       // not JSON: reported below
     }
-    if (status === 413 || json.errcode === "M_TOO_LARGE") throw new MediaError("too_large", "the homeserver refused it as too large (its upload limit is lower than this bridge's)");
+    if (status === 413 || json.errcode === "M_TOO_LARGE")
+      throw new MediaError("too_large", "the homeserver refused it as too large (its upload limit is lower than this bridge's)");
     if (status < 200 || status >= 300 || typeof json.content_uri !== "string") {
       throw new MediaError("http_error", `the homeserver refused the upload (HTTP ${status}${json.errcode ? ` ${json.errcode}` : ""})`, status >= 500 || status === 429);
     }

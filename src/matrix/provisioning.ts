@@ -90,7 +90,9 @@ export class ProvisioningApi {
     });
     const app = bridge.appService.expressApp;
     // Unknown routes and unreadable bodies under the prefix answer in JSON like the rest.
-    app.use(PROVISIONING_PREFIX, (req: Request, res: Response) => this.reply(res, req.method, "unknown", 404, { errcode: "M_UNRECOGNIZED", error: "unknown provisioning endpoint" }));
+    app.use(PROVISIONING_PREFIX, (req: Request, res: Response) =>
+      this.reply(res, req.method, "unknown", 404, { errcode: "M_UNRECOGNIZED", error: "unknown provisioning endpoint" }),
+    );
     // Bodies the JSON parser refused (unreadable, too large) are answered and counted here too.
     appservice.passBodyRefusalsUnder(PROVISIONING_PREFIX);
     app.use(PROVISIONING_PREFIX, (err: { status?: unknown; type?: string; limit?: unknown }, req: Request, res: Response, next: NextFunction) => {

@@ -141,7 +141,11 @@ export async function audioPeaks(file: string, perSecond = 10): Promise<number[]
 
 /** Converts any sound to Ogg/Opus, the format of voice notes. */
 export async function transcodeToOggOpus(source: string, dest: string): Promise<void> {
-  await run(FFMPEG, ["-nostdin", "-v", "error", "-y", "-i", source, "-vn", "-map_metadata", "-1", "-c:a", "libopus", "-b:a", "32k", "-ac", "1", "-ar", "48000", "-f", "ogg", dest], {
-    timeoutMs: 10 * 60_000,
-  });
+  await run(
+    FFMPEG,
+    ["-nostdin", "-v", "error", "-y", "-i", source, "-vn", "-map_metadata", "-1", "-c:a", "libopus", "-b:a", "32k", "-ac", "1", "-ar", "48000", "-f", "ogg", dest],
+    {
+      timeoutMs: 10 * 60_000,
+    },
+  );
 }

@@ -58,7 +58,14 @@ export class MetricsServer {
       }
       if (path === "/health" || path === "/ready") {
         const report = this.health();
-        const body = JSON.stringify({ status: "ok", ready: report.ready, checks: report.checks, ...(report.links ? { links: report.links } : {}), version: this.version, uptime_seconds: Math.round((Date.now() - this.started) / 1000) });
+        const body = JSON.stringify({
+          status: "ok",
+          ready: report.ready,
+          checks: report.checks,
+          ...(report.links ? { links: report.links } : {}),
+          version: this.version,
+          uptime_seconds: Math.round((Date.now() - this.started) / 1000),
+        });
         return this.send(res, path === "/ready" && !report.ready ? 503 : 200, "application/json", body);
       }
       this.send(res, 404, "application/json", JSON.stringify({ error: "not found; try /metrics, /health or /ready" }));

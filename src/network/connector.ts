@@ -16,10 +16,7 @@ export interface ChatRef {
   participants: string[];
 }
 
-export type ConnectionState =
-  | { state: "connecting" }
-  | { state: "connected" }
-  | { state: "disconnected"; reason: string; retryInMs?: number };
+export type ConnectionState = { state: "connecting" } | { state: "connected" } | { state: "disconnected"; reason: string; retryInMs?: number };
 
 export interface RemoteAvatar {
   /** Changes whenever the picture changes (e.g. its SHA-256); the core re-uploads only on change. */

@@ -71,7 +71,7 @@ function attachmentParts(body: MimiNestedPart): { external: MimiExternalPart; ca
   const external = body.parts.find((p): p is MimiExternalPart => p.cardinality === "external");
   if (!external) return null;
   const captionPart = body.parts.find((p) => p.cardinality === "single" && textOf(p) !== null);
-  const caption = captionPart ? textOf(captionPart) ?? undefined : undefined;
+  const caption = captionPart ? (textOf(captionPart) ?? undefined) : undefined;
   return caption ? { external, caption } : { external };
 }
 
@@ -94,7 +94,13 @@ function mediaOf(message: MimiMessage): RemoteContent | null {
   const { external } = parts;
   const kind = kindOf(message, external);
   const filename = fileNameFor(kind, external.contentType, external.filename);
-  if (external.encAlg !== MIMI_ENC_AES_128_GCM || external.hashAlg !== MIMI_HASH_SHA256 || external.key.length !== 16 || external.nonce.length !== 12 || external.contentHash.length !== 32) {
+  if (
+    external.encAlg !== MIMI_ENC_AES_128_GCM ||
+    external.hashAlg !== MIMI_HASH_SHA256 ||
+    external.key.length !== 16 ||
+    external.nonce.length !== 12 ||
+    external.contentHash.length !== 32
+  ) {
     return {
       type: "unsupported",
       what: "media:unencrypted",
@@ -174,7 +180,10 @@ export function mediaToMimi(media: RemoteMedia, caption: string | undefined, blo
     width: media.kind === "image" || media.kind === "video" ? media.width : undefined,
     height: media.kind === "image" || media.kind === "video" ? media.height : undefined,
     durationMs: media.kind === "image" || media.kind === "file" ? undefined : media.durationMs,
-    waveform: media.kind === "voice" && media.waveform?.length ? new Uint8Array(media.waveform.map((v) => Math.round((Math.min(WAVEFORM_MAX_VALUE, Math.max(0, v)) / WAVEFORM_MAX_VALUE) * 255))) : undefined,
+    waveform:
+      media.kind === "voice" && media.waveform?.length
+        ? new Uint8Array(media.waveform.map((v) => Math.round((Math.min(WAVEFORM_MAX_VALUE, Math.max(0, v)) / WAVEFORM_MAX_VALUE) * 255)))
+        : undefined,
   });
 }
 

@@ -329,10 +329,7 @@ export class InteropClient extends EventEmitter<InteropClientEvents> {
       const p: PendingRequest = { order: this.nextOrder++, body, resolve, reject, attempts: 0 };
       const timeoutMs = options.timeoutMs ?? (body.t === "send" ? Infinity : this.opts.requestTimeoutMs);
       if (Number.isFinite(timeoutMs))
-        p.deadlineTimer = setTimeout(
-          () => this.finish(p, new ProtocolError("timeout", `${body.t}: no definite answer within ${timeoutMs} ms`)),
-          timeoutMs,
-        );
+        p.deadlineTimer = setTimeout(() => this.finish(p, new ProtocolError("timeout", `${body.t}: no definite answer within ${timeoutMs} ms`)), timeoutMs);
       this.pending.add(p);
       if (this.state === "connected") this.transmit(p);
     });

@@ -16,22 +16,10 @@
 import { createHash } from "node:crypto";
 import { getLogger, type Logger } from "../logging.js";
 import type { InteropClient } from "./client.js";
-import {
-  ProtocolError,
-  parseMimiUri,
-  type DeliverFrame,
-  type DeliveredFrame,
-  type PreKeyBundle,
-} from "./frames.js";
+import { ProtocolError, parseMimiUri, type DeliverFrame, type DeliveredFrame, type PreKeyBundle } from "./frames.js";
 import { decodeMimi } from "./mimi.js";
 import { PayloadError, decodePayload, encodePayload, type Payload } from "./payload.js";
-import {
-  SignalLayerError,
-  SignalParty,
-  type PreKeyBundleData,
-  type PublishedKeys,
-  type SignalRecordStore,
-} from "./signal.js";
+import { SignalLayerError, SignalParty, type PreKeyBundleData, type PublishedKeys, type SignalRecordStore } from "./signal.js";
 
 /** Where a frame a local user received came from, and where it stands in their queue on the gateway. */
 export interface ReceivedFrame {
@@ -100,12 +88,7 @@ export interface SecureEndpointOptions {
   oneTimeKeyLow?: number;
 }
 
-export type EndpointErrorCode =
-  | ProtocolError["code"]
-  | SignalLayerError["code"]
-  | "bad_payload"
-  | "bad_argument"
-  | "unknown_local_user";
+export type EndpointErrorCode = ProtocolError["code"] | SignalLayerError["code"] | "bad_payload" | "bad_argument" | "unknown_local_user";
 
 /** Gateway codes after which the same send may succeed later without anybody changing anything. */
 const RETRYABLE_CODES: ReadonlySet<string> = new Set(["rate_limited", "internal", "timeout", "queue_full", "no_keys", "store_error"]);
@@ -179,7 +162,11 @@ class EndpointRecords {
     const remove = () => {
       this.store.delete(this.ns, `pending/${seq}`);
       const index = this.getJson<number[]>("pending-index") ?? [];
-      if (index.includes(seq)) this.putJson("pending-index", index.filter((s) => s !== seq));
+      if (index.includes(seq))
+        this.putJson(
+          "pending-index",
+          index.filter((s) => s !== seq),
+        );
     };
     if (this.store.transaction) this.store.transaction(remove);
     else remove();
@@ -213,14 +200,7 @@ function digestOf(...parts: Array<Uint8Array | string | number>): string {
 
 /** What the directory holds apart from one-time keys; a change means republishing. */
 function bundleDigest(keys: PublishedKeys): string {
-  return digestOf(
-    keys.registrationId,
-    keys.identityKey,
-    keys.signedPreKey.id,
-    keys.signedPreKey.publicKey,
-    keys.kyberPreKey.id,
-    keys.kyberPreKey.publicKey,
-  );
+  return digestOf(keys.registrationId, keys.identityKey, keys.signedPreKey.id, keys.signedPreKey.publicKey, keys.kyberPreKey.id, keys.kyberPreKey.publicKey);
 }
 
 function toBundleData(bundle: PreKeyBundle): PreKeyBundleData {
@@ -257,16 +237,12 @@ export class SecureEndpoint {
     this.client.onDeliver((frame) => this.onDeliver(frame));
     if (opts.onDelivered) {
       const onDelivered = opts.onDelivered;
-      this.client.onDelivered((frame: DeliveredFrame) =>
-        onDelivered({ user: frame.user, to: frame.to, room: frame.room, id: frame.id, ts: frame.ts }),
-      );
+      this.client.onDelivered((frame: DeliveredFrame) => onDelivered({ user: frame.user, to: frame.to, room: frame.room, id: frame.id, ts: frame.ts }));
     }
     this.client.on("keysLow", (frame) => {
       const user = this.users.get(frame.user);
       if (!user) return;
-      this.maintainKeys(user, true).catch((err: unknown) =>
-        this.log.warn("could not replenish one-time keys", { user: frame.user, error: (err as Error).message }),
-      );
+      this.maintainKeys(user, true).catch((err: unknown) => this.log.warn("could not replenish one-time keys", { user: frame.user, error: (err as Error).message }));
     });
     this.client.on("sessionEnded", (user) => {
       // The next addUser logs in again instead of returning the old (now stale) promise.
@@ -364,14 +340,7 @@ export class SecureEndpoint {
    * EndpointError (the gateway's code when it refused). Without timeoutMs it waits for the
    * gateway however long it is away; with it, it gives up with the retryable code "timeout".
    */
-  async send(
-    from: string,
-    to: string,
-    room: string,
-    payload: Payload,
-    id: Uint8Array,
-    options: { timeoutMs?: number } = {},
-  ): Promise<{ ts: number; duplicate: boolean }> {
+  async send(from: string, to: string, room: string, payload: Payload, id: Uint8Array, options: { timeoutMs?: number } = {}): Promise<{ ts: number; duplicate: boolean }> {
     if (!(id instanceof Uint8Array) || id.length !== 16) throw new EndpointError("bad_argument", "send: id must be 16 bytes", false);
     let plaintext: Uint8Array;
     try {
@@ -388,9 +357,7 @@ export class SecureEndpoint {
     // Only encryption and the hand-over to the client are ordered here; the client keeps the
     // order from then on, so a slow gateway answer does not hold up the next encryption.
     const handedOver = previous.then(async () => {
-      const ciphertext = await user.party.encrypt(to, plaintext, async () =>
-        toBundleData(await this.client.fetchKeys(from, to)),
-      );
+      const ciphertext = await user.party.encrypt(to, plaintext, async () => toBundleData(await this.client.fetchKeys(from, to)));
       const sent = this.client.send({ from, to, room, id, payload: ciphertext, ...options });
       sent.catch(() => undefined);
       return { sent };
@@ -418,14 +385,7 @@ export class SecureEndpoint {
    * per member what it refused (a member who left meanwhile gets not_member, say). A retry
    * with the same id resends only what is missing; the rest comes back as duplicates.
    */
-  async sendToGroup(
-    from: string,
-    room: string,
-    members: readonly string[],
-    payload: Payload,
-    id: Uint8Array,
-    options: { timeoutMs?: number } = {},
-  ): Promise<GroupSendResult> {
+  async sendToGroup(from: string, room: string, members: readonly string[], payload: Payload, id: Uint8Array, options: { timeoutMs?: number } = {}): Promise<GroupSendResult> {
     const recipients = [...new Set(members)].filter((m) => m !== from);
     const settled = await Promise.allSettled(recipients.map((to) => this.send(from, to, room, payload, id, options)));
     const result: GroupSendResult = { sent: [], failed: [] };

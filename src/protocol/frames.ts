@@ -516,18 +516,7 @@ export type RequestFrame =
   | GroupListFrame;
 export type QueuedFrame = DeliverFrame | DeliveredFrame | ProfileFrame | RefusedFrame | GroupEventFrame;
 export type Frame =
-  | HelloFrame
-  | WelcomeFrame
-  | PingFrame
-  | PongFrame
-  | RequestFrame
-  | AckFrame
-  | TypingFrame
-  | OkFrame
-  | ErrorFrame
-  | QueuedFrame
-  | KeysLowFrame
-  | SessionEndedFrame;
+  HelloFrame | WelcomeFrame | PingFrame | PongFrame | RequestFrame | AckFrame | TypingFrame | OkFrame | ErrorFrame | QueuedFrame | KeysLowFrame | SessionEndedFrame;
 export type FrameType = Frame["t"];
 export type FrameOf<T extends FrameType> = Extract<Frame, { t: T }>;
 /** A request as the caller builds it; the client assigns rid. */
@@ -902,7 +891,7 @@ function describe(v: unknown): string {
   if (typeof v === "bigint") return "integer beyond 2^53-1";
   if (typeof v === "number" && !Number.isInteger(v)) return "float";
   if (typeof v === "number" && v < 0) return "negative integer";
-  return typeof v === "object" ? (v as object).constructor?.name ?? "object" : typeof v;
+  return typeof v === "object" ? ((v as object).constructor?.name ?? "object") : typeof v;
 }
 
 function fail(path: string, what: string): never {
@@ -919,8 +908,7 @@ function checkField(spec: FieldSpec, value: unknown, path: string): unknown {
       return value;
     }
     case "uint": {
-      if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0)
-        fail(path, `must be an unsigned integer, got ${describe(value)}`);
+      if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) fail(path, `must be an unsigned integer, got ${describe(value)}`);
       if (spec.min !== undefined && value < spec.min) fail(path, `must be at least ${spec.min}`);
       if (spec.max !== undefined && value > spec.max) fail(path, `must be at most ${spec.max}`);
       return value;
@@ -931,18 +919,12 @@ function checkField(spec: FieldSpec, value: unknown, path: string): unknown {
     case "bytes": {
       if (!(value instanceof Uint8Array)) fail(path, `must be a byte string, got ${describe(value)}`);
       if (value.length < spec.min || value.length > spec.max)
-        fail(
-          path,
-          spec.min === spec.max
-            ? `must be exactly ${spec.min} bytes, got ${value.length}`
-            : `must be ${spec.min}..${spec.max} bytes, got ${value.length}`,
-        );
+        fail(path, spec.min === spec.max ? `must be exactly ${spec.min} bytes, got ${value.length}` : `must be ${spec.min}..${spec.max} bytes, got ${value.length}`);
       // Normalise Buffers (a Uint8Array subclass) so encoded output never depends on the caller's type.
       return Object.getPrototypeOf(value) === Uint8Array.prototype ? value : new Uint8Array(value);
     }
     case "enum":
-      if (typeof value !== "string" || !spec.values.includes(value))
-        fail(path, `must be one of ${spec.values.map((v) => JSON.stringify(v)).join(", ")}`);
+      if (typeof value !== "string" || !spec.values.includes(value)) fail(path, `must be one of ${spec.values.map((v) => JSON.stringify(v)).join(", ")}`);
       return value;
     case "map":
       if (!isPlainMap(value)) fail(path, `must be a map with text keys, got ${describe(value)}`);
@@ -1006,8 +988,7 @@ export function encodeFrame(frame: Frame, opts: CodecOptions = {}): Uint8Array {
 
 /** Decodes and validates one frame; any problem is a ProtocolError with code bad_frame. */
 export function decodeFrame(bytes: Uint8Array, opts: CodecOptions = {}): Frame {
-  if (opts.maxFrameBytes !== undefined && bytes.length > opts.maxFrameBytes)
-    throw new ProtocolError("too_large", `frame is ${bytes.length} bytes, limit ${opts.maxFrameBytes}`);
+  if (opts.maxFrameBytes !== undefined && bytes.length > opts.maxFrameBytes) throw new ProtocolError("too_large", `frame is ${bytes.length} bytes, limit ${opts.maxFrameBytes}`);
   let value: unknown;
   try {
     value = cborDecode(bytes, DECODE_OPTIONS);
@@ -1026,8 +1007,7 @@ export function decodeFrame(bytes: Uint8Array, opts: CodecOptions = {}): Frame {
 export function peekRid(bytes: Uint8Array): number | undefined {
   try {
     const value = cborDecode(bytes, { ignoreGlobalTags: true, maxDepth: 16 });
-    if (isPlainMap(value) && typeof value["rid"] === "number" && Number.isSafeInteger(value["rid"]) && value["rid"] >= 0)
-      return value["rid"];
+    if (isPlainMap(value) && typeof value["rid"] === "number" && Number.isSafeInteger(value["rid"]) && value["rid"] >= 0) return value["rid"];
   } catch {
     // not CBOR at all: no rid to recover
   }

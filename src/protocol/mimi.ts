@@ -445,10 +445,7 @@ function partToWire(field: string, v: unknown, level: number, budget: PartBudget
   if (level > MIMI_MAX_PART_DEPTH) fail(field, `NestedParts nest deeper than the ${MIMI_MAX_PART_DEPTH} levels allowed`);
   if (++budget.count > MIMI_MAX_PARTS) fail(field, `more than ${MIMI_MAX_PARTS} body parts`);
   const p = v as MimiNestedPart;
-  const head = [
-    uintField(`${field}.disposition`, p.disposition, UINT8_MAX, "a disposition (0..255)"),
-    textField(`${field}.language`, p.language),
-  ];
+  const head = [uintField(`${field}.disposition`, p.disposition, UINT8_MAX, "a disposition (0..255)"), textField(`${field}.language`, p.language)];
   switch (p.cardinality) {
     case "null":
       return [...head, CARDINALITY.null];
@@ -647,14 +644,14 @@ export function newReaction(opts: NewReactionOptions): MimiMessage {
     const emoji = textField("emoji", opts.emoji);
     if (emoji.length === 0) fail("emoji", "must not be empty", "INVALID_ARGUMENT");
     return newMessage(
-    opts,
-    {
-      disposition: MIMI_DISPOSITION.reaction,
-      language: "",
-      cardinality: "single",
-      contentType: MIMI_CONTENT_TYPE_PLAIN,
-      content: utf8Encoder.encode(emoji),
-    },
+      opts,
+      {
+        disposition: MIMI_DISPOSITION.reaction,
+        language: "",
+        cardinality: "single",
+        contentType: MIMI_CONTENT_TYPE_PLAIN,
+        content: utf8Encoder.encode(emoji),
+      },
       { inReplyTo: requireMessageId("target", opts.target) },
     );
   });
@@ -671,8 +668,8 @@ export interface NewUnreactionOptions extends MimiEnvelope {
 export function newUnreaction(opts: NewUnreactionOptions): MimiMessage {
   return asArgumentError(() =>
     newMessage(
-    opts,
-    { disposition: MIMI_DISPOSITION.reaction, language: "", cardinality: "null" },
+      opts,
+      { disposition: MIMI_DISPOSITION.reaction, language: "", cardinality: "null" },
       { replaces: requireMessageId("reaction", opts.reaction), inReplyTo: requireMessageId("target", opts.target) },
     ),
   );
@@ -707,8 +704,8 @@ export interface NewDeleteOptions extends MimiEnvelope {
 export function newDelete(opts: NewDeleteOptions): MimiMessage {
   return asArgumentError(() =>
     newMessage(
-    opts,
-    { disposition: MIMI_DISPOSITION.render, language: "", cardinality: "null" },
+      opts,
+      { disposition: MIMI_DISPOSITION.render, language: "", cardinality: "null" },
       { replaces: requireMessageId("replaces", opts.replaces), inReplyTo: opts.inReplyTo },
     ),
   );
@@ -821,10 +818,7 @@ export interface MimiUnknownExtensionJson {
 /** A part's fields in the JSON form: byte strings as lowercase hex, the rest as they are. */
 type HexBytes<T> = { [K in keyof T]: T[K] extends Uint8Array ? string : T[K] };
 export type MimiPartJson =
-  | HexBytes<MimiNullPart>
-  | (HexBytes<MimiSinglePart> & { contentText?: string })
-  | HexBytes<MimiExternalPart>
-  | (Omit<MimiMultiPart, "parts"> & { parts: MimiPartJson[] });
+  HexBytes<MimiNullPart> | (HexBytes<MimiSinglePart> & { contentText?: string }) | HexBytes<MimiExternalPart> | (Omit<MimiMultiPart, "parts"> & { parts: MimiPartJson[] });
 
 export interface MimiJson {
   /** Derived from the encoded message and extensions 1/2; null when either URI is absent. Ignored on input. */

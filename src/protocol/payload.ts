@@ -9,14 +9,7 @@
  */
 import { decode as cborDecode, encode as cborEncode } from "cbor2";
 import { encodeDeterministic } from "./deterministic-cbor.js";
-import {
-  MIMI_MESSAGE_ID_LENGTH,
-  MimiError,
-  decodeMimi,
-  type MimiMessage,
-  type MimiNestedPart,
-  type MimiUnknownExtension,
-} from "./mimi.js";
+import { MIMI_MESSAGE_ID_LENGTH, MimiError, decodeMimi, type MimiMessage, type MimiNestedPart, type MimiUnknownExtension } from "./mimi.js";
 
 /** A MIMI message shown in the chat: text, reaction, edit, delete, attachment, sticker. */
 export interface ContentPayload {
@@ -183,8 +176,7 @@ function checkPayload(value: unknown): Payload {
     }
     case "disappearing": {
       const seconds = value["seconds"];
-      if (typeof seconds !== "number" || !Number.isSafeInteger(seconds) || seconds < 0)
-        fail("seconds", `must be an unsigned integer, got ${describe(seconds)}`);
+      if (typeof seconds !== "number" || !Number.isSafeInteger(seconds) || seconds < 0) fail("seconds", `must be an unsigned integer, got ${describe(seconds)}`);
       if (seconds > MAX_DISAPPEARING_SECONDS) fail("seconds", `must be at most ${MAX_DISAPPEARING_SECONDS}`);
       return { kind, seconds };
     }

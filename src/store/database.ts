@@ -26,9 +26,7 @@ export function schemaVersion(db: Database): number {
 export function migrate(db: Database, upTo = LATEST_SCHEMA_VERSION): number {
   const current = schemaVersion(db);
   if (current > LATEST_SCHEMA_VERSION) {
-    throw new DatabaseError(
-      `the database schema is version ${current}, newer than this bridge knows (${LATEST_SCHEMA_VERSION}); run the newer bridge version or restore a backup`,
-    );
+    throw new DatabaseError(`the database schema is version ${current}, newer than this bridge knows (${LATEST_SCHEMA_VERSION}); run the newer bridge version or restore a backup`);
   }
   for (const migration of MIGRATIONS) {
     if (migration.version <= current || migration.version > upTo) continue;

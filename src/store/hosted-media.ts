@@ -23,9 +23,7 @@ export class HostedMediaStore {
 
   /** Records a blob; hosting the same token again (a retried send) replaces the row. */
   save(row: HostedMediaRow): void {
-    this.db
-      .prepare("INSERT OR REPLACE INTO hosted_media (token, size, expires_at, created_at) VALUES (?, ?, ?, ?)")
-      .run(row.token, row.size, row.expiresAt, row.createdAt);
+    this.db.prepare("INSERT OR REPLACE INTO hosted_media (token, size, expires_at, created_at) VALUES (?, ?, ?, ?)").run(row.token, row.size, row.expiresAt, row.createdAt);
   }
 
   get(token: string): HostedMediaRow | undefined {

@@ -17,7 +17,15 @@ interface Raw {
   created_at: number;
 }
 
-const fromRaw = (r: Raw): OutboundItem => ({ seq: r.seq, portalId: r.portal_id, eventId: r.event_id, sender: r.sender, payload: r.payload, attempts: r.attempts, createdAt: r.created_at });
+const fromRaw = (r: Raw): OutboundItem => ({
+  seq: r.seq,
+  portalId: r.portal_id,
+  eventId: r.event_id,
+  sender: r.sender,
+  payload: r.payload,
+  attempts: r.attempts,
+  createdAt: r.created_at,
+});
 
 /**
  * The durable Matrix → network queue and the record of handled Matrix events. An event is
@@ -57,8 +65,6 @@ export class OutboundStore extends PortalQueueTable<OutboundItem, Raw> {
 
   /** Messages of one Matrix user waiting for the network. */
   depthForUser(mxid: string): number {
-    return (
-      this.db.prepare("SELECT COUNT(*) AS n FROM outbound_queue WHERE portal_id IN (SELECT id FROM portals WHERE receiver = ?)").get(mxid) as { n: number }
-    ).n;
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM outbound_queue WHERE portal_id IN (SELECT id FROM portals WHERE receiver = ?)").get(mxid) as { n: number }).n;
   }
 }

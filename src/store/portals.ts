@@ -56,9 +56,7 @@ export class PortalStore {
     return this.db.transaction(() => {
       const existing = this.byChat(remoteChatId, receiver);
       if (existing) return existing;
-      const info = this.db
-        .prepare("INSERT INTO portals (remote_chat_id, receiver, kind, created_at) VALUES (?, ?, ?, ?)")
-        .run(remoteChatId, receiver, kind, Date.now());
+      const info = this.db.prepare("INSERT INTO portals (remote_chat_id, receiver, kind, created_at) VALUES (?, ?, ?, ?)").run(remoteChatId, receiver, kind, Date.now());
       const insert = this.db.prepare("INSERT OR IGNORE INTO portal_participants (portal_id, remote_user_id) VALUES (?, ?)");
       for (const p of participants) insert.run(info.lastInsertRowid, p);
       return this.get(Number(info.lastInsertRowid))!;

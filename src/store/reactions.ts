@@ -36,9 +36,7 @@ export class ReactionStore {
   constructor(private readonly db: Database) {}
 
   get(portalId: number, targetRemoteId: string, sender: string): ReactionRow | undefined {
-    const raw = this.db
-      .prepare("SELECT * FROM reactions WHERE portal_id = ? AND target_remote_id = ? AND sender = ?")
-      .get(portalId, targetRemoteId, sender) as Raw | undefined;
+    const raw = this.db.prepare("SELECT * FROM reactions WHERE portal_id = ? AND target_remote_id = ? AND sender = ?").get(portalId, targetRemoteId, sender) as Raw | undefined;
     return raw && fromRaw(raw);
   }
 
@@ -50,9 +48,7 @@ export class ReactionStore {
   /** Records the sender's reaction on the target, replacing the one they had. */
   put(row: ReactionRow): void {
     this.db
-      .prepare(
-        "INSERT OR REPLACE INTO reactions (portal_id, target_remote_id, sender, emoji, event_id, remote_id, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)",
-      )
+      .prepare("INSERT OR REPLACE INTO reactions (portal_id, target_remote_id, sender, emoji, event_id, remote_id, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)")
       .run(row.portalId, row.targetRemoteId, row.sender, row.emoji, row.eventId, row.remoteId, row.timestamp);
   }
 

@@ -2,7 +2,10 @@ import { Database } from "./database";
 
 /** Raw Signal records of one local party (values arrive already encrypted by the caller). */
 export class SignalRecordTable {
-  constructor(private readonly db: Database, private readonly owner: string) {}
+  constructor(
+    private readonly db: Database,
+    private readonly owner: string,
+  ) {}
 
   get(ns: string, key: string): Uint8Array | undefined {
     const row = this.db.prepare("SELECT value FROM signal_records WHERE owner = ? AND ns = ? AND key = ?").get(this.owner, ns, key) as { value: Buffer } | undefined;

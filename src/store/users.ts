@@ -60,9 +60,7 @@ export class UserStore {
 
   /** Returns the user, creating it with the given defaults on first sight. */
   getOrCreate(mxid: string, defaults: { thirdPartyEnabled: boolean }): MatrixUserRow {
-    this.db
-      .prepare("INSERT OR IGNORE INTO matrix_users (mxid, third_party_enabled, created_at) VALUES (?, ?, ?)")
-      .run(mxid, defaults.thirdPartyEnabled ? 1 : 0, Date.now());
+    this.db.prepare("INSERT OR IGNORE INTO matrix_users (mxid, third_party_enabled, created_at) VALUES (?, ?, ?)").run(mxid, defaults.thirdPartyEnabled ? 1 : 0, Date.now());
     return this.get(mxid)!;
   }
 

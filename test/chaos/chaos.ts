@@ -171,7 +171,9 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
       for (let i = 0; i < perChat; i++) {
         await pace();
         const txnId = `chaos-${chat.index}-${i}`;
-        await untilDone(`Matrix send ${mxBody(chat.index, i)}`, () => chat.client.sendEvent(chat.roomId, "m.room.message", { msgtype: "m.text", body: mxBody(chat.index, i) }, txnId));
+        await untilDone(`Matrix send ${mxBody(chat.index, i)}`, () =>
+          chat.client.sendEvent(chat.roomId, "m.room.message", { msgtype: "m.text", body: mxBody(chat.index, i) }, txnId),
+        );
       }
     })(),
     (async () => {
@@ -286,9 +288,21 @@ async function measure(stack: Stack, chats: Chat[], perChat: number): Promise<{ 
   const toWhatsApp: number[][] = [];
   for (const chat of chats) {
     const history = await untilDone("reading a room", () => chat.client.history(chat.roomId, { types: ["m.room.message"] }));
-    toMatrix.push(indicesOf(history.filter((e) => e.sender === stack.ghostId(chat.phone)).map((e) => String(e.content.body)), chat.index, "wa"));
+    toMatrix.push(
+      indicesOf(
+        history.filter((e) => e.sender === stack.ghostId(chat.phone)).map((e) => String(e.content.body)),
+        chat.index,
+        "wa",
+      ),
+    );
     const inbox = await untilDone("reading an inbox", () => fullInbox(stack, chat.phone));
-    toWhatsApp.push(indicesOf(inbox.filter((e) => e.from === uriOf(chat.client.userId)).map((e) => String(e.text ?? "")), chat.index, "mx"));
+    toWhatsApp.push(
+      indicesOf(
+        inbox.filter((e) => e.from === uriOf(chat.client.userId)).map((e) => String(e.text ?? "")),
+        chat.index,
+        "mx",
+      ),
+    );
   }
   const wire = sameIdRepeats(stack, chats);
   return {
@@ -371,7 +385,7 @@ export function compare(arrivals: number[][], perChat: number): Omit<DirectionSu
 
 async function fullInbox(stack: Stack, phone: string) {
   const all: Awaited<ReturnType<Stack["sim"]["inbox"]>> = [];
-  for (let after = 0; ; ) {
+  for (let after = 0; ;) {
     const page = await stack.sim.inbox(phone, after);
     if (page.length === 0) return all;
     all.push(...page);
@@ -430,8 +444,5 @@ export function resendBound(s: ChaosSummary): number {
 }
 
 export function failed(s: ChaosSummary): boolean {
-  return (
-    [s.matrixToWhatsApp, s.whatsAppToMatrix].some((d) => d.lost > 0 || d.duplicated > 0 || d.outOfOrder > 0) ||
-    s.matrixToWhatsApp.redelivered.resent > resendBound(s)
-  );
+  return [s.matrixToWhatsApp, s.whatsAppToMatrix].some((d) => d.lost > 0 || d.duplicated > 0 || d.outOfOrder > 0) || s.matrixToWhatsApp.redelivered.resent > resendBound(s);
 }

@@ -83,7 +83,10 @@ describe("a new admin's first start", { timeout: 5 * 60_000 }, () => {
     // By now the bridge has started, registered the bot, answered a DM: the libraries have logged.
     const entries = jsonLines(fs.readFileSync(path.join(stack.dir, "bridge.log"), "utf8"), "bridge.log");
     const modules = new Set(entries.map((e) => String(e.module)));
-    assert.ok([...modules].some((m) => m.startsWith("matrix-sdk:")), `matrix-appservice-bridge / matrix-bot-sdk lines are in the log, in its format (modules: ${[...modules].join(", ")})`);
+    assert.ok(
+      [...modules].some((m) => m.startsWith("matrix-sdk:")),
+      `matrix-appservice-bridge / matrix-bot-sdk lines are in the log, in its format (modules: ${[...modules].join(", ")})`,
+    );
     assert.ok(entries.some((e) => e.message === "bridge ready"));
   });
 
@@ -99,7 +102,10 @@ describe("a new admin's first start", { timeout: 5 * 60_000 }, () => {
     const entries = jsonLines(r.stdout + r.stderr, "output");
     const errors = entries.filter((e) => e.level === "error");
     assert.equal(errors.length, 1, `one error line:\n${r.stderr}`);
-    assert.match(String(errors[0].message), /^the gateway at ws:\/\/127\.0\.0\.1:\d+\/v1 refused this bridge's credentials \(provider matrix\.localhost: .*\); check network\.provider_domain and network\.provider_secret \(or BRIDGE_PROVIDER_SECRET\)/);
+    assert.match(
+      String(errors[0].message),
+      /^the gateway at ws:\/\/127\.0\.0\.1:\d+\/v1 refused this bridge's credentials \(provider matrix\.localhost: .*\); check network\.provider_domain and network\.provider_secret \(or BRIDGE_PROVIDER_SECRET\)/,
+    );
     assert.doesNotMatch(r.stdout + r.stderr, /\bat .*\.js:\d+|"stack"/, "no stack trace");
     assert.ok(!r.stderr.includes(config.network.provider_secret), "the secret is not printed");
     t.diagnostic(`exit ${r.code}; the error line: ${JSON.stringify(errors[0])}`);

@@ -37,15 +37,33 @@ async function openChat(client: TestClient, phone: string): Promise<string> {
 
 /** A refusal notice: "Your message was not sent: …", or for media the kind and file name, "Your photo (x.png) was not sent: …". */
 const NOT_SENT = /^Your (message|(photo|video|voice message|audio file|file)( \([^\n]*\))?) was not sent: /;
-const anyValue = fc.oneof(fc.string({ maxLength: 12 }), fc.integer(), fc.boolean(), fc.constant(null), fc.array(fc.integer(), { maxLength: 3 }), fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 2 }));
+const anyValue = fc.oneof(
+  fc.string({ maxLength: 12 }),
+  fc.integer(),
+  fc.boolean(),
+  fc.constant(null),
+  fc.array(fc.integer(), { maxLength: 3 }),
+  fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 2 }),
+);
 const badMxc = fc.constantFrom("mxc://", "mxc://server", "mxc:///id", "http://169.254.169.254/latest/meta-data", "mxc://ser ver/id", "mxc://localhost/../../etc/passwd", "");
 const oddMimetype = fc.constantFrom("", "image/", "text/html", "application/x-msdownload", "image/svg+xml", "a/b;c=d", "ÿ/ÿ", "image/png\u0000");
 
 /** Message contents the network cannot carry: each must come back as a notice saying why. */
 const unbridgeableContent = fc.oneof(
-  fc.record({ msgtype: fc.constantFrom("m.image", "m.file", "m.video", "m.audio"), body: fc.string({ maxLength: 20 }), url: badMxc, info: fc.record({ mimetype: oddMimetype, size: fc.oneof(fc.integer(), anyValue) }) }),
+  fc.record({
+    msgtype: fc.constantFrom("m.image", "m.file", "m.video", "m.audio"),
+    body: fc.string({ maxLength: 20 }),
+    url: badMxc,
+    info: fc.record({ mimetype: oddMimetype, size: fc.oneof(fc.integer(), anyValue) }),
+  }),
   fc.record({ msgtype: fc.oneof(fc.constantFrom("m.location", "", "M.TEXT", "org.example.odd"), anyValue), body: fc.string({ maxLength: 20 }) }),
-  fc.record({ msgtype: fc.constant("m.text"), body: fc.oneof(anyValue.filter((v) => typeof v !== "string"), fc.constant(undefined)) }),
+  fc.record({
+    msgtype: fc.constant("m.text"),
+    body: fc.oneof(
+      anyValue.filter((v) => typeof v !== "string"),
+      fc.constant(undefined),
+    ),
+  }),
   fc.record({ msgtype: fc.constantFrom("m.text", "m.notice"), body: fc.string({ minLength: 70_000, maxLength: 70_000 }) }),
 );
 
@@ -72,18 +90,20 @@ test("1,000 generated bad events and malformed transactions: every request answe
     content,
   }));
   // Everything else: random shapes, rooms, senders and types, none a message of the user in a portal.
-  const randomEvent = fc.record(
-    {
-      event_id: fc.oneof(fc.constant("").map(eventId), anyValue),
-      room_id: fc.oneof(fc.constantFrom("!nowhere:localhost", "!also-nowhere:localhost", roomId), anyValue),
-      sender: fc.oneof(fc.constantFrom("@mallory:localhost", stack.ghostId(phone), stack.botId, "@whatsapp_1:localhost"), anyValue),
-      type: fc.oneof(fc.constantFrom("m.room.message", "m.room.member", "m.sticker", "m.reaction", "m.room.redaction", "m.typing", ""), anyValue),
-      state_key: fc.oneof(fc.constantFrom("@whatsapp_4915200000099:localhost", "@interopbot:localhost", "@mallory:localhost", ""), anyValue),
-      origin_server_ts: fc.oneof(fc.constant(Date.now()), anyValue),
-      content: fc.oneof(unbridgeableContent, fc.record({ membership: fc.oneof(fc.constantFrom("invite", "join", "leave", "ban"), anyValue), is_direct: anyValue }), anyValue),
-    },
-    { requiredKeys: [] },
-  ).filter((e) => !(e.room_id === roomId && e.sender === alice.userId));
+  const randomEvent = fc
+    .record(
+      {
+        event_id: fc.oneof(fc.constant("").map(eventId), anyValue),
+        room_id: fc.oneof(fc.constantFrom("!nowhere:localhost", "!also-nowhere:localhost", roomId), anyValue),
+        sender: fc.oneof(fc.constantFrom("@mallory:localhost", stack.ghostId(phone), stack.botId, "@whatsapp_1:localhost"), anyValue),
+        type: fc.oneof(fc.constantFrom("m.room.message", "m.room.member", "m.sticker", "m.reaction", "m.room.redaction", "m.typing", ""), anyValue),
+        state_key: fc.oneof(fc.constantFrom("@whatsapp_4915200000099:localhost", "@interopbot:localhost", "@mallory:localhost", ""), anyValue),
+        origin_server_ts: fc.oneof(fc.constant(Date.now()), anyValue),
+        content: fc.oneof(unbridgeableContent, fc.record({ membership: fc.oneof(fc.constantFrom("invite", "join", "leave", "ban"), anyValue), is_direct: anyValue }), anyValue),
+      },
+      { requiredKeys: [] },
+    )
+    .filter((e) => !(e.room_id === roomId && e.sender === alice.userId));
   const others = fc.sample(randomEvent, { numRuns: 850, seed: 78 });
   const events: unknown[] = [...others];
   // The user's events are spread among the others.
@@ -93,10 +113,13 @@ test("1,000 generated bad events and malformed transactions: every request answe
   const statuses = new Map<number, number>();
   const count = (status: number) => statuses.set(status, (statuses.get(status) ?? 0) + 1);
   for (let i = 0; i < events.length; i += 10) count((await put(`fuzz${i}`, JSON.stringify({ events: events.slice(i, i + 10) }))).status);
-  for (const body of ["not json", "[]", "42", '{"events": {}}', '{"events": "x"}', '{"de.sorunome.msc2409.ephemeral": 7}']) count((await put(`garbage${body.length}`, body)).status);
+  for (const body of ["not json", "[]", "42", '{"events": {}}', '{"events": "x"}', '{"de.sorunome.msc2409.ephemeral": 7}'])
+    count((await put(`garbage${body.length}`, body)).status);
   count((await put("unauth", JSON.stringify({ events: [] }), "not-the-token")).status);
   count((await put("huge", JSON.stringify({ events: [{ padding: "x".repeat(17 * 1024 * 1024) }] }))).status);
-  t.diagnostic(`transaction endpoint: ${events.length} generated events in ${events.length / 10} transactions, plus 8 malformed requests; answers by status: ${JSON.stringify(Object.fromEntries(statuses))}`);
+  t.diagnostic(
+    `transaction endpoint: ${events.length} generated events in ${events.length / 10} transactions, plus 8 malformed requests; answers by status: ${JSON.stringify(Object.fromEntries(statuses))}`,
+  );
   assert.equal(statuses.get(200), 100, "every well-formed transaction is answered 200 (bad events in it are dropped or refused later)");
   assert.equal(statuses.get(400), 6, "malformed bodies: 400");
   assert.equal(statuses.get(403), 1);
@@ -130,7 +153,11 @@ test("1,000 generated bad events and malformed transactions: every request answe
   await stack.sim.sendText(phone, uriOf(alice.userId), "yes, still here");
   await alice.waitFor((e) => e.room_id === roomId && e.content.body === "yes, still here", { timeoutMs: 60_000 });
   const inbox = await stack.sim.inbox(phone);
-  assert.deepEqual(inbox.filter((e) => e.kind === "text").map((e) => e.text), ["still here?"], "WhatsApp received only the real message");
+  assert.deepEqual(
+    inbox.filter((e) => e.kind === "text").map((e) => e.text),
+    ["still here?"],
+    "WhatsApp received only the real message",
+  );
 });
 
 test("1,000 generated provisioning requests: only the shared secret or the user's own token act, every answer is JSON with a reason, no 5xx, the bridge keeps bridging", async (t) => {
@@ -141,20 +168,65 @@ test("1,000 generated provisioning requests: only the shared secret or the user'
   const request = fc.record({
     // Mostly real routes, so that requests get past the router to authentication and the handlers.
     route: fc.oneof(
-      { arbitrary: fc.constantFrom<[string, string]>(["GET", "/status"], ["PUT", "/settings"], ["GET", "/chats"], ["POST", "/chats"], ["DELETE", "/user"], ["GET", "/version"]), weight: 6 },
+      {
+        arbitrary: fc.constantFrom<[string, string]>(["GET", "/status"], ["PUT", "/settings"], ["GET", "/chats"], ["POST", "/chats"], ["DELETE", "/user"], ["GET", "/version"]),
+        weight: 6,
+      },
       fc.tuple(
         fc.constantFrom<string>("GET", "PUT", "POST", "DELETE", "PATCH"),
         fc.oneof(
-          fc.constantFrom("/status", "/settings", "/chats", "/user", "/version", "", "/", "/nope", "/status/extra", "/status/../version", "/chats/", "/STATUS", "/settings%00", "/user%2F..%2Fstatus"),
+          fc.constantFrom(
+            "/status",
+            "/settings",
+            "/chats",
+            "/user",
+            "/version",
+            "",
+            "/",
+            "/nope",
+            "/status/extra",
+            "/status/../version",
+            "/chats/",
+            "/STATUS",
+            "/settings%00",
+            "/user%2F..%2Fstatus",
+          ),
           // ("." and ".." would be resolved by the URL parser, to paths outside the API.)
-          fc.string({ maxLength: 12 }).filter((x) => x !== "." && x !== "..").map((x) => `/${encodeURIComponent(x)}`),
+          fc
+            .string({ maxLength: 12 })
+            .filter((x) => x !== "." && x !== "..")
+            .map((x) => `/${encodeURIComponent(x)}`),
         ),
       ),
     ),
     scheme: fc.constantFrom("Bearer ", "Bearer ", "Bearer ", "bearer ", "Basic ", "", null),
-    token: fc.constantFrom(PROVISIONING_SECRET, PROVISIONING_SECRET, bob.accessToken, bob.accessToken, "", `${PROVISIONING_SECRET}x`, PROVISIONING_SECRET.slice(0, -1), PROVISIONING_SECRET.toUpperCase(), "syt_not_a_token", " "),
+    token: fc.constantFrom(
+      PROVISIONING_SECRET,
+      PROVISIONING_SECRET,
+      bob.accessToken,
+      bob.accessToken,
+      "",
+      `${PROVISIONING_SECRET}x`,
+      PROVISIONING_SECRET.slice(0, -1),
+      PROVISIONING_SECRET.toUpperCase(),
+      "syt_not_a_token",
+      " ",
+    ),
     // Never the shared secret for Alice: her chat must survive (her id appears only with Bob's token, which must be refused).
-    userIds: fc.constantFrom<string[]>([], [], [bob.userId], [bob.userId], [bob.userId, bob.userId], [aliceChat!.client.userId], [`@mallory:${domain}`], [stack.botId], [stack.ghostId("+4915200000077")], ["not-an-id"], ["@x:elsewhere.example"], [""]),
+    userIds: fc.constantFrom<string[]>(
+      [],
+      [],
+      [bob.userId],
+      [bob.userId],
+      [bob.userId, bob.userId],
+      [aliceChat!.client.userId],
+      [`@mallory:${domain}`],
+      [stack.botId],
+      [stack.ghostId("+4915200000077")],
+      ["not-an-id"],
+      ["@x:elsewhere.example"],
+      [""],
+    ),
     contentType: fc.constantFrom("application/json", "application/json", "text/plain", "application/x-www-form-urlencoded", null),
     body: fc.oneof(
       {
@@ -172,7 +244,7 @@ test("1,000 generated provisioning requests: only the shared secret or the user'
         weight: 4,
       },
       fc.json({ maxDepth: 2 }),
-      fc.constantFrom("not json", "{", "[1,2]", "null", '"x"', "", "{\"third_party_chats\": true"),
+      fc.constantFrom("not json", "{", "[1,2]", "null", '"x"', "", '{"third_party_chats": true'),
       fc.constant(null),
     ),
   });
@@ -216,7 +288,9 @@ test("1,000 generated provisioning requests: only the shared secret or the user'
     body: JSON.stringify({ inbox: "x".repeat(17 * 1024 * 1024) }),
   });
   const hugeJson = (await huge.json()) as { errcode?: string };
-  t.diagnostic(`provisioning API: ${cases.length} generated requests, plus 1 oversized body; answers by status: ${JSON.stringify(Object.fromEntries([...statuses].sort(([a], [b]) => a - b)))}`);
+  t.diagnostic(
+    `provisioning API: ${cases.length} generated requests, plus 1 oversized body; answers by status: ${JSON.stringify(Object.fromEntries([...statuses].sort(([a], [b]) => a - b)))}`,
+  );
   assert.deepEqual(problems.slice(0, 10), [], `${problems.length} bad answers`);
   assert.deepEqual({ status: huge.status, errcode: hugeJson.errcode }, { status: 413, errcode: "M_TOO_LARGE" }, "an oversized body: 413 before it is read");
   for (const status of [200, 400, 401, 403, 404]) assert.ok((statuses.get(status) ?? 0) > 0, `the generated requests reach status ${status}`);

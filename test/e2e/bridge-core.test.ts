@@ -87,10 +87,7 @@ describe("bridge core", () => {
     const message = await alice.waitFor((e) => e.room_id === invite.roomId && e.type === "m.room.message" && e.sender === stack.ghostId(phone));
     assert.equal(message.content.msgtype, "m.text");
     assert.equal(message.content.format, "org.matrix.custom.html");
-    assert.equal(
-      message.content.formatted_body,
-      'Hello <strong>Alice</strong>, see <code>code</code> and <del>old</del> <a href="https://example.org">docs</a>',
-    );
+    assert.equal(message.content.formatted_body, 'Hello <strong>Alice</strong>, see <code>code</code> and <del>old</del> <a href="https://example.org">docs</a>');
     assert.ok(Math.abs((message.origin_server_ts ?? 0) - sent.ts) < 1000, "the Matrix event keeps the network's timestamp");
     const profile = await alice.getProfile(stack.ghostId(phone));
     assert.equal(profile.displayname, "Ana (WhatsApp)");
@@ -120,7 +117,10 @@ describe("bridge core", () => {
     const emote = await stack.sim.waitForInbox(phone, (e) => e.kind === "text" && /waves/.test(String(e.text)));
     assert.equal(emote.text, "/me waves");
     const texts = (await stack.sim.inbox(phone)).filter((e) => e.kind === "text").map((e) => e.text);
-    assert.deepEqual(texts.filter((t) => /^number/.test(String(t))), ["number 1", "number 2", "number 3", "number 4", "number 5"]);
+    assert.deepEqual(
+      texts.filter((t) => /^number/.test(String(t))),
+      ["number 1", "number 2", "number 3", "number 4", "number 5"],
+    );
   });
 
   test("a Matrix user starts the chat by inviting the ghost; the ghost joins and the room is the portal", async () => {
@@ -240,7 +240,9 @@ describe("bridge core", () => {
     const invite = await fay.waitForInvite((i) => i.inviter === stack.ghostId(phone));
     await fay.joinRoom(invite.roomId);
     await stack.sim.updateUser(phone, { name: "Finn Renamed" });
-    await fay.waitFor((e) => e.room_id === invite.roomId && e.type === "m.room.member" && e.state_key === stack.ghostId(phone) && e.content.displayname === "Finn Renamed (WhatsApp)");
+    await fay.waitFor(
+      (e) => e.room_id === invite.roomId && e.type === "m.room.member" && e.state_key === stack.ghostId(phone) && e.content.displayname === "Finn Renamed (WhatsApp)",
+    );
   });
 
   test("a restart of the bridge keeps the portal: no second room", async () => {

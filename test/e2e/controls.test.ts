@@ -104,11 +104,7 @@ describe("opt-in, both sides", () => {
       return s.json.refused_contacts?.[0]?.attempts === 2 ? s.json : undefined;
     });
     assert.equal(status.third_party_chats, false);
-    assert.equal(
-      olive.eventsIn(botRoom).filter((e) => /tried to write to you/.test(body(e))).length,
-      1,
-      "one notice per WhatsApp user, not one per attempt",
-    );
+    assert.equal(olive.eventsIn(botRoom).filter((e) => /tried to write to you/.test(body(e))).length, 1, "one notice per WhatsApp user, not one per attempt");
 
     // Olive starts a chat from Matrix while off: the room becomes the chat, but nothing is sent.
     const ghost = stack.ghostId(phone);
@@ -127,7 +123,10 @@ describe("opt-in, both sides", () => {
     await olive.waitFor((e) => e.room_id === portal && e.sender === ghost && body(e) === "third try", WAIT);
     const texts = (await stack.sim.inbox(phone)).filter((e) => e.kind === "text").map((e) => e.text);
     assert.deepEqual(texts, ["written after enable"], "what Olive wrote while off was never delivered");
-    const fromOtto = olive.eventsIn(portal).filter((e) => e.sender === ghost && e.type === "m.room.message" && e.content.msgtype === "m.text").map(body);
+    const fromOtto = olive
+      .eventsIn(portal)
+      .filter((e) => e.sender === ghost && e.type === "m.room.message" && e.content.msgtype === "m.text")
+      .map(body);
     assert.deepEqual(fromOtto, ["third try"], "what Otto wrote while Olive was off never arrived");
 
     // disable persists across a bridge restart; the gateway refuses again.
@@ -149,16 +148,17 @@ describe("opt-in, both sides", () => {
     const sent = await pia.sendText(portal, "are you still there?");
     const notice = await pia.waitFor((e) => e.room_id === portal && e.type === "m.room.message" && /not delivered/.test(body(e)), WAIT);
     assert.equal(notice.content.msgtype, "m.notice");
-    assert.equal(
-      body(notice),
-      "Your message was not delivered: this WhatsApp user has turned Third-Party Chats off, so they cannot receive messages from other apps.",
-    );
+    assert.equal(body(notice), "Your message was not delivered: this WhatsApp user has turned Third-Party Chats off, so they cannot receive messages from other apps.");
     assert.equal((notice.content["m.relates_to"] as any)?.["m.in_reply_to"]?.event_id, sent, "the notice answers the failed message");
     const status = await pia.waitFor((e) => e.room_id === portal && e.type === "com.beeper.message_send_status", WAIT);
     assert.equal(status.content.status, "FAIL_PERMANENT");
     assert.equal((status.content["m.relates_to"] as any)?.event_id, sent, "the failed message itself is marked");
     assert.equal(await stack.metric("bridge_message_failures_total", { direction: "to_network", reason: "third_party_disabled" }), failuresBefore + 1);
-    assert.deepEqual((await stack.sim.inbox(phone)).filter((e) => e.kind === "text").map((e) => e.text), [], "nothing was delivered");
+    assert.deepEqual(
+      (await stack.sim.inbox(phone)).filter((e) => e.kind === "text").map((e) => e.text),
+      [],
+      "nothing was delivered",
+    );
   });
 });
 
@@ -216,7 +216,11 @@ describe("what the network does not carry", () => {
   test("a WhatsApp status update is never posted into any room, only counted", async () => {
     const before = await stack.metric("bridge_messages_dropped_total", { direction: "to_matrix", reason: "status_update" });
     const status = await stack.sim.sendStatus(phone, "my secret status");
-    assert.deepEqual(status.sent.map((s) => s.to), [uriOf(rose.userId)], "the status went to Rose's bridge");
+    assert.deepEqual(
+      status.sent.map((s) => s.to),
+      [uriOf(rose.userId)],
+      "the status went to Rose's bridge",
+    );
     // Events of one user are processed in order: once this arrives, the status was handled.
     await stack.sim.sendText(phone, uriOf(rose.userId), "after the status");
     await rose.waitFor((e) => e.room_id === portal && body(e) === "after the status", WAIT);
@@ -240,7 +244,11 @@ describe("what the network does not carry", () => {
     assert.ok(stack.after(rose, portal, sticker, notice.event_id));
     await rose.sendText(portal, "after the sticker");
     await stack.sim.waitForInbox(phone, (e) => e.text === "after the sticker");
-    assert.deepEqual((await stack.sim.inbox(phone)).filter((e) => e.kind !== "text" && e.kind !== "delivered" && e.kind !== "read" && e.kind !== "typing"), [], "only the text arrived");
+    assert.deepEqual(
+      (await stack.sim.inbox(phone)).filter((e) => e.kind !== "text" && e.kind !== "delivered" && e.kind !== "read" && e.kind !== "typing"),
+      [],
+      "only the text arrived",
+    );
   });
 
   test("a disappearing-messages timer set on WhatsApp is not applied, and a notice says so", async () => {
@@ -267,7 +275,12 @@ describe("what the network does not carry", () => {
 
   test("anything else the network cannot take gets a notice, never silence", async () => {
     await rose.sendEvent(portal, "org.matrix.msc3381.poll.start", {
-      "org.matrix.msc3381.poll.start": { question: { "org.matrix.msc1767.text": "Lunch?" }, kind: "org.matrix.msc3381.poll.disclosed", max_selections: 1, answers: [{ id: "a", "org.matrix.msc1767.text": "yes" }] },
+      "org.matrix.msc3381.poll.start": {
+        question: { "org.matrix.msc1767.text": "Lunch?" },
+        kind: "org.matrix.msc3381.poll.disclosed",
+        max_selections: 1,
+        answers: [{ id: "a", "org.matrix.msc1767.text": "yes" }],
+      },
       "org.matrix.msc1767.text": "Lunch?\n1. yes",
     });
     await rose.waitFor((e) => e.room_id === portal && e.sender === ghost() && body(e) === "Your poll was not sent: third-party chats don't support polls.", WAIT);
@@ -280,7 +293,10 @@ describe("what the network does not carry", () => {
     await rose.sendEvent(portal, "m.call.invite", { call_id: "c1", version: "1", lifetime: 60000, offer: { type: "offer", sdp: "v=0" } });
     await rose.waitFor((e) => e.room_id === portal && e.sender === ghost() && /^Your call did not go through/.test(body(e)), WAIT);
     assert.deepEqual(
-      (await stack.sim.inbox(phone)).filter((e) => e.kind === "text").map((e) => e.text).filter((t) => /Lunch|Berlin|custom|Sam and me/.test(String(t))),
+      (await stack.sim.inbox(phone))
+        .filter((e) => e.kind === "text")
+        .map((e) => e.text)
+        .filter((t) => /Lunch|Berlin|custom|Sam and me/.test(String(t))),
       [],
       "none of it reached WhatsApp",
     );
@@ -348,7 +364,10 @@ describe("bot commands", () => {
     await botSays(vera, botRoom, inboxCommand, /space/, "the bot's answer to the inbox command");
     const lastWords = await vera.sendText(portal, "one last thing");
     // Delivered: every status the bridge posts about it is in the room before she asks to be forgotten.
-    await vera.waitFor((e) => e.room_id === portal && e.type === "com.beeper.message_send_status" && e.content["m.relates_to"]?.event_id === lastWords && e.content.delivered_to_users?.length > 0, WAIT);
+    await vera.waitFor(
+      (e) => e.room_id === portal && e.type === "com.beeper.message_send_status" && e.content["m.relates_to"]?.event_id === lastWords && e.content.delivered_to_users?.length > 0,
+      WAIT,
+    );
     const preview = await command(vera, botRoom, "forget", /Say `forget confirm` to go ahead/);
     assert.match(body(preview), /your 1 chat\(s\)/);
     const done = await command(vera, botRoom, "forget confirm", /^Done\./);

@@ -39,7 +39,28 @@ function makeFiles(): void {
   // Loud, quiet, loud: the waveform Element draws has a dip in the middle.
   ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=3", "-af", "volume='if(between(t,1,2),0.05,1)':eval=frame", "-c:a", "libopus", "-b:a", "24k", files.voice);
   files.clip = path.join(dir, "clip.mp4");
-  ffmpeg("-f", "lavfi", "-i", "testsrc=size=640x480:rate=25", "-f", "lavfi", "-i", "sine=frequency=440", "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", "-movflags", "+faststart", files.clip);
+  ffmpeg(
+    "-f",
+    "lavfi",
+    "-i",
+    "testsrc=size=640x480:rate=25",
+    "-f",
+    "lavfi",
+    "-i",
+    "sine=frequency=440",
+    "-t",
+    "2",
+    "-c:v",
+    "libx264",
+    "-pix_fmt",
+    "yuv420p",
+    "-c:a",
+    "aac",
+    "-shortest",
+    "-movflags",
+    "+faststart",
+    files.clip,
+  );
   files.report = path.join(dir, "report.pdf");
   fs.writeFileSync(files.report, "%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n");
 }
@@ -95,7 +116,12 @@ async function inElement(t: TestContext, name: string, user: ElementUser, body: 
 }
 
 /** A WhatsApp user who writes first to `user`; Element shows the invite, which is accepted. */
-async function chatFromWhatsApp(s: ElementSession, user: ElementUser, name: string, greeting: string): Promise<{ phone: string; uri: string; greetingId: string; roomName: string }> {
+async function chatFromWhatsApp(
+  s: ElementSession,
+  user: ElementUser,
+  name: string,
+  greeting: string,
+): Promise<{ phone: string; uri: string; greetingId: string; roomName: string }> {
   const phone = nextPhone();
   await stack.sim.createUser(phone, name);
   const uri = `mimi://${PROVIDER_DOMAIN}/u/${user.userId}`;
@@ -136,7 +162,10 @@ describe("Element in a browser, chatting with WhatsApp users through the bridge"
     await inElement(t, "greeting", user, async (s) => {
       // Signed in: the room list shows, with the DM the account opened with the bot, under the
       // bot's display name (appservice.bot.displayname), not its bare user id.
-      await s.roomTile(/Third-Party Chats/).first().waitFor();
+      await s
+        .roomTile(/Third-Party Chats/)
+        .first()
+        .waitFor();
       const chat = await chatFromWhatsApp(s, user, "Anna Schmidt", "Hi, this is **Anna** on _WhatsApp_ and *this* is italic");
       const body = s.tile("Hi, this is").locator(".mx_EventTile_body");
       await body.waitFor();
@@ -206,7 +235,9 @@ describe("Element in a browser, chatting with WhatsApp users through the bridge"
       // Element shows a blurhash placeholder (a data: URL) until the thumbnail has loaded: wait, bounded.
       const poster = new RegExp(`/download/[^/]+/${mediaId}(\\?|$)`);
       await s.page
-        .waitForFunction(([el, source]) => new RegExp(source).test(String((el as any).getAttribute("poster"))), [await video.elementHandle(), poster.source] as const, { timeout: 30_000 })
+        .waitForFunction(([el, source]) => new RegExp(source).test(String((el as any).getAttribute("poster"))), [await video.elementHandle(), poster.source] as const, {
+          timeout: 30_000,
+        })
         .catch(async () => assert.fail(`Element shows that thumbnail as the video's poster (poster: ${String(await video.getAttribute("poster")).slice(0, 80)})`));
 
       // The file: its name and size, to download.
@@ -236,7 +267,10 @@ describe("Element in a browser, chatting with WhatsApp users through the bridge"
 
       await s.messageAction(greeting, "React");
       await s.page.locator(".mx_EmojiPicker_quick .mx_EmojiPicker_item", { hasText: "🎉" }).click();
-      await greeting.locator(".mx_ReactionsRow").getByRole("button", { name: /reacted with 🎉/ }).waitFor();
+      await greeting
+        .locator(".mx_ReactionsRow")
+        .getByRole("button", { name: /reacted with 🎉/ })
+        .waitFor();
       const reaction = await stack.sim.waitForInbox(chat.phone, (e) => e.kind === "reaction");
       t.diagnostic(`WhatsApp inbox: ${JSON.stringify(reaction)}`);
       assert.equal(reaction.emoji, "🎉");

@@ -114,11 +114,27 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
     hs = await startTestHomeserver({ registrationPath, name: `crypto${process.pid}`, purge: true, encryptByDefault: "all" });
     ghost = `@cryptoghost_4915100000001:${hs.serverName}`;
     controlUrl = `http://127.0.0.1:${port}`;
-    asConfig = { hs: hs.url, asToken, hsToken, port, storeFile: path.join(tmp, "crypto.db"), storeKey: "e2e test store key, 32+ characters", ghost, bot: `@cryptoghost_bot:${hs.serverName}` };
+    asConfig = {
+      hs: hs.url,
+      asToken,
+      hsToken,
+      port,
+      storeFile: path.join(tmp, "crypto.db"),
+      storeKey: "e2e test store key, 32+ characters",
+      ghost,
+      bot: `@cryptoghost_bot:${hs.serverName}`,
+    };
     alice = await registerUser(hs, "alice");
-    const nioProc = spawn(PYTHON, [path.join(repoRoot(), "test/support/nio-peer.py"), JSON.stringify({ hs: hs.url, user_id: alice.userId, device_id: alice.deviceId, token: alice.accessToken, store: fs.mkdtempSync(path.join(tmp, "nio-")) })], {
-      stdio: ["pipe", "pipe", "pipe"],
-    });
+    const nioProc = spawn(
+      PYTHON,
+      [
+        path.join(repoRoot(), "test/support/nio-peer.py"),
+        JSON.stringify({ hs: hs.url, user_id: alice.userId, device_id: alice.deviceId, token: alice.accessToken, store: fs.mkdtempSync(path.join(tmp, "nio-")) }),
+      ],
+      {
+        stdio: ["pipe", "pipe", "pipe"],
+      },
+    );
     nio = new NioPeer(nioProc);
     ghostDevice = await startGhost();
   });
@@ -139,7 +155,10 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
     const answer = await control<{ ok: boolean; missing: string[]; summary: string }>("GET", "/control/check?drop=1");
     assert.equal(answer.ok, false);
     assert.deepEqual(answer.missing, [MISSING.toDevice, MISSING.keyCounts]);
-    assert.match(answer.summary, /^encryption: the homeserver does not provide to-device events in transactions .*msc2409_to_device_messages_enabled.*one-time-key counts.*msc3202_transaction_extensions/);
+    assert.match(
+      answer.summary,
+      /^encryption: the homeserver does not provide to-device events in transactions .*msc2409_to_device_messages_enabled.*one-time-key counts.*msc3202_transaction_extensions/,
+    );
     assert.doesNotMatch(answer.summary, /\n/);
   });
 
@@ -195,7 +214,10 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
 
   it("forgetting a user deletes its crypto state here and its device on the homeserver", async () => {
     const bot = asConfig.bot as string;
-    const devices = async () => (await (await fetch(`${hs.url}/_matrix/client/v3/devices?user_id=${encodeURIComponent(bot)}`, { headers: { authorization: `Bearer ${asConfig.asToken}` } })).json()) as { devices: { device_id: string }[] };
+    const devices = async () =>
+      (await (await fetch(`${hs.url}/_matrix/client/v3/devices?user_id=${encodeURIComponent(bot)}`, { headers: { authorization: `Bearer ${asConfig.asToken}` } })).json()) as {
+        devices: { device_id: string }[];
+      };
     assert.equal((await devices()).devices.length, 1, "the bot has its device (from the start-up check)");
     assert.deepEqual(await control("POST", "/control/forget", { user: bot }), { deviceInStore: null, databasesInStore: 0 });
     assert.deepEqual((await devices()).devices, [], "its device is gone from the homeserver");

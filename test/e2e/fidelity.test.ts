@@ -62,10 +62,10 @@ async function openChat(localpart: string, waName: string, opts: { roomVersion?:
 /** The WhatsApp user sends text; resolves with its MIMI id and the Matrix event the user got. */
 async function fromWhatsApp(chat: Chat, text: string, extra: Record<string, unknown> = {}): Promise<{ id: string; event: SyncedEvent }> {
   const sent = await stack.sim.sendText(chat.phone, chat.to, text, extra);
-  const event = await chat.user.waitFor(
-    (e) => e.room_id === chat.roomId && e.sender === chat.ghost && e.type === "m.room.message" && e.content.body === text,
-    { ...WAIT, description: `"${text}" from WhatsApp` },
-  );
+  const event = await chat.user.waitFor((e) => e.room_id === chat.roomId && e.sender === chat.ghost && e.type === "m.room.message" && e.content.body === text, {
+    ...WAIT,
+    description: `"${text}" from WhatsApp`,
+  });
   return { id: sent.id, event };
 }
 

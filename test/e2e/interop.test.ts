@@ -75,7 +75,10 @@ describe("interop network", () => {
     const sends = frames.filter((f) => f.frame?.t === "send");
     assert.ok(sends.length >= 3, `the recorder saw the sends (${sends.length})`);
     // The search works on this encoding: identifiers the gateway must route by are visible to it.
-    assert.ok(frames.some((f) => f.bytes.includes(Buffer.from(alice.userId))), "routing metadata is visible in the recording");
+    assert.ok(
+      frames.some((f) => f.bytes.includes(Buffer.from(alice.userId))),
+      "routing metadata is visible in the recording",
+    );
     for (const text of [secretFromMatrix, secretFromWhatsApp, "hello from Ana", "purple elephant", "green giraffe"]) {
       const hits = frames.filter((f) => f.bytes.includes(Buffer.from(text, "utf8")));
       assert.equal(hits.length, 0, `"${text}" must not appear in any relayed frame`);
@@ -98,8 +101,13 @@ describe("interop network", () => {
     await bob.waitFor((e) => e.room_id === roomId && e.content.body === "and back");
 
     const bobUri = uriOf(bob.userId);
-    const afterRestart = recordedFrames().slice(framesBefore).filter((f) => f.direction === "in");
-    assert.ok(afterRestart.some((f) => f.frame?.t === "login" && (f.frame as { user?: string }).user === bobUri), "the restarted bridge's login is among the frames counted");
+    const afterRestart = recordedFrames()
+      .slice(framesBefore)
+      .filter((f) => f.direction === "in");
+    assert.ok(
+      afterRestart.some((f) => f.frame?.t === "login" && (f.frame as { user?: string }).user === bobUri),
+      "the restarted bridge's login is among the frames counted",
+    );
     const fetches = afterRestart.filter((f) => f.frame?.t === "keys.fetch" && (f.frame as { from?: string }).from === bobUri);
     assert.equal(fetches.length, 0, "the bridge did not need the contact's keys again");
     const sendsFromBob = afterRestart.filter((f) => f.frame?.t === "send" && (f.frame as { from: string }).from === bobUri);
@@ -136,10 +144,21 @@ describe("interop network", () => {
 
     await carol.waitFor((e) => e.room_id === roomId && e.content.body === fromWa(count - 1), { timeoutMs: 60_000 });
     await stack.sim.waitForInbox(phone, (e) => e.text === fromMx(count - 1), 60_000);
-    const inMatrix = carol.eventsIn(roomId).filter((e) => /^wa burst/.test(String(e.content.body))).map((e) => e.content.body);
-    assert.deepEqual(inMatrix, Array.from({ length: count }, (_, i) => fromWa(i)), "WhatsApp → Matrix: all, once, in order");
+    const inMatrix = carol
+      .eventsIn(roomId)
+      .filter((e) => /^wa burst/.test(String(e.content.body)))
+      .map((e) => e.content.body);
+    assert.deepEqual(
+      inMatrix,
+      Array.from({ length: count }, (_, i) => fromWa(i)),
+      "WhatsApp → Matrix: all, once, in order",
+    );
     const atWa = (await stack.sim.inbox(phone)).filter((e) => /^mx burst/.test(String(e.text))).map((e) => e.text);
-    assert.deepEqual(atWa, Array.from({ length: count }, (_, i) => fromMx(i)), "Matrix → WhatsApp: all, once, in order");
+    assert.deepEqual(
+      atWa,
+      Array.from({ length: count }, (_, i) => fromMx(i)),
+      "Matrix → WhatsApp: all, once, in order",
+    );
   });
 
   test("a contact's new identity (reinstalled WhatsApp) is announced in the chat", async () => {

@@ -49,7 +49,28 @@ function makeFiles(): void {
   files.snapshot = path.join(dir, "snapshot.jpg");
   ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240", "-frames:v", "1", "-q:v", "3", files.snapshot);
   files.clip = path.join(dir, "clip.mp4");
-  ffmpeg("-f", "lavfi", "-i", "testsrc=size=640x480:rate=25", "-f", "lavfi", "-i", "sine=frequency=440", "-t", "2", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", "-movflags", "+faststart", files.clip);
+  ffmpeg(
+    "-f",
+    "lavfi",
+    "-i",
+    "testsrc=size=640x480:rate=25",
+    "-f",
+    "lavfi",
+    "-i",
+    "sine=frequency=440",
+    "-t",
+    "2",
+    "-c:v",
+    "libx264",
+    "-pix_fmt",
+    "yuv420p",
+    "-c:a",
+    "aac",
+    "-shortest",
+    "-movflags",
+    "+faststart",
+    files.clip,
+  );
   files.voice = path.join(dir, "voice.ogg");
   // Loud, quiet, loud: the waveform has a shape.
   ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=3", "-af", "volume='if(between(t,1,2),0.1,1)':eval=frame", "-c:a", "libopus", "-b:a", "24k", files.voice);
@@ -236,7 +257,10 @@ describe("media from WhatsApp to Matrix", () => {
     assert.equal(c.info.duration, audio.duration);
     assert.equal(c.info.mimetype, "audio/ogg");
     assert.ok(Array.isArray(audio.waveform) && audio.waveform.length > 10 && audio.waveform.length <= 100, "up to 100 samples");
-    assert.ok(audio.waveform.every((v: number) => Number.isInteger(v) && v >= 0 && v <= 1024), "integers 0..1024");
+    assert.ok(
+      audio.waveform.every((v: number) => Number.isInteger(v) && v >= 0 && v <= 1024),
+      "integers 0..1024",
+    );
     assert.equal(Math.max(...audio.waveform), 1024);
     const middle = audio.waveform[Math.floor(audio.waveform.length / 2)];
     assert.ok(middle < 300, `the quiet middle second is low in the waveform (${middle})`);
@@ -274,8 +298,15 @@ describe("media from WhatsApp to Matrix", () => {
     // The simulator's media host saw the bridge fetch the earlier files, but never this one.
     const requests = await stack.sim.blobRequests();
     const blobPath = new URL(sent.url).pathname;
-    assert.ok(requests.some((r) => r.method === "GET" && r.path !== blobPath), "the media host records the bridge's fetches (it fetched the earlier files)");
-    assert.deepEqual(requests.filter((r) => r.path === blobPath), [], "nobody asked for the over-limit blob");
+    assert.ok(
+      requests.some((r) => r.method === "GET" && r.path !== blobPath),
+      "the media host records the bridge's fetches (it fetched the earlier files)",
+    );
+    assert.deepEqual(
+      requests.filter((r) => r.path === blobPath),
+      [],
+      "nobody asked for the over-limit blob",
+    );
   });
 });
 
@@ -334,7 +365,11 @@ describe("media from Matrix to WhatsApp", () => {
     assert.equal(entry.filename, "Voice message.ogg");
     showHash(t, entry, files.voice);
     assert.ok(Math.abs(Number(entry.durationMs) - 3000) <= 100);
-    assert.deepEqual(entry.waveform, waveform.map((v) => Math.round((v / 1024) * 255)), "Element's waveform, on the wire's 0..255 scale");
+    assert.deepEqual(
+      entry.waveform,
+      waveform.map((v) => Math.round((v / 1024) * 255)),
+      "Element's waveform, on the wire's 0..255 scale",
+    );
   });
 
   test("a voice message that is not Ogg/Opus is converted to Ogg/Opus", async (t) => {
@@ -422,6 +457,9 @@ describe("media from Matrix to WhatsApp", () => {
     assert.equal(gaveUp.content["m.relates_to"]?.["m.in_reply_to"]?.event_id, pending);
     await stack.sim.waitForInbox(chat.phone, (e) => e.kind === "text" && e.text === "after the files that never came", 60_000);
     const names = (await stack.sim.inbox(chat.phone)).filter((e) => e.kind === "media").map((e) => e.filename);
-    assert.deepEqual(names.filter((n) => n === "missing.pdf" || n === "pending.pdf"), []);
+    assert.deepEqual(
+      names.filter((n) => n === "missing.pdf" || n === "pending.pdf"),
+      [],
+    );
   });
 });

@@ -72,9 +72,15 @@ test("Synapse away for 10 s, then the gateway for 10 s, while both sides send: e
   assert.equal(lines(/^network gateway reachable again/).length, 1, "and its end once");
   assert.ok(seen.homeserver.has("down") && seen.network.has("down"), "/health showed each outage while it lasted");
   assert.ok(seen.maxQueue > 0, "/health showed Matrix messages waiting during the gateway outage");
-  const settled = (await (await fetch(`${stack.metricsUrl}/health`)).json()) as { links: { homeserver: { state: string; outages: number }; network: { state: string; outages: number }; outbound_queue: number } };
+  const settled = (await (await fetch(`${stack.metricsUrl}/health`)).json()) as {
+    links: { homeserver: { state: string; outages: number }; network: { state: string; outages: number }; outbound_queue: number };
+  };
   assert.deepEqual(
-    { homeserver: [settled.links.homeserver.state, settled.links.homeserver.outages], network: [settled.links.network.state, settled.links.network.outages], queue: settled.links.outbound_queue },
+    {
+      homeserver: [settled.links.homeserver.state, settled.links.homeserver.outages],
+      network: [settled.links.network.state, settled.links.network.outages],
+      queue: settled.links.outbound_queue,
+    },
     { homeserver: ["up", 1], network: ["up", 1], queue: 0 },
     "afterwards both links are up, each had one outage, nothing waits",
   );

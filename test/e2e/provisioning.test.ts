@@ -190,7 +190,12 @@ describe("provisioning API", () => {
     refused(await call("GET", "/status", { token: "not-the-secret", userId: mia.userId }), 401, "M_UNKNOWN_TOKEN");
     refused(await call("GET", "/status", { token: PROVISIONING_SECRET }), 400, "M_MISSING_PARAM", /user_id is required/);
     refused(await call("GET", "/status", { token: PROVISIONING_SECRET, userId: "mia" }), 400, "M_INVALID_PARAM", /not a Matrix user id/);
-    refused(await call("PUT", "/settings", { token: PROVISIONING_SECRET, userId: outsider.userId, body: { third_party_chats: true } }), 403, "M_FORBIDDEN", /not allowed to use this bridge/);
+    refused(
+      await call("PUT", "/settings", { token: PROVISIONING_SECRET, userId: outsider.userId, body: { third_party_chats: true } }),
+      403,
+      "M_FORBIDDEN",
+      /not allowed to use this bridge/,
+    );
     refused(await call("GET", "/chats", { token: outsider.accessToken }), 403, "M_FORBIDDEN", /not allowed/);
     refused(await call("GET", "/status", { token: PROVISIONING_SECRET, userId: "@someone:elsewhere.example" }), 403, "M_FORBIDDEN", /not allowed/);
     refused(await call("GET", "/status", { token: PROVISIONING_SECRET, userId: stack.botId }), 403, "M_FORBIDDEN", /belongs to the bridge/);
@@ -285,6 +290,12 @@ describe("metrics and health", () => {
     await nora.sendText(botRoom, "list");
     await nora.waitFor((e) => e.room_id === botRoom && e.sender === stack.botId && /Your Third-Party Chats \(1\)/.test(String(e.content.body)), WAIT);
     ok(await call("GET", "/version", { token: nora.accessToken }));
-    assert.deepEqual(await read(), { toMatrix: before.toMatrix + 1, toNetwork: before.toNetwork + 1, portals: before.portals + 1, list: before.list + 1, version: before.version + 1 });
+    assert.deepEqual(await read(), {
+      toMatrix: before.toMatrix + 1,
+      toNetwork: before.toNetwork + 1,
+      portals: before.portals + 1,
+      list: before.list + 1,
+      version: before.version + 1,
+    });
   });
 });

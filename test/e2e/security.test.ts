@@ -116,8 +116,14 @@ describe("security", () => {
         secretsAtRest.push({ what: `${row.ns}/${row.key}`, bytes: Buffer.from(plain.subarray(0, 32)) });
       }
     }
-    assert.ok(secretsAtRest.some((s) => s.what.startsWith("identity private key")), "the database holds the users' identities");
-    assert.ok(secretsAtRest.some((s) => s.what.includes("session/")), "and sessions");
+    assert.ok(
+      secretsAtRest.some((s) => s.what.startsWith("identity private key")),
+      "the database holds the users' identities",
+    );
+    assert.ok(
+      secretsAtRest.some((s) => s.what.includes("session/")),
+      "and sessions",
+    );
     const files = ["bridge.db", "bridge.db-wal"].map((f) => path.join(stack.dir, f)).filter((f) => fs.existsSync(f));
     const raw = Buffer.concat(files.map((f) => fs.readFileSync(f)));
     for (const s of secretsAtRest) assert.equal(raw.indexOf(s.bytes), -1, `${s.what} is in the database files in plaintext`);
@@ -140,7 +146,14 @@ describe("security", () => {
     assert.deepEqual(registration.namespaces.aliases ?? [], []);
     assert.deepEqual(registration.namespaces.rooms ?? [], []);
     for (const id of [stack.ghostId("+4915200000101"), stack.botId]) assert.ok(claimed(id), `${id} is claimed`);
-    for (const id of ["@alice_secdebug:localhost", "@whatsapp_12a:localhost", "@whatsapp_1:localhost.evil.example", "@xwhatsapp_1:localhost", "@interopbot2:localhost", "@whatsapp_:localhost"]) {
+    for (const id of [
+      "@alice_secdebug:localhost",
+      "@whatsapp_12a:localhost",
+      "@whatsapp_1:localhost.evil.example",
+      "@xwhatsapp_1:localhost",
+      "@interopbot2:localhost",
+      "@whatsapp_:localhost",
+    ]) {
       assert.ok(!claimed(id), `${id} is not claimed`);
     }
   });

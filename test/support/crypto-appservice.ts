@@ -23,9 +23,26 @@ import { checkHomeserverEncryption } from "../../src/crypto/homeserver-check";
 import { MachineStore } from "../../src/crypto/store/machine-store";
 import { KeyedQueue } from "../../src/util/keyed-queue";
 
-interface Config { hs: string; asToken: string; hsToken: string; port: number; storeFile: string; storeKey: string; ghost: string; bot: string }
+interface Config {
+  hs: string;
+  asToken: string;
+  hsToken: string;
+  port: number;
+  storeFile: string;
+  storeKey: string;
+  ghost: string;
+  bot: string;
+}
 
-const EXTENSION_KEYS = ["to_device", "de.sorunome.msc2409.to_device", "device_lists", "org.matrix.msc3202.device_lists", "org.matrix.msc3202.device_one_time_keys_count", "org.matrix.msc3202.device_one_time_key_counts", "org.matrix.msc3202.device_unused_fallback_key_types"];
+const EXTENSION_KEYS = [
+  "to_device",
+  "de.sorunome.msc2409.to_device",
+  "device_lists",
+  "org.matrix.msc3202.device_lists",
+  "org.matrix.msc3202.device_one_time_keys_count",
+  "org.matrix.msc3202.device_one_time_key_counts",
+  "org.matrix.msc3202.device_unused_fallback_key_types",
+];
 
 async function main(): Promise<void> {
   const config = JSON.parse(process.argv[2]) as Config;
@@ -89,10 +106,12 @@ async function main(): Promise<void> {
       if (url.pathname.startsWith("/_matrix/app/")) {
         if (req.headers.authorization !== `Bearer ${config.hsToken}`) return reply(403, { errcode: "M_FORBIDDEN" });
         if (req.method === "PUT" && url.pathname.includes("/transactions/")) {
-          transactions.run("txn", () => onTransaction(body)).then(
-            () => reply(200, {}),
-            (err) => reply(500, { error: (err as Error).message }),
-          );
+          transactions
+            .run("txn", () => onTransaction(body))
+            .then(
+              () => reply(200, {}),
+              (err) => reply(500, { error: (err as Error).message }),
+            );
           return;
         }
         return reply(200, {});
@@ -101,8 +120,18 @@ async function main(): Promise<void> {
         const room = body.room as string;
         manager
           .encrypt(room, config.ghost, "m.room.message", { msgtype: "m.text", body: body.text })
-          .then((content) => client.request<{ event_id: string }>("PUT", `v3/rooms/${encodeURIComponent(room)}/send/m.room.encrypted/${randomBytes(8).toString("hex")}`, { userId: config.ghost }, content))
-          .then((r) => reply(200, r), (err) => reply(500, { error: (err as Error).message }));
+          .then((content) =>
+            client.request<{ event_id: string }>(
+              "PUT",
+              `v3/rooms/${encodeURIComponent(room)}/send/m.room.encrypted/${randomBytes(8).toString("hex")}`,
+              { userId: config.ghost },
+              content,
+            ),
+          )
+          .then(
+            (r) => reply(200, r),
+            (err) => reply(500, { error: (err as Error).message }),
+          );
         return;
       }
       if (url.pathname === "/control/received") {
@@ -134,11 +163,17 @@ async function main(): Promise<void> {
         dropExtensions = url.searchParams.get("drop") === "1";
         checkHomeserverEncryption(manager, { homeserverUrl: config.hs, asToken: config.asToken, botUserId: config.bot, timeoutMs: 10_000 })
           .finally(() => (dropExtensions = false))
-          .then((r) => reply(200, r), (err) => reply(500, { error: (err as Error).message }));
+          .then(
+            (r) => reply(200, r),
+            (err) => reply(500, { error: (err as Error).message }),
+          );
         return;
       }
       if (url.pathname === "/control/cross-signed") {
-        manager.ownDeviceIsCrossSigned(config.ghost).then((ok) => reply(200, { crossSigned: ok }), (err) => reply(500, { error: (err as Error).message }));
+        manager.ownDeviceIsCrossSigned(config.ghost).then(
+          (ok) => reply(200, { crossSigned: ok }),
+          (err) => reply(500, { error: (err as Error).message }),
+        );
         return;
       }
       reply(404, {});

@@ -91,7 +91,9 @@ async function main(): Promise<void> {
   }
 
   if (phase === "reopen") {
-    const pendingUploads = (await alice.outgoingRequests()).filter((r) => r instanceof sdk.KeysUploadRequest).map((r) => JSON.parse((r as sdk.KeysUploadRequest).body) as { device_keys?: unknown });
+    const pendingUploads = (await alice.outgoingRequests())
+      .filter((r) => r instanceof sdk.KeysUploadRequest)
+      .map((r) => JSON.parse((r as sdk.KeysUploadRequest).body) as { device_keys?: unknown });
     const event = JSON.parse(payload) as Record<string, unknown>;
     const old = await bob.decryptRoomEvent(JSON.stringify(event), new sdk.RoomId(ROOM), new sdk.DecryptionSettings(sdk.TrustRequirement.Untrusted));
     // The outbound session survived too: sharing again sends nothing, and Bob reads the next message.

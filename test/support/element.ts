@@ -16,7 +16,13 @@ import { repoRoot } from "./homeserver";
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
 /** Console lines this build prints on every start (../shared/element-web/README.md): not worth repeating in a failure. */
-const KNOWN_NOISE = [/Cannot access '\w+' before initialization/, /config\.[\d.]+\.json/, /\.well-known/, /openid-configuration|auth_metadata|auth_issuer/, /Failed to load resource: the server responded with a status of 404/];
+const KNOWN_NOISE = [
+  /Cannot access '\w+' before initialization/,
+  /config\.[\d.]+\.json/,
+  /\.well-known/,
+  /openid-configuration|auth_metadata|auth_issuer/,
+  /Failed to load resource: the server responded with a status of 404/,
+];
 
 /** test-artifacts/element/ in the repository (gitignored): screenshots a person can look at. */
 export function artifactsDir(): string {
@@ -89,7 +95,10 @@ export class ElementSession {
       for (const name of buttons) {
         const b = this.page.locator(".mx_Toast_toast, [role=dialog], [data-floating-ui-portal], .mx_Dialog").getByRole("button", { name, exact: true });
         if ((await b.count()) > 0 && (await b.first().isVisible())) {
-          await b.first().click().catch(() => undefined);
+          await b
+            .first()
+            .click()
+            .catch(() => undefined);
           clicked = true;
         }
       }
@@ -170,7 +179,10 @@ export class ElementSession {
       const client = (globalThis as any).mxMatrixClientPeg.get();
       const room = client.getRooms().find((r: any) => r.name === name);
       if (!room) throw new Error(`Element has no room named ${name}`);
-      return room.getLiveTimeline().getEvents().map((e: any) => ({ type: e.getType(), sender: e.getSender(), content: e.getContent() }));
+      return room
+        .getLiveTimeline()
+        .getEvents()
+        .map((e: any) => ({ type: e.getType(), sender: e.getSender(), content: e.getContent() }));
     }, roomName);
   }
 

@@ -48,7 +48,14 @@ export function fakeNetwork(overrides: Partial<NetworkConnector> = {}): NetworkC
   const m = (name: string) => missing("NetworkConnector", name);
   const base: NetworkConnector = {
     networkName: "WhatsApp",
-    getCapabilities: () => ({ text: { maxLength: 65536 }, media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } }, replies: false, readReceipts: false, typing: false, deliveryReceipts: false }),
+    getCapabilities: () => ({
+      text: { maxLength: 65536 },
+      media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } },
+      replies: false,
+      readReceipts: false,
+      typing: false,
+      deliveryReceipts: false,
+    }),
     validateIdentifier: () => m("validateIdentifier"),
     start: async () => m("start"),
     stop: async () => m("stop"),

@@ -148,10 +148,7 @@ function existingHomeserverFromEnv(): TestHomeserver | undefined {
   if (!url) return undefined;
   const serverName = process.env.MATRIX_SERVER_NAME;
   const sharedSecret = process.env.MATRIX_REGISTRATION_SHARED_SECRET;
-  const missing = [
-    serverName ? undefined : "MATRIX_SERVER_NAME",
-    sharedSecret ? undefined : "MATRIX_REGISTRATION_SHARED_SECRET",
-  ].filter(Boolean);
+  const missing = [serverName ? undefined : "MATRIX_SERVER_NAME", sharedSecret ? undefined : "MATRIX_REGISTRATION_SHARED_SECRET"].filter(Boolean);
   if (missing.length > 0) {
     throw new Error(`MATRIX_HOMESERVER_URL is set, so the tests use that homeserver, but ${missing.join(" and ")} ${missing.length > 1 ? "are" : "is"} not set`);
   }

@@ -128,11 +128,7 @@ const enc = encodeURIComponent;
  * appservice's exclusive namespace. The password is derived from the shared secret, so a
  * second run against the same homeserver can log in as the user it made before.
  */
-export async function registerUser(
-  hs: HomeserverInfo,
-  localpart: string,
-  options: { admin?: boolean; password?: string; displayName?: string } = {},
-): Promise<TestClient> {
+export async function registerUser(hs: HomeserverInfo, localpart: string, options: { admin?: boolean; password?: string; displayName?: string } = {}): Promise<TestClient> {
   if (!hs.sharedSecret) throw new Error(`registerUser(${localpart}): the homeserver's registration shared secret is unknown`);
   const baseUrl = hs.url.replace(/\/+$/, "");
   const password = options.password ?? createHmac("sha256", hs.sharedSecret).update(`password:${localpart}`).digest("hex").slice(0, 32);
@@ -240,21 +236,13 @@ export class TestClient {
 
   /** Sends a message event (with a fresh transaction id unless one is given, for a safe retry); returns the event id. */
   async sendEvent(roomId: string, type: string, content: Record<string, unknown>, txnId = newTxnId()): Promise<string> {
-    const { event_id } = await this.request<{ event_id: string }>(
-      "PUT",
-      `/_matrix/client/v3/rooms/${enc(roomId)}/send/${enc(type)}/${enc(txnId)}`,
-      content,
-    );
+    const { event_id } = await this.request<{ event_id: string }>("PUT", `/_matrix/client/v3/rooms/${enc(roomId)}/send/${enc(type)}/${enc(txnId)}`, content);
     return event_id;
   }
 
   /** Sets a state event (argument order as in matrix-js-sdk); returns the event id. */
   async sendState(roomId: string, type: string, content: Record<string, unknown>, stateKey = ""): Promise<string> {
-    const { event_id } = await this.request<{ event_id: string }>(
-      "PUT",
-      `/_matrix/client/v3/rooms/${enc(roomId)}/state/${enc(type)}/${enc(stateKey)}`,
-      content,
-    );
+    const { event_id } = await this.request<{ event_id: string }>("PUT", `/_matrix/client/v3/rooms/${enc(roomId)}/state/${enc(type)}/${enc(stateKey)}`, content);
     return event_id;
   }
 
@@ -272,11 +260,7 @@ export class TestClient {
 
   /** Redacts an event; returns the redaction's event id. */
   async redact(roomId: string, eventId: string, reason?: string): Promise<string> {
-    const { event_id } = await this.request<{ event_id: string }>(
-      "PUT",
-      `/_matrix/client/v3/rooms/${enc(roomId)}/redact/${enc(eventId)}/${newTxnId()}`,
-      reason ? { reason } : {},
-    );
+    const { event_id } = await this.request<{ event_id: string }>("PUT", `/_matrix/client/v3/rooms/${enc(roomId)}/redact/${enc(eventId)}/${newTxnId()}`, reason ? { reason } : {});
     return event_id;
   }
 
@@ -509,12 +493,16 @@ export class TestClient {
    */
   waitFor(predicate: (event: SyncedEvent) => boolean, options: WaitOptions = {}): Promise<SyncedEvent> {
     let scanned = 0;
-    return this.waitUntil(() => {
-      for (; scanned < this.seen.length; scanned++) {
-        if (predicate(this.seen[scanned])) return this.seen[scanned];
-      }
-      return undefined;
-    }, options, "an event");
+    return this.waitUntil(
+      () => {
+        for (; scanned < this.seen.length; scanned++) {
+          if (predicate(this.seen[scanned])) return this.seen[scanned];
+        }
+        return undefined;
+      },
+      options,
+      "an event",
+    );
   }
 
   /** Resolves with the first invite (seen already, or arriving) matching the predicate. */
@@ -548,7 +536,11 @@ export class TestClient {
       };
       if (waiter.check()) return;
       if (!this.syncing) {
-        reject(new Error(`${this.userId}: no ${what} matches${options.description ? ` (${options.description})` : ""} and sync is not running; call startSync() first.\n${this.describeSeen()}`));
+        reject(
+          new Error(
+            `${this.userId}: no ${what} matches${options.description ? ` (${options.description})` : ""} and sync is not running; call startSync() first.\n${this.describeSeen()}`,
+          ),
+        );
         return;
       }
       this.waiters.add(waiter);

@@ -22,7 +22,7 @@ const enc = encodeURIComponent;
 /** For every room on the homeserver: the membership of each of `userIds` in it (absent: never a member). */
 export async function memberships(admin: TestClient, userIds: string[]): Promise<Map<string, Partial<Record<string, Membership>>>> {
   const rooms: AdminRoom[] = [];
-  for (let from = 0; ; ) {
+  for (let from = 0; ;) {
     const page = await admin.request<{ rooms: AdminRoom[]; next_batch?: number | string }>("GET", `/_synapse/admin/v1/rooms?limit=500&from=${from}`);
     rooms.push(...page.rooms);
     if (page.next_batch === undefined || page.rooms.length === 0) break;
@@ -44,7 +44,10 @@ export async function memberships(admin: TestClient, userIds: string[]): Promise
 /** The rooms a user is in right now: joined or invited (sorted). */
 export async function roomsOf(admin: TestClient, userId: string): Promise<string[]> {
   const all = await memberships(admin, [userId]);
-  return [...all].filter(([, m]) => m[userId] === "join" || m[userId] === "invite").map(([roomId]) => roomId).sort();
+  return [...all]
+    .filter(([, m]) => m[userId] === "join" || m[userId] === "invite")
+    .map(([roomId]) => roomId)
+    .sort();
 }
 
 /** Waits until `userId`'s membership in `roomId` is `membership` (read with the admin API, so it works for rooms the caller left). */

@@ -74,4 +74,3 @@ export class SimProcess {
     throw new Error(`no matching inbox entry; saw ${JSON.stringify(seen)}`);
   }
 }
-

@@ -167,28 +167,61 @@ export class Stack {
     const hs = await startTestHomeserver({ registrationPath: [registrationPath, ...(opts.extraRegistrations ?? [])], name: `${name}-${process.pid}`, port: hsPort, purge: true });
     const gatewayUrl = `ws://127.0.0.1:${gatewayPort}/v1`;
     const childEnv: Record<string, string> = opts.childLogLevel ? { LOG_LEVEL: opts.childLogLevel } : {};
-    const gateway = new ManagedProcess("gateway", process.execPath, [
-      path.join(root, "dist", "gateway", "main.js"),
-      "--port", String(gatewayPort),
-      "--db", path.join(dir, "gateway.db"),
-      "--home-provider", HOME_DOMAIN,
-      "--provider", `${HOME_DOMAIN}=${secrets.homeProviderSecret}`,
-      "--provider", `${PROVIDER_DOMAIN}=${secrets.bridgeProviderSecret}`,
-      ...(opts.recordFrames === false ? [] : ["--record-frames", path.join(dir, "gateway-frames.log")]),
-    ], path.join(dir, "gateway.log"), childEnv);
-    const simProcess = new ManagedProcess("sim", process.execPath, [
-      path.join(root, "dist", "sim", "main.js"),
-      "--gateway", gatewayUrl,
-      "--provider", HOME_DOMAIN,
-      "--secret", secrets.homeProviderSecret,
-      "--port", String(simPort),
-      "--db", path.join(dir, "sim.db"),
-      ...(opts.simArgs ?? []),
-    ], path.join(dir, "sim.log"), childEnv);
+    const gateway = new ManagedProcess(
+      "gateway",
+      process.execPath,
+      [
+        path.join(root, "dist", "gateway", "main.js"),
+        "--port",
+        String(gatewayPort),
+        "--db",
+        path.join(dir, "gateway.db"),
+        "--home-provider",
+        HOME_DOMAIN,
+        "--provider",
+        `${HOME_DOMAIN}=${secrets.homeProviderSecret}`,
+        "--provider",
+        `${PROVIDER_DOMAIN}=${secrets.bridgeProviderSecret}`,
+        ...(opts.recordFrames === false ? [] : ["--record-frames", path.join(dir, "gateway-frames.log")]),
+      ],
+      path.join(dir, "gateway.log"),
+      childEnv,
+    );
+    const simProcess = new ManagedProcess(
+      "sim",
+      process.execPath,
+      [
+        path.join(root, "dist", "sim", "main.js"),
+        "--gateway",
+        gatewayUrl,
+        "--provider",
+        HOME_DOMAIN,
+        "--secret",
+        secrets.homeProviderSecret,
+        "--port",
+        String(simPort),
+        "--db",
+        path.join(dir, "sim.db"),
+        ...(opts.simArgs ?? []),
+      ],
+      path.join(dir, "sim.log"),
+      childEnv,
+    );
     const bridge = new ManagedProcess("bridge", process.execPath, [cli, "-c", configPath, "-f", registrationPath], path.join(dir, "bridge.log"));
     const stack = new Stack(
-      name, dir, hs, configPath, registrationPath, gateway, simProcess, bridge, `http://127.0.0.1:${simPort}`, gatewayUrl,
-      `http://127.0.0.1:${bridgePort}`, `http://127.0.0.1:${metricsPort}`, secrets,
+      name,
+      dir,
+      hs,
+      configPath,
+      registrationPath,
+      gateway,
+      simProcess,
+      bridge,
+      `http://127.0.0.1:${simPort}`,
+      gatewayUrl,
+      `http://127.0.0.1:${bridgePort}`,
+      `http://127.0.0.1:${metricsPort}`,
+      secrets,
     );
     try {
       await gateway.start(/gateway listening/);
@@ -244,7 +277,11 @@ export class Stack {
   async enable(client: TestClient, botRoom: string): Promise<void> {
     const asked = await client.sendText(botRoom, "enable");
     await client.waitFor(
-      (e) => e.room_id === botRoom && e.sender === this.botId && /Third-Party Chats (are \*\*on\*\*|were already on)/.test(String(e.content.body)) && this.after(client, botRoom, asked, e.event_id),
+      (e) =>
+        e.room_id === botRoom &&
+        e.sender === this.botId &&
+        /Third-Party Chats (are \*\*on\*\*|were already on)/.test(String(e.content.body)) &&
+        this.after(client, botRoom, asked, e.event_id),
       { description: "the bot confirming `enable`", timeoutMs: 30_000 },
     );
   }
@@ -277,7 +314,9 @@ export class Stack {
 
   logs(): string {
     const processes: Record<string, ManagedProcess> = { gateway: this.gateway, sim: this.simProcess, bridge: this.bridge };
-    return Object.entries(processes).map(([n, p]) => `--- ${n}\n${p.tail(30)}`).join("\n");
+    return Object.entries(processes)
+      .map(([n, p]) => `--- ${n}\n${p.tail(30)}`)
+      .join("\n");
   }
 
   async stop(): Promise<void> {

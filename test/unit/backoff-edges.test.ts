@@ -5,7 +5,10 @@ import { Backoff, sleep } from "../../src/util/backoff";
 
 test("backoff doubles by default and treats attempt 0 or below like the first retry", () => {
   const b = new Backoff({ initialMs: 5, maxMs: 10_000 });
-  assert.deepEqual([0, -3, 1, 2, 3].map((n) => b.delayFor(n)), [5, 5, 5, 10, 20]);
+  assert.deepEqual(
+    [0, -3, 1, 2, 3].map((n) => b.delayFor(n)),
+    [5, 5, 5, 10, 20],
+  );
 });
 
 test("backoff accepts the edges of a sensible policy: zero delays and full jitter", () => {

@@ -4,7 +4,10 @@ import { Backoff, sleep } from "../../src/util/backoff";
 
 test("backoff grows by its factor from the initial delay and stops at the cap", () => {
   const b = new Backoff({ initialMs: 100, maxMs: 1000, factor: 3 });
-  assert.deepEqual([1, 2, 3, 4, 5].map((n) => b.delayFor(n)), [100, 300, 900, 1000, 1000]);
+  assert.deepEqual(
+    [1, 2, 3, 4, 5].map((n) => b.delayFor(n)),
+    [100, 300, 900, 1000, 1000],
+  );
 });
 
 test("backoff counts failures, resets on success and says when the attempts are used up", () => {
@@ -40,6 +43,9 @@ test("sleep ends early with the abort reason", async () => {
 
 test("backoff says whether failures counted elsewhere use up its attempts", () => {
   const b = new Backoff({ initialMs: 10, maxMs: 1000, maxAttempts: 3 });
-  assert.deepEqual([1, 2, 3, 4].map((n) => b.exhaustedAt(n)), [false, false, true, true]);
+  assert.deepEqual(
+    [1, 2, 3, 4].map((n) => b.exhaustedAt(n)),
+    [false, false, true, true],
+  );
   assert.equal(new Backoff({ initialMs: 10, maxMs: 1000 }).exhaustedAt(1_000_000), false, "no maxAttempts: never");
 });

@@ -152,7 +152,11 @@ const targets: Target<Error>[] = [
       assert.ok(code === "bad_frame" || code === "too_large");
       return code;
     },
-    examples: () => assert.throws(() => decodeFrame(new Uint8Array(300), { maxFrameBytes: 200 }), (e: unknown) => e instanceof ProtocolError && e.code === "too_large"),
+    examples: () =>
+      assert.throws(
+        () => decodeFrame(new Uint8Array(300), { maxFrameBytes: 200 }),
+        (e: unknown) => e instanceof ProtocolError && e.code === "too_large",
+      ),
   },
   {
     title: "MIMI content: decodeMimi accepts or refuses with a MimiError; what it accepts re-encodes to the same bytes and converts for the core",
@@ -184,7 +188,10 @@ const targets: Target<Error>[] = [
   {
     title: "MIMI content: mimiFromJson accepts or refuses with INVALID_JSON naming the field",
     name: "mimiFromJson",
-    inputs: fc.oneof(jsonValue, mutation(jsonValue).map((m) => mutate(validMimiJson, m))),
+    inputs: fc.oneof(
+      jsonValue,
+      mutation(jsonValue).map((m) => mutate(validMimiJson, m)),
+    ),
     accept: (input) => void encodeMimi(mimiFromJson(input as never)),
     refusal: MimiError,
     refused: (err) => (err as MimiError).code,
@@ -216,7 +223,11 @@ const targets: Target<Error>[] = [
     refused: (err) => (err as PayloadError).code,
     // Found by this property: CBOR `undefined` (alone or as a value) decoded, then failed to re-encode with a plain Error.
     examples: () => {
-      for (const hex of ["f7", "a1646b696e64f7"]) assert.throws(() => decodePayload(Buffer.from(hex, "hex")), (e: unknown) => e instanceof PayloadError && e.code === "malformed");
+      for (const hex of ["f7", "a1646b696e64f7"])
+        assert.throws(
+          () => decodePayload(Buffer.from(hex, "hex")),
+          (e: unknown) => e instanceof PayloadError && e.code === "malformed",
+        );
     },
   },
   {
@@ -224,7 +235,8 @@ const targets: Target<Error>[] = [
     name: "validateConfig",
     inputs: fc.oneof({ weight: 1, arbitrary: jsonValue }, { weight: 5, arbitrary: fc.array(mutation(jsonValue), { minLength: 1, maxLength: 3 }) }),
     accept: (input) => {
-      const config = Array.isArray(input) && input.every((m) => typeof m === "object" && m !== null && "kind" in m) ? (input as Mutation[]).reduce((c, m) => mutate(c, m), sampleConfig) : input;
+      const config =
+        Array.isArray(input) && input.every((m) => typeof m === "object" && m !== null && "kind" in m) ? (input as Mutation[]).reduce((c, m) => mutate(c, m), sampleConfig) : input;
       validateConfig(config, "/tmp");
     },
     refusal: ConfigError,
@@ -268,17 +280,26 @@ describe("bad input, generated", () => {
       fc.string({ maxLength: 30 }),
       fc.constantFrom("m.text", "m.notice", "m.emote", "m.image", "m.file", "m.audio", "m.video", "m.location", "m.sticker", "", "M.TEXT", "m.text\u0000", "org.example.custom"),
     );
-    const mxc = fc.oneof(fc.constantFrom("mxc://", "mxc://server", "mxc://server/", "mxc:///id", "http://evil.example/x", "mxc://ser ver/id", "mxc://server/../../etc"), fc.string({ maxLength: 30 }));
+    const mxc = fc.oneof(
+      fc.constantFrom("mxc://", "mxc://server", "mxc://server/", "mxc:///id", "http://evil.example/x", "mxc://ser ver/id", "mxc://server/../../etc"),
+      fc.string({ maxLength: 30 }),
+    );
     const mimetype = fc.oneof(fc.constantFrom("image/png", "", "image/", "text/html", "application/x-msdownload", "image/svg+xml", "a/b;c=d", "ÿ/ÿ"), fc.string({ maxLength: 20 }));
     const content = fc.record(
       {
         msgtype: fc.oneof(oddString, cborValue),
         body: fc.oneof(fc.string({ maxLength: 200 }), fc.string({ minLength: 70_000, maxLength: 70_001 }), cborValue),
         format: fc.oneof(fc.constant("org.matrix.custom.html"), cborValue),
-        formatted_body: fc.oneof(fc.string({ maxLength: 200 }).map((s) => `<b>${s}</i><a href="${s}">x</a><table><tr><td>${s}`), cborValue),
+        formatted_body: fc.oneof(
+          fc.string({ maxLength: 200 }).map((s) => `<b>${s}</i><a href="${s}">x</a><table><tr><td>${s}`),
+          cborValue,
+        ),
         url: fc.oneof(mxc, cborValue),
         info: fc.oneof(fc.record({ mimetype, size: fc.oneof(fc.integer(), cborValue), w: cborValue }, { requiredKeys: [] }), cborValue),
-        "m.relates_to": fc.oneof(fc.record({ "m.in_reply_to": fc.oneof(fc.record({ event_id: cborValue }), cborValue), rel_type: oddString, event_id: cborValue }, { requiredKeys: [] }), cborValue),
+        "m.relates_to": fc.oneof(
+          fc.record({ "m.in_reply_to": fc.oneof(fc.record({ event_id: cborValue }), cborValue), rel_type: oddString, event_id: cborValue }, { requiredKeys: [] }),
+          cborValue,
+        ),
         "m.new_content": cborValue,
       },
       { requiredKeys: [] },

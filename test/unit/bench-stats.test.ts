@@ -84,7 +84,9 @@ describe("report", () => {
     const report = new Report();
     report.add({ metric: "throughput_ratio_remote_to_matrix", value: 0.91234, unit: "ratio", target: { op: ">=", value: 0.9 } });
     report.missing("rss_growth_mb_100mb_video", "MB", "no media benchmark yet");
-    const lines = toJsonLines(report).split("\n").map((l) => JSON.parse(l));
+    const lines = toJsonLines(report)
+      .split("\n")
+      .map((l) => JSON.parse(l));
     assert.deepEqual(lines[0], { metric: "throughput_ratio_remote_to_matrix", value: 0.91, unit: "ratio", target: ">= 0.9", met: true });
     assert.deepEqual(lines[1], { metric: "rss_growth_mb_100mb_video", value: null, unit: "MB", note: "not measured: no media benchmark yet" });
   });
@@ -156,7 +158,7 @@ describe("the bridge's /metrics histograms", () => {
       'bridge_matrix_event_duration_seconds_bucket{le="+Inf",type="m.room.member"} 50',
       'bridge_matrix_event_duration_seconds_sum{type="m.room.member"} 0.1',
       'bridge_matrix_event_duration_seconds_count{type="m.room.member"} 50',
-      'bridge_matrix_event_duration_seconds_total_other 7',
+      "bridge_matrix_event_duration_seconds_total_other 7",
     ].join("\n");
 
   test("reads one series, by its labels, buckets in order", () => {
@@ -177,14 +179,25 @@ describe("the bridge's /metrics histograms", () => {
   test("the difference of two readings is what was observed in between", () => {
     const name = "bridge_matrix_event_duration_seconds";
     const d = histogramDelta(parseHistogram(exposition(3), name, { type: "m.room.message" }), parseHistogram(exposition(1), name, { type: "m.room.message" }));
-    assert.deepEqual(d.buckets.map((b) => b.count), [4, 6, 8]);
+    assert.deepEqual(
+      d.buckets.map((b) => b.count),
+      [4, 6, 8],
+    );
     assert.equal(round(d.sum, 6), 0.04);
     assert.equal(d.count, 8);
     assert.equal(round(histogramMean(d), 6), 0.005);
   });
 
   test("a quantile is interpolated in its bucket, from 0 below the first", () => {
-    const h = { buckets: [{ le: 0.01, count: 10 }, { le: 0.02, count: 30 }, { le: Infinity, count: 40 }], sum: 0, count: 40 };
+    const h = {
+      buckets: [
+        { le: 0.01, count: 10 },
+        { le: 0.02, count: 30 },
+        { le: Infinity, count: 40 },
+      ],
+      sum: 0,
+      count: 40,
+    };
     assert.equal(round(histogramQuantile(h, 0.125), 6), 0.005, "rank 5 of the first 10, between 0 and 0.01");
     assert.equal(round(histogramQuantile(h, 0.5), 6), 0.015, "rank 20: half way through the second bucket");
     assert.equal(histogramQuantile(h, 0.75), 0.02, "rank 30: the second bucket's bound");
@@ -214,7 +227,11 @@ describe("the order paths are measured in", () => {
       const follows = new Map<string, number>();
       for (let k = 0; k < cycle; k++) {
         const order = latencyOrder(n, k);
-        assert.deepEqual([...order].sort((a, b) => a - b), Array.from({ length: n }, (_, i) => i), `sample ${k} measures every path once`);
+        assert.deepEqual(
+          [...order].sort((a, b) => a - b),
+          Array.from({ length: n }, (_, i) => i),
+          `sample ${k} measures every path once`,
+        );
         first.set(order[0], (first.get(order[0]) ?? 0) + 1);
         for (let j = 1; j < n; j++) follows.set(`${order[j - 1]}>${order[j]}`, (follows.get(`${order[j - 1]}>${order[j]}`) ?? 0) + 1);
       }

@@ -96,7 +96,11 @@ describe("the core asks the connector per chat, once, before anything is queued"
       },
       downloadMedia: async () => ({ path: "/dev/null", size: 0, release: async () => undefined }),
     };
-    const core = new BridgeCore(store, matrix as MatrixPort, network as NetworkConnector, { thirdPartyDefault: true, permissions: new Permissions({ hs: "user" }), retryDelayMs: 1 });
+    const core = new BridgeCore(store, matrix as MatrixPort, network as NetworkConnector, {
+      thirdPartyDefault: true,
+      permissions: new Permissions({ hs: "user" }),
+      retryDelayMs: 1,
+    });
     let n = 0;
     const event = (remote: string, type: string, content: Record<string, unknown>): MatrixEvent => ({
       event_id: `$${++n}`,

@@ -16,7 +16,14 @@ const vectors = process.env.MIMI_VECTORS_DIR ?? path.resolve(root, "../shared/ve
 const SECRETS_ENV = { BRIDGE_PROVIDER_SECRET: "provider-secret-0123456789", BRIDGE_STORE_KEY: "store-key-0123456789abcdef" };
 
 function run(args: string[], input?: string, env: Record<string, string | undefined> = SECRETS_ENV) {
-  const merged: Record<string, string | undefined> = { ...process.env, LOG_LEVEL: "warn", BRIDGE_PROVIDER_SECRET: undefined, BRIDGE_STORE_KEY: undefined, BRIDGE_PROVISIONING_SECRET: undefined, ...env };
+  const merged: Record<string, string | undefined> = {
+    ...process.env,
+    LOG_LEVEL: "warn",
+    BRIDGE_PROVIDER_SECRET: undefined,
+    BRIDGE_STORE_KEY: undefined,
+    BRIDGE_PROVISIONING_SECRET: undefined,
+    ...env,
+  };
   for (const k of Object.keys(merged)) if (merged[k] === undefined) delete merged[k];
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: "buffer", input, env: merged as NodeJS.ProcessEnv });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
@@ -32,7 +39,10 @@ test("-r writes a registration with random tokens, the exclusive ghost namespace
   assert.equal(reg.url, "http://127.0.0.1:29400");
   // A random sender nobody sees; the bot is an ordinary user of the namespace (Synapse keeps no profile for the sender).
   assert.match(reg.sender_localpart, /^interop-as-[0-9a-f]{24}$/);
-  assert.ok(reg.namespaces.users.some((n: { exclusive: boolean; regex: string }) => n.exclusive && n.regex === "^@interopbot:localhost$"), "the bot is in the exclusive namespace");
+  assert.ok(
+    reg.namespaces.users.some((n: { exclusive: boolean; regex: string }) => n.exclusive && n.regex === "^@interopbot:localhost$"),
+    "the bot is in the exclusive namespace",
+  );
   assert.equal(reg.rate_limited, false);
   assert.equal(reg["de.sorunome.msc2409.push_ephemeral"], true);
   assert.match(reg.as_token, /^[0-9a-f]{64}$/);
@@ -65,7 +75,10 @@ test("the sample config's placeholder secrets are refused with one line naming t
   const reg = path.join(dir, "registration.yaml");
   const asIs = run(["-c", sample, "-f", reg], undefined, {});
   assert.equal(asIs.status, 1);
-  assert.match(asIs.stderr, /^matrix-interop-bridge: config error: network\.provider_secret \(or environment variable BRIDGE_PROVIDER_SECRET\): is a placeholder from the sample config: set .*\n$/);
+  assert.match(
+    asIs.stderr,
+    /^matrix-interop-bridge: config error: network\.provider_secret \(or environment variable BRIDGE_PROVIDER_SECRET\): is a placeholder from the sample config: set .*\n$/,
+  );
   assert.equal(asIs.stderr.split("\n").length, 2, "one line");
   // -r refuses it too: a registration is made for a config that can run.
   assert.equal(run(["-r", "-u", "http://127.0.0.1:29400", "-c", sample, "-f", reg], undefined, {}).status, 1);
@@ -91,7 +104,10 @@ test("the repository's registration.yaml template is refused until -r overwrites
   const template = YAML.parse(fs.readFileSync(reg, "utf8"));
   const refused = run(["-c", sample, "-f", reg]);
   assert.equal(refused.status, 1);
-  assert.match(refused.stderr, /^matrix-interop-bridge: .*registration\.yaml: as_token is a placeholder \(the repository's template\); generate it with: matrix-interop-bridge -r .*\n$/);
+  assert.match(
+    refused.stderr,
+    /^matrix-interop-bridge: .*registration\.yaml: as_token is a placeholder \(the repository's template\); generate it with: matrix-interop-bridge -r .*\n$/,
+  );
   assert.equal(refused.stderr.split("\n").length, 2, "one line");
   assert.equal(run(["-r", "-u", "http://127.0.0.1:29400", "-c", sample, "-f", reg]).status, 0);
   const written = YAML.parse(fs.readFileSync(reg, "utf8"));

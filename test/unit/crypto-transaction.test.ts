@@ -41,7 +41,11 @@ describe("encrypted appservice transactions", () => {
   });
 
   it("the stable names of MSC2409/MSC3202 are read too, and a transaction without them is empty", () => {
-    const ext = readTransactionExtensions({ to_device: [{ type: "x", to_user_id: "@g:hs", to_device_id: "D", content: {} }], device_lists: { changed: ["@a:hs"] }, device_one_time_keys_count: { "@g:hs": { D: { signed_curve25519: 1 } } } });
+    const ext = readTransactionExtensions({
+      to_device: [{ type: "x", to_user_id: "@g:hs", to_device_id: "D", content: {} }],
+      device_lists: { changed: ["@a:hs"] },
+      device_one_time_keys_count: { "@g:hs": { D: { signed_curve25519: 1 } } },
+    });
     assert.equal(ext.devices.get("@g:hs")?.get("D")?.toDevice.length, 1);
     assert.deepEqual(ext.changed, ["@a:hs"]);
     const empty = readTransactionExtensions({ events: [] });
@@ -68,6 +72,9 @@ describe("encrypted appservice transactions", () => {
     assert.equal(validateConfig(bare, "/tmp/cfg").encryption.allow, true, "an old config without the section gets the defaults");
     const wrong = sample();
     wrong.encryption = { allow: false, require: true };
-    assert.throws(() => validateConfig(wrong, "/tmp/cfg"), (err: unknown) => err instanceof ConfigError && err.field === "encryption.require");
+    assert.throws(
+      () => validateConfig(wrong, "/tmp/cfg"),
+      (err: unknown) => err instanceof ConfigError && err.field === "encryption.require",
+    );
   });
 });

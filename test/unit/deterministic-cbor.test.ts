@@ -75,7 +75,10 @@ describe("encodeDeterministic", () => {
       2 ** 53,
       10n,
       -(2n ** 70n),
-      new Map<unknown, unknown>([[2, "b"], ["a", 1]]),
+      new Map<unknown, unknown>([
+        [2, "b"],
+        ["a", 1],
+      ]),
       new Tag(1, 1_700_000_000),
       Buffer.from("buffer"),
       new Uint16Array([1, 2]),

@@ -76,9 +76,7 @@ class Side {
   }
 
   texts(from?: string): string[] {
-    return this.received
-      .filter((ev) => ev.payload.kind === "content" && (from === undefined || ev.from === from))
-      .map((ev) => textOf((ev.payload as { mimi: Uint8Array }).mimi));
+    return this.received.filter((ev) => ev.payload.kind === "content" && (from === undefined || ev.from === from)).map((ev) => textOf((ev.payload as { mimi: Uint8Array }).mimi));
   }
 
   async waitForText(text: string): Promise<PayloadEvent> {
@@ -148,8 +146,14 @@ describe("SecureEndpoint over the gateway", () => {
 
     // The recorder saw the traffic (a PreKey send from alice, a Whisper send back) but no plaintext.
     const sends = gw.recordedFrames().filter((r) => r.direction === "in" && r.frame.t === "send") as Array<{ frame: Extract<Frame, { t: "send" }> }>;
-    assert.ok(sends.some((s) => s.frame.from === alice && s.frame.payload.type === 3), "alice's first message is a PreKey message");
-    assert.ok(sends.some((s) => s.frame.from === wa && s.frame.payload.type === 2), "the answer runs on the established session");
+    assert.ok(
+      sends.some((s) => s.frame.from === alice && s.frame.payload.type === 3),
+      "alice's first message is a PreKey message",
+    );
+    assert.ok(
+      sends.some((s) => s.frame.from === wa && s.frame.payload.type === 2),
+      "the answer runs on the established session",
+    );
     for (const marker of ["plaintext-marker-from-alice", "plaintext-marker-from-wa"]) {
       assert.equal(gw.recordingContains(utf8(marker)), false, `${marker} leaked to the gateway`);
     }

@@ -114,7 +114,12 @@ describe("the appservice transaction journal", () => {
 
   it("answers the echo of the bridge's own messages without journaling it, but keeps its own users' state events", async () => {
     const { store } = tempStore();
-    const as = await startAppservice(store, async () => undefined, undefined, (mxid) => mxid === "@bot:hs" || mxid.startsWith("@wa_"));
+    const as = await startAppservice(
+      store,
+      async () => undefined,
+      undefined,
+      (mxid) => mxid === "@bot:hs" || mxid.startsWith("@wa_"),
+    );
     as.appservice.startDispatching();
     const events = [
       event(1, { sender: "@wa_491:hs" }),
@@ -263,7 +268,14 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
       homeserver: { url: "http://127.0.0.1:1", domain: "hs" },
       appservice: { port: 1 },
       database: { path: path.join(os.tmpdir(), "unused.db") },
-      network: { gateway_url: "ws://127.0.0.1:1/v1", provider_domain: "matrix.example", provider_secret: "secret-for-tests", home_domain: "whatsapp.example", store_key: "store-key-for-unit-tests", media: {} },
+      network: {
+        gateway_url: "ws://127.0.0.1:1/v1",
+        provider_domain: "matrix.example",
+        provider_secret: "secret-for-tests",
+        home_domain: "whatsapp.example",
+        store_key: "store-key-for-unit-tests",
+        media: {},
+      },
       bridge: {},
     });
 
@@ -295,7 +307,9 @@ describe("a Matrix send interrupted by a crash is not repeated", () => {
     const bridge = {
       // An appservice's user_id query parameter asserts who sends (identity assertion), whichever client asks.
       getIntent: (mxid: string) => ({
-        matrixClient: { doRequest: (m: string, p: string, q: Record<string, unknown>, b: Record<string, unknown>) => doRequest(m, p, q ?? {}, b, q?.user_id ? String(q.user_id) : mxid) },
+        matrixClient: {
+          doRequest: (m: string, p: string, q: Record<string, unknown>, b: Record<string, unknown>) => doRequest(m, p, q ?? {}, b, q?.user_id ? String(q.user_id) : mxid),
+        },
       }),
     } as unknown as Bridge;
     return {

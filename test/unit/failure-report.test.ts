@@ -269,9 +269,13 @@ const SCENARIOS: Record<FailureKind, Scenario> = {
     act: async (h) => {
       const mine = await bridged(h);
       const later = Date.now() + 61_000;
-      const e = h.event({ msgtype: "m.text", body: "* late", "m.new_content": { msgtype: "m.text", body: "late" }, "m.relates_to": { rel_type: "m.replace", event_id: mine } }, "m.room.message", {
-        origin_server_ts: later,
-      });
+      const e = h.event(
+        { msgtype: "m.text", body: "* late", "m.new_content": { msgtype: "m.text", body: "late" }, "m.relates_to": { rel_type: "m.replace", event_id: mine } },
+        "m.room.message",
+        {
+          origin_server_ts: later,
+        },
+      );
       await h.core.onMatrixMessage(e);
       return e.event_id;
     },

@@ -1,15 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { encode as cborEncode } from "cbor2";
-import {
-  ProtocolError,
-  decodeFrame,
-  dmRoomUri,
-  encodeFrame,
-  parseMimiUri,
-  peekRid,
-  type Frame,
-} from "../../src/protocol/frames.js";
+import { ProtocolError, decodeFrame, dmRoomUri, encodeFrame, parseMimiUri, peekRid, type Frame } from "../../src/protocol/frames.js";
 
 const alice = "mimi://matrix.example.org/u/@alice:example.org";
 const wanda = "mimi://whatsapp.example/u/+4915123456789";
@@ -49,9 +41,7 @@ describe("frames codec", () => {
     badFrame(() => decodeFrame(Buffer.from("garbage")), "frame");
     badFrame(
       () =>
-        decodeFrame(
-          enc({ t: "send", rid: 1, from: alice, to: wanda, room: "mimi://whatsapp.example/r/x", id: new Uint8Array(15), payload: { type: 2, body: new Uint8Array(1) } }),
-        ),
+        decodeFrame(enc({ t: "send", rid: 1, from: alice, to: wanda, room: "mimi://whatsapp.example/r/x", id: new Uint8Array(15), payload: { type: 2, body: new Uint8Array(1) } })),
       "send.id",
     );
     badFrame(() => decodeFrame(enc({ t: "ack", user: alice, seq: 1.5 })), "ack.seq");

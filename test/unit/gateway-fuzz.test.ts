@@ -79,14 +79,18 @@ const validFrames = [
 
 const badBytes: fc.Arbitrary<Uint8Array> = fc.oneof(
   fc.uint8Array({ minLength: 1, maxLength: 200 }),
-  fc.tuple(fc.constantFrom(...validFrames), fc.string({ maxLength: 6 }), fc.oneof(fc.string({ maxLength: 10 }), fc.integer(), fc.uint8Array({ maxLength: 20 }), fc.constant(null), fc.boolean())).map(
-    ([frame, key, value]) => {
+  fc
+    .tuple(
+      fc.constantFrom(...validFrames),
+      fc.string({ maxLength: 6 }),
+      fc.oneof(fc.string({ maxLength: 10 }), fc.integer(), fc.uint8Array({ maxLength: 20 }), fc.constant(null), fc.boolean()),
+    )
+    .map(([frame, key, value]) => {
       const map = cborDecode(encodeFrame(frame)) as Record<string, unknown>;
       const keys = Object.keys(map);
       map[key.length > 0 ? key : keys[value === null ? 0 : keys.length - 1]] = value;
       return new Uint8Array(cborEncode(map, { cde: true }));
-    },
-  ),
+    }),
   fc.tuple(fc.constantFrom(...validFrames), fc.nat(), fc.integer({ min: 0, max: 255 })).map(([frame, at, byte]) => {
     const b = new Uint8Array(encodeFrame(frame));
     b[at % b.length] = byte;

@@ -11,15 +11,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { InteropClient } from "../../src/protocol/client.js";
 import { SecureEndpoint, type PayloadEvent } from "../../src/protocol/endpoint.js";
-import {
-  FEATURE_GROUPS,
-  ProtocolError,
-  groupRoomUri,
-  isGroupRoom,
-  type DeliverFrame,
-  type DeliveredFrame,
-  type GroupEventFrame,
-} from "../../src/protocol/frames.js";
+import { FEATURE_GROUPS, ProtocolError, groupRoomUri, isGroupRoom, type DeliverFrame, type DeliveredFrame, type GroupEventFrame } from "../../src/protocol/frames.js";
 import { encodeMimi, newTextMessage } from "../../src/protocol/mimi.js";
 import { MemoryRecordStore } from "../../src/protocol/signal.js";
 import { GatewayStore } from "../../gateway/store.js";
@@ -83,7 +75,12 @@ describe("group rooms on the gateway", () => {
     bridge = new Side(track(client(gw, BRIDGE)));
     const old = track(client(gw, OLD, []));
     await Promise.all([home.client.connect(), bridge.client.connect(), old.connect()]);
-    for (const [user, name, on] of [[wa1, "One", true], [wa2, "Two", false], [wa3, "Three", true], [wa4, "Four", true]] as const) {
+    for (const [user, name, on] of [
+      [wa1, "One", true],
+      [wa2, "Two", false],
+      [wa3, "Three", true],
+      [wa4, "Four", true],
+    ] as const) {
       await home.client.upsertAccount({ user, displayName: name });
       await home.client.setSettings(user, { thirdPartyChats: on });
       await home.client.login(user);
@@ -123,14 +120,11 @@ describe("group rooms on the gateway", () => {
     const room = created.group.room;
     assert.ok(isGroupRoom(room));
     assert.equal(created.duplicate, false);
-    assert.deepEqual(
-      created.group.members,
-      [
-        { user: wa1, admin: true },
-        { user: alice, admin: false },
-        { user: wa3, admin: false },
-      ],
-    );
+    assert.deepEqual(created.group.members, [
+      { user: wa1, admin: true },
+      { user: alice, admin: false },
+      { user: wa3, admin: false },
+    ]);
     assert.deepEqual(created.refused, [
       { user: wa2, code: "third_party_disabled" },
       { user: carol, code: "not_opted_in" },
@@ -144,8 +138,14 @@ describe("group rooms on the gateway", () => {
       assert.equal(e.by, wa1);
       assert.deepEqual(e.group, created.group);
     }
-    assert.equal(home.groups.some((g) => g.user === wa2), false);
-    assert.equal(bridge.groups.some((g) => g.user === carol), false);
+    assert.equal(
+      home.groups.some((g) => g.user === wa2),
+      false,
+    );
+    assert.equal(
+      bridge.groups.some((g) => g.user === carol),
+      false,
+    );
   });
 
   it("answers a retried create with the same group and makes nothing new", async () => {
@@ -203,7 +203,10 @@ describe("group rooms on the gateway", () => {
     const removed = home.eventsOf(wa3, room).at(-1)!;
     assert.equal(removed.by, alice);
     assert.equal(removed.subject, wa3);
-    assert.equal(removed.group.members.some((m) => m.user === wa3), false);
+    assert.equal(
+      removed.group.members.some((m) => m.user === wa3),
+      false,
+    );
     // Gone is gone: no more state for a former member.
     await assert.rejects(home.client.getGroup(wa3, room), rejectsWith("not_member"));
     assert.deepEqual((await home.client.listGroups(wa3)).map((g) => g.room).includes(room), false);
@@ -265,7 +268,10 @@ describe("group rooms on the gateway", () => {
     const fresh = new Side(track(client(gw, BRIDGE)));
     await fresh.client.connect();
     await fresh.client.login(alice);
-    await until("the waiting events", () => fresh.groups.some((g) => g.group.name === "Still waiting") && fresh.delivers.some((d) => new TextDecoder().decode(d.payload.body) === "a 1:1 message"));
+    await until(
+      "the waiting events",
+      () => fresh.groups.some((g) => g.group.name === "Still waiting") && fresh.delivers.some((d) => new TextDecoder().decode(d.payload.body) === "a 1:1 message"),
+    );
     await fresh.client.close();
     await bridge.client.login(alice);
   });
@@ -283,7 +289,14 @@ describe("group rooms on the gateway", () => {
     assert.ok((await home.client.listGroups(wa3)).some((g) => g.room === group.room && g.name === "Durable"));
     await bridge.client.whenConnected();
     await bridge.client.login(alice);
-    await until("alice's queued group events", () => bridge.eventsOf(alice, group.room).map((e) => e.change).join() === "created,admin");
+    await until(
+      "alice's queued group events",
+      () =>
+        bridge
+          .eventsOf(alice, group.room)
+          .map((e) => e.change)
+          .join() === "created,admin",
+    );
     await home.client.send({ from: wa1, to: alice, room: group.room, payload: fakeCiphertext("after restart") });
     await until("deliver after restart", () => bridge.delivers.some((d) => d.room === group.room));
   });
@@ -360,7 +373,15 @@ describe("the gateway's database", () => {
       const store = new GatewayStore(file);
       store.upsertAccount(wa1, HOME, true, "One", undefined);
       store.upsertAccount(alice, BRIDGE, false, "Alice", undefined);
-      const accepted = store.acceptSend({ t: "send", rid: 1, from: alice, to: wa1, room: "mimi://whatsapp.example/r/dm-x", id: new Uint8Array(16), payload: fakeCiphertext("old") });
+      const accepted = store.acceptSend({
+        t: "send",
+        rid: 1,
+        from: alice,
+        to: wa1,
+        room: "mimi://whatsapp.example/r/dm-x",
+        id: new Uint8Array(16),
+        payload: fakeCiphertext("old"),
+      });
       assert.equal(accepted.kind, "accepted");
       store.close();
       // What an older gateway left behind: no grp column, no group tables.
@@ -369,7 +390,10 @@ describe("the gateway's database", () => {
       db.close();
       const reopened = new GatewayStore(file);
       const events = reopened.eventsAfter(wa1, 0, 10);
-      assert.deepEqual(events.map((e) => [e.type, e.group]), [["deliver", false]]);
+      assert.deepEqual(
+        events.map((e) => [e.type, e.group]),
+        [["deliver", false]],
+      );
       assert.deepEqual(reopened.groupsOf(wa1), []);
       reopened.close();
     } finally {

@@ -276,19 +276,9 @@ describe("interop gateway", () => {
     const bridge = track(client(gw, BRIDGE));
     await bridge.connect();
     await bridge.login(alice);
-    await assert.rejects(
-      bridge.send({ from: alice, to: wa2, payload: payload("hi") }),
-      (e: ProtocolError) => e.code === "third_party_disabled",
-    );
-    await assert.rejects(
-      bridge.send({ from: alice, to: bob, payload: payload("hi") }),
-      (e: ProtocolError) => e.code === "forbidden",
-      "third-party users cannot reach each other",
-    );
-    await assert.rejects(
-      bridge.send({ from: alice, to: wa1, room: `mimi://${HOME}/r/dm-elsewhere`, payload: payload("hi") }),
-      (e: ProtocolError) => e.code === "unknown_room",
-    );
+    await assert.rejects(bridge.send({ from: alice, to: wa2, payload: payload("hi") }), (e: ProtocolError) => e.code === "third_party_disabled");
+    await assert.rejects(bridge.send({ from: alice, to: bob, payload: payload("hi") }), (e: ProtocolError) => e.code === "forbidden", "third-party users cannot reach each other");
+    await assert.rejects(bridge.send({ from: alice, to: wa1, room: `mimi://${HOME}/r/dm-elsewhere`, payload: payload("hi") }), (e: ProtocolError) => e.code === "unknown_room");
     await bridge.close();
   });
 
@@ -442,10 +432,7 @@ describe("interop gateway", () => {
     const limits = bridge.limits;
     assert.equal(limits.maxFrameBytes, 64 * 1024);
     // The client refuses locally what the gateway would refuse…
-    await assert.rejects(
-      bridge.send({ from: alice, to: wa1, payload: { type: 2, body: new Uint8Array(limits.maxBodyBytes + 1) } }),
-      (e: ProtocolError) => e.code === "too_large",
-    );
+    await assert.rejects(bridge.send({ from: alice, to: wa1, payload: { type: 2, body: new Uint8Array(limits.maxBodyBytes + 1) } }), (e: ProtocolError) => e.code === "too_large");
     await bridge.close();
     // …and the gateway refuses it too when a client does send it.
     const raw = await RawConn.open(gw.url, BRIDGE, SECRETS[BRIDGE]!);
@@ -461,10 +448,7 @@ describe("interop gateway", () => {
       id: keyBytes(16, 3),
       payload: { type: 2, body: new Uint8Array(limits.maxBodyBytes + 1) },
     });
-    assert.deepEqual(
-      (({ t, rid, code }) => ({ t, rid, code }))((await raw.next()) as { t: string; rid: number; code: string }),
-      { t: "error", rid: 2, code: "too_large" },
-    );
+    assert.deepEqual((({ t, rid, code }) => ({ t, rid, code }))((await raw.next()) as { t: string; rid: number; code: string }), { t: "error", rid: 2, code: "too_large" });
     // A WebSocket message over maxFrameBytes is cut off before it is buffered: close 1009.
     raw.ws.send(new Uint8Array(limits.maxFrameBytes + 1));
     assert.equal((await raw.waitClosed()).code, CloseCode.tooBig);
@@ -556,7 +540,10 @@ describe("interop gateway", () => {
     assert.equal(new Set(results.map((r) => Buffer.from(r.id).toString("hex"))).size, 200);
     await until("all 200 delivered", () => got.length >= 200, 30_000);
     await sleep(200);
-    assert.deepEqual(got, Array.from({ length: 200 }, (_, i) => `burst ${i}`));
+    assert.deepEqual(
+      got,
+      Array.from({ length: 200 }, (_, i) => `burst ${i}`),
+    );
     assert.equal(handledTwice, 0, "the client never hands the same seq to the handler twice");
     await bridge.close();
     await wa.close();

@@ -42,7 +42,10 @@ describe("group frames as protocol.md describes them", () => {
     assert.deepEqual(types, ["hello", "group.create", "ok", "group", "send", "group.add", "error"]);
     const event = decodeFrame(Buffer.from(hexLines[3]!, "hex")) as Extract<Frame, { t: "group" }>;
     assert.equal(event.change, "created");
-    assert.deepEqual(event.group.members.map((m) => m.admin), [true, false, false]);
+    assert.deepEqual(
+      event.group.members.map((m) => m.admin),
+      [true, false, false],
+    );
   });
 
   it("leaves version-1 frames unchanged: hello and welcome without features are still valid", () => {

@@ -110,14 +110,27 @@ describe("a file the homeserver will not give", () => {
     });
     const sent: OutboundMessage[] = [];
     const network = fakeNetwork({
-      getCapabilities: () => ({ text: { maxLength: 65536 }, media: { file: { mimetypes: ["*/*"], maxSize: 1024 * 1024 } }, replies: false, readReceipts: false, typing: false, deliveryReceipts: false }),
+      getCapabilities: () => ({
+        text: { maxLength: 65536 },
+        media: { file: { mimetypes: ["*/*"], maxSize: 1024 * 1024 } },
+        replies: false,
+        readReceipts: false,
+        typing: false,
+        deliveryReceipts: false,
+      }),
       ensureUser: async () => undefined,
       sendMessage: async (_user: string, _chat: unknown, message: OutboundMessage) => {
         sent.push(message);
         return { remoteId: `r${sent.length}`, timestamp: Date.now() };
       },
     });
-    const core = new BridgeCore(store, matrix, network, { thirdPartyDefault: true, permissions: new Permissions({ hs: "user" }), retryDelayMs: 1, maxRetryDelayMs: 2, mediaDownloadAttempts: attempts });
+    const core = new BridgeCore(store, matrix, network, {
+      thirdPartyDefault: true,
+      permissions: new Permissions({ hs: "user" }),
+      retryDelayMs: 1,
+      maxRetryDelayMs: 2,
+      mediaDownloadAttempts: attempts,
+    });
     return { core, store, downloads, notices, sent };
   }
 

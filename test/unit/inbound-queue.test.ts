@@ -30,7 +30,14 @@ function tempDb(): string {
 function fakeNetworkForChats(): NetworkConnector {
   let sent = 0;
   return fakeNetwork({
-    getCapabilities: () => ({ text: { maxLength: 65536 }, media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } }, replies: false, readReceipts: false, typing: false, deliveryReceipts: true }),
+    getCapabilities: () => ({
+      text: { maxLength: 65536 },
+      media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } },
+      replies: false,
+      readReceipts: false,
+      typing: false,
+      deliveryReceipts: true,
+    }),
     sendMessage: async () => ({ remoteId: `out${++sent}`, timestamp: Date.now() }),
     ensureUser: async () => undefined,
     getProfile: async (id) => ({ userId: id, displayName: `Contact ${id}`, avatar: null }),
@@ -105,8 +112,14 @@ describe("the durable inbound queue", () => {
     assert.equal(store.inbound.depth(), 20, "chat A's messages wait in the database");
     release();
     await until("chat A is through", () => hs.bodies(roomA).length === 21);
-    for (const [room, remote] of [[roomA, "+491"], [roomB, "+492"]]) {
-      assert.deepEqual(hs.bodies(room), Array.from({ length: 21 }, (_, n) => `${remote} says ${n}`));
+    for (const [room, remote] of [
+      [roomA, "+491"],
+      [roomB, "+492"],
+    ]) {
+      assert.deepEqual(
+        hs.bodies(room),
+        Array.from({ length: 21 }, (_, n) => `${remote} says ${n}`),
+      );
     }
     core.stop();
     store.close();
@@ -142,7 +155,10 @@ describe("the durable inbound queue", () => {
     // once it is on Matrix, the repeat was handled, and must not have been sent.
     await core.onMessage(USER, message("+491", 2));
     await until("the next message is on Matrix", () => hs.sent.length >= 2 && store.inbound.depth() === 0);
-    assert.deepEqual(hs.sent.map((s) => s.content.body), ["+491 says 1", "+491 says 2"]);
+    assert.deepEqual(
+      hs.sent.map((s) => s.content.body),
+      ["+491 says 1", "+491 says 2"],
+    );
     core.stop();
     store.close();
   });
@@ -183,7 +199,10 @@ describe("the durable inbound queue", () => {
     await until("the three are in the new room", () => reopened.roomId !== oldRoom && hs.bodies(store.portals.byChat("dm:+491", USER)?.roomId ?? "-").length === 3);
     const newRoom = store.portals.byChat("dm:+491", USER)!.roomId!;
     assert.notEqual(newRoom, oldRoom);
-    assert.deepEqual(hs.bodies(newRoom), [1, 2, 3].map((n) => `+491 says ${n}`));
+    assert.deepEqual(
+      hs.bodies(newRoom),
+      [1, 2, 3].map((n) => `+491 says ${n}`),
+    );
     // The send that was under way when the user left ends in the old room, which the user left.
     release();
     await until("the queue is empty", () => store.inbound.depth() === 0);
@@ -227,7 +246,10 @@ describe("the durable inbound queue", () => {
     const second = makeCore(file, hs2);
     await second.core.start();
     await until("the five are on Matrix", () => hs2.sent.length === 5);
-    assert.deepEqual(hs2.bodies("!room1:hs"), [1, 2, 3, 4, 5].map((n) => `+491 says ${n}`));
+    assert.deepEqual(
+      hs2.bodies("!room1:hs"),
+      [1, 2, 3, 4, 5].map((n) => `+491 says ${n}`),
+    );
     assert.deepEqual(
       hs2.sent.map((s) => s.opts.txnId),
       [1, 2, 3, 4, 5].map((n) => `in.1.+491-m${n}`),
@@ -247,13 +269,27 @@ describe("delivery status", () => {
     await until("the portal exists", () => store.inbound.depth() === 0 && hs.sent.length >= 1);
     const roomId = store.portals.byChat("dm:+491", USER)!.roomId!;
     const eventId = `$mine${n}`;
-    await core.onMatrixMessage({ event_id: eventId, room_id: roomId, sender: USER, type: "m.room.message", origin_server_ts: Date.now(), content: { msgtype: "m.text", body: `mine ${n}` } });
+    await core.onMatrixMessage({
+      event_id: eventId,
+      room_id: roomId,
+      sender: USER,
+      type: "m.room.message",
+      origin_server_ts: Date.now(),
+      content: { msgtype: "m.text", body: `mine ${n}` },
+    });
     return { eventId, roomId };
   }
   /** Another Matrix message in the room, through the same ordered queue: once the network has it, everything before it was handled. */
   async function barrier(core: BridgeCore, store: BridgeStore, roomId: string, tag: string): Promise<void> {
     const eventId = `$barrier-${tag}`;
-    await core.onMatrixMessage({ event_id: eventId, room_id: roomId, sender: USER, type: "m.room.message", origin_server_ts: Date.now(), content: { msgtype: "m.text", body: tag } });
+    await core.onMatrixMessage({
+      event_id: eventId,
+      room_id: roomId,
+      sender: USER,
+      type: "m.room.message",
+      origin_server_ts: Date.now(),
+      content: { msgtype: "m.text", body: tag },
+    });
     await until("the barrier message reached the network", () => store.messages.byEventId(eventId) !== undefined);
   }
   const statuses = (hs: FakeHomeserver, eventId: string) =>

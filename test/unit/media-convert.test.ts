@@ -54,7 +54,13 @@ describe("what a file is", () => {
   it("reads ffprobe's answer: pictures, videos (turned upright), sound, cover art", () => {
     assert.deepEqual(probe("png"), { container: "png_pipe", still: true, video: { codec: "png", width: 1280, height: 960 } });
     assert.equal(probe("jpeg").durationMs, undefined, "a still picture has no duration");
-    assert.deepEqual(probe("mp4"), { container: "mov,mp4,m4a,3gp,3g2,mj2", still: false, durationMs: 2000, video: { codec: "h264", width: 640, height: 480 }, audio: { codec: "aac" } });
+    assert.deepEqual(probe("mp4"), {
+      container: "mov,mp4,m4a,3gp,3g2,mj2",
+      still: false,
+      durationMs: 2000,
+      video: { codec: "h264", width: 640, height: 480 },
+      audio: { codec: "aac" },
+    });
     assert.deepEqual(probe("portraitPhoneVideo").video, { codec: "h264", width: 1080, height: 1920 });
     assert.equal(probe("mp3WithCover").video, undefined, "cover art is not a video");
     assert.equal(parseFfprobe({}), null);
@@ -117,7 +123,10 @@ describe("what a file is", () => {
     assert.equal(describeMedia({ kind: "image", filename: "a.jpg" }), "a photo (a.jpg)");
     assert.equal(describeMedia({ kind: "audio", filename: "b.mp3" }), "an audio file (b.mp3)");
     assert.equal(describeMedia({ kind: "voice", filename: "voice-message.ogg" }), "a voice message");
-    assert.deepEqual(mediaFailureNotice({ kind: "video", filename: "c.mp4" }, "the link expired"), { msgtype: "m.notice", body: "Sent a video (c.mp4) that could not be bridged: the link expired." });
+    assert.deepEqual(mediaFailureNotice({ kind: "video", filename: "c.mp4" }, "the link expired"), {
+      msgtype: "m.notice",
+      body: "Sent a video (c.mp4) that could not be bridged: the link expired.",
+    });
     assert.equal(notSentText({ kind: "file", filename: "d.bin" }, "it is too big"), "Your file (d.bin) was not sent: it is too big.");
   });
 });
@@ -143,7 +152,10 @@ describe("Matrix media events → network", () => {
 
   it("treats body as the file name when filename is absent or equal", () => {
     for (const extra of [{}, { filename: "report.pdf" }]) {
-      const content = matrixToRemote({ msgtype: "m.file", url: "mxc://hs/f", body: "report.pdf", info: { mimetype: "application/pdf", size: 10 }, ...extra }) as Extract<RemoteContent, { type: "media" }>;
+      const content = matrixToRemote({ msgtype: "m.file", url: "mxc://hs/f", body: "report.pdf", info: { mimetype: "application/pdf", size: 10 }, ...extra }) as Extract<
+        RemoteContent,
+        { type: "media" }
+      >;
       assert.equal(content.media.filename, "report.pdf");
       assert.equal(content.caption, undefined);
     }
@@ -159,7 +171,10 @@ describe("Matrix media events → network", () => {
       "org.matrix.msc3245.voice": {},
     }) as Extract<RemoteContent, { type: "media" }>;
     assert.deepEqual(content.media, { kind: "voice", mimetype: "audio/ogg", filename: "Voice message.ogg", size: 5000, durationMs: 2400, waveform: [0, 512, 1024] });
-    const plain = matrixToRemote({ msgtype: "m.audio", body: "song.mp3", url: "mxc://hs/s", info: { mimetype: "audio/mpeg", duration: 1000 } }) as Extract<RemoteContent, { type: "media" }>;
+    const plain = matrixToRemote({ msgtype: "m.audio", body: "song.mp3", url: "mxc://hs/s", info: { mimetype: "audio/mpeg", duration: 1000 } }) as Extract<
+      RemoteContent,
+      { type: "media" }
+    >;
     assert.equal(plain.media.kind, "audio");
     assert.equal(plain.media.waveform, undefined);
   });
@@ -176,7 +191,17 @@ describe("Matrix media events → network", () => {
     assert.deepEqual(parseMxc("mxc://example.org/abc_D-9"), { serverName: "example.org", mediaId: "abc_D-9" });
     assert.deepEqual(parseMxc("mxc://[::1]:8448/x"), { serverName: "[::1]:8448", mediaId: "x" });
     assert.deepEqual(parseMxc("mxc://127.0.0.1:8008/x"), { serverName: "127.0.0.1:8008", mediaId: "x" });
-    for (const bad of ["mxc://ser ver/id", "mxc://localhost/../../etc/passwd", "mxc://hs/a.b", "mxc://hs/a%2F", "mxc://hs/", "mxc:///id", "mxc://hs:port/x", "mxc://hs/x?y", "MXC://hs/x"]) {
+    for (const bad of [
+      "mxc://ser ver/id",
+      "mxc://localhost/../../etc/passwd",
+      "mxc://hs/a.b",
+      "mxc://hs/a%2F",
+      "mxc://hs/",
+      "mxc:///id",
+      "mxc://hs:port/x",
+      "mxc://hs/x?y",
+      "MXC://hs/x",
+    ]) {
       assert.equal(parseMxc(bad), null, bad);
       assert.equal((matrixToRemote({ msgtype: "m.file", body: "f", url: bad }) as { reason?: string }).reason, "the attachment's URL is not an mxc:// URI", bad);
     }
@@ -215,9 +240,23 @@ describe("network media → Matrix events", () => {
   });
 
   it("builds m.video, m.audio, voice messages and m.file", () => {
-    const video = remoteMediaToMatrix({ media: { kind: "video", mimetype: "video/mp4", filename: "clip.mp4", width: 640, height: 480, durationMs: 2000 }, mxc: "mxc://hs/v", size: 99 });
-    assert.deepEqual(video, { msgtype: "m.video", body: "clip.mp4", filename: "clip.mp4", url: "mxc://hs/v", info: { mimetype: "video/mp4", size: 99, w: 640, h: 480, duration: 2000 } });
-    const voice = remoteMediaToMatrix({ media: { kind: "voice", mimetype: "audio/ogg; codecs=opus", filename: "voice-message.ogg", durationMs: 3007, waveform: [1024, 20] }, mxc: "mxc://hs/a", size: 7 });
+    const video = remoteMediaToMatrix({
+      media: { kind: "video", mimetype: "video/mp4", filename: "clip.mp4", width: 640, height: 480, durationMs: 2000 },
+      mxc: "mxc://hs/v",
+      size: 99,
+    });
+    assert.deepEqual(video, {
+      msgtype: "m.video",
+      body: "clip.mp4",
+      filename: "clip.mp4",
+      url: "mxc://hs/v",
+      info: { mimetype: "video/mp4", size: 99, w: 640, h: 480, duration: 2000 },
+    });
+    const voice = remoteMediaToMatrix({
+      media: { kind: "voice", mimetype: "audio/ogg; codecs=opus", filename: "voice-message.ogg", durationMs: 3007, waveform: [1024, 20] },
+      mxc: "mxc://hs/a",
+      size: 7,
+    });
     assert.deepEqual(voice, {
       msgtype: "m.audio",
       body: "voice-message.ogg",
@@ -230,7 +269,12 @@ describe("network media → Matrix events", () => {
     const audio = remoteMediaToMatrix({ media: { kind: "audio", mimetype: "audio/mpeg", filename: "a.mp3", durationMs: 5 }, mxc: "mxc://hs/m", size: 3 });
     assert.equal(audio.msgtype, "m.audio");
     assert.equal("org.matrix.msc3245.voice" in audio, false);
-    const file = remoteMediaToMatrix({ media: { kind: "file", mimetype: "application/pdf", filename: "r.pdf", width: 5, height: 5 }, mxc: "mxc://hs/f", size: 591, caption: "plain caption" });
+    const file = remoteMediaToMatrix({
+      media: { kind: "file", mimetype: "application/pdf", filename: "r.pdf", width: 5, height: 5 },
+      mxc: "mxc://hs/f",
+      size: 591,
+      caption: "plain caption",
+    });
     assert.deepEqual(file, { msgtype: "m.file", body: "plain caption", filename: "r.pdf", url: "mxc://hs/f", info: { mimetype: "application/pdf", size: 591 } });
   });
 });

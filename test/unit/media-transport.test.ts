@@ -182,7 +182,10 @@ describe("media transport", () => {
     assert.equal(unlisted.code, "host_not_allowed");
     assert.throws(() => checkBlobRef({ ...refOf(blob), url: "http://media.whatsapp.example/x" }, { maxBytes: 1e9, allowedHosts: ["*"] }), /not HTTPS/);
     assert.throws(() => checkBlobRef({ ...refOf(blob), url: "https://user:pw@media.whatsapp.example/x" }, { maxBytes: 1e9, allowedHosts: ["*"] }), /credentials/);
-    assert.ok(checkBlobRef({ ...refOf(blob), url: "https://media.whatsapp.example:8443/x" }, { maxBytes: 1e9, allowedHosts: ["media.whatsapp.example"] }), "a host entry without a port allows any port");
+    assert.ok(
+      checkBlobRef({ ...refOf(blob), url: "https://media.whatsapp.example:8443/x" }, { maxBytes: 1e9, allowedHosts: ["media.whatsapp.example"] }),
+      "a host entry without a port allows any port",
+    );
     assert.equal(requests, before, "no request was made");
   });
 
@@ -207,7 +210,7 @@ describe("media transport", () => {
     const expired = await host.host(plainFile, { expiresAt: Date.now() - 1 });
     const alive = await host.host(plainFile);
     const token = (b: HostedBlob) => b.url.slice(b.url.lastIndexOf("/") + 1);
-    assert.ok(await host.sweep() >= 1);
+    assert.ok((await host.sweep()) >= 1);
     assert.equal(store.hostedMedia.get(token(expired)), undefined);
     assert.equal(fs.existsSync(path.join(dir, "blobs", token(expired))), false, "the file is gone");
     assert.ok(store.hostedMedia.get(token(alive)));

@@ -170,8 +170,7 @@ test("newAttachment with a caption sends processAll [media, markdown caption]", 
 });
 
 test("builders refuse bad arguments with MimiError INVALID_ARGUMENT", () => {
-  const refused = (fn: () => unknown, field: RegExp) =>
-    assert.throws(fn, (e: unknown) => e instanceof MimiError && e.code === "INVALID_ARGUMENT" && field.test(e.message));
+  const refused = (fn: () => unknown, field: RegExp) => assert.throws(fn, (e: unknown) => e instanceof MimiError && e.code === "INVALID_ARGUMENT" && field.test(e.message));
   refused(() => newReaction({ sender: ALICE, room: ROOM, target: new Uint8Array(31), emoji: "👍" }), /^target: expected 32 bytes/);
   refused(() => newReaction({ sender: ALICE, room: ROOM, target: ORIGINAL_ID, emoji: "" }), /^emoji:/);
   refused(() => newEdit({ sender: ALICE, room: ROOM, replaces: undefined as unknown as Uint8Array, markdown: "x" }), /^replaces:/);
@@ -206,7 +205,10 @@ test("messageIdOf is null without sender or room URI; mimiToJson then prints nul
   assert.equal(messageIdOf(anonymous), null);
   assert.equal(mimiToJson(anonymous).messageId, null);
   roundTrips(anonymous);
-  assert.throws(() => computeMessageId(ALICE, ROOM, unhex("a0")), (e: unknown) => e instanceof MimiError && e.code === "INVALID_ARGUMENT");
+  assert.throws(
+    () => computeMessageId(ALICE, ROOM, unhex("a0")),
+    (e: unknown) => e instanceof MimiError && e.code === "INVALID_ARGUMENT",
+  );
 });
 
 // A valid message as the CBOR value tree, for mutating one field at a time.
@@ -269,7 +271,10 @@ test("malformed CBOR is refused", () => {
   // "language" as text with an invalid UTF-8 sequence (c3 28).
   const bad = Buffer.from(hex(withBody([1, "ab", 0])).replace("626162", "62c328"), "hex");
   refuses(new Uint8Array(bad), "MALFORMED_CBOR", /utf-8/i);
-  assert.throws(() => decodeMimi("87" as unknown as Uint8Array), (e: unknown) => e instanceof MimiError && e.code === "INVALID_ARGUMENT");
+  assert.throws(
+    () => decodeMimi("87" as unknown as Uint8Array),
+    (e: unknown) => e instanceof MimiError && e.code === "INVALID_ARGUMENT",
+  );
 });
 
 test("non-deterministic encodings are refused", () => {
@@ -378,7 +383,13 @@ test("wrong body parts are refused with the part path named", () => {
 test("unknown extensions are kept byte for byte, through CBOR and JSON", () => {
   const w = wireMessage();
   const ext = w[5] as Map<number | string, unknown>;
-  ext.set(3, [1, new Map<unknown, unknown>([["a", new Uint8Array([0])], [-2, null]])]);
+  ext.set(3, [
+    1,
+    new Map<unknown, unknown>([
+      ["a", new Uint8Array([0])],
+      [-2, null],
+    ]),
+  ]);
   ext.set(-5, 1.5);
   ext.set("x-vendor", new Tag(32, "https://example.com/"));
   ext.set(0, undefined);
@@ -406,13 +417,30 @@ test("encodeMimi refuses models that break the draft's rules", () => {
   refusedModel({ ...base, body: { ...base.body, cardinality: "double" } }, "INVALID_MESSAGE", /^body\.cardinality:/);
   refusedModel({ ...base, body: { disposition: 1, language: "", cardinality: "multi", partSemantics: "any", parts: [] } }, "INVALID_MESSAGE", /^body\.partSemantics:/);
   refusedModel({ ...base, body: { ...base.body, contentType: "text/\udc00" } }, "INVALID_MESSAGE", /^body\.contentType: contains an unpaired surrogate/);
-  refusedModel({ ...base, extensions: { ...base.extensions, unknown: [{ key: 1, encodedValue: unhex("01") }] } }, "INVALID_MESSAGE", /^extensions\.unknown\[0\]\.key: key 1 is senderUri/);
   refusedModel(
-    { ...base, extensions: { ...base.extensions, unknown: [{ key: 9, encodedValue: unhex("01") }, { key: 9, encodedValue: unhex("02") }] } },
+    { ...base, extensions: { ...base.extensions, unknown: [{ key: 1, encodedValue: unhex("01") }] } },
+    "INVALID_MESSAGE",
+    /^extensions\.unknown\[0\]\.key: key 1 is senderUri/,
+  );
+  refusedModel(
+    {
+      ...base,
+      extensions: {
+        ...base.extensions,
+        unknown: [
+          { key: 9, encodedValue: unhex("01") },
+          { key: 9, encodedValue: unhex("02") },
+        ],
+      },
+    },
     "INVALID_MESSAGE",
     /^extensions\.unknown\[1\]\.key: duplicate/,
   );
-  refusedModel({ ...base, extensions: { ...base.extensions, unknown: [{ key: 9, encodedValue: unhex("1817") }] } }, "NOT_DETERMINISTIC", /^extensions\.unknown\[0\]\.encodedValue:/);
+  refusedModel(
+    { ...base, extensions: { ...base.extensions, unknown: [{ key: 9, encodedValue: unhex("1817") }] } },
+    "NOT_DETERMINISTIC",
+    /^extensions\.unknown\[0\]\.encodedValue:/,
+  );
   refusedModel({ ...base, extensions: { ...base.extensions, unknown: [{ key: 9, encodedValue: unhex("0101") }] } }, "MALFORMED_CBOR", /trailing bytes/);
   refusedModel({ ...base, extensions: { ...base.extensions, unknown: [{ key: 9, encodedValue: new Uint8Array(0) }] } }, "INVALID_MESSAGE", /no bytes/);
   // A Buffer (Uint8Array subclass) is accepted and encoded as a plain byte string.
@@ -444,7 +472,10 @@ test("mimiFromJson refuses bad JSON with the field path", () => {
   refusedJson((j) => (j.extensions.unknown = [{ key: 7, cbor: "1817" }]), /^extensions\.unknown\[0\]\.cbor: not deterministic/);
   refusedJson((j) => (j.extensions.unknown = [{ key: true, cbor: "01" }]), /^extensions\.unknown\[0\]\.key: expected an integer or a string/);
   refusedJson((j) => (j.messageId = "xyz"), /^messageId: expected lowercase hex/);
-  assert.throws(() => mimiFromJson([]), (e: unknown) => e instanceof MimiError && /expected an object/.test(e.message));
+  assert.throws(
+    () => mimiFromJson([]),
+    (e: unknown) => e instanceof MimiError && /expected an object/.test(e.message),
+  );
 
   // Hand-written JSON may give contentText alone and leave out messageId and extensions.unknown.
   const hand = JSON.parse(JSON.stringify(good));

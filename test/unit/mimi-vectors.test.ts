@@ -44,15 +44,16 @@ class Collector extends Writable {
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
 test("the MIMI vectors folder exists and holds examples", () => {
-  assert.ok(
-    existsSync(vectorsDir),
-    `MIMI vectors not found at ${vectorsDir}; set MIMI_VECTORS_DIR or restore ../shared/vectors/mimi next to the repository`,
-  );
+  assert.ok(existsSync(vectorsDir), `MIMI vectors not found at ${vectorsDir}; set MIMI_VECTORS_DIR or restore ../shared/vectors/mimi next to the repository`);
   const cbors = readdirSync(vectorsDir).filter((f) => f.endsWith(".cbor"));
   assert.ok(cbors.length > 0, `no .cbor files in ${vectorsDir}`);
 });
 
-const vectorFiles = existsSync(vectorsDir) ? readdirSync(vectorsDir).filter((f) => f.endsWith(".cbor")).sort() : [];
+const vectorFiles = existsSync(vectorsDir)
+  ? readdirSync(vectorsDir)
+      .filter((f) => f.endsWith(".cbor"))
+      .sort()
+  : [];
 
 for (const file of vectorFiles) {
   const name = file.slice(0, -".cbor".length);

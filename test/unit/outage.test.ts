@@ -59,7 +59,10 @@ describe("the homeserver link", () => {
     assert.equal(link.health.snapshot().held, 5);
     await serve(port);
     const answers = await Promise.all(requests);
-    assert.deepEqual(answers.map((a: { path: string }) => a.path), [1, 2, 3, 4, 5].map((n) => `/_matrix/client/v3/x/${n}`));
+    assert.deepEqual(
+      answers.map((a: { path: string }) => a.path),
+      [1, 2, 3, 4, 5].map((n) => `/_matrix/client/v3/x/${n}`),
+    );
     assert.equal(link.health.snapshot().state, "up");
     assert.equal(link.health.snapshot().outages, 1);
     assert.deepEqual(
@@ -86,7 +89,10 @@ describe("the homeserver link", () => {
     });
     servers.push(server);
     await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", () => resolve()));
-    await assert.rejects(doHttpRequest(`http://127.0.0.1:${port}`, "POST", "/_matrix/client/v1/appservice/x/ping", null, {}), (err: { errcode?: string }) => err.errcode === "M_CONNECTION_FAILED");
+    await assert.rejects(
+      doHttpRequest(`http://127.0.0.1:${port}`, "POST", "/_matrix/client/v1/appservice/x/ping", null, {}),
+      (err: { errcode?: string }) => err.errcode === "M_CONNECTION_FAILED",
+    );
     assert.equal(link.health.snapshot().outages, 0, "a Matrix error is an answer, not an outage");
     assert.deepEqual(await doHttpRequest(`http://127.0.0.1:${port}`, "GET", "/_matrix/client/v3/x"), { ok: true });
     assert.equal(link.health.snapshot().outages, 1, "the proxy's 502s were one outage, waited out");

@@ -2,17 +2,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { encode as cborEncode } from "cbor2";
 import { encodeMimi, newTextMessage, type MimiMessage } from "../../src/protocol/mimi.js";
-import {
-  MAX_READ_IDS,
-  PayloadError,
-  decodePayload,
-  encodePayload,
-  isSticker,
-  waKindOf,
-  withWaKind,
-  type Payload,
-  type PayloadErrorCode,
-} from "../../src/protocol/payload.js";
+import { MAX_READ_IDS, PayloadError, decodePayload, encodePayload, isSticker, waKindOf, withWaKind, type Payload, type PayloadErrorCode } from "../../src/protocol/payload.js";
 
 const SENDER = "mimi://whatsapp.example/u/+4915123456789";
 const ROOM = "mimi://whatsapp.example/r/dm-00112233445566778899aabbccddeeff";

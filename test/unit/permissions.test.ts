@@ -24,7 +24,7 @@ test("the most specific rule decides: user id, then server, then everyone", () =
 });
 
 test("without a matching rule nobody may use the bridge; malformed ids never match", () => {
-  const p = new Permissions({ "localhost": "user", "@admin:localhost": "admin" });
+  const p = new Permissions({ localhost: "user", "@admin:localhost": "admin" });
   assert.equal(p.mayUse("@alice:localhost"), true);
   assert.equal(p.mayUse("@alice:localhost:8448"), false, "a port makes it another server name");
   assert.equal(p.mayUse("@eve:evil.example"), false);

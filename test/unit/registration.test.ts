@@ -10,7 +10,13 @@ const config = () =>
     homeserver: { url: "http://hs:8008", domain: "hs.example" },
     appservice: { port: 1234 },
     database: { path: "/tmp/x.db" },
-    network: { gateway_url: "ws://gw/v1", provider_domain: "m.hs", provider_secret: "provider-secret-0123456789", home_domain: "wa.example", store_key: "store-key-0123456789abcdef" },
+    network: {
+      gateway_url: "ws://gw/v1",
+      provider_domain: "m.hs",
+      provider_secret: "provider-secret-0123456789",
+      home_domain: "wa.example",
+      store_key: "store-key-0123456789abcdef",
+    },
   });
 
 test("a fresh registration passes; its sender is random and not the bot, the bot is in the exclusive namespace", () => {
@@ -26,7 +32,10 @@ test("a registration from an earlier version (sender = the bot) keeps working, w
   reg.setSenderLocalpart("interopbot");
   const checked = checkRegistration(reg, config(), "reg.yaml");
   assert.equal(checked.error, undefined);
-  assert.match(checked.warning!, /^reg\.yaml: sender_localpart is the bot's own localpart "interopbot" .*set sender_localpart to a random string .* or regenerate the file with -r/);
+  assert.match(
+    checked.warning!,
+    /^reg\.yaml: sender_localpart is the bot's own localpart "interopbot" .*set sender_localpart to a random string .* or regenerate the file with -r/,
+  );
   assert.ok(!checked.warning!.includes("\n"), "one line");
 });
 
@@ -34,11 +43,17 @@ test("placeholder or missing tokens, and a namespace without the bot, are refuse
   const fresh = () => fillRegistration(new AppServiceRegistration("http://127.0.0.1:1"), config(), "http://127.0.0.1:1");
   const template = fresh();
   template.setAppServiceToken("CHANGE-ME-generate-with-r");
-  assert.match(checkRegistration(template, config(), "registration.yaml").error!, /^registration\.yaml: as_token is a placeholder \(the repository's template\); generate it with: matrix-interop-bridge -r /);
+  assert.match(
+    checkRegistration(template, config(), "registration.yaml").error!,
+    /^registration\.yaml: as_token is a placeholder \(the repository's template\); generate it with: matrix-interop-bridge -r /,
+  );
   const hs = fresh();
   hs.setHomeserverToken("short");
   assert.match(checkRegistration(hs, config(), "r.yaml").error!, /^r\.yaml: hs_token is a placeholder/);
   const otherBot = config();
   otherBot.appservice.bot.localpart = "otherbot";
-  assert.match(checkRegistration(fresh(), otherBot, "r.yaml").error!, /^r\.yaml: its exclusive user namespace does not contain the bot @otherbot:hs\.example \(appservice\.bot\.localpart\)/);
+  assert.match(
+    checkRegistration(fresh(), otherBot, "r.yaml").error!,
+    /^r\.yaml: its exclusive user namespace does not contain the bot @otherbot:hs\.example \(appservice\.bot\.localpart\)/,
+  );
 });

@@ -1,13 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import {
-  EncryptedRecordStore,
-  MemoryRecordStore,
-  SignalLayerError,
-  deriveStoreKey,
-  type SignalLayerErrorCode,
-} from "../../src/protocol/signal.js";
+import { EncryptedRecordStore, MemoryRecordStore, SignalLayerError, deriveStoreKey, type SignalLayerErrorCode } from "../../src/protocol/signal.js";
 
 const isCode = (code: SignalLayerErrorCode) => (err: unknown) => {
   assert.ok(err instanceof SignalLayerError, `expected SignalLayerError, got ${String(err)}`);

@@ -129,8 +129,7 @@ describe("SignalParty messaging", () => {
       const innerA = new MemoryRecordStore();
       const innerB = new MemoryRecordStore();
       const key = randomBytes(32);
-      const wrap = (inner: MemoryRecordStore): SignalRecordStore =>
-        variant === "plain" ? inner : new EncryptedRecordStore(inner, key);
+      const wrap = (inner: MemoryRecordStore): SignalRecordStore => (variant === "plain" ? inner : new EncryptedRecordStore(inner, key));
       const { alice, bob } = await pair(wrap(innerA), wrap(innerB));
       await send(alice, bob, "before restart");
       const inFlight = await alice.encrypt(BOB, bytes("sent just before the restart"), noFetch);
@@ -177,10 +176,7 @@ describe("SignalParty messaging", () => {
     dir.publish(alice);
     dir.publish(bob);
 
-    const [fromAlice, fromBob] = await Promise.all([
-      alice.encrypt(BOB, bytes("alice first"), dir.fetcher(BOB)),
-      bob.encrypt(ALICE, bytes("bob first"), dir.fetcher(ALICE)),
-    ]);
+    const [fromAlice, fromBob] = await Promise.all([alice.encrypt(BOB, bytes("alice first"), dir.fetcher(BOB)), bob.encrypt(ALICE, bytes("bob first"), dir.fetcher(ALICE))]);
     assert.equal(fromAlice.type, SignalMessageType.PreKey);
     assert.equal(fromBob.type, SignalMessageType.PreKey);
     assert.equal(text(await alice.decrypt(BOB, fromBob)), "bob first");
@@ -202,18 +198,22 @@ describe("SignalParty messaging", () => {
     const bob = SignalParty.open(BOB, new MemoryRecordStore());
     dir.publish(bob);
 
-    const sent = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => alice.encrypt(BOB, bytes(`burst ${i}`), dir.fetcher(BOB))),
-    );
+    const sent = await Promise.all(Array.from({ length: 20 }, (_, i) => alice.encrypt(BOB, bytes(`burst ${i}`), dir.fetcher(BOB))));
     assert.equal(dir.fetches, 1, "only the first encrypt may fetch a bundle");
     const received = await Promise.all(sent.map((m) => bob.decrypt(ALICE, m)));
-    assert.deepEqual(received.map(text), sent.map((_, i) => `burst ${i}`));
+    assert.deepEqual(
+      received.map(text),
+      sent.map((_, i) => `burst ${i}`),
+    );
 
     const replies: SignalCiphertext[] = [];
     for (let i = 0; i < 10; i++) replies.push(await bob.encrypt(ALICE, bytes(`reply ${i}`), noFetch));
     const order = [7, 2, 9, 0, 5, 1, 8, 3, 6, 4];
     const decrypted = await Promise.all(order.map((i) => alice.decrypt(BOB, replies[i]!)));
-    assert.deepEqual(decrypted.map(text), order.map((i) => `reply ${i}`));
+    assert.deepEqual(
+      decrypted.map(text),
+      order.map((i) => `reply ${i}`),
+    );
   });
 });
 
@@ -370,7 +370,10 @@ describe("SignalParty prekeys", () => {
       { ...good, kyberPreKey: { ...good.kyberPreKey, publicKey: good.kyberPreKey.publicKey.subarray(0, 100) } },
     ];
     for (const bundle of bad) {
-      await rejectsWith(alice.encrypt(BOB, bytes("x"), async () => bundle), "bad_bundle");
+      await rejectsWith(
+        alice.encrypt(BOB, bytes("x"), async () => bundle),
+        "bad_bundle",
+      );
       assert.equal(alice.hasSession(BOB), false);
     }
     await assert.rejects(
@@ -398,10 +401,7 @@ describe("SignalParty errors and forgetting", () => {
     await rejectsWith(bob.decrypt(ALICE, { type: 7, body: valid.body }), "bad_message");
     await rejectsWith(bob.decrypt(ALICE, { type: SignalMessageType.Whisper, body: tampered }), "bad_message");
     await rejectsWith(bob.decrypt(ALICE, { type: SignalMessageType.PreKey, body: valid.body }), "bad_message");
-    await rejectsWith(
-      bob.decrypt(ALICE, { type: SignalMessageType.Whisper, body: "nope" as unknown as Uint8Array }),
-      "bad_message",
-    );
+    await rejectsWith(bob.decrypt(ALICE, { type: SignalMessageType.Whisper, body: "nope" as unknown as Uint8Array }), "bad_message");
     await rejectsWith(bob.decrypt(CAROL, valid), "no_session");
 
     assert.equal(text(await bob.decrypt(ALICE, valid)), "the real one");
@@ -416,10 +416,16 @@ describe("SignalParty errors and forgetting", () => {
     const bobRecords = shared.entries().filter(([ns]) => ns !== aliceNs);
 
     await alice.forget();
-    assert.deepEqual(shared.entries().filter(([ns]) => ns === aliceNs), []);
+    assert.deepEqual(
+      shared.entries().filter(([ns]) => ns === aliceNs),
+      [],
+    );
     assert.deepEqual(shared.entries(), bobRecords, "Bob's records are untouched");
     await rejectsWith(alice.encrypt(BOB, bytes("x"), noFetch), "forgotten");
-    assert.throws(() => alice.prepareKeys(), (err: unknown) => err instanceof SignalLayerError && err.code === "forgotten");
+    assert.throws(
+      () => alice.prepareKeys(),
+      (err: unknown) => err instanceof SignalLayerError && err.code === "forgotten",
+    );
 
     const reborn = SignalParty.open(ALICE, shared);
     assert.notDeepEqual(reborn.identityKey, alice.identityKey, "a forgotten party starts from scratch");

@@ -60,7 +60,12 @@ describe("groups in the simulator", () => {
     await bridge.connect();
     await endpoint.addUser(alice, { displayName: "Alice" });
     await bridge.enlist(userUri(THIRD, CAROL), "Carol", { thirdPartyChats: false });
-    for (const [phone, name] of [[ANA, "Ana"], [BEN, "Ben"], [CEM, "Cem"]]) await cli("user", "add", phone!, "--name", name!);
+    for (const [phone, name] of [
+      [ANA, "Ana"],
+      [BEN, "Ben"],
+      [CEM, "Cem"],
+    ])
+      await cli("user", "add", phone!, "--name", name!);
     await cli("user", "add", DORA, "--name", "Dora", "--third-party", "off");
   });
 
@@ -85,7 +90,10 @@ describe("groups in the simulator", () => {
     }
     await until("alice's created event", () => groupEvents.some((g) => g.room === room && g.change === "created"));
     assert.equal(groupEvents.find((g) => g.room === room)!.group.topic, "June");
-    assert.deepEqual((await inbox(DORA)).filter((e) => e.kind === "group"), []);
+    assert.deepEqual(
+      (await inbox(DORA)).filter((e) => e.kind === "group"),
+      [],
+    );
   });
 
   it("sends to the group: every other member gets it once, with room and sender", async () => {
@@ -163,8 +171,19 @@ describe("groups in the simulator", () => {
     assert.deepEqual(await cli("group", "list", CEM), ["(no groups)"]);
     // What is left of the group still works.
     await cli("send", ANA, room, "just us now");
-    await until("alice's copy", () => received.some((r) => r.room === room && r.payload.kind === "content" && decodeMimi(r.payload.mimi).body.cardinality === "single" && Buffer.from((decodeMimi(r.payload.mimi).body as { content: Uint8Array }).content).toString() === "just us now"));
+    await until("alice's copy", () =>
+      received.some(
+        (r) =>
+          r.room === room &&
+          r.payload.kind === "content" &&
+          decodeMimi(r.payload.mimi).body.cardinality === "single" &&
+          Buffer.from((decodeMimi(r.payload.mimi).body as { content: Uint8Array }).content).toString() === "just us now",
+      ),
+    );
     const lines = await cli("inbox", BEN);
-    assert.ok(lines.some((l) => / \+4915100000002 in "Trip 2026" \(g-[0-9a-f]{8}…\) left$/.test(l)), lines.join("\n"));
+    assert.ok(
+      lines.some((l) => / \+4915100000002 in "Trip 2026" \(g-[0-9a-f]{8}…\) left$/.test(l)),
+      lines.join("\n"),
+    );
   });
 });

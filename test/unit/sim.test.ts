@@ -109,13 +109,20 @@ describe("the WhatsApp simulator", () => {
     gw = new GatewayProcess({ dbPath: path.join(dir, "gateway.db"), recordPath: path.join(dir, "frames.log"), homeProvider: HOME, providers: SECRETS });
     await gw.start(0);
     sim = new SimProcess([
-      "--gateway", gw.url,
-      "--provider", HOME,
-      "--secret", SECRETS[HOME],
-      "--port", "0",
-      "--db", path.join(dir, "sim.db"),
-      "--media-dir", path.join(dir, "media"),
-      "--matrix-provider", THIRD,
+      "--gateway",
+      gw.url,
+      "--provider",
+      HOME,
+      "--secret",
+      SECRETS[HOME],
+      "--port",
+      "0",
+      "--db",
+      path.join(dir, "sim.db"),
+      "--media-dir",
+      path.join(dir, "media"),
+      "--matrix-provider",
+      THIRD,
     ]);
     await sim.start();
     matrix = new MatrixSide(gw);
@@ -199,7 +206,10 @@ describe("the WhatsApp simulator", () => {
     assert.equal(entry.fromId, ALICE_MXID);
     assert.equal(entry.id, id);
     const all = await sim.ok<Entry[]>("GET", `${phonePath}/inbox?after=0`);
-    assert.deepEqual(all.map((e) => e.n), all.map((_, i) => i + 1));
+    assert.deepEqual(
+      all.map((e) => e.n),
+      all.map((_, i) => i + 1),
+    );
     assert.deepEqual(await sim.ok("GET", `${phonePath}/inbox/wait?after=${all.length}&timeoutMs=50`), []);
   });
 
@@ -221,7 +231,9 @@ describe("the WhatsApp simulator", () => {
     assert.equal(Buffer.from(unlike.message.replaces!).toString("hex"), thumbs.id, "the withdrawal replaces the reaction");
     await matrix.waitForMessage((m) => target(m, "replaces") && textOf(m) === "worked on");
     await matrix.waitForMessage((m) => target(m, "replaces") && m.body.cardinality === "null");
-    const stickerMsg = await matrix.waitForMessage((m, ev) => isSticker(m) && Buffer.from(computeMessageId(ev.from, ev.room, (ev.payload as { mimi: Uint8Array }).mimi)).toString("hex") === sticker.id);
+    const stickerMsg = await matrix.waitForMessage(
+      (m, ev) => isSticker(m) && Buffer.from(computeMessageId(ev.from, ev.room, (ev.payload as { mimi: Uint8Array }).mimi)).toString("hex") === sticker.id,
+    );
     assert.equal(stickerMsg.message.body.cardinality, "single");
     const webp = Buffer.from((stickerMsg.message.body as { content: Uint8Array }).content);
     assert.equal(webp.subarray(0, 4).toString("ascii"), "RIFF");
@@ -234,7 +246,10 @@ describe("the WhatsApp simulator", () => {
 
   it("broadcasts a status update to the Matrix users it chatted with", async () => {
     const r = await sim.ok<{ sent: Array<{ to: string; id: string }>; failed: unknown[] }>("POST", `${phonePath}/status`, { text: "at the beach" });
-    assert.deepEqual(r.sent.map((s) => s.to), [alice]);
+    assert.deepEqual(
+      r.sent.map((s) => s.to),
+      [alice],
+    );
     assert.deepEqual(r.failed, []);
     const status = await matrix.waitForMessage((m, ev) => ev.payload.kind === "status" && textOf(m) === "at the beach");
     assert.equal(status.ev.payload.kind, "status");
@@ -275,7 +290,10 @@ describe("the WhatsApp simulator", () => {
     assert.ok(reply.id);
     // The inbox survived too, numbered on.
     const all = await sim.ok<Entry[]>("GET", `${phonePath}/inbox`);
-    assert.deepEqual(all.map((e) => e.n), all.map((_, i) => i + 1));
+    assert.deepEqual(
+      all.map((e) => e.n),
+      all.map((_, i) => i + 1),
+    );
     assert.equal(all.filter((e) => e.text === "sent while you were away").length, 1);
     // Both sides went on with the sessions they had: nobody fetched a new bundle.
     const fetchesAfter = gw.recordedFrames().filter((r) => r.direction === "in" && r.frame.t === "keys.fetch").length;
@@ -310,7 +328,9 @@ describe("the WhatsApp simulator", () => {
     try {
       const blob = await host.host(voice);
       const room = dmRoomUri(alice, wa, HOME);
-      const mimi = encodeMimi(mediaToMimi({ kind: "voice", mimetype: "audio/ogg; codecs=opus", filename: "v.ogg", durationMs: 1500, waveform: [0, 1024] }, undefined, blob, alice, room));
+      const mimi = encodeMimi(
+        mediaToMimi({ kind: "voice", mimetype: "audio/ogg; codecs=opus", filename: "v.ogg", durationMs: 1500, waveform: [0, 1024] }, undefined, blob, alice, room),
+      );
       await matrix.endpoint.send(alice, wa, room, { kind: "content", mimi }, new Uint8Array(randomBytes(16)));
       const entry = await sim.waitFor(PHONE, (e) => e.kind === "media" && e.filename === "v.ogg");
       assert.equal(entry.error, undefined);
@@ -371,7 +391,10 @@ describe("the WhatsApp simulator", () => {
     assert.equal(await runCli(["--api", sim.url, "user", "list"], io), 0);
     assert.match(lines.at(-1)!, /^\+4915123456789 {2}Ana B\. {2}third-party chats on$/);
     assert.equal(await runCli(["--api", sim.url, "inbox", PHONE, "--after", "0"], io), 0);
-    assert.ok(lines.some((l) => / @alice:matrix\.test \[[0-9a-f]{12}…\]: hello from \*\*Matrix\*\*$/.test(l)), lines.join("\n"));
+    assert.ok(
+      lines.some((l) => / @alice:matrix\.test \[[0-9a-f]{12}…\]: hello from \*\*Matrix\*\*$/.test(l)),
+      lines.join("\n"),
+    );
     assert.equal(formatEntry({ n: 3, kind: "typing", from: alice, fromId: ALICE_MXID, ts: 0, state: "on" }), "#3 1970-01-01 00:00:00Z @alice:matrix.test typing on");
 
     await runCli(["--api", sim.url, "settings", PHONE, "--third-party", "off"], io);

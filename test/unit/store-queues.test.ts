@@ -32,7 +32,11 @@ test("the inbound queue keeps one row per event, oldest first, per portal, and r
     { portalId: p1, receiver: "@a:hs", remoteId: "m1", kind: "message", payload: JSON.stringify({ text: "one" }), attempts: 0 },
   );
   assert.ok(next.createdAt >= before && next.createdAt <= Date.now());
-  assert.deepEqual(store.inbound.messagesOf(p1).map((i) => i.remoteId), ["m1", "m2"], "messages only, changes left out");
+  assert.deepEqual(
+    store.inbound.messagesOf(p1).map((i) => i.remoteId),
+    ["m1", "m2"],
+    "messages only, changes left out",
+  );
 
   store.inbound.recordFailure(next.seq);
   store.inbound.recordFailure(next.seq);
@@ -90,10 +94,13 @@ test("the outbound queue refuses an event it has processed, keeps order per port
   assert.equal(store.outbound.enqueue(a1, "$3", "@a:hs", { n: 3 }), true);
   assert.equal(store.outbound.enqueue(b1, "$4", "@b:hs", {}), true);
   const pending = store.outbound.pending(a1);
-  assert.deepEqual(pending.map((i) => [i.portalId, i.eventId, i.sender, i.payload, i.attempts]), [
-    [a1, "$1", "@a:hs", JSON.stringify({ body: "x" }), 0],
-    [a1, "$3", "@a:hs", JSON.stringify({ n: 3 }), 0],
-  ]);
+  assert.deepEqual(
+    pending.map((i) => [i.portalId, i.eventId, i.sender, i.payload, i.attempts]),
+    [
+      [a1, "$1", "@a:hs", JSON.stringify({ body: "x" }), 0],
+      [a1, "$3", "@a:hs", JSON.stringify({ n: 3 }), 0],
+    ],
+  );
   assert.ok(pending[0].seq < pending[1].seq);
   assert.ok(pending[0].createdAt > 0);
   assert.equal(store.outbound.depthForUser("@a:hs"), 2);
@@ -101,9 +108,15 @@ test("the outbound queue refuses an event it has processed, keeps order per port
   assert.equal(store.outbound.depthForUser("@c:hs"), 0);
   assert.equal(store.outbound.depth(), 3);
   store.outbound.recordFailure(pending[1].seq);
-  assert.deepEqual(store.outbound.pending(a1).map((i) => i.attempts), [0, 1]);
+  assert.deepEqual(
+    store.outbound.pending(a1).map((i) => i.attempts),
+    [0, 1],
+  );
   store.outbound.remove(pending[0].seq);
-  assert.deepEqual(store.outbound.pending(a1).map((i) => i.eventId), ["$3"]);
+  assert.deepEqual(
+    store.outbound.pending(a1).map((i) => i.eventId),
+    ["$3"],
+  );
   assert.deepEqual(store.outbound.portalsWithPending(), [a1, b1]);
   store.close();
 });
@@ -122,13 +135,22 @@ test("the appservice journal takes each event key once, hands entries out in ord
   assert.equal(store.journal.append([{ key: "$2", kind: "event", body: "{}" }]), 0);
   assert.equal(store.journal.append([{ key: "$3", kind: "event", body: body("!r2", "three") }]), 1);
   const pending = store.journal.pending();
-  assert.deepEqual(pending.map((e) => [e.kind, e.body, e.attempts]), [
-    ["event", body("!r1", "one"), 0],
-    ["ephemeral", JSON.stringify({ type: "m.typing" }), 0],
-    ["event", body("!r2", "three"), 0],
-  ]);
-  assert.deepEqual(store.journal.pending(pending[0].seq).map((e) => e.seq), [pending[1].seq, pending[2].seq]);
-  assert.deepEqual(store.journal.pending(0, 1).map((e) => e.seq), [pending[0].seq]);
+  assert.deepEqual(
+    pending.map((e) => [e.kind, e.body, e.attempts]),
+    [
+      ["event", body("!r1", "one"), 0],
+      ["ephemeral", JSON.stringify({ type: "m.typing" }), 0],
+      ["event", body("!r2", "three"), 0],
+    ],
+  );
+  assert.deepEqual(
+    store.journal.pending(pending[0].seq).map((e) => e.seq),
+    [pending[1].seq, pending[2].seq],
+  );
+  assert.deepEqual(
+    store.journal.pending(0, 1).map((e) => e.seq),
+    [pending[0].seq],
+  );
   assert.equal(store.journal.pendingCount(), 3);
 
   assert.equal(store.journal.recordAttempt(pending[0].seq), 1);
@@ -139,7 +161,11 @@ test("the appservice journal takes each event key once, hands entries out in ord
   store.journal.markDone(pending[1].seq);
   assert.equal(store.journal.pendingCount(), 1);
   const kept = store.db.prepare("SELECT seq, body FROM appservice_journal ORDER BY seq").all() as { seq: number; body: string | null }[];
-  assert.deepEqual(kept.map((r) => r.body), [JSON.stringify({ room_id: "!r1" }), null, body("!r2", "three")], "handled: cut to the room id, or nothing");
+  assert.deepEqual(
+    kept.map((r) => r.body),
+    [JSON.stringify({ room_id: "!r1" }), null, body("!r2", "three")],
+    "handled: cut to the room id, or nothing",
+  );
   assert.equal(store.journal.append([{ key: "$1", kind: "event", body: "{}" }]), 0, "a handled key is still refused");
 
   assert.equal(store.journal.prune(0), 0, "nothing handled before the epoch");
@@ -157,7 +183,10 @@ test("forgetting rooms drops their journal entries and Matrix sends, handled or 
   ]);
   store.journal.markDone(store.journal.pending()[0].seq);
   assert.equal(store.journal.forgetRooms(["!gone", "!gone2"]), 2);
-  assert.deepEqual(store.journal.pending().map((e) => JSON.parse(e.body).room_id), ["!stay"]);
+  assert.deepEqual(
+    store.journal.pending().map((e) => JSON.parse(e.body).room_id),
+    ["!stay"],
+  );
 
   store.matrixSends.begin("!gone", "t1", "@g:hs");
   store.matrixSends.begin("!gone", "t2", "@g:hs");
@@ -205,8 +234,15 @@ test("hosted media rows are replaced on a retry and expire at their time, oldest
   assert.equal(store.hostedMedia.get("zz"), undefined);
   assert.equal(store.hostedMedia.count(), 3);
   assert.deepEqual(store.hostedMedia.expired(99), []);
-  assert.deepEqual(store.hostedMedia.expired(200).map((r) => r.token), ["b", "c"], "at or before now");
-  assert.deepEqual(store.hostedMedia.expired(1000, 2).map((r) => r.token), ["b", "c"]);
+  assert.deepEqual(
+    store.hostedMedia.expired(200).map((r) => r.token),
+    ["b", "c"],
+    "at or before now",
+  );
+  assert.deepEqual(
+    store.hostedMedia.expired(1000, 2).map((r) => r.token),
+    ["b", "c"],
+  );
   assert.deepEqual(store.hostedMedia.expired(1000)[2], { token: "a", size: 11, expiresAt: 250, createdAt: 4 });
   store.hostedMedia.remove("b");
   assert.equal(store.hostedMedia.count(), 2);
@@ -237,7 +273,10 @@ test("Signal records belong to their owner: read, replaced, deleted one by one o
     }),
   );
   assert.equal(alice.get("x", "y"), undefined, "a failed transaction leaves nothing");
-  assert.equal(alice.transaction(() => 7), 7);
+  assert.equal(
+    alice.transaction(() => 7),
+    7,
+  );
   alice.deleteAll();
   assert.equal(alice.get("identity", "k"), undefined);
   assert.deepEqual(bob.get("session", "k"), new Uint8Array([9]));

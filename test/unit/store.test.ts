@@ -25,7 +25,10 @@ test("migrations bring an empty database to the latest schema", () => {
   const store = BridgeStore.open(tempDb());
   assert.equal(schemaVersion(store.db), LATEST_SCHEMA_VERSION);
   const recorded = store.db.prepare("SELECT version FROM schema_migrations ORDER BY version").all() as { version: number }[];
-  assert.deepEqual(recorded.map((r) => r.version), MIGRATIONS.map((m) => m.version));
+  assert.deepEqual(
+    recorded.map((r) => r.version),
+    MIGRATIONS.map((m) => m.version),
+  );
   store.close();
 });
 
@@ -52,7 +55,10 @@ test("a database with a newer schema is refused with a clear message", () => {
   const db = openDatabase(file);
   db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, 'from the future', 0)").run(LATEST_SCHEMA_VERSION + 1);
   db.close();
-  assert.throws(() => openDatabase(file), (err: Error) => err instanceof DatabaseError && /newer than this bridge knows/.test(err.message));
+  assert.throws(
+    () => openDatabase(file),
+    (err: Error) => err instanceof DatabaseError && /newer than this bridge knows/.test(err.message),
+  );
 });
 
 test("the database file is created readable by its owner only", () => {
@@ -80,9 +86,15 @@ test("the outbound queue takes an event once and keeps order", () => {
   assert.equal(store.outbound.enqueue(p.id, "$1", "@u:hs", { n: 1 }), true);
   assert.equal(store.outbound.enqueue(p.id, "$2", "@u:hs", { n: 2 }), true);
   assert.equal(store.outbound.enqueue(p.id, "$1", "@u:hs", { n: 1 }), false, "a redelivered event is not queued twice");
-  assert.deepEqual(store.outbound.pending(p.id).map((i) => i.eventId), ["$1", "$2"]);
+  assert.deepEqual(
+    store.outbound.pending(p.id).map((i) => i.eventId),
+    ["$1", "$2"],
+  );
   store.outbound.remove(store.outbound.pending(p.id)[0].seq);
-  assert.deepEqual(store.outbound.pending(p.id).map((i) => JSON.parse(i.payload).n), [2]);
+  assert.deepEqual(
+    store.outbound.pending(p.id).map((i) => JSON.parse(i.payload).n),
+    [2],
+  );
   assert.equal(store.outbound.enqueue(p.id, "$1", "@u:hs", { n: 1 }), false, "a sent event stays processed");
   assert.deepEqual(store.outbound.portalsWithPending(), [p.id]);
   store.close();
@@ -141,15 +153,26 @@ test("one reaction per sender and message: a new one replaces the old; deleting 
 test("read markers only move forward and pick the unread messages of the other side", () => {
   const store = BridgeStore.open(tempDb());
   const p = store.portals.getOrCreate("chat", "@u:hs", "dm", ["+49"]);
-  for (const [id, sender, ts] of [["a", "+49", 10], ["b", "@u:hs", 20], ["c", "+49", 30], ["d", "+49", 40]] as const) {
+  for (const [id, sender, ts] of [
+    ["a", "+49", 10],
+    ["b", "@u:hs", 20],
+    ["c", "+49", 30],
+    ["d", "+49", 40],
+  ] as const) {
     store.messages.insert({ portalId: p.id, remoteId: id, part: 0, eventId: `$${id}`, sender, timestamp: ts });
   }
   assert.equal(store.readMarkers.get(p.id), 0);
-  assert.deepEqual(store.messages.receivedBetween(p.id, "@u:hs", 0, 30, 10).map((m) => m.remoteId), ["a", "c"]);
+  assert.deepEqual(
+    store.messages.receivedBetween(p.id, "@u:hs", 0, 30, 10).map((m) => m.remoteId),
+    ["a", "c"],
+  );
   store.readMarkers.advance(p.id, 30);
   store.readMarkers.advance(p.id, 10);
   assert.equal(store.readMarkers.get(p.id), 30);
-  assert.deepEqual(store.messages.receivedBetween(p.id, "@u:hs", store.readMarkers.get(p.id), 100, 10).map((m) => m.remoteId), ["d"]);
+  assert.deepEqual(
+    store.messages.receivedBetween(p.id, "@u:hs", store.readMarkers.get(p.id), 100, 10).map((m) => m.remoteId),
+    ["d"],
+  );
   store.close();
 });
 
@@ -212,7 +235,11 @@ test("erasing a user deletes their settings, portals, message map, queue and ref
 
 test("forgetting rooms drops their Matrix sends and journaled events, handled or not, and no other room's", () => {
   const store = BridgeStore.open(tempDb());
-  const journaled = (room: string, key: string, kind: "event" | "ephemeral" = "event") => ({ key, kind, body: JSON.stringify({ event_id: key, room_id: room, type: "m.room.message" }) });
+  const journaled = (room: string, key: string, kind: "event" | "ephemeral" = "event") => ({
+    key,
+    kind,
+    body: JSON.stringify({ event_id: key, room_id: room, type: "m.room.message" }),
+  });
   store.journal.append([
     journaled("!gone:hs", "$handled"),
     journaled("!gone:hs", "$pending"),
@@ -222,7 +249,8 @@ test("forgetting rooms drops their Matrix sends and journaled events, handled or
     journaled("!stays:hs", "$other-pending"),
   ]);
   for (const entry of store.journal.pending()) if (!entry.body.includes("pending")) store.journal.markDone(entry.seq);
-  const kept = () => (store.db.prepare("SELECT event_key, body FROM appservice_journal ORDER BY seq").all() as { event_key: string; body: string | null }[]).map((r) => `${r.event_key} ${r.body}`);
+  const kept = () =>
+    (store.db.prepare("SELECT event_key, body FROM appservice_journal ORDER BY seq").all() as { event_key: string; body: string | null }[]).map((r) => `${r.event_key} ${r.body}`);
   assert.deepEqual(
     kept(),
     [

@@ -16,17 +16,31 @@ import { IDBDatabase as FakeDatabase, IDBFactory as FakeFactory, IDBKeyRange as 
 export type IdbKey = number | string | Date | ArrayBuffer | ArrayBufferView | IdbKey[];
 
 /** One committed change to an object store, in the order the transaction made it. */
-export type IdbWrite =
-  | { kind: "put"; store: string; key: IdbKey; value: unknown }
-  | { kind: "delete"; store: string; key: IdbKey }
-  | { kind: "clear"; store: string };
+export type IdbWrite = { kind: "put"; store: string; key: IdbKey; value: unknown } | { kind: "delete"; store: string; key: IdbKey } | { kind: "clear"; store: string };
 
-export interface IdbIndexSchema { name: string; keyPath: string | string[]; unique: boolean; multiEntry: boolean }
-export interface IdbStoreSchema { name: string; keyPath: string | string[] | null; autoIncrement: boolean; indexes: IdbIndexSchema[] }
-export interface IdbSchema { version: number; stores: IdbStoreSchema[] }
+export interface IdbIndexSchema {
+  name: string;
+  keyPath: string | string[];
+  unique: boolean;
+  multiEntry: boolean;
+}
+export interface IdbStoreSchema {
+  name: string;
+  keyPath: string | string[] | null;
+  autoIncrement: boolean;
+  indexes: IdbIndexSchema[];
+}
+export interface IdbSchema {
+  version: number;
+  stores: IdbStoreSchema[];
+}
 
 /** A database as the journal gives it back at start. */
-export interface StoredIdb { name: string; schema: IdbSchema; records: Map<string, { key: IdbKey; value: unknown }[]> }
+export interface StoredIdb {
+  name: string;
+  schema: IdbSchema;
+  records: Map<string, { key: IdbKey; value: unknown }[]>;
+}
 
 /** Where committed transactions go; `commit` must be durable when it returns (or throw). */
 export interface IdbJournal {
@@ -37,7 +51,10 @@ export interface IdbJournal {
 /* eslint-disable @typescript-eslint/no-explicit-any -- fake-indexeddb's internals have no types */
 type Internal = any;
 
-interface Pending { dbName: string; writes: IdbWrite[] }
+interface Pending {
+  dbName: string;
+  writes: IdbWrite[];
+}
 
 let journal: IdbJournal | undefined;
 let installed: Promise<void> | undefined;
@@ -99,7 +116,13 @@ async function rawObjectStorePrototype(): Promise<Internal> {
   });
   const proto = raw && Object.getPrototypeOf(raw);
   const tx = FakeTransaction.prototype as Internal;
-  if (!proto || typeof proto.storeRecord !== "function" || typeof proto.deleteRecord !== "function" || typeof proto.clear !== "function" || typeof tx.dispatchEvent !== "function") {
+  if (
+    !proto ||
+    typeof proto.storeRecord !== "function" ||
+    typeof proto.deleteRecord !== "function" ||
+    typeof proto.clear !== "function" ||
+    typeof tx.dispatchEvent !== "function"
+  ) {
     throw new Error("durable IndexedDB: fake-indexeddb's internals are not the ones this store was written for (6.2.x)");
   }
   return proto;

@@ -284,17 +284,39 @@ export class DeferredRecords implements OperationRecords {
     this.writes.push(apply);
   }
 
-  getSession(peer: string) { return this.read(KEYS.session(peer), () => this.base.getSession(peer)); }
-  putSession(peer: string, record: Uint8Array) { this.write(KEYS.session(peer), record, () => this.base.putSession(peer, record)); }
-  getPeerIdentity(peer: string) { return this.read(KEYS.peerIdentity(peer), () => this.base.getPeerIdentity(peer)); }
-  putPeerIdentity(peer: string, key: Uint8Array) { this.write(KEYS.peerIdentity(peer), key, () => this.base.putPeerIdentity(peer, key)); }
-  getPreKey(id: number) { return this.read(KEYS.preKey(id), () => this.base.getPreKey(id)); }
-  putPreKey(id: number, record: Uint8Array) { this.write(KEYS.preKey(id), record, () => this.base.putPreKey(id, record)); }
-  removePreKey(id: number) { this.write(KEYS.preKey(id), null, () => this.base.removePreKey(id)); }
-  getSignedPreKey(id: number) { return this.read(KEYS.signedPreKey(id), () => this.base.getSignedPreKey(id)); }
-  putSignedPreKey(id: number, record: Uint8Array) { this.write(KEYS.signedPreKey(id), record, () => this.base.putSignedPreKey(id, record)); }
-  getKyberPreKey(id: number) { return this.read(KEYS.kyberPreKey(id), () => this.base.getKyberPreKey(id)); }
-  putKyberPreKey(id: number, record: Uint8Array) { this.write(KEYS.kyberPreKey(id), record, () => this.base.putKyberPreKey(id, record)); }
+  getSession(peer: string) {
+    return this.read(KEYS.session(peer), () => this.base.getSession(peer));
+  }
+  putSession(peer: string, record: Uint8Array) {
+    this.write(KEYS.session(peer), record, () => this.base.putSession(peer, record));
+  }
+  getPeerIdentity(peer: string) {
+    return this.read(KEYS.peerIdentity(peer), () => this.base.getPeerIdentity(peer));
+  }
+  putPeerIdentity(peer: string, key: Uint8Array) {
+    this.write(KEYS.peerIdentity(peer), key, () => this.base.putPeerIdentity(peer, key));
+  }
+  getPreKey(id: number) {
+    return this.read(KEYS.preKey(id), () => this.base.getPreKey(id));
+  }
+  putPreKey(id: number, record: Uint8Array) {
+    this.write(KEYS.preKey(id), record, () => this.base.putPreKey(id, record));
+  }
+  removePreKey(id: number) {
+    this.write(KEYS.preKey(id), null, () => this.base.removePreKey(id));
+  }
+  getSignedPreKey(id: number) {
+    return this.read(KEYS.signedPreKey(id), () => this.base.getSignedPreKey(id));
+  }
+  putSignedPreKey(id: number, record: Uint8Array) {
+    this.write(KEYS.signedPreKey(id), record, () => this.base.putSignedPreKey(id, record));
+  }
+  getKyberPreKey(id: number) {
+    return this.read(KEYS.kyberPreKey(id), () => this.base.getKyberPreKey(id));
+  }
+  putKyberPreKey(id: number, record: Uint8Array) {
+    this.write(KEYS.kyberPreKey(id), record, () => this.base.putKyberPreKey(id, record));
+  }
 
   getKyberSeen(id: number) {
     const added = this.seenAdded.get(id) ?? [];

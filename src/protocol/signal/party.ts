@@ -175,11 +175,7 @@ export class SignalParty {
    * Encrypts for a peer, first building a session from `fetchBundle()` if there is no usable one.
    * Errors from fetchBundle propagate unchanged; everything else is a SignalLayerError.
    */
-  async encrypt(
-    peer: string,
-    plaintext: Uint8Array,
-    fetchBundle: () => Promise<PreKeyBundleData>,
-  ): Promise<SignalCiphertext> {
+  async encrypt(peer: string, plaintext: Uint8Array, fetchBundle: () => Promise<PreKeyBundleData>): Promise<SignalCiphertext> {
     checkAddress(peer, "peer");
     if (!(plaintext instanceof Uint8Array)) throw new SignalLayerError("bad_argument", "plaintext must be a Uint8Array");
     return this.exclusive(peer, () =>
@@ -189,13 +185,9 @@ export class SignalParty {
         if (existing === undefined || !parseSession(existing).hasCurrentState(new Date())) {
           const bundle = toPreKeyBundle(await fetchBundle());
           this.assertOpen();
-          await this.libsignal(ctx, "bad_bundle", "processing prekey bundle", () =>
-            processPreKeyBundle(bundle, remote, this.local, stores.session, stores.identity),
-          );
+          await this.libsignal(ctx, "bad_bundle", "processing prekey bundle", () => processPreKeyBundle(bundle, remote, this.local, stores.session, stores.identity));
         }
-        const message = await this.libsignal(ctx, "encrypt_failed", "encrypting", () =>
-          signalEncrypt(own(plaintext), remote, this.local, stores.session, stores.identity),
-        );
+        const message = await this.libsignal(ctx, "encrypt_failed", "encrypting", () => signalEncrypt(own(plaintext), remote, this.local, stores.session, stores.identity));
         return { type: message.type(), body: message.serialize() };
       }),
     );
@@ -221,25 +213,14 @@ export class SignalParty {
         if (type === SignalMessageType.PreKey) {
           const parsed = parseMessage(() => PreKeySignalMessage.deserialize(own(body)));
           return this.libsignal(ctx, "bad_message", "decrypting PreKey message", () =>
-            signalDecryptPreKey(
-              parsed,
-              remote,
-              this.local,
-              stores.session,
-              stores.identity,
-              stores.preKey,
-              stores.signedPreKey,
-              stores.kyberPreKey,
-            ),
+            signalDecryptPreKey(parsed, remote, this.local, stores.session, stores.identity, stores.preKey, stores.signedPreKey, stores.kyberPreKey),
           );
         }
         const parsed = parseMessage(() => SignalMessage.deserialize(own(body)));
         if (this.records.getSession(peer) === undefined) {
           throw new SignalLayerError("no_session", "Whisper message from a peer without a session");
         }
-        return this.libsignal(ctx, "bad_message", "decrypting message", () =>
-          signalDecrypt(parsed, remote, this.local, stores.session, stores.identity),
-        );
+        return this.libsignal(ctx, "bad_message", "decrypting message", () => signalDecrypt(parsed, remote, this.local, stores.session, stores.identity));
       }, deferred);
     return this.exclusive(peer, async () => {
       const plaintext = await decrypted();
@@ -305,12 +286,7 @@ export class SignalParty {
     }
   }
 
-  private async libsignal<T>(
-    ctx: OpContext,
-    fallback: SignalLayerErrorCode,
-    what: string,
-    call: () => Promise<T>,
-  ): Promise<T> {
+  private async libsignal<T>(ctx: OpContext, fallback: SignalLayerErrorCode, what: string, call: () => Promise<T>): Promise<T> {
     try {
       return await call();
     } catch (err) {
@@ -396,11 +372,7 @@ export class SignalParty {
   }
 }
 
-function reserveIds(
-  state: KeyState,
-  counter: "nextPreKeyId" | "nextSignedPreKeyId" | "nextKyberPreKeyId",
-  count: number,
-): number[] {
+function reserveIds(state: KeyState, counter: "nextPreKeyId" | "nextSignedPreKeyId" | "nextKyberPreKeyId", count: number): number[] {
   const first = state[counter];
   if (first + count - 1 > MAX_KEY_ID) {
     throw new SignalLayerError("bad_argument", `prekey id space exhausted (${counter})`);

@@ -84,9 +84,7 @@ export class EncryptedRecordStore implements SignalRecordStore {
     }
     // Separate subkeys so the value stored in clear (key check) reveals nothing about the AES key.
     this.aesKey = Buffer.from(hkdfSync("sha256", key, Buffer.alloc(0), "matrix-interop-bridge/record-store/aes-256-gcm", 32));
-    this.keyCheck = Buffer.from(
-      hkdfSync("sha256", key, Buffer.alloc(0), "matrix-interop-bridge/record-store/key-check", KEY_CHECK_LEN),
-    );
+    this.keyCheck = Buffer.from(hkdfSync("sha256", key, Buffer.alloc(0), "matrix-interop-bridge/record-store/key-check", KEY_CHECK_LEN));
   }
 
   get(ns: string, key: string): Uint8Array | undefined {
