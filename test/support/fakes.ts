@@ -6,7 +6,7 @@
  * in the real connector: the plain-text default says no edits, reactions, receipts or typing.
  */
 import type { MatrixPort, SendOptions } from "../../src/bridge/matrix-port";
-import type { NetworkConnector } from "../../src/network/connector";
+import type { ChatCapabilities, NetworkConnector } from "../../src/network/connector";
 
 function missing(port: string, name: string): never {
   throw new Error(`the fake ${port} has no ${name}: give it in the test's overrides`);
@@ -43,19 +43,25 @@ export function fakeMatrixPort(overrides: Partial<MatrixPort> = {}): MatrixPort 
   return { ...base, ...overrides };
 }
 
+/** What the fake network's chats support: text and files up to 1 MiB, nothing else; `extra` adds to it. */
+export function plainCapabilities(extra: Partial<ChatCapabilities> = {}): ChatCapabilities {
+  return {
+    text: { maxLength: 65536 },
+    media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } },
+    replies: false,
+    readReceipts: false,
+    typing: false,
+    deliveryReceipts: false,
+    ...extra,
+  };
+}
+
 /** A NetworkConnector with plain-text capabilities; anything else comes from `overrides`. */
 export function fakeNetwork(overrides: Partial<NetworkConnector> = {}): NetworkConnector {
   const m = (name: string) => missing("NetworkConnector", name);
   const base: NetworkConnector = {
     networkName: "WhatsApp",
-    getCapabilities: () => ({
-      text: { maxLength: 65536 },
-      media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } },
-      replies: false,
-      readReceipts: false,
-      typing: false,
-      deliveryReceipts: false,
-    }),
+    getCapabilities: () => plainCapabilities(),
     validateIdentifier: () => m("validateIdentifier"),
     start: async () => m("start"),
     stop: async () => m("stop"),

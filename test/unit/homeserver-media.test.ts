@@ -110,14 +110,6 @@ describe("a file the homeserver will not give", () => {
     });
     const sent: OutboundMessage[] = [];
     const network = fakeNetwork({
-      getCapabilities: () => ({
-        text: { maxLength: 65536 },
-        media: { file: { mimetypes: ["*/*"], maxSize: 1024 * 1024 } },
-        replies: false,
-        readReceipts: false,
-        typing: false,
-        deliveryReceipts: false,
-      }),
       ensureUser: async () => undefined,
       sendMessage: async (_user: string, _chat: unknown, message: OutboundMessage) => {
         sent.push(message);

@@ -13,7 +13,7 @@ import { BridgeCore } from "../../src/bridge/core";
 import { Permissions } from "../../src/bridge/permissions";
 import type { ChatRef, NetworkConnector, RemoteChange, RemoteMessage } from "../../src/network/connector";
 import { BridgeStore } from "../../src/store";
-import { FakeHomeserver, fakeNetwork } from "../support/fakes";
+import { FakeHomeserver, fakeNetwork, plainCapabilities } from "../support/fakes";
 
 const USER = "@alice:hs";
 const dirs: string[] = [];
@@ -30,14 +30,7 @@ function tempDb(): string {
 function fakeNetworkForChats(): NetworkConnector {
   let sent = 0;
   return fakeNetwork({
-    getCapabilities: () => ({
-      text: { maxLength: 65536 },
-      media: { file: { mimetypes: ["*/*"], maxSize: 1 << 20 } },
-      replies: false,
-      readReceipts: false,
-      typing: false,
-      deliveryReceipts: true,
-    }),
+    getCapabilities: () => plainCapabilities({ deliveryReceipts: true }),
     sendMessage: async () => ({ remoteId: `out${++sent}`, timestamp: Date.now() }),
     ensureUser: async () => undefined,
     getProfile: async (id) => ({ userId: id, displayName: `Contact ${id}`, avatar: null }),
