@@ -9,7 +9,6 @@
  * (../shared/element-web or ELEMENT_WEB_DIR) or Chromium, every test fails, saying what is missing.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -18,6 +17,7 @@ import type { Browser } from "playwright-core";
 import { artifactsDir, ElementSession, launchChromium, type ElementUser } from "../support/element";
 import { ensureElementWeb, serveElementWeb, type ElementServer } from "../support/element-web";
 import { registerUser } from "../support/matrix-client";
+import { makeClip, makePhoto, makeVoice } from "../support/media-files";
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
 const TEST_TIMEOUT = 240_000;
@@ -28,39 +28,11 @@ let browser: Browser;
 let dir: string;
 const files = { photo: "", voice: "", clip: "", report: "" };
 
-function ffmpeg(...args: string[]): void {
-  execFileSync("ffmpeg", ["-v", "error", "-y", ...args], { stdio: "pipe" });
-}
-
 function makeFiles(): void {
-  files.photo = path.join(dir, "photo.png");
-  ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1280x960", "-frames:v", "1", files.photo);
-  files.voice = path.join(dir, "voice.ogg");
+  files.photo = makePhoto(dir);
   // Loud, quiet, loud: the waveform Element draws has a dip in the middle.
-  ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=3", "-af", "volume='if(between(t,1,2),0.05,1)':eval=frame", "-c:a", "libopus", "-b:a", "24k", files.voice);
-  files.clip = path.join(dir, "clip.mp4");
-  ffmpeg(
-    "-f",
-    "lavfi",
-    "-i",
-    "testsrc=size=640x480:rate=25",
-    "-f",
-    "lavfi",
-    "-i",
-    "sine=frequency=440",
-    "-t",
-    "2",
-    "-c:v",
-    "libx264",
-    "-pix_fmt",
-    "yuv420p",
-    "-c:a",
-    "aac",
-    "-shortest",
-    "-movflags",
-    "+faststart",
-    files.clip,
-  );
+  files.voice = makeVoice(dir, 0.05);
+  files.clip = makeClip(dir);
   files.report = path.join(dir, "report.pdf");
   fs.writeFileSync(files.report, "%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n");
 }

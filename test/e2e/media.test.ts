@@ -14,6 +14,7 @@ import path from "node:path";
 import { after, before, describe, test, type TestContext } from "node:test";
 import { isBlurhashValid } from "blurhash";
 import { SyncedEvent, TestClient } from "../support/matrix-client";
+import { ffmpeg, makeClip, makePhoto, makeVoice } from "../support/media-files";
 import { InboxEntry } from "../support/sim-api";
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
@@ -23,10 +24,6 @@ let dir: string;
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 const sha256OfFile = (file: string) => sha256(fs.readFileSync(file));
-
-function ffmpeg(...args: string[]): void {
-  execFileSync("ffmpeg", ["-v", "error", "-y", ...args], { stdio: "pipe" });
-}
 
 function ffprobeJson(file: string): { format: { format_name: string; duration?: string }; streams: { codec_name: string; codec_type: string; width?: number; height?: number }[] } {
   return JSON.parse(execFileSync("ffprobe", ["-v", "error", "-print_format", "json", "-show_format", "-show_streams", file]).toString());
@@ -44,36 +41,12 @@ const files = {
 };
 
 function makeFiles(): void {
-  files.photo = path.join(dir, "photo.png");
-  ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1280x960", "-frames:v", "1", files.photo);
+  files.photo = makePhoto(dir);
   files.snapshot = path.join(dir, "snapshot.jpg");
   ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240", "-frames:v", "1", "-q:v", "3", files.snapshot);
-  files.clip = path.join(dir, "clip.mp4");
-  ffmpeg(
-    "-f",
-    "lavfi",
-    "-i",
-    "testsrc=size=640x480:rate=25",
-    "-f",
-    "lavfi",
-    "-i",
-    "sine=frequency=440",
-    "-t",
-    "2",
-    "-c:v",
-    "libx264",
-    "-pix_fmt",
-    "yuv420p",
-    "-c:a",
-    "aac",
-    "-shortest",
-    "-movflags",
-    "+faststart",
-    files.clip,
-  );
-  files.voice = path.join(dir, "voice.ogg");
+  files.clip = makeClip(dir);
   // Loud, quiet, loud: the waveform has a shape.
-  ffmpeg("-f", "lavfi", "-i", "sine=frequency=300:duration=3", "-af", "volume='if(between(t,1,2),0.1,1)':eval=frame", "-c:a", "libopus", "-b:a", "24k", files.voice);
+  files.voice = makeVoice(dir, 0.1);
   files.tone = path.join(dir, "tone.m4a");
   ffmpeg("-f", "lavfi", "-i", "sine=frequency=660:duration=2", "-c:a", "aac", files.tone);
   files.report = path.join(dir, "report.pdf");
