@@ -251,7 +251,9 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
     }
   }
   // ---- quiet: the final count only after nothing moved (arrivals, same-id repeats on the wire) for quietMs
-  log(`everything counted once; waiting for ${quietMs / 1000} s without any movement before the final count`);
+  // Said as it is: the settle loop also ends when nothing moved for settleMs with messages still missing.
+  const settled = complete(summary, perChat * chats.length) ? "everything arrived" : "still missing messages, and nothing moved for a while";
+  log(`${settled}; waiting for ${quietMs / 1000} s without any movement before the final count`);
   let quietSince = Date.now();
   let lastState = "";
   for (;;) {
