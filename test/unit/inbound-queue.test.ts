@@ -11,6 +11,7 @@ import path from "node:path";
 import { after, describe, it } from "node:test";
 import { BridgeCore } from "../../src/bridge/core";
 import { Permissions } from "../../src/bridge/permissions";
+import type { MatrixEvent } from "../../src/bridge/matrix-port";
 import type { ChatRef, NetworkConnector, RemoteChange, RemoteMessage } from "../../src/network/connector";
 import { BridgeStore } from "../../src/store";
 import { FakeHomeserver, fakeNetwork, plainCapabilities } from "../support/fakes";
@@ -262,27 +263,17 @@ describe("delivery status", () => {
     await until("the portal exists", () => store.inbound.depth() === 0 && hs.sent.length >= 1);
     const roomId = store.portals.byChat("dm:+491", USER)!.roomId!;
     const eventId = `$mine${n}`;
-    await core.onMatrixMessage({
-      event_id: eventId,
-      room_id: roomId,
-      sender: USER,
-      type: "m.room.message",
-      origin_server_ts: Date.now(),
-      content: { msgtype: "m.text", body: `mine ${n}` },
-    });
+    await core.onMatrixMessage(textFromUser(eventId, roomId, `mine ${n}`));
     return { eventId, roomId };
+  }
+  /** A text message the portal's Matrix user sent. */
+  function textFromUser(eventId: string, roomId: string, body: string): MatrixEvent {
+    return { event_id: eventId, room_id: roomId, sender: USER, type: "m.room.message", origin_server_ts: Date.now(), content: { msgtype: "m.text", body } };
   }
   /** Another Matrix message in the room, through the same ordered queue: once the network has it, everything before it was handled. */
   async function barrier(core: BridgeCore, store: BridgeStore, roomId: string, tag: string): Promise<void> {
     const eventId = `$barrier-${tag}`;
-    await core.onMatrixMessage({
-      event_id: eventId,
-      room_id: roomId,
-      sender: USER,
-      type: "m.room.message",
-      origin_server_ts: Date.now(),
-      content: { msgtype: "m.text", body: tag },
-    });
+    await core.onMatrixMessage(textFromUser(eventId, roomId, tag));
     await until("the barrier message reached the network", () => store.messages.byEventId(eventId) !== undefined);
   }
   const statuses = (hs: FakeHomeserver, eventId: string) =>
