@@ -7,6 +7,7 @@ import { readReceiptsOf, typingUsersOf } from "../convert/ephemeral";
 import { getLogger } from "../logging";
 import { BridgeStore } from "../store";
 import { BotCommands } from "./bot";
+import { CatchUp, type RawEvent } from "./catch-up";
 import { DurableAppService } from "./durable-appservice";
 import { AppserviceMatrixPort } from "./matrix-side";
 import { ProvisioningApi } from "./provisioning";
@@ -46,6 +47,7 @@ export class MatrixAppservice {
   readonly bridge: Bridge;
   readonly port: AppserviceMatrixPort;
   private readonly appservice: DurableAppService;
+  private readonly catchUp: CatchUp;
   private pruneTimer?: NodeJS.Timeout;
   private core?: BridgeCore;
   private bot?: BotCommands;
@@ -82,11 +84,22 @@ export class MatrixAppservice {
       journal: store.journal,
       maxBodyBytes: TRANSACTION_BODY_LIMIT,
       // Every message a ghost sends comes back in a transaction; the core would only ignore it.
-      isOwnUser: (mxid) => mxid === this.port.botMxid || this.port.remoteIdOfGhost(mxid) !== null,
+      isOwnUser: (mxid) => this.isOwnUser(mxid),
       // Its sender learns that it may not have been bridged, as for any other failure.
       onGaveUp: (event) => {
         void this.core?.onMatrixEventFailed(event as unknown as MatrixEvent).catch((err: Error) => log.warn("could not report a given-up event", { error: err.message }));
       },
+      missedBefore: (txnId, events) => this.catchUp.missedBefore(txnId, events),
+    });
+    this.catchUp = new CatchUp({
+      journal: store.journal,
+      activeRooms: (since) => store.portals.roomsActiveSince(since),
+      recentEvents: async (roomId, limit) => {
+        const reader = this.memberOf(roomId);
+        return reader ? ((await this.port.recentEvents(reader, roomId, limit)) as unknown as RawEvent[]) : null;
+      },
+      isOwnUser: (mxid) => this.isOwnUser(mxid),
+      journalMissed: (events) => this.appservice.journalMissed(events),
     });
     // Routes added with addAppServicePath (ping, provisioning) check the token through this, in constant time.
     this.bridge.requestCheckToken = (req) => this.appservice.hasHomeserverToken(req);
@@ -126,6 +139,8 @@ export class MatrixAppservice {
     this.pruneTimer = setInterval(() => this.prune(), 3600_000);
     this.pruneTimer.unref();
     this.appservice.startDispatching();
+    // The homeserver may be recovering from the bridge's absence: check what it pushes for a while.
+    this.catchUp.open("the bridge started");
     const id = encodeURIComponent(this.registration.getId() ?? "");
     // Not awaited: a nudge, and while the homeserver is away requests to it wait for it.
     void this.bridge
@@ -141,8 +156,22 @@ export class MatrixAppservice {
     if (events || sends) log.debug("pruned old records", { events, sends });
   }
 
+  /** The bot and the ghosts. */
+  private isOwnUser(mxid: string): boolean {
+    return mxid === this.port.botMxid || this.port.remoteIdOfGhost(mxid) !== null;
+  }
+
+  /** One of the bridge's users who is in the room: the portal's ghost, else the bot. */
+  private memberOf(roomId: string): string | null {
+    const portal = this.store.portals.byRoom(roomId);
+    if (!portal) return this.port.botMxid;
+    const participant = this.store.portals.participants(portal.id)[0];
+    return participant ? this.port.ghostMxid(participant) : null;
+  }
+
   async stop(): Promise<void> {
     clearInterval(this.pruneTimer);
+    this.catchUp.stop();
     this.appservice.stopDispatching();
     await this.bridge.close();
   }

@@ -5,6 +5,7 @@ import { getLogger } from "../logging";
 import type { JournalEntry, JournalKind } from "../store";
 import type { JournalStore } from "../store/journal";
 import { Backoff, type BackoffPolicy } from "../util/backoff";
+import { KeyedQueue } from "../util/keyed-queue";
 import { replaceAppServiceHandlers } from "./library-internals";
 
 const log = getLogger("appservice");
@@ -26,6 +27,11 @@ export interface DurableAppServiceOptions {
   isOwnUser?: (mxid: string) => boolean;
   /** An event given up after its retries: the bridge reports it to its sender (status.ts report()). */
   onGaveUp?: (event: Record<string, unknown>) => void;
+  /**
+   * Events the homeserver should have pushed before a transaction's own but did not (catch-up.ts):
+   * they are journaled first, in the same SQLite transaction.
+   */
+  missedBefore?: (txnId: string, events: Record<string, unknown>[]) => Promise<Record<string, unknown>[]>;
 }
 
 /** Four tries: the first, then after 1 s, 5 s and 25 s. */
@@ -47,6 +53,9 @@ export class DurableAppService extends AppService {
   private readonly retry: Backoff;
   private readonly isOwnUser?: (mxid: string) => boolean;
   private readonly onGaveUp?: (event: Record<string, unknown>) => void;
+  private readonly missedBefore?: DurableAppServiceOptions["missedBefore"];
+  /** Journal writes one at a time: a transaction's catch-up read and its append are not overtaken. */
+  private readonly writes = new KeyedQueue();
   private dispatching = false;
   private pumping = false;
   /** Highest journal seq handed to the bridge in this process. */
@@ -62,6 +71,7 @@ export class DurableAppService extends AppService {
     this.retry = new Backoff(opts.retry ?? DEFAULT_RETRY);
     this.isOwnUser = opts.isOwnUser;
     this.onGaveUp = opts.onGaveUp;
+    this.missedBefore = opts.missedBefore;
     // Body parser refusals as Matrix errors in one log line, not Express's HTML and stack trace.
     this.expressApp.use((err: { status?: number; type?: string; message?: string }, req: Request, res: Response, next: (err?: unknown) => void) => {
       if (res.headersSent || this.refusalsHandledUnder.some((prefix) => req.path.startsWith(prefix))) return next(err);
@@ -108,7 +118,7 @@ export class DurableAppService extends AppService {
       res.status(400).json({ errcode: "M_BAD_JSON", error: "a transaction is a JSON object whose events and ephemeral fields are arrays" });
       return;
     }
-    const entries: { key: string; kind: JournalKind; body: string }[] = [];
+    const timeline: Record<string, unknown>[] = [];
     events.forEach((event: unknown, index) => {
       const problem = malformedEvent(event);
       if (problem) {
@@ -116,10 +126,9 @@ export class DurableAppService extends AppService {
         log.warn("ignoring a malformed event in a homeserver transaction", { txnId, index, problem });
         return;
       }
-      const { sender, state_key } = event as { sender: string; state_key?: unknown };
-      if (state_key === undefined && this.isOwnUser?.(sender)) return;
-      entries.push({ key: (event as { event_id: string }).event_id, kind: "event", body: JSON.stringify(event) });
+      timeline.push(event as Record<string, unknown>);
     });
+    const entries = this.entriesOf(timeline);
     ephemeral.forEach((event: unknown, index) => {
       if (!isObject(event) || typeof event.type !== "string") {
         log.warn("ignoring a malformed ephemeral event in a homeserver transaction", { txnId, index });
@@ -129,17 +138,42 @@ export class DurableAppService extends AppService {
       // Ephemeral events have no id; a resent transaction repeats the same id, index and content.
       entries.push({ key: `ephemeral:${sha256(`${txnId}\n${index}\n${json}`).toString("hex")}`, kind: "ephemeral", body: json });
     });
-    let added: number;
-    try {
-      added = this.journal.append(entries);
-    } catch (err) {
-      log.error("could not journal a homeserver transaction; the homeserver will resend it", { txnId, error: (err as Error).message });
-      res.status(500).json({ errcode: "M_UNKNOWN", error: "the bridge could not store the transaction" });
-      return;
-    }
-    res.status(200).json({});
-    if (added < entries.length) log.debug("transaction held events seen before", { txnId, repeated: entries.length - added });
-    this.pump();
+    void this.writes.run("journal", async () => {
+      const missed = this.missedBefore
+        ? await this.missedBefore(txnId, timeline).catch((err: Error) => {
+            log.warn("could not look for events the homeserver did not push", { txnId, error: err.message });
+            return [];
+          })
+        : [];
+      const all = [...this.entriesOf(missed.filter((e) => malformedEvent(e) === null)), ...entries];
+      let added: number;
+      try {
+        added = this.journal.append(all);
+      } catch (err) {
+        log.error("could not journal a homeserver transaction; the homeserver will resend it", { txnId, error: (err as Error).message });
+        res.status(500).json({ errcode: "M_UNKNOWN", error: "the bridge could not store the transaction" });
+        return;
+      }
+      res.status(200).json({});
+      if (added < all.length) log.debug("transaction held events seen before", { txnId, repeated: all.length - added });
+      this.pump();
+    });
+  }
+
+  /** Journals events found in room timelines that the homeserver never pushed (catch-up.ts); returns how many were new. */
+  journalMissed(events: Record<string, unknown>[]): Promise<number> {
+    return this.writes.run("journal", () => {
+      const added = this.journal.append(this.entriesOf(events.filter((e) => malformedEvent(e) === null)));
+      this.pump();
+      return Promise.resolve(added);
+    });
+  }
+
+  /** Journal entries for well-formed timeline events, leaving out the echo of the bridge's own sends. */
+  private entriesOf(events: Record<string, unknown>[]): { key: string; kind: JournalKind; body: string }[] {
+    return events
+      .filter((event) => !(event.state_key === undefined && this.isOwnUser?.(event.sender as string)))
+      .map((event) => ({ key: event.event_id as string, kind: "event" as const, body: JSON.stringify(event) }));
   }
 
   /** Starts handing journaled events to the bridge: first those left from before a restart, in order. */

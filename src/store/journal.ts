@@ -56,6 +56,25 @@ export class JournalStore {
     return (this.db.prepare("SELECT attempts FROM appservice_journal WHERE seq = ?").get(seq) as { attempts: number } | undefined)?.attempts ?? 0;
   }
 
+  /** Which of these keys have been journaled (handled or not, until pruned). */
+  known(keys: string[]): Set<string> {
+    if (keys.length === 0) return new Set();
+    const rows = this.db.prepare("SELECT event_key FROM appservice_journal WHERE event_key IN (SELECT value FROM json_each(?))").all(JSON.stringify(keys)) as {
+      event_key: string;
+    }[];
+    return new Set(rows.map((r) => r.event_key));
+  }
+
+  /** Rooms of timeline events journaled since `since` (ms since epoch), the most recent first. */
+  roomsSince(since: number): string[] {
+    const rows = this.db
+      .prepare(
+        "SELECT json_extract(body, '$.room_id') AS room, MAX(received_at) AS last FROM appservice_journal WHERE kind = 'event' AND received_at >= ? AND json_type(body, '$.room_id') = 'text' GROUP BY room ORDER BY last DESC",
+      )
+      .all(since) as { room: string }[];
+    return rows.map((r) => r.room);
+  }
+
   pendingCount(): number {
     return (this.db.prepare("SELECT COUNT(*) AS n FROM appservice_journal WHERE done_at IS NULL").get() as { n: number }).n;
   }

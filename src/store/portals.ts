@@ -48,6 +48,16 @@ export class PortalStore {
     return raw && fromRaw(raw);
   }
 
+  /** Rooms of portals with a bridged message (either direction) since `since` (ms since epoch), the most recent first. */
+  roomsActiveSince(since: number): string[] {
+    const rows = this.db
+      .prepare(
+        "SELECT p.room_id AS room FROM portals p JOIN messages m ON m.portal_id = p.id WHERE p.room_id IS NOT NULL AND m.timestamp >= ? GROUP BY p.id ORDER BY MAX(m.timestamp) DESC",
+      )
+      .all(since) as { room: string }[];
+    return rows.map((r) => r.room);
+  }
+
   /**
    * Creates the portal row (without a room yet) unless one exists for this chat and receiver;
    * the UNIQUE constraint makes this the one place a race between two creators is decided.
