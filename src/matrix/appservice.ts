@@ -139,8 +139,6 @@ export class MatrixAppservice {
     this.pruneTimer = setInterval(() => this.prune(), 3600_000);
     this.pruneTimer.unref();
     this.appservice.startDispatching();
-    // The homeserver may be recovering from the bridge's absence: check what it pushes for a while.
-    this.catchUp.open("the bridge started");
     const id = encodeURIComponent(this.registration.getId() ?? "");
     // Not awaited: a nudge, and while the homeserver is away requests to it wait for it.
     void this.bridge

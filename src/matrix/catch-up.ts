@@ -2,6 +2,9 @@ import { getLogger } from "../logging";
 
 const log = getLogger("appservice");
 
+/** How long after a start a transaction holding events older than the start still shows a homeserver recovering from the bridge's absence. */
+const BACKLOG_SIGN_MS = 10 * 60_000;
+
 /** A Matrix event as the client-server API and appservice transactions carry it (the fields read here). */
 export type RawEvent = Record<string, unknown>;
 
@@ -34,8 +37,9 @@ export interface CatchUpOptions {
  * appservice transaction: while it is recovering from an appservice that did not answer, an event
  * arriving just as its recoverer finds nothing left to resend is stored in a transaction that no
  * one sends until the next outage (scheduler.py: `send` reads the state DOWN, the recoverer then
- * marks it UP). Bridge restarts are such outages. So for a while after the bridge starts, or after
- * the homeserver resends a transaction (it is then recovering), each transaction's rooms are read
+ * marks it UP). Bridge restarts are such outages. So for a while after the homeserver shows that it
+ * is recovering (it resends a transaction, or, soon after a start, pushes events sent while the
+ * bridge was away: the recoverer sends the oldest first), each transaction's rooms are read
  * back to the last journaled event: what is missing is journaled before the transaction's own
  * events, in room order. When transactions pause, and when the window closes, the recently active
  * rooms are swept the same way, for an event whose room saw nothing after it.
@@ -47,6 +51,8 @@ export class CatchUp {
   private readonly pageSize: number;
   private readonly maxSweepRooms: number;
   private readonly now: () => number;
+  /** When this process began (made this object): events the homeserver held from before it show a recovery. */
+  private readonly startedAt: number;
   private openUntil = 0;
   private openedAt = 0;
   private readonly seenTxns = new Set<string>();
@@ -62,6 +68,7 @@ export class CatchUp {
     this.pageSize = opts.pageSize ?? 50;
     this.maxSweepRooms = opts.maxSweepRooms ?? 500;
     this.now = opts.now ?? Date.now;
+    this.startedAt = this.now();
   }
 
   get active(): boolean {
@@ -99,12 +106,16 @@ export class CatchUp {
    */
   async missedBefore(txnId: string, events: RawEvent[]): Promise<RawEvent[]> {
     if (this.seenTxns.has(txnId)) this.open("the homeserver resent a transaction");
+    else if (!this.active && this.now() - this.startedAt < BACKLOG_SIGN_MS && events.some((e) => this.sentBeforeStart(e)))
+      this.open("the homeserver is sending what it held while the bridge was away");
     this.seenTxns.add(txnId);
     if (this.seenTxns.size > 1000) this.seenTxns.delete(this.seenTxns.values().next().value as string);
     if (!this.active) return [];
     this.armPause();
     const firstInRoom = new Map<string, string>();
     for (const event of events) {
+      // Only what the bridge acts on must keep its room's order (the echo of its own sends is ignored anyway).
+      if (this.isEcho(event)) continue;
       if (typeof event.room_id === "string" && typeof event.event_id === "string" && !firstInRoom.has(event.room_id)) firstInRoom.set(event.room_id, event.event_id);
     }
     const inTxn = new Set(events.map((e) => e.event_id));
@@ -160,11 +171,23 @@ export class CatchUp {
     for (let i = timeline.length - 1; i >= 0; i--) {
       const event = timeline[i];
       if (known.has(String(event.event_id))) break;
-      if (event.state_key === undefined && typeof event.sender === "string" && this.opts.isOwnUser(event.sender)) continue;
+      if (this.isEcho(event)) continue;
       if (typeof event.origin_server_ts !== "number" || event.origin_server_ts < floor) break;
       tail.unshift(event);
     }
     return tail;
+  }
+
+  /** Whether the event was sent before the bridge started: by its age as the homeserver counts it, else by its timestamp. */
+  private sentBeforeStart(event: RawEvent): boolean {
+    const unsigned = event.unsigned as { age?: unknown } | undefined;
+    const sentAt = typeof unsigned?.age === "number" ? this.now() - unsigned.age : typeof event.origin_server_ts === "number" ? event.origin_server_ts : Infinity;
+    return sentAt < this.startedAt;
+  }
+
+  /** A non-state event of the bridge's own users: never journaled. */
+  private isEcho(event: RawEvent): boolean {
+    return event.state_key === undefined && typeof event.sender === "string" && this.opts.isOwnUser(event.sender);
   }
 
   private armPause(): void {

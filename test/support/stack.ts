@@ -41,6 +41,8 @@ export interface StackOptions {
   bridgeNodeArgs?: string[];
   /** The gateway records every frame to gateway-frames.log (default true; the benchmark turns it off). */
   recordFrames?: boolean;
+  /** Where the homeserver sends transactions (a test's proxy in front of the bridge); the bridge's own listener by default. */
+  registrationUrl?: string;
   /** More appservice registrations for Synapse to load besides the bridge's (the benchmark's probe); ignored against an existing homeserver. */
   extraRegistrations?: string[];
 }
@@ -161,7 +163,7 @@ export class Stack {
     fs.writeFileSync(configPath, YAML.stringify(config));
     const cli = path.join(root, "dist", "src", "cli.js");
     if (!existingRegistration) {
-      execFileSync(process.execPath, [cli, "-r", "-u", `http://127.0.0.1:${bridgePort}`, "-c", configPath, "-f", registrationPath], { stdio: "pipe" });
+      execFileSync(process.execPath, [cli, "-r", "-u", opts.registrationUrl ?? `http://127.0.0.1:${bridgePort}`, "-c", configPath, "-f", registrationPath], { stdio: "pipe" });
     }
     // Unique per process, so stacks of parallel runs (other checkouts, the demo) never share an instance.
     const hs = await startTestHomeserver({ registrationPath: [registrationPath, ...(opts.extraRegistrations ?? [])], name: `${name}-${process.pid}`, port: hsPort, purge: true });

@@ -31,6 +31,8 @@ const message = (n: number, room = ROOM, sender = "@alice:hs", ts = at + n): Raw
   type: "m.room.message",
   origin_server_ts: ts,
   content: { msgtype: "m.text", body: `message ${n}` },
+  // Synapse says how long it has held each event it pushes; these are pushed as they happen.
+  unsigned: { age: 0 },
 });
 
 /** A homeserver's rooms (their timelines, oldest first), a bridge with the catch-up, and what the bridge was handed. */
@@ -121,6 +123,10 @@ describe("catching up on events the homeserver did not push", () => {
       hs.happen(echo, ghostJoin, elsewhere, message(5));
       await hs.push([message(5)]);
       assert.deepEqual(hs.handed, ["$m1", "$join", "$m5"], "the ghost's join is taken, its message and the other room's event are not");
+      const reads = hs.reads.length;
+      hs.happen(message(6, ROOM, GHOST));
+      await hs.push([message(6, ROOM, GHOST)]);
+      assert.equal(hs.reads.length, reads, "a transaction holding only the bridge's echo costs no homeserver request");
     } finally {
       await hs.stop();
     }
@@ -159,6 +165,22 @@ describe("catching up on events the homeserver did not push", () => {
       assert.deepEqual(closed.reads, [], "outside the window transactions cost no homeserver request");
     } finally {
       await closed.stop();
+    }
+  });
+
+  it("soon after the start, events the homeserver held from before it open the window; live events alone do not", async () => {
+    const hs = await setUp({ open: false });
+    try {
+      hs.happen(message(1), message(2));
+      await hs.push([{ ...message(2), unsigned: { age: 5 } }]);
+      assert.equal(hs.catchUp.active, false, "an event sent after the start is no sign of a recovery");
+      assert.deepEqual(hs.reads, []);
+      hs.happen(message(3), message(4));
+      await hs.push([{ ...message(4), unsigned: { age: 60_000 } }]);
+      assert.equal(hs.catchUp.active, true, "an event a minute old was held by the homeserver while the bridge was away");
+      assert.deepEqual(hs.handed, ["$m2", "$m3", "$m4"], "m1 is before the last journaled event (m2): the room's past");
+    } finally {
+      await hs.stop();
     }
   });
 
