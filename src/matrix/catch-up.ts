@@ -134,7 +134,11 @@ export class CatchUp {
   /** Reads the recently active rooms and journals what they hold that was never pushed. */
   sweep(reason: string): Promise<void> {
     if (this.stopped || this.sweeping) return this.sweeping ?? Promise.resolve();
-    this.sweeping = this.sweepRooms(reason).finally(() => (this.sweeping = undefined));
+    this.sweeping = this.sweepRooms(reason)
+      .catch((err: Error) => {
+        log.error("could not sweep rooms for events the homeserver did not push", { reason, error: err.message });
+      })
+      .finally(() => (this.sweeping = undefined));
     return this.sweeping;
   }
 
@@ -145,7 +149,12 @@ export class CatchUp {
     for (const roomId of rooms) {
       if (this.stopped) return;
       const missed = this.unjournaledTail(await this.read(roomId));
-      if (missed.length > 0) journaled += await this.opts.journalMissed(missed);
+      if (missed.length === 0) continue;
+      try {
+        journaled += await this.opts.journalMissed(missed);
+      } catch (err) {
+        log.error("could not journal events found in a room's timeline", { room: roomId, error: (err as Error).message });
+      }
     }
     if (journaled > 0) log.warn("the homeserver had not pushed some events; taken from the room timelines", { events: journaled, reason });
     else log.debug("swept rooms for events the homeserver did not push", { rooms: rooms.length, reason });

@@ -138,26 +138,31 @@ export class DurableAppService extends AppService {
       // Ephemeral events have no id; a resent transaction repeats the same id, index and content.
       entries.push({ key: `ephemeral:${sha256(`${txnId}\n${index}\n${json}`).toString("hex")}`, kind: "ephemeral", body: json });
     });
-    void this.writes.run("journal", async () => {
-      const missed = this.missedBefore
-        ? await this.missedBefore(txnId, timeline).catch((err: Error) => {
-            log.warn("could not look for events the homeserver did not push", { txnId, error: err.message });
-            return [];
-          })
-        : [];
-      const all = [...this.entriesOf(missed.filter((e) => malformedEvent(e) === null)), ...entries];
-      let added: number;
-      try {
-        added = this.journal.append(all);
-      } catch (err) {
-        log.error("could not journal a homeserver transaction; the homeserver will resend it", { txnId, error: (err as Error).message });
-        res.status(500).json({ errcode: "M_UNKNOWN", error: "the bridge could not store the transaction" });
-        return;
-      }
-      res.status(200).json({});
-      if (added < all.length) log.debug("transaction held events seen before", { txnId, repeated: all.length - added });
-      this.pump();
-    });
+    void this.writes
+      .run("journal", async () => {
+        const missed = this.missedBefore
+          ? await this.missedBefore(txnId, timeline).catch((err: Error) => {
+              log.warn("could not look for events the homeserver did not push", { txnId, error: err.message });
+              return [];
+            })
+          : [];
+        const all = [...this.entriesOf(missed.filter((e) => malformedEvent(e) === null)), ...entries];
+        let added: number;
+        try {
+          added = this.journal.append(all);
+        } catch (err) {
+          log.error("could not journal a homeserver transaction; the homeserver will resend it", { txnId, error: (err as Error).message });
+          res.status(500).json({ errcode: "M_UNKNOWN", error: "the bridge could not store the transaction" });
+          return;
+        }
+        res.status(200).json({});
+        if (added < all.length) log.debug("transaction held events seen before", { txnId, repeated: all.length - added });
+        this.pump();
+      })
+      .catch((err: Error) => {
+        log.error("could not handle a homeserver transaction; the homeserver will resend it", { txnId, error: err.message });
+        if (!res.headersSent) res.status(500).json({ errcode: "M_UNKNOWN", error: "the bridge could not store the transaction" });
+      });
   }
 
   /** Journals events found in room timelines that the homeserver never pushed (catch-up.ts); returns how many were new. */
