@@ -4,6 +4,8 @@ const log = getLogger("appservice");
 
 /** How long after a start a transaction holding events older than the start still shows a homeserver recovering from the bridge's absence. */
 const BACKLOG_SIGN_MS = 10 * 60_000;
+/** An event pushed this long after the homeserver got it was held back (pushes take milliseconds). */
+const HELD_MS = 10_000;
 
 /** A Matrix event as the client-server API and appservice transactions carry it (the fields read here). */
 export type RawEvent = Record<string, unknown>;
@@ -38,8 +40,8 @@ export interface CatchUpOptions {
  * arriving just as its recoverer finds nothing left to resend is stored in a transaction that no
  * one sends until the next outage (scheduler.py: `send` reads the state DOWN, the recoverer then
  * marks it UP). Bridge restarts are such outages. So for a while after the homeserver shows that it
- * is recovering (it resends a transaction, or, soon after a start, pushes events sent while the
- * bridge was away: the recoverer sends the oldest first), each transaction's rooms are read
+ * is recovering (it resends a transaction, or pushes events it held back: sent before the bridge
+ * started, or 10 s old or more; the recoverer sends the oldest first), each transaction's rooms are read
  * back to the last journaled event: what is missing is journaled before the transaction's own
  * events, in room order. When transactions pause, and when the window closes, the recently active
  * rooms are swept the same way, for an event whose room saw nothing after it.
@@ -106,8 +108,7 @@ export class CatchUp {
    */
   async missedBefore(txnId: string, events: RawEvent[]): Promise<RawEvent[]> {
     if (this.seenTxns.has(txnId)) this.open("the homeserver resent a transaction");
-    else if (!this.active && this.now() - this.startedAt < BACKLOG_SIGN_MS && events.some((e) => this.sentBeforeStart(e)))
-      this.open("the homeserver is sending what it held while the bridge was away");
+    else if (events.some((e) => this.heldByHomeserver(e))) this.open("the homeserver is sending events it held back");
     this.seenTxns.add(txnId);
     if (this.seenTxns.size > 1000) this.seenTxns.delete(this.seenTxns.values().next().value as string);
     if (!this.active) return [];
@@ -181,17 +182,29 @@ export class CatchUp {
       const event = timeline[i];
       if (known.has(String(event.event_id))) break;
       if (this.isEcho(event)) continue;
-      if (typeof event.origin_server_ts !== "number" || event.origin_server_ts < floor) break;
+      const receivedAt = this.receivedAt(event);
+      if (receivedAt === undefined || receivedAt < floor) break;
       tail.unshift(event);
     }
     return tail;
   }
 
-  /** Whether the event was sent before the bridge started: by its age as the homeserver counts it, else by its timestamp. */
-  private sentBeforeStart(event: RawEvent): boolean {
+  /**
+   * Whether the homeserver held the event back instead of pushing it at once, as it does while it
+   * counts the bridge as down: it waited at least HELD_MS (by its age as the homeserver counts it,
+   * else by its timestamp), or, soon after a start, it was sent before the start.
+   */
+  private heldByHomeserver(event: RawEvent): boolean {
+    const now = this.now();
+    const sentAt = this.receivedAt(event) ?? now;
+    return now - sentAt >= HELD_MS || (sentAt < this.startedAt && now - this.startedAt < BACKLOG_SIGN_MS);
+  }
+
+  /** When the homeserver got the event, on this clock: by its age as the homeserver counts it (no clock skew), else its timestamp. */
+  private receivedAt(event: RawEvent): number | undefined {
     const unsigned = event.unsigned as { age?: unknown } | undefined;
-    const sentAt = typeof unsigned?.age === "number" ? this.now() - unsigned.age : typeof event.origin_server_ts === "number" ? event.origin_server_ts : Infinity;
-    return sentAt < this.startedAt;
+    if (typeof unsigned?.age === "number") return this.now() - unsigned.age;
+    return typeof event.origin_server_ts === "number" ? event.origin_server_ts : undefined;
   }
 
   /** A non-state event of the bridge's own users: never journaled. */

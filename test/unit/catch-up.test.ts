@@ -36,7 +36,7 @@ const message = (n: number, room = ROOM, sender = "@alice:hs", ts = at + n): Raw
 });
 
 /** A homeserver's rooms (their timelines, oldest first), a bridge with the catch-up, and what the bridge was handed. */
-async function setUp(opts: { windowMs?: number; pauseMs?: number; open?: boolean } = {}) {
+async function setUp(opts: { windowMs?: number; pauseMs?: number; open?: boolean; now?: () => number } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-catchup-"));
   dirs.push(dir);
   const store = BridgeStore.open(path.join(dir, "bridge.db"));
@@ -65,6 +65,7 @@ async function setUp(opts: { windowMs?: number; pauseMs?: number; open?: boolean
     journalMissed: (events) => appservice.journalMissed(events),
     windowMs: opts.windowMs ?? 60_000,
     pauseMs: opts.pauseMs ?? 60_000,
+    now: opts.now,
   });
   const handed: string[] = [];
   appservice.on("event", (e: Record<string, unknown>) => {
@@ -150,7 +151,7 @@ describe("catching up on events the homeserver did not push", () => {
   it("never takes events from before the window's lookback, and reads nothing once the window has closed", async () => {
     const old = await setUp();
     try {
-      const ancient = message(1, ROOM, "@alice:hs", at - 24 * 3600_000);
+      const ancient = { ...message(1, ROOM, "@alice:hs", at - 24 * 3600_000), unsigned: { age: 24 * 3600_000 } };
       old.happen(ancient, message(2));
       await old.push([message(2)]);
       assert.deepEqual(old.handed, ["$m2"], "a day-old event the journal does not know is history, not a stranded event");
@@ -179,6 +180,23 @@ describe("catching up on events the homeserver did not push", () => {
       await hs.push([{ ...message(4), unsigned: { age: 60_000 } }]);
       assert.equal(hs.catchUp.active, true, "an event a minute old was held by the homeserver while the bridge was away");
       assert.deepEqual(hs.handed, ["$m2", "$m3", "$m4"], "m1 is before the last journaled event (m2): the room's past");
+    } finally {
+      await hs.stop();
+    }
+  });
+
+  it("long after the start, an event the homeserver held back for 30 s opens the window", async () => {
+    let later = 0;
+    const hs = await setUp({ open: false, now: () => Date.now() + later });
+    try {
+      later = 3600_000; // an hour after the start
+      hs.happen(message(1), message(2));
+      await hs.push([{ ...message(2), unsigned: { age: 20 } }]);
+      assert.equal(hs.catchUp.active, false);
+      hs.happen(message(3), message(4));
+      await hs.push([{ ...message(4), unsigned: { age: 30_000 } }]);
+      assert.equal(hs.catchUp.active, true);
+      assert.deepEqual(hs.handed, ["$m2", "$m3", "$m4"]);
     } finally {
       await hs.stop();
     }
