@@ -159,10 +159,13 @@ export class MatrixAppservice {
     return mxid === this.port.botMxid || this.port.remoteIdOfGhost(mxid) !== null;
   }
 
-  /** One of the bridge's users who is in the room: the portal's ghost, else the bot. */
+  /** One of the bridge's users who is in the room: the portal's ghost, or the bot in a management room. */
   private memberOf(roomId: string): string | null {
     const portal = this.store.portals.byRoom(roomId);
-    if (!portal) return this.port.botMxid;
+    // The bot reads only the management rooms of users the bridge still knows: after `forget` (or
+    // in a room it never bridged) there is nothing to catch up, and reading would journal again the
+    // events `forget` removed.
+    if (!portal) return this.store.users.byManagementRoom(roomId) ? this.port.botMxid : null;
     const participant = this.store.portals.participants(portal.id)[0];
     return participant ? this.port.ghostMxid(participant) : null;
   }
