@@ -26,11 +26,6 @@ export type HomeserverRequestKind =
   /** Everything else: registration, the appservice ping… */
   | "other";
 
-export const HOMESERVER_REQUEST_KINDS: readonly HomeserverRequestKind[] = ["send", "state", "membership", "create_room", "profile", "typing", "receipt", "media", "query", "other"];
-
-/** Kinds that are not work per message in the figures the benchmark compares (typing and receipts follow the users, not the messages). */
-export const EPHEMERAL_REQUEST_KINDS: ReadonlySet<HomeserverRequestKind> = new Set(["typing", "receipt"]);
-
 export interface HomeserverRequest {
   kind: HomeserverRequestKind;
   /**
