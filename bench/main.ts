@@ -13,6 +13,7 @@ import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { Stack } from "../test/support/stack";
 import { formatHeap, nodeArgsForHeapSnapshots, summarizeHeap, takeHeapSnapshot } from "./heap";
+import { homeserverWorkDelta, HomeserverWork, perMessage, readHomeserverWork, sameWork } from "./homeserver-work";
 import { histogramDelta, histogramMean, histogramQuantile, HistogramReading, parseHistogram } from "./histogram";
 import { compareThroughput, latencies, LatencySample, pathsOf, throughput, ThroughputResult } from "./paths";
 import { cpuMs, INSPECT_ARGS, inspectorUrlFrom, memoryAtRest } from "./process-stats";
@@ -69,22 +70,22 @@ interface Options {
   json: boolean;
   profile: boolean;
   heapSnapshots: boolean;
-  /** bridge.message_status_events for the bridge under test (on, as the product's default). */
+  /** bridge.message_status_events for the bridge under test (off, as the product's default). */
   statusEvents: boolean;
   sizes: Sizes;
 }
 
-const USAGE = `usage: npm run bench [-- [--quick] [--json] [--no-profile] [--heap-snapshots] [--no-status-events] [--chats-per-user N]]
+const USAGE = `usage: npm run bench [-- [--quick] [--json] [--no-profile] [--heap-snapshots] [--status-events] [--chats-per-user N]]
   --quick             a smaller run (under 2 minutes)
   --json              one JSON object per metric and line on stdout, instead of the table
   --no-profile        do not run the bridge under the CPU profiler
   --heap-snapshots    take a heap snapshot of the bridge at each memory reading and list what holds the heap
-  --no-status-events  run the bridge with bridge.message_status_events: false (no delivery status events)
+  --status-events     run the bridge with bridge.message_status_events: true (delivery status events; off by default)
   --chats-per-user N  spread the chats over Matrix users so each has N (default: 10 full, 5 quick)
 `;
 
 function parseArgs(argv: string[]): Options {
-  const flags = new Set(["--quick", "--json", "--no-profile", "--heap-snapshots", "--no-status-events", "--help", "-h"]);
+  const flags = new Set(["--quick", "--json", "--no-profile", "--heap-snapshots", "--status-events", "--help", "-h"]);
   let chatsPerUser: number | undefined;
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--chats-per-user") {
@@ -107,7 +108,7 @@ function parseArgs(argv: string[]): Options {
   const json = argv.includes("--json") || process.env.npm_config_json === "true";
   const base = quick ? QUICK : FULL;
   const sizes = chatsPerUser ? { ...base, receivers: Math.ceil(base.chats / chatsPerUser) } : base;
-  return { quick, json, profile: !argv.includes("--no-profile"), heapSnapshots: argv.includes("--heap-snapshots"), statusEvents: !argv.includes("--no-status-events"), sizes };
+  return { quick, json, profile: !argv.includes("--no-profile"), heapSnapshots: argv.includes("--heap-snapshots"), statusEvents: argv.includes("--status-events"), sizes };
 }
 
 const started = performance.now();
@@ -132,6 +133,54 @@ function throughputMetrics(report: Report, direction: "remote_to_matrix" | "matr
   report.add({ metric: `throughput_${direction}_direct`, value: direct.perSecond, unit: "msg/s", note: spent(direct) });
   report.add({ metric: `throughput_${direction}_bridged`, value: bridged.perSecond, unit: "msg/s", note: spent(bridged) });
   report.add({ metric: `throughput_ratio_${direction}`, value: ratio(bridged.perSecond, direct.perSecond), unit: "ratio", target: { op: ">=", value: 0.9 } });
+}
+
+/** How long the bridge must ask nothing of the homeserver to count as done: longer than the 2 s a "sent" status waits for the delivery receipt. */
+const QUIET_MS = 2500;
+
+/**
+ * The bridge's homeserver counters once they have stopped moving (QUIET_MS without a request),
+ * so that what trails a phase's last message (a delivery status, a read receipt) is counted in it.
+ */
+async function settledHomeserverWork(stack: Stack, report: Report, timeoutMs = 30_000): Promise<HomeserverWork> {
+  const deadline = performance.now() + timeoutMs;
+  let last = readHomeserverWork(await stack.metrics());
+  let quietSince = performance.now();
+  while (performance.now() - quietSince < QUIET_MS) {
+    if (performance.now() > deadline) {
+      report.note(
+        `warning: the bridge was still making homeserver requests ${timeoutMs / 1000} s after a throughput phase; homeserver_*_per_message may count some of the next phase`,
+      );
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+    const now = readHomeserverWork(await stack.metrics());
+    if (!sameWork(now, last)) quietSince = performance.now();
+    last = now;
+  }
+  return last;
+}
+
+/**
+ * Homeserver work per bridged message in a direction's throughput rounds (all its rounds: the
+ * direct paths do not touch the bridge), from the bridge's own counters.
+ */
+function homeserverWorkMetrics(report: Report, direction: "remote_to_matrix" | "matrix_to_remote", work: HomeserverWork, messages: number): void {
+  const per = perMessage(work, messages);
+  const target = direction === "remote_to_matrix" ? 1.05 : 0.1;
+  report.add({
+    metric: `homeserver_requests_per_message_${direction}`,
+    value: per.requests,
+    unit: "requests",
+    target: { op: "<=", value: target },
+    note: `HTTP requests of the bridge to the homeserver by kind, typing and receipts aside: ${per.requestsNote}`,
+  });
+  report.add({
+    metric: `homeserver_events_per_message_${direction}`,
+    value: per.events,
+    unit: "events",
+    note: `room events the homeserver stored for the bridge: ${per.eventsNote}`,
+  });
 }
 
 /**
@@ -178,7 +227,7 @@ async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
   const { sizes } = opts;
   const report = new Report();
-  say(`${opts.quick ? "quick" : "full"} run${opts.statusEvents ? "" : " without message status events"}: starting Synapse, gateway, simulator and bridge`);
+  say(`${opts.quick ? "quick" : "full"} run${opts.statusEvents ? " with message status events" : ""}: starting Synapse, gateway, simulator and bridge`);
   const dir = mkdtempSync(path.join(os.tmpdir(), "mib-bench-"));
   const diagnostics = path.join(dir, "diagnostics");
   mkdirSync(diagnostics);
@@ -208,7 +257,7 @@ async function main(): Promise<void> {
     throw err;
   });
   say(`stack up in ${stack.dir}`);
-  if (!opts.statusEvents) report.note("run with bridge.message_status_events: false (--no-status-events): no delivery status events");
+  if (opts.statusEvents) report.note("run with bridge.message_status_events: true (--status-events): a delivery status event per message sent to WhatsApp");
   let failed = false;
   let profiled: { fromUs: number; toUs: number } | undefined;
   try {
@@ -236,10 +285,16 @@ async function main(): Promise<void> {
     // ---- throughput
     profiled = { fromUs: monotonicUs(), toUs: 0 };
     const bridgeCpu = () => cpuMs(stack.bridge.pid!);
+    // What the bridge asks of the homeserver in each direction's rounds, its delivery statuses and receipts that trail the last message included.
+    const workAtStart = await settledHomeserverWork(stack, report);
     const inbound = await compareThroughput(paths.remoteToMatrix, chats, sizes.perChat, sizes.rounds, sizes.timeoutMs, bridgeCpu);
+    const workAfterInbound = await settledHomeserverWork(stack, report);
     say(`WhatsApp → Matrix: ${inbound.bridged.perSecond.toFixed(1)}/s bridged, ${inbound.direct.perSecond.toFixed(1)}/s Matrix → Matrix`);
     throughputMetrics(report, "remote_to_matrix", inbound.direct, inbound.bridged);
     const outbound = await compareThroughput(paths.matrixToRemote, chats, sizes.perChat, sizes.rounds, sizes.timeoutMs, bridgeCpu);
+    const workAfterOutbound = await settledHomeserverWork(stack, report);
+    homeserverWorkMetrics(report, "remote_to_matrix", homeserverWorkDelta(workAfterInbound, workAtStart), inbound.bridged.messages);
+    homeserverWorkMetrics(report, "matrix_to_remote", homeserverWorkDelta(workAfterOutbound, workAfterInbound), outbound.bridged.messages);
     say(
       `Matrix → WhatsApp: ${outbound.bridged.perSecond.toFixed(1)}/s bridged, ${outbound.direct.perSecond.toFixed(1)}/s WhatsApp → WhatsApp, ${outbound.synapseAlone.perSecond.toFixed(1)}/s Matrix → appservice`,
     );

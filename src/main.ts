@@ -31,8 +31,8 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
       thirdPartyChats: (mxid) => store.users.get(mxid)?.thirdPartyEnabled ?? false,
     },
   });
-  const appservice = new MatrixAppservice(config, registration, store);
   const metrics = new BridgeMetrics({ processMetrics: true });
+  const appservice = new MatrixAppservice(config, registration, store, metrics);
   const core = new BridgeCore(store, appservice.port, connector, {
     thirdPartyDefault: config.bridge.third_party_chats_default,
     permissions: new Permissions(config.bridge.permissions),

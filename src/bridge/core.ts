@@ -43,7 +43,7 @@ export interface CoreOptions {
   /** Delay before retrying what either queue could not hand on (ms); grows (Backoff) up to maxRetryDelayMs. */
   retryDelayMs?: number;
   maxRetryDelayMs?: number;
-  /** Whether com.beeper.message_send_status events are posted at all (config bridge.message_status_events; default true). */
+  /** Whether com.beeper.message_send_status events are posted at all (config bridge.message_status_events; default false). */
   messageStatusEvents?: boolean;
   /** How long a "sent" status waits for the delivery receipt (config bridge.sent_status_delay_ms); 0: at once. */
   sentStatusDelayMs?: number;

@@ -12,7 +12,7 @@ import { MatrixPort } from "./matrix-port";
 const log = getLogger("status");
 
 export interface StatusOptions {
-  /** Whether com.beeper.message_send_status events are posted at all (config bridge.message_status_events; default true). */
+  /** Whether com.beeper.message_send_status events are posted at all (config bridge.message_status_events; default false). */
   messageStatusEvents?: boolean;
   /** How long a "sent" status waits for the delivery receipt (config bridge.sent_status_delay_ms); 0: at once. */
   sentStatusDelayMs?: number;
@@ -41,12 +41,12 @@ export class StatusReporter {
   ) {}
 
   private get enabled(): boolean {
-    return this.opts.messageStatusEvents !== false;
+    return this.opts.messageStatusEvents === true;
   }
 
   /**
    * The one place a failure reaches the user: its status event (when enabled) and its notice
-   * (when it has one). Never throws: a status is not worth a stuck queue.
+   * (when it has one, whether status events are on or off). Never throws: a status is not worth a stuck queue.
    */
   async report(target: StatusTarget, failure: BridgeFailure): Promise<void> {
     if (failure.status !== "PENDING") this.shownPending.delete(target.eventId);

@@ -9,6 +9,7 @@ import { BridgeStore } from "../store";
 import { BotCommands } from "./bot";
 import { CatchUp, type RawEvent } from "./catch-up";
 import { DurableAppService } from "./durable-appservice";
+import type { HomeserverRequestCounter } from "./homeserver-requests";
 import { AppserviceMatrixPort } from "./matrix-side";
 import { ProvisioningApi } from "./provisioning";
 
@@ -58,6 +59,8 @@ export class MatrixAppservice {
     private readonly config: BridgeConfig,
     private readonly registration: AppServiceRegistration,
     private readonly store: BridgeStore,
+    /** Where every request to the homeserver is counted (the bridge's metrics). */
+    counter?: HomeserverRequestCounter,
   ) {
     this.bridge = new Bridge({
       homeserverUrl: config.homeserver.url,
@@ -77,7 +80,7 @@ export class MatrixAppservice {
     });
     const asToken = registration.getAppServiceToken();
     if (!asToken) throw new Error("the registration has no as_token");
-    this.port = new AppserviceMatrixPort(this.bridge, config, store, asToken);
+    this.port = new AppserviceMatrixPort(this.bridge, config, store, asToken, counter);
     this.port.homeserver.install();
     this.appservice = new DurableAppService({
       homeserverToken: registration.getHomeserverToken()!,

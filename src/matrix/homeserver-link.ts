@@ -1,6 +1,7 @@
 import { LinkHealth } from "../bridge/link-health";
 import { getLogger } from "../logging";
 import { Backoff, type BackoffPolicy, sleep } from "../util/backoff";
+import { classifyHomeserverRequest, type HomeserverRequestCounter, type HomeserverRequestKind } from "./homeserver-requests";
 import { type RequestCallback, type RequestFn, wrapMatrixRequests } from "./library-internals";
 
 const log = getLogger("homeserver");
@@ -61,6 +62,8 @@ export function isAmbiguousFailure(err: unknown): boolean {
  * function; this wraps it. A request that cannot reach the homeserver (refused, proxy 502/503)
  * is repeated until the homeserver answers: callers (a message for a Matrix room, say) just
  * wait (network events in the inbound queue, Matrix events in the journal). The outage is logged once.
+ * Every request to the homeserver, here and through untilReachable, is counted once (each attempt
+ * is a request), with the events it made the homeserver store (bridge_homeserver_*_total).
  */
 export class HomeserverLink {
   readonly health = new LinkHealth("homeserver", log, "Matrix-bound messages wait until it is back");
@@ -68,16 +71,24 @@ export class HomeserverLink {
   constructor(
     private readonly homeserverUrl: string,
     private readonly retry: BackoffPolicy = { initialMs: 500, maxMs: 10_000 },
+    private readonly counter?: HomeserverRequestCounter,
   ) {}
 
   install(): void {
     wrapMatrixRequests((inner) => (params, callback) => this.attempt(inner, params, callback, new Backoff(this.retry)));
   }
 
+  /** Whether a URL is the homeserver's (http://hs:80 is not http://hs:8008's). */
+  private isHomeserver(url: string): boolean {
+    return url.startsWith(this.homeserverUrl) && (url.length === this.homeserverUrl.length || "/?".includes(url[this.homeserverUrl.length]!));
+  }
+
   /** One try of a request; `backoff` is the request's own (its attempts: the tries that found the homeserver down). */
   private attempt(inner: RequestFn, params: Parameters<RequestFn>[0], callback: RequestCallback, backoff: Backoff): unknown {
     const url = params.uri ?? params.url ?? "";
-    if (!String(url).startsWith(this.homeserverUrl)) return inner(params, callback);
+    if (!this.isHomeserver(String(url))) return inner(params, callback);
+    const request = this.counter ? classifyHomeserverRequest(params.method ?? "GET", String(url), params.body) : undefined;
+    if (request) this.counter!.homeserverRequest(request.kind);
     return inner(params, (err, res, body) => {
       // A proxy in front of a homeserver that is down answers 502/503 without a Matrix error;
       // Synapse's own 502s (a remote server or the appservice ping failed) carry an errcode.
@@ -92,6 +103,7 @@ export class HomeserverLink {
       }
       if (err && err.code && MAYBE_SENT.has(err.code)) this.health.down(err.code);
       else if (res) this.health.up();
+      if (request && !err && res && res.statusCode >= 200 && res.statusCode < 300) for (const e of request.events) this.counter!.homeserverEvents(e.type, e.count);
       callback(err, res, body);
     });
   }
@@ -101,10 +113,12 @@ export class HomeserverLink {
    * harmless to repeat: while it cannot reach the homeserver (a socket error, or `attempt`
    * throws HomeserverUnreachable for a proxy's refusal) it is repeated, and it counts in the
    * outage. An answer marks the homeserver reachable; it and any other error are the caller's.
+   * Each attempt counts as one request of `kind`.
    */
-  async untilReachable<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+  async untilReachable<T>(what: string, attempt: () => Promise<T>, kind: HomeserverRequestKind = "media"): Promise<T> {
     const backoff = new Backoff(this.retry);
     for (;;) {
+      this.counter?.homeserverRequest(kind);
       try {
         const result = await attempt();
         this.health.up();

@@ -21,7 +21,7 @@ export const WRITTEN_FOR = {
 /** The callback of the `request`-compatible function the matrix-bot-sdk makes every HTTP request with. */
 export type RequestCallback = (err: (Error & { code?: string }) | null, res?: { statusCode: number }, body?: unknown) => void;
 /** What the matrix-bot-sdk passes to its request function (only the fields the bridge reads). */
-export type RequestFn = (params: { uri?: string; url?: string; method?: string }, callback: RequestCallback) => unknown;
+export type RequestFn = (params: { uri?: string; url?: string; method?: string; body?: unknown }, callback: RequestCallback) => unknown;
 
 /**
  * Wraps the matrix-bot-sdk's process-wide request function, which every request of

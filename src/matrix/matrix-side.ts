@@ -9,6 +9,7 @@ import { BridgeStore } from "../store";
 import { LinkSnapshot } from "../bridge/link-health";
 import { GhostIds } from "./ghost-ids";
 import { HomeserverLink, isAmbiguousFailure } from "./homeserver-link";
+import type { HomeserverRequestCounter } from "./homeserver-requests";
 import { MatrixMedia } from "./media";
 
 const log = getLogger("matrix");
@@ -38,9 +39,11 @@ export class AppserviceMatrixPort implements MatrixPort {
     private readonly config: BridgeConfig,
     private readonly store: BridgeStore,
     asToken: string,
+    /** Where every request to the homeserver is counted (the bridge's metrics). */
+    counter?: HomeserverRequestCounter,
   ) {
     this.ids = new GhostIds(config);
-    this.homeserver = new HomeserverLink(config.homeserver.url.replace(/\/+$/, ""));
+    this.homeserver = new HomeserverLink(config.homeserver.url.replace(/\/+$/, ""), undefined, counter);
     this.botMxid = `@${config.appservice.bot.localpart}:${config.homeserver.domain}`;
     this.serverName = config.homeserver.domain;
     this.media = new MatrixMedia({ homeserverUrl: config.homeserver.url, asToken, homeserver: this.homeserver, tempDir: path.join(config.network.media.directory, "tmp-matrix") });

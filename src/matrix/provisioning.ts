@@ -177,6 +177,8 @@ export class ProvisioningApi {
     const cached = this.whoamiCache.get(key);
     if (cached && cached.until > Date.now()) return cached.user;
     let res: globalThis.Response;
+    // The one request to the homeserver made outside HomeserverLink (it answers 503 at once rather than wait out an outage).
+    this.metrics.homeserverRequest("query");
     try {
       res = await fetch(`${this.config.homeserver.url.replace(/\/+$/, "")}/_matrix/client/v3/account/whoami`, {
         headers: { authorization: `Bearer ${token}` },

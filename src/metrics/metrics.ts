@@ -37,6 +37,8 @@ export class BridgeMetrics {
   readonly matrixToNetworkSeconds: Histogram;
   readonly provisioningSeconds: Histogram<"route" | "method" | "status">;
   readonly botCommandsTotal: Counter<"command" | "outcome">;
+  private readonly homeserverRequestsTotal: Counter<"kind">;
+  private readonly homeserverEventsTotal: Counter<"type">;
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -91,6 +93,18 @@ export class BridgeMetrics {
       labelNames: ["command", "outcome"],
       registers,
     });
+    this.homeserverRequestsTotal = new Counter({
+      name: "bridge_homeserver_requests_total",
+      help: "HTTP requests the bridge made to the homeserver (each attempt), by kind: send (room events and redactions), state, membership, create_room, profile, typing, receipt, media, query (other reads), other",
+      labelNames: ["kind"],
+      registers,
+    });
+    this.homeserverEventsTotal = new Counter({
+      name: "bridge_homeserver_events_total",
+      help: "Room events the homeserver stored at the bridge's request, by event type (room_creation: the events a new room starts with; a profile change's member events in the user's rooms are not counted)",
+      labelNames: ["type"],
+      registers,
+    });
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry });
   }
 
@@ -104,6 +118,16 @@ export class BridgeMetrics {
 
   failed(direction: Direction, reason: string): void {
     this.failedTotal.inc({ direction, reason });
+  }
+
+  /** One HTTP request to the homeserver (see src/matrix/homeserver-requests.ts for the kinds). */
+  homeserverRequest(kind: string): void {
+    this.homeserverRequestsTotal.inc({ kind });
+  }
+
+  /** Room events of one type the homeserver stored at the bridge's request. */
+  homeserverEvents(type: string, count: number): void {
+    if (count > 0) this.homeserverEventsTotal.inc({ type }, count);
   }
 
   /** Registers the gauges that read the bridge's state on every scrape. */

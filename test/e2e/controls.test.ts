@@ -69,6 +69,8 @@ before(async () => {
       const domain = c.homeserver.domain;
       c.bridge = {
         permissions: { [`@*:${domain}`]: "user", [`@stranger_controls:${domain}`]: "none", [`@boss_controls:${domain}`]: "admin" },
+        // Off by default: two tests here read the failed and delivered statuses.
+        message_status_events: true,
       };
     },
   });

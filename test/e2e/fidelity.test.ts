@@ -17,7 +17,8 @@ const WAIT = { timeoutMs: 30_000 };
 let stack: Stack;
 
 before(async () => {
-  stack = await Stack.start("fidelity");
+  // Status events are off by default; the delivery-status tests here read them.
+  stack = await Stack.start("fidelity", { bridgeConfig: (c) => void (c.bridge = { ...(c.bridge ?? {}), message_status_events: true }) });
 });
 
 after(async () => {

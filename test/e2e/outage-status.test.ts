@@ -14,7 +14,8 @@ const WAIT = { timeoutMs: 120_000 };
 let stack: Stack;
 
 before(async () => {
-  stack = await Stack.start("outstatus");
+  // Status events are off by default; this test is about them.
+  stack = await Stack.start("outstatus", { bridgeConfig: (c) => void (c.bridge = { ...(c.bridge ?? {}), message_status_events: true }) });
 });
 
 after(async () => {

@@ -1,8 +1,8 @@
 /**
  * The benchmark's arithmetic (bench/stats.ts, bench/report.ts, bench/profile.ts,
- * bench/histogram.ts, the orders in bench/paths.ts): percentiles, rates, ratios and added
+ * bench/histogram.ts, bench/homeserver-work.ts, the orders in bench/paths.ts): percentiles, rates, ratios and added
  * latency, what counts as a met target, how a CPU profile's time is attributed, the bridge's
- * /metrics histograms, and the order paths are measured in. Numbers only, no timing: the
+ * /metrics histograms and homeserver counters, and the order paths are measured in. Numbers only, no timing: the
  * benchmark itself runs with `npm run bench`.
  */
 import assert from "node:assert/strict";
@@ -10,6 +10,7 @@ import { describe, test } from "node:test";
 import { met, Report, toJsonLines, toTable } from "../../bench/report";
 import { ownerOf, summarizeProfile } from "../../bench/profile";
 import { histogramDelta, histogramMean, histogramQuantile, parseHistogram } from "../../bench/histogram";
+import { homeserverWorkDelta, perMessage, readHomeserverWork, sameWork } from "../../bench/homeserver-work";
 import { latencyOrder, roundOrder } from "../../bench/paths";
 import { addedLatency, percentile, rate, ratio, round, summarize } from "../../bench/stats";
 
@@ -247,5 +248,38 @@ describe("the order paths are measured in", () => {
 
   test("refuses no paths", () => {
     assert.throws(() => latencyOrder(0, 0), RangeError);
+  });
+});
+
+describe("homeserver work from the bridge's counters", () => {
+  const exposition = (send: number, typing: number, status: number) =>
+    [
+      "# HELP bridge_homeserver_requests_total HTTP requests",
+      "# TYPE bridge_homeserver_requests_total counter",
+      `bridge_homeserver_requests_total{kind="send"} ${send}`,
+      `bridge_homeserver_requests_total{kind="typing"} ${typing}`,
+      'bridge_homeserver_requests_total{kind="query"} 3',
+      `bridge_homeserver_events_total{type="m.room.message"} ${send - status}`,
+      `bridge_homeserver_events_total{type="com.beeper.message_send_status"} ${status}`,
+      'bridge_homeserver_requests_total_other{kind="send"} 1000',
+    ].join("\n");
+
+  test("per message: the difference of two readings, typing and receipts left out of the requests", () => {
+    const before = readHomeserverWork(exposition(10, 5, 0));
+    const after = readHomeserverWork(exposition(210, 45, 100));
+    const work = homeserverWorkDelta(after, before);
+    assert.deepEqual(work, { requests: { send: 200, typing: 40 }, events: { "m.room.message": 100, "com.beeper.message_send_status": 100 } });
+    const per = perMessage(work, 100);
+    assert.equal(per.requests, 2);
+    assert.equal(per.events, 2);
+    assert.equal(per.requestsNote, "100 messages: send 200; typing 40 (left out)");
+    assert.equal(per.eventsNote, "100 messages: m.room.message 100, com.beeper.message_send_status 100");
+  });
+
+  test("a bridge that asked nothing reads the same; counters not there yet read as nothing", () => {
+    assert.equal(sameWork(readHomeserverWork(exposition(1, 1, 0)), readHomeserverWork(exposition(1, 1, 0))), true);
+    assert.equal(sameWork(readHomeserverWork(exposition(2, 1, 0)), readHomeserverWork(exposition(1, 1, 0))), false);
+    assert.deepEqual(readHomeserverWork(""), { requests: {}, events: {} });
+    assert.equal(perMessage({ requests: {}, events: {} }, 10).requests, 0);
   });
 });

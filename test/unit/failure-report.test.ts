@@ -81,7 +81,8 @@ function harness(opts: { caps?: Partial<ChatCapabilities>; permitted?: boolean; 
     permissions: new Permissions(opts.permitted === false ? {} : { hs: "user" }),
     retryDelayMs: 2,
     maxRetryDelayMs: 5,
-    messageStatusEvents: opts.messageStatusEvents,
+    // Off by default in the product; on here, where most tests read the statuses, unless a test passes its own (undefined: the core's default).
+    messageStatusEvents: "messageStatusEvents" in opts ? opts.messageStatusEvents : true,
     mediaDownloadAttempts: 1,
   });
   let n = 0;
@@ -354,6 +355,20 @@ describe("every refusal reaches the sender as a status event and a notice", () =
     const eventId = await SCENARIOS.too_long.act(h);
     await until("the notice", () => h.noticesOf(eventId).length > 0);
     assert.deepEqual(h.statusesOf(eventId), []);
+  });
+
+  it("by default (bridge.message_status_events not set) there are no status events, and a refusal still gets its notice", async (t) => {
+    const h = harness({ messageStatusEvents: undefined });
+    t.after(() => h.core.stop());
+    const eventId = await SCENARIOS.too_long.act(h);
+    await until("the notice", () => h.noticesOf(eventId).length > 0);
+    assert.equal(h.noticesOf(eventId).length, 1);
+    assert.deepEqual(h.statusesOf(eventId), []);
+    // A message the network takes gets no "sent" or "delivered" status either.
+    const ok = h.event({ msgtype: "m.text", body: "fine" });
+    await h.core.onMatrixMessage(ok);
+    await until("the message was sent", () => h.store.messages.byEventId(ok.event_id) !== undefined);
+    assert.deepEqual(h.statusesOf(ok.event_id), []);
   });
 });
 
