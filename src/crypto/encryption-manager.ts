@@ -208,7 +208,8 @@ export class EncryptionManager {
     const counts = new Map(Object.entries(data.oneTimeKeyCounts ?? {}));
     const fallback = data.unusedFallbackKeyTypes ? new Set(data.unusedFallbackKeyTypes) : undefined;
     await user.machine.receiveSyncChanges(JSON.stringify(data.toDevice), lists, counts, fallback);
-    await this.flushOutgoing(user);
+    // What arrived is stored; requests that fail now are asked for again at the next pass (already logged).
+    await this.flushOutgoing(user).catch(() => undefined);
   }
 
   /** Test and homeserver-check hook: every to-device event delivered to a bridged device. */
@@ -289,9 +290,9 @@ export class EncryptionManager {
 
   /**
    * Decrypts an m.room.encrypted event with the machine of `receiverUserId` (a bridged user in the
-   * room). A key that has not arrived yet is waited for, up to roomKeyWaitMs.
+   * room). A key that has not arrived yet is waited for, up to `waitMs` (default roomKeyWaitMs).
    */
-  async decrypt(roomId: string, event: Record<string, unknown>, receiverUserId: string): Promise<DecryptedEvent> {
+  async decrypt(roomId: string, event: Record<string, unknown>, receiverUserId: string, waitMs?: number): Promise<DecryptedEvent> {
     const user = await this.machineFor(receiverUserId);
     const sessionId = String((event.content as { session_id?: string } | undefined)?.session_id ?? "");
     const attempt = async (): Promise<DecryptedEvent> => {
@@ -304,7 +305,7 @@ export class EncryptionManager {
     } catch (err) {
       if (!(err instanceof sdk.MegolmDecryptionError) || err.code !== sdk.DecryptionErrorCode.MissingRoomKey) throw this.failure(err);
     }
-    const arrived = await this.waitForRoomKey(sessionId, this.opts.roomKeyWaitMs ?? 10_000);
+    const arrived = await this.waitForRoomKey(sessionId, waitMs ?? this.opts.roomKeyWaitMs ?? 10_000);
     try {
       return await attempt();
     } catch (err) {
