@@ -68,6 +68,6 @@ export interface MatrixPort {
   botNotice(roomId: string, markdown: string, txnId: string): Promise<void>;
   /** Streams a Matrix file (mxc://) into a temporary file of at most maxBytes; rejects with MediaError. */
   downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia>;
-  /** Uploads received media as asMxid and returns the m.room.message content to send; rejects with MediaError. */
-  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>>;
+  /** Uploads received media as asMxid for the room (as encrypted attachments when the room is encrypted) and returns the m.room.message content to send; rejects with MediaError. */
+  mediaMessage(asMxid: string, roomId: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>>;
 }

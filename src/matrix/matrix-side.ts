@@ -304,8 +304,9 @@ export class AppserviceMatrixPort implements MatrixPort {
     return this.media.download(mxc, maxBytes);
   }
 
-  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
-    return this.media.prepareMessage(asMxid, file, media, caption);
+  async mediaMessage(asMxid: string, roomId: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
+    const encrypted = this.encryption ? await this.encryption.isEncrypted(roomId, asMxid) : false;
+    return this.media.prepareMessage(asMxid, file, media, caption, encrypted);
   }
 }
 

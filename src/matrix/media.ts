@@ -25,6 +25,7 @@ import {
   waveformFromPeaks,
   type UploadedThumbnail,
 } from "../convert/media";
+import { attachmentEncryptor, EncryptedFile } from "../crypto/attachments";
 import { noteStreamed, pacedPassThrough } from "../gc-pacing";
 import { getLogger } from "../logging";
 import { audioPeaks, makeThumbnail, probeMedia, rawRgba } from "../media/ffmpeg";
@@ -118,11 +119,29 @@ export class MatrixMedia {
     return this.local(dest, size);
   }
 
+  /**
+   * Encrypts a file (an encrypted attachment) into a temporary file, uploads that as `asMxid`
+   * and returns the EncryptedFile for the event's `file` / `thumbnail_file`. The homeserver
+   * sees neither the bytes nor the name nor the type.
+   */
+  async uploadEncrypted(asMxid: string, file: string): Promise<EncryptedFile> {
+    const sealed = this.tempFile("sealed");
+    try {
+      const encryptor = attachmentEncryptor();
+      await pipeline(fs.createReadStream(file), encryptor.stream, fs.createWriteStream(sealed, { mode: 0o600 }));
+      const keys = encryptor.keys();
+      const url = await this.upload(asMxid, sealed, "application/octet-stream", "");
+      return { ...keys, url };
+    } finally {
+      await fs.promises.rm(sealed, { force: true });
+    }
+  }
+
   /** Streams a file to the media repository as `asMxid`; returns its mxc URI. */
   async upload(asMxid: string, file: string, mimetype: string, filename: string): Promise<string> {
     const size = (await fs.promises.stat(file)).size;
     const url = new URL(`${this.base}/_matrix/media/v3/upload`);
-    url.searchParams.set("filename", filename);
+    if (filename) url.searchParams.set("filename", filename);
     url.searchParams.set("user_id", asMxid);
     const post = () =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -173,7 +192,7 @@ export class MatrixMedia {
    * settles the kind and measures the file (the sender's figures fill only gaps); thumbnails,
    * blurhash and waveform are extras: if making one fails the message goes without it.
    */
-  async prepareMessage(asMxid: string, file: LocalMedia, claimed: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
+  async prepareMessage(asMxid: string, file: LocalMedia, claimed: RemoteMedia, caption?: string, encrypted = false): Promise<Record<string, unknown>> {
     const probe = await probeMedia(file.path).catch((err: Error) => {
       log.warn("could not probe received media", { error: err.message });
       return null;
@@ -182,6 +201,9 @@ export class MatrixMedia {
     const media: RemoteMedia = { ...claimed, kind, mimetype: settledMimetype(claimed.kind, kind, claimed.mimetype), ...probedFacts(kind, probe) };
     if (kind !== claimed.kind) log.debug("received media kind settled by probing", { claimed: claimed.kind, kind });
     const temporary: string[] = [];
+    // In an encrypted room the file and its thumbnail are encrypted attachments (the event itself is encrypted when sent).
+    let thumbnailFile: EncryptedFile | undefined;
+    let mainFile: EncryptedFile | undefined;
     try {
       if (kind === "voice" && !media.waveform?.length) {
         media.waveform = await audioPeaks(file.path)
@@ -192,7 +214,7 @@ export class MatrixMedia {
           });
       }
       let thumbnail: UploadedThumbnail | undefined;
-      let thumbnailFile: string | undefined;
+      let thumbnailPath: string | undefined;
       if (needsThumbnail(kind, media.width, media.height)) {
         const mimetype = kind === "video" ? "image/jpeg" : thumbnailMimetype(media.mimetype);
         const dest = this.tempFile("thumb") + (mimetype === "image/png" ? ".png" : ".jpg");
@@ -200,15 +222,19 @@ export class MatrixMedia {
         try {
           const atMs = kind === "video" && media.durationMs ? Math.min(1000, Math.floor(media.durationMs / 2)) : undefined;
           const made = await makeThumbnail(file.path, dest, { mimetype, maxWidth: THUMBNAIL_MAX.width, maxHeight: THUMBNAIL_MAX.height, atMs });
-          const mxc = await this.upload(asMxid, dest, mimetype, `thumbnail.${mimetype === "image/png" ? "png" : "jpg"}`);
+          let mxc: string;
+          if (encrypted) {
+            thumbnailFile = await this.uploadEncrypted(asMxid, dest);
+            mxc = thumbnailFile.url;
+          } else mxc = await this.upload(asMxid, dest, mimetype, `thumbnail.${mimetype === "image/png" ? "png" : "jpg"}`);
           thumbnail = { mxc, mimetype, size: made.size, width: made.width, height: made.height };
-          thumbnailFile = dest;
+          thumbnailPath = dest;
         } catch (err) {
           log.warn("could not make a thumbnail", { kind, error: (err as Error).message });
         }
       }
       let blurhash: string | undefined;
-      const picture = kind === "image" ? file.path : kind === "video" ? thumbnailFile : undefined;
+      const picture = kind === "image" ? file.path : kind === "video" ? thumbnailPath : undefined;
       const pictureSize = kind === "video" && thumbnail ? thumbnail : media;
       if (picture && pictureSize.width && pictureSize.height) {
         const sample = blurhashSampleSize(pictureSize.width, pictureSize.height);
@@ -220,10 +246,23 @@ export class MatrixMedia {
             return undefined;
           });
       }
-      const mxc = await this.upload(asMxid, file.path, media.mimetype.split(";")[0]!.trim(), media.filename);
-      return remoteMediaToMatrix({ media, mxc, size: file.size, thumbnail, blurhash, caption });
+      if (encrypted) mainFile = await this.uploadEncrypted(asMxid, file.path);
+      const mxc = mainFile ? mainFile.url : await this.upload(asMxid, file.path, media.mimetype.split(";")[0]!.trim(), media.filename);
+      const content = remoteMediaToMatrix({ media, mxc, size: file.size, thumbnail, blurhash, caption });
+      return mainFile ? asEncryptedAttachment(content, mainFile, thumbnailFile) : content;
     } finally {
       for (const f of temporary) await fs.promises.rm(f, { force: true });
     }
   }
+}
+
+/** Media content with its file (and thumbnail) as encrypted attachments: `file` replaces `url`, `thumbnail_file` replaces `thumbnail_url`. */
+function asEncryptedAttachment(content: Record<string, unknown>, file: EncryptedFile, thumbnail: EncryptedFile | undefined): Record<string, unknown> {
+  const { url: _url, ...rest } = content;
+  const info = { ...(rest.info as Record<string, unknown>) };
+  if (thumbnail) {
+    delete info.thumbnail_url;
+    info.thumbnail_file = thumbnail;
+  }
+  return { ...rest, info, file };
 }

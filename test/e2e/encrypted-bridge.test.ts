@@ -7,11 +7,12 @@
  * searched for every bridged text.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { registerUser, type TestClient } from "../support/matrix-client";
+import { makePhoto } from "../support/media-files";
 import { NioPeer } from "../support/nio";
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
@@ -33,6 +34,15 @@ const unique = (label: string): string => {
 };
 const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 const uri = (mxid: string): string => `mimi://${PROVIDER_DOMAIN}/u/${mxid}`;
+
+/** The spec's EncryptedFile, as the test reads it. */
+interface EncryptedFileJson {
+  url: string;
+  v: string;
+  key: { alg: string; k: string };
+  iv: string;
+  hashes: { sha256: string };
+}
 
 interface NioMessage {
   event_id: string;
@@ -145,6 +155,43 @@ describe("the bridge in encrypted rooms", { timeout: 10 * 60_000 }, () => {
     const back = unique("WhatsApp answers");
     await stack.sim.sendText(PHONE, uri(alice.userId), back);
     await fromGhost(back);
+  });
+
+  test("a photo from WhatsApp arrives as an encrypted attachment with an encrypted thumbnail; the homeserver keeps neither in the clear", async () => {
+    assert.ok(portal, "needs the portal");
+    const photo = makePhoto(stack.dir);
+    const plainSha = createHash("sha256").update(fs.readFileSync(photo)).digest("hex");
+    const caption = unique("a photo caption");
+    await stack.sim.sendMedia(PHONE, uri(alice.userId), { file: photo, mimetype: "image/png", caption });
+    const message = await fromGhost(caption);
+    const content = message.content as {
+      msgtype: string;
+      url?: string;
+      file?: EncryptedFileJson;
+      info: { thumbnail_url?: string; thumbnail_file?: EncryptedFileJson; thumbnail_info: { size: number } };
+    };
+    assert.equal(content.msgtype, "m.image");
+    assert.equal(content.url, undefined, "no plain url");
+    assert.ok(content.file, "the file is an encrypted attachment");
+    assert.equal(content.file.v, "v2");
+    assert.equal(content.file.key.alg, "A256CTR");
+    const file = await nio.ask<{ sha256: string; size: number }>({ cmd: "download_decrypt", file: content.file });
+    assert.equal(file.sha256, plainSha, "nio decrypts (hash checked) the very photo the WhatsApp user sent");
+    assert.equal(content.info.thumbnail_url, undefined, "no plain thumbnail url");
+    assert.ok(content.info.thumbnail_file, "the thumbnail is an encrypted attachment");
+    const thumbnail = await nio.ask<{ size: number }>({ cmd: "download_decrypt", file: content.info.thumbnail_file });
+    assert.equal(thumbnail.size, content.info.thumbnail_info.size);
+    // Every file the homeserver keeps: none is the photo.
+    const found: string[] = [];
+    const walk = (dir: string): void => {
+      for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+        const full = path.join(dir, entry.name);
+        if (entry.isDirectory()) walk(full);
+        else if (entry.isFile() && createHash("sha256").update(fs.readFileSync(full)).digest("hex") === plainSha) found.push(full);
+      }
+    };
+    if (!process.env.MATRIX_HOMESERVER_URL) walk(stack.hs.dataDir!);
+    assert.deepEqual(found, [], "the homeserver's files hold no plaintext copy of the photo");
   });
 
   test("a SIGKILL of the bridge mid-conversation: after the restart both directions decrypt, nothing is lost", async () => {

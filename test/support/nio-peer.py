@@ -13,6 +13,7 @@ one JSON answer per stdout line:
   {"cmd": "send_content", "room": R, "type": T, "content": C} -> {"event_id": ...} (encrypted when the room is)
   {"cmd": "redact", "room": R, "event_id": E}      -> {"event_id": ...}
   {"cmd": "enable_encryption", "room": R}          -> {"event_id": ...} (the user turns encryption on)
+  {"cmd": "download_decrypt", "file": F}           -> {"sha256": hex of the plaintext, "size": n} (F: an EncryptedFile; hash checked)
   {"cmd": "wait_body", "room": R, "sender": U, "pattern": P} -> a message (any msgtype) whose body matches P
   {"cmd": "messages", "room": R}                   -> {"messages": [...]} every message seen in R, in order
 
@@ -24,9 +25,11 @@ import sys
 import urllib.error
 import urllib.request
 
+import hashlib
 import re
 
 from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomMessage
+from nio.crypto.attachments import decrypt_attachment
 from olm import ed25519_verify
 
 
@@ -99,6 +102,13 @@ async def main():
                                          headers={"Authorization": f"Bearer {args['token']}", "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
+
+    def raw_download(mxc):
+        server, media_id = mxc[len("mxc://"):].split("/", 1)
+        request = urllib.request.Request(f"{args['hs']}/_matrix/client/v1/media/download/{server}/{media_id}",
+                                         headers={"Authorization": f"Bearer {args['token']}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read()
 
     def raw_get(path):
         request = urllib.request.Request(f"{args['hs']}{path}", headers={"Authorization": f"Bearer {args['token']}"})
@@ -180,6 +190,11 @@ async def main():
                     raise RuntimeError(f"enabling encryption failed: {response}")
                 await until(lambda: client.rooms[cmd["room"]].encrypted, "the room's encryption")
                 answer({"event_id": response.event_id})
+            elif cmd["cmd"] == "download_decrypt":
+                f = cmd["file"]
+                ciphertext = await loop.run_in_executor(None, raw_download, f["url"])
+                plain = decrypt_attachment(ciphertext, f["key"]["k"], f["hashes"]["sha256"], f["iv"])
+                answer({"sha256": hashlib.sha256(plain).hexdigest(), "size": len(plain), "ciphertext_size": len(ciphertext)})
             elif cmd["cmd"] == "redact":
                 response = await client.room_redact(cmd["room"], cmd["event_id"])
                 if not hasattr(response, "event_id"):
