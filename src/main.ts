@@ -78,26 +78,38 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   await metricsServer?.listen(config.metrics.port, config.metrics.hostname);
   await appservice.start(core);
   appserviceListening = true;
-  if (crypto) {
-    // Needs the listener: the check's probe comes back in a transaction.
-    const support = await checkHomeserverEncryption(crypto.manager, {
+  // Needs the listener: the check's probe comes back in a transaction.
+  const checkEncryption = async (background: boolean): Promise<void> => {
+    const support = await checkHomeserverEncryption(crypto!.manager, {
       homeserverUrl: config.homeserver.url,
       asToken: registration.getAppServiceToken()!,
       botUserId: appservice.port.botMxid,
+      // After a restart the homeserver may hold transactions for a while (its backoff): the probe's time starts with the first one.
+      ...(background ? { armTimeout: crypto!.manager.nextTransaction() } : {}),
     });
-    if (!support.ok && config.encryption.require) {
-      log.error(support.summary);
+    const settings = { default: config.encryption.default, require: config.encryption.require };
+    if (support.ok) log.info("encryption: on (the homeserver provides what end-to-bridge encryption needs)", settings);
+    else if (config.encryption.require) {
+      log.error(`${support.summary}; stopping (encryption.require is on)`);
+      if (background) process.kill(process.pid, "SIGTERM");
+      else throw new Error(`${support.summary} (encryption.require is on)`);
+    } else {
+      log.warn(`${support.summary}; running unencrypted`);
+      appservice.encryption!.disable();
+    }
+  };
+  if (crypto && crypto.bridgeDeviceKnown(appservice.port.botMxid)) {
+    // Checked before with this store: start encrypted and check again while running.
+    void checkEncryption(true).catch((err: Error) => log.error("encryption: the homeserver check failed", { error: err.message }));
+  } else if (crypto) {
+    try {
+      await checkEncryption(false);
+    } catch (err) {
       await appservice.stop();
       await metricsServer?.close();
       await crypto.close();
       store.close();
-      throw new Error(`${support.summary} (encryption.require is on)`);
-    }
-    if (support.ok)
-      log.info("encryption: on (the homeserver provides what end-to-bridge encryption needs)", { default: config.encryption.default, require: config.encryption.require });
-    else {
-      log.warn(`${support.summary}; running unencrypted`);
-      appservice.encryption!.disable();
+      throw err;
     }
   }
   await connector.start(core);
@@ -119,7 +131,10 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
 }
 
 /** Opens the crypto store (encryption.store_path, under the store key) and the machines' manager. */
-async function openEncryption(config: BridgeConfig, registration: AppServiceRegistration): Promise<{ manager: EncryptionManager; close(): Promise<void> }> {
+async function openEncryption(
+  config: BridgeConfig,
+  registration: AppServiceRegistration,
+): Promise<{ manager: EncryptionManager; bridgeDeviceKnown(userId: string): boolean; close(): Promise<void> }> {
   const settings = cryptoSettings(config);
   if (!settings.storeKey) throw new Error("encryption: no store key (encryption.store_key, network.store_key or BRIDGE_CRYPTO_STORE_KEY)");
   const machines = await MachineStore.open(settings.storePath, settings.storeKey);
@@ -133,6 +148,7 @@ async function openEncryption(config: BridgeConfig, registration: AppServiceRegi
   });
   return {
     manager,
+    bridgeDeviceKnown: (userId) => machines.deviceOf(userId) !== undefined,
     async close() {
       await manager.close();
       machines.close();

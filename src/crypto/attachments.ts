@@ -4,7 +4,7 @@
  * start at zero, the key as a JWK (A256CTR), the SHA-256 of the ciphertext, version v2. Streamed:
  * the cipher and the hash run as the bytes pass.
  */
-import { createCipheriv, createHash, randomBytes } from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { Transform } from "node:stream";
 
 /** EncryptedFile without its url (known once the ciphertext is uploaded). */
@@ -52,4 +52,27 @@ export function attachmentEncryptor(): { stream: Transform; keys(): EncryptedFil
       };
     },
   };
+}
+
+/**
+ * A Transform that decrypts an encrypted attachment as it passes (key: the JWK's `k`, iv and
+ * sha256 as in the event), hashing the ciphertext; it fails at the end, passing nothing more,
+ * when the hash is not the one the sender gave (a corrupt or substituted file).
+ */
+export function attachmentDecryptor(keys: { key: string; iv: string; sha256: string }, onMismatch: () => Error): Transform {
+  const decipher = createDecipheriv("aes-256-ctr", Buffer.from(keys.key, "base64url"), Buffer.from(keys.iv, "base64"));
+  const hash = createHash("sha256");
+  const expected = Buffer.from(keys.sha256, "base64");
+  return new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      hash.update(chunk);
+      done(null, decipher.update(chunk));
+    },
+    flush(done) {
+      const digest = hash.digest();
+      if (digest.length !== expected.length || !timingSafeEqual(digest, expected)) return done(onMismatch());
+      const out = decipher.final();
+      done(null, out.length ? out : undefined);
+    },
+  });
 }

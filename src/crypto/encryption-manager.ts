@@ -84,6 +84,7 @@ export class EncryptionManager {
   /** Extensions seen since start, for the homeserver check. */
   readonly seen = { toDevice: false, oneTimeKeyCounts: false, deviceLists: false };
   private readonly toDeviceListeners = new Set<(userId: string, deviceId: string, event: Record<string, unknown>) => void>();
+  private readonly transactionWaiters = new Set<() => void>();
 
   constructor(private readonly opts: EncryptionManagerOptions) {
     this.client = new DeviceClient({ homeserverUrl: opts.homeserverUrl, asToken: opts.asToken });
@@ -173,6 +174,8 @@ export class EncryptionManager {
    * are not the bridge's current devices are ignored.
    */
   async handleTransaction(body: Record<string, unknown>, isOurs: (userId: string) => boolean): Promise<void> {
+    for (const wake of this.transactionWaiters) wake();
+    this.transactionWaiters.clear();
     const ext = readTransactionExtensions(body);
     if (ext.changed.length || ext.left.length) this.seen.deviceLists = true;
     for (const [userId, byDevice] of ext.devices) {
@@ -210,6 +213,11 @@ export class EncryptionManager {
     await user.machine.receiveSyncChanges(JSON.stringify(data.toDevice), lists, counts, fallback);
     // What arrived is stored; requests that fail now are asked for again at the next pass (already logged).
     await this.flushOutgoing(user).catch(() => undefined);
+  }
+
+  /** Resolves when the next transaction arrives (the homeserver check: it may be delivering a backlog first). */
+  nextTransaction(): Promise<void> {
+    return new Promise((resolve) => this.transactionWaiters.add(resolve));
   }
 
   /** Test and homeserver-check hook: every to-device event delivered to a bridged device. */

@@ -5,7 +5,7 @@ import { MatrixEvent, MatrixPort, SendOptions } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
 import { markdownToMatrix } from "../convert/formatting";
 import { getLogger } from "../logging";
-import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
+import { AttachmentKeys, LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 import { BridgeStore } from "../store";
 import { LinkSnapshot } from "../bridge/link-health";
 import { GhostIds } from "./ghost-ids";
@@ -300,8 +300,8 @@ export class AppserviceMatrixPort implements MatrixPort {
     await this.send(this.botMxid, roomId, { ...markdownToMatrix(markdown), msgtype: "m.notice" }, { txnId });
   }
 
-  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia> {
-    return this.media.download(mxc, maxBytes);
+  downloadMedia(mxc: string, maxBytes: number, encryption?: AttachmentKeys): Promise<LocalMedia> {
+    return this.media.download(mxc, maxBytes, encryption);
   }
 
   async mediaMessage(asMxid: string, roomId: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {

@@ -25,12 +25,12 @@ import {
   waveformFromPeaks,
   type UploadedThumbnail,
 } from "../convert/media";
-import { attachmentEncryptor, EncryptedFile } from "../crypto/attachments";
+import { attachmentDecryptor, attachmentEncryptor, EncryptedFile } from "../crypto/attachments";
 import { noteStreamed, pacedPassThrough } from "../gc-pacing";
 import { getLogger } from "../logging";
 import { audioPeaks, makeThumbnail, probeMedia, rawRgba } from "../media/ffmpeg";
 import { probedFacts, settleMediaKind } from "../media/probe";
-import { LocalMedia, MediaError, RemoteMedia } from "../network/connector";
+import { AttachmentKeys, LocalMedia, MediaError, RemoteMedia } from "../network/connector";
 import { errcodeOf, HomeserverLink, HomeserverUnreachable, isProxyRefusal } from "./homeserver-link";
 
 const log = getLogger("matrix-media");
@@ -66,9 +66,10 @@ export class MatrixMedia {
   /**
    * Streams a Matrix file into a temporary file, refusing it once it passes `maxBytes`. While
    * the homeserver cannot be reached this waits for it, like every Matrix request; a failure
-   * it answers is retryable if it is a server error, final otherwise (404 included).
+   * it answers is retryable if it is a server error, final otherwise (404 included). An
+   * encrypted attachment (`encryption`) is decrypted as it streams, its hash checked at the end.
    */
-  async download(mxc: string, maxBytes: number): Promise<LocalMedia> {
+  async download(mxc: string, maxBytes: number, encryption?: AttachmentKeys): Promise<LocalMedia> {
     const m = parseMxc(mxc);
     if (!m) throw new MediaError("bad_url", "the attachment's URL is not an mxc:// URI");
     const url = `${this.base}/_matrix/client/v1/media/download/${encodeURIComponent(m.serverName)}/${encodeURIComponent(m.mediaId)}`;
@@ -110,7 +111,12 @@ export class MatrixMedia {
       },
     });
     try {
-      await pipeline(Readable.fromWeb(response.body! as import("node:stream/web").ReadableStream<Uint8Array>), limit, fs.createWriteStream(dest, { mode: 0o600 }));
+      const body = Readable.fromWeb(response.body! as import("node:stream/web").ReadableStream<Uint8Array>);
+      const out = fs.createWriteStream(dest, { mode: 0o600 });
+      if (encryption) {
+        const corrupt = () => new MediaError("bad_hash", "the encrypted file does not match its hash (it is corrupt or was replaced)");
+        await pipeline(body, limit, attachmentDecryptor(encryption, corrupt), out);
+      } else await pipeline(body, limit, out);
     } catch (err) {
       await fs.promises.rm(dest, { force: true });
       if (err instanceof MediaError) throw err;

@@ -194,6 +194,16 @@ describe("the bridge in encrypted rooms", { timeout: 10 * 60_000 }, () => {
     assert.deepEqual(found, [], "the homeserver's files hold no plaintext copy of the photo");
   });
 
+  test("a file the Matrix user sends as an encrypted attachment reaches the WhatsApp user decrypted, byte for byte", async () => {
+    assert.ok(portal, "needs the portal");
+    const file = path.join(stack.dir, "notes.bin");
+    fs.writeFileSync(file, randomBytes(200_000));
+    const plainSha = createHash("sha256").update(fs.readFileSync(file)).digest("hex");
+    await nio.ask({ cmd: "send_encrypted_file", room: portal, path: file, msgtype: "m.file", mimetype: "application/octet-stream", body: "notes.bin" });
+    const entry = await stack.sim.waitForInbox(PHONE, (e) => e.kind === "media" && e.filename === "notes.bin", 60_000);
+    assert.equal(entry.sha256, plainSha, "the WhatsApp user got the plaintext the Matrix user encrypted");
+  });
+
   test("a SIGKILL of the bridge mid-conversation: after the restart both directions decrypt, nothing is lost", async () => {
     assert.ok(portal, "needs the portal");
     const beforeKill = unique("nio just before the crash");
@@ -225,6 +235,7 @@ describe("the bridge in encrypted rooms", { timeout: 10 * 60_000 }, () => {
     );
     const log = fs.readFileSync(path.join(stack.dir, "bridge.log"), "utf8");
     assert.doesNotMatch(log, /could not decrypt a Matrix event/);
+    assert.doesNotMatch(log, /running unencrypted/, "the check after the restart did not turn encryption off");
   });
 
   test("the homeserver's database holds none of the bridged texts", { skip: process.env.MATRIX_HOMESERVER_URL ? "uses an existing homeserver" : false }, () => {

@@ -14,6 +14,8 @@ one JSON answer per stdout line:
   {"cmd": "redact", "room": R, "event_id": E}      -> {"event_id": ...}
   {"cmd": "enable_encryption", "room": R}          -> {"event_id": ...} (the user turns encryption on)
   {"cmd": "download_decrypt", "file": F}           -> {"sha256": hex of the plaintext, "size": n} (F: an EncryptedFile; hash checked)
+  {"cmd": "send_encrypted_file", "room": R, "path": P, "msgtype": M, "mimetype": T, "body": B}
+                                                   -> {"event_id", "url"} the file as an encrypted attachment (`file`, no `url`)
   {"cmd": "wait_body", "room": R, "sender": U, "pattern": P} -> a message (any msgtype) whose body matches P
   {"cmd": "messages", "room": R}                   -> {"messages": [...]} every message seen in R, in order
 
@@ -29,7 +31,7 @@ import hashlib
 import re
 
 from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomMessage
-from nio.crypto.attachments import decrypt_attachment
+from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 from olm import ed25519_verify
 
 
@@ -109,6 +111,12 @@ async def main():
                                          headers={"Authorization": f"Bearer {args['token']}"})
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.read()
+
+    def raw_upload(data):
+        request = urllib.request.Request(f"{args['hs']}/_matrix/media/v3/upload", data=data, method="POST",
+                                         headers={"Authorization": f"Bearer {args['token']}", "Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["content_uri"]
 
     def raw_get(path):
         request = urllib.request.Request(f"{args['hs']}{path}", headers={"Authorization": f"Bearer {args['token']}"})
@@ -195,6 +203,19 @@ async def main():
                 ciphertext = await loop.run_in_executor(None, raw_download, f["url"])
                 plain = decrypt_attachment(ciphertext, f["key"]["k"], f["hashes"]["sha256"], f["iv"])
                 answer({"sha256": hashlib.sha256(plain).hexdigest(), "size": len(plain), "ciphertext_size": len(ciphertext)})
+            elif cmd["cmd"] == "send_encrypted_file":
+                with open(cmd["path"], "rb") as f:
+                    plain = f.read()
+                ciphertext, keys = encrypt_attachment(plain)
+                url = await loop.run_in_executor(None, raw_upload, ciphertext)
+                content = {"msgtype": cmd["msgtype"], "body": cmd["body"], "filename": cmd["body"],
+                           "info": {"mimetype": cmd["mimetype"], "size": len(plain)}, "file": {**keys, "url": url}}
+                if client.should_query_keys:
+                    await client.keys_query()
+                response = await client.room_send(cmd["room"], "m.room.message", content, ignore_unverified_devices=True)
+                if not hasattr(response, "event_id"):
+                    raise RuntimeError(f"send failed: {response}")
+                answer({"event_id": response.event_id, "url": url})
             elif cmd["cmd"] == "redact":
                 response = await client.room_redact(cmd["room"], cmd["event_id"])
                 if not hasattr(response, "event_id"):
