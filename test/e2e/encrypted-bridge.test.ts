@@ -238,6 +238,26 @@ describe("the bridge in encrypted rooms", { timeout: 10 * 60_000 }, () => {
     assert.doesNotMatch(log, /running unencrypted/, "the check after the restart did not turn encryption off");
   });
 
+  test("an event the bridge cannot decrypt is answered with a notice, never dropped silently", async () => {
+    assert.ok(portal, "needs the portal");
+    // Encrypted with a room key the bridge never got (none exists: the session id is made up).
+    const sent = await nio.ask<{ event_id: string }>({
+      cmd: "send_raw",
+      room: portal,
+      type: "m.room.encrypted",
+      content: {
+        algorithm: "m.megolm.v1.aes-sha2",
+        ciphertext: "AwgAEhAAAAAAAAAAAAAAAAAAAAAA",
+        session_id: "bm8gc3VjaCBzZXNzaW9uIGV4aXN0cyBoZXJlIGF0IGFsbA",
+        sender_key: "x",
+        device_id: alice.deviceId,
+      },
+    });
+    const notice = await nio.ask<NioMessage>({ cmd: "wait_body", room: portal, sender: ghost, pattern: "^Your message was not sent: the bridge could not decrypt it" });
+    assert.equal(notice.decrypted, true, "the notice itself is encrypted");
+    assert.equal((notice.content["m.relates_to"] as { "m.in_reply_to": { event_id: string } })["m.in_reply_to"].event_id, sent.event_id, "it answers the event");
+  });
+
   test("the homeserver's database holds none of the bridged texts", { skip: process.env.MATRIX_HOMESERVER_URL ? "uses an existing homeserver" : false }, () => {
     assert.ok(texts.length >= 10, `all texts were exchanged (${texts.length})`);
     const dir = stack.hs.dataDir!;

@@ -14,6 +14,7 @@ one JSON answer per stdout line:
   {"cmd": "redact", "room": R, "event_id": E}      -> {"event_id": ...}
   {"cmd": "enable_encryption", "room": R}          -> {"event_id": ...} (the user turns encryption on)
   {"cmd": "download_decrypt", "file": F}           -> {"sha256": hex of the plaintext, "size": n} (F: an EncryptedFile; hash checked)
+  {"cmd": "send_raw", "room": R, "type": T, "content": C} -> {"event_id"} sent as it is (never encrypted by nio)
   {"cmd": "send_encrypted_file", "room": R, "path": P, "msgtype": M, "mimetype": T, "body": B}
                                                    -> {"event_id", "url"} the file as an encrypted attachment (`file`, no `url`)
   {"cmd": "wait_body", "room": R, "sender": U, "pattern": P} -> a message (any msgtype) whose body matches P
@@ -118,6 +119,14 @@ async def main():
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())["content_uri"]
 
+    def raw_send(room, event_type, content):
+        txn = f"raw{len(messages)}{id(content)}"
+        request = urllib.request.Request(f"{args['hs']}/_matrix/client/v3/rooms/{room}/send/{event_type}/{txn}",
+                                         data=json.dumps(content).encode(), method="PUT",
+                                         headers={"Authorization": f"Bearer {args['token']}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["event_id"]
+
     def raw_get(path):
         request = urllib.request.Request(f"{args['hs']}{path}", headers={"Authorization": f"Bearer {args['token']}"})
         try:
@@ -203,6 +212,9 @@ async def main():
                 ciphertext = await loop.run_in_executor(None, raw_download, f["url"])
                 plain = decrypt_attachment(ciphertext, f["key"]["k"], f["hashes"]["sha256"], f["iv"])
                 answer({"sha256": hashlib.sha256(plain).hexdigest(), "size": len(plain), "ciphertext_size": len(ciphertext)})
+            elif cmd["cmd"] == "send_raw":
+                event_id = await loop.run_in_executor(None, raw_send, cmd["room"], cmd["type"], cmd["content"])
+                answer({"event_id": event_id})
             elif cmd["cmd"] == "send_encrypted_file":
                 with open(cmd["path"], "rb") as f:
                     plain = f.read()
