@@ -2,6 +2,10 @@ import { AppServiceRegistration } from "matrix-appservice-bridge";
 import { BridgeCore } from "./bridge/core";
 import { Permissions } from "./bridge/permissions";
 import { BridgeConfig } from "./config";
+import { EncryptionManager } from "./crypto/encryption-manager";
+import { checkHomeserverEncryption } from "./crypto/homeserver-check";
+import { cryptoSettings } from "./crypto/settings";
+import { MachineStore } from "./crypto/store/machine-store";
 import { configureLogging, getLogger } from "./logging";
 import { MatrixAppservice } from "./matrix/appservice";
 import { BridgeMetrics } from "./metrics/metrics";
@@ -33,6 +37,8 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   });
   const metrics = new BridgeMetrics({ processMetrics: true });
   const appservice = new MatrixAppservice(config, registration, store, metrics);
+  const crypto = config.encryption.allow ? await openEncryption(config, registration) : undefined;
+  if (crypto) appservice.useEncryption(crypto.manager);
   const core = new BridgeCore(store, appservice.port, connector, {
     thirdPartyDefault: config.bridge.third_party_chats_default,
     permissions: new Permissions(config.bridge.permissions),
@@ -72,6 +78,40 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   await metricsServer?.listen(config.metrics.port, config.metrics.hostname);
   await appservice.start(core);
   appserviceListening = true;
+  // Needs the listener: the check's probe comes back in a transaction.
+  const checkEncryption = async (background: boolean): Promise<void> => {
+    const support = await checkHomeserverEncryption(crypto!.manager, {
+      homeserverUrl: config.homeserver.url,
+      asToken: registration.getAppServiceToken()!,
+      botUserId: appservice.port.botMxid,
+      // After a restart the homeserver may hold transactions for a while (its backoff): the probe's time starts with the first one.
+      ...(background ? { armTimeout: crypto!.manager.nextTransaction() } : {}),
+    });
+    const settings = { default: config.encryption.default, require: config.encryption.require };
+    if (support.ok) log.info("encryption: on (the homeserver provides what end-to-bridge encryption needs)", settings);
+    else if (config.encryption.require) {
+      log.error(`${support.summary}; stopping (encryption.require is on)`);
+      if (background) process.kill(process.pid, "SIGTERM");
+      else throw new Error(`${support.summary} (encryption.require is on)`);
+    } else {
+      log.warn(`${support.summary}; running unencrypted`);
+      appservice.encryption!.disable();
+    }
+  };
+  if (crypto && crypto.bridgeDeviceKnown(appservice.port.botMxid)) {
+    // Checked before with this store: start encrypted and check again while running.
+    void checkEncryption(true).catch((err: Error) => log.error("encryption: the homeserver check failed", { error: err.message }));
+  } else if (crypto) {
+    try {
+      await checkEncryption(false);
+    } catch (err) {
+      await appservice.stop();
+      await metricsServer?.close();
+      await crypto.close();
+      store.close();
+      throw err;
+    }
+  }
   await connector.start(core);
   await core.start();
   // Matrix events (and those journaled before a restart) flow only once everything is up.
@@ -84,7 +124,34 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
       await connector.stop();
       await appservice.stop();
       await metricsServer?.close();
+      await crypto?.close();
       store.close();
+    },
+  };
+}
+
+/** Opens the crypto store (encryption.store_path, under the store key) and the machines' manager. */
+async function openEncryption(
+  config: BridgeConfig,
+  registration: AppServiceRegistration,
+): Promise<{ manager: EncryptionManager; bridgeDeviceKnown(userId: string): boolean; close(): Promise<void> }> {
+  const settings = cryptoSettings(config);
+  if (!settings.storeKey) throw new Error("encryption: no store key (encryption.store_key, network.store_key or BRIDGE_CRYPTO_STORE_KEY)");
+  const machines = await MachineStore.open(settings.storePath, settings.storeKey);
+  const manager = new EncryptionManager({
+    homeserverUrl: config.homeserver.url,
+    asToken: registration.getAppServiceToken()!,
+    store: machines,
+    hygiene: settings.hygiene,
+    roomKeyWaitMs: settings.roomKeyWaitMs,
+    deviceDisplayName: "Interop bridge",
+  });
+  return {
+    manager,
+    bridgeDeviceKnown: (userId) => machines.deviceOf(userId) !== undefined,
+    async close() {
+      await manager.close();
+      machines.close();
     },
   };
 }

@@ -21,7 +21,7 @@ import {
 import { BridgeStore, MatrixUserRow, PortalRow } from "../store";
 import { Access } from "./access";
 import { PipelineContext } from "./context";
-import { FAILURES } from "./failure";
+import { BridgeFailure, FAILURES } from "./failure";
 import { InboundPipeline } from "./inbound";
 import { InboxManager } from "./inbox";
 import { LinkHealth, LinkSnapshot } from "./link-health";
@@ -217,6 +217,23 @@ export class BridgeCore implements NetworkEventHandler {
     const portal = this.store.portals.byRoom(event.room_id);
     if (!portal?.roomId || event.sender !== portal.receiver) return;
     await this.status.report({ roomId: portal.roomId, eventId: event.event_id, asMxid: this.portals.ghostOf(portal) }, FAILURES.not_handled());
+  }
+
+  /**
+   * A Matrix event the bridge could not read (encryption: it did not decrypt, or the bridge
+   * requires encryption and the portal has none): its sender, if it is the portal's user or the
+   * user of the bot room, is told through the failure path.
+   */
+  async onMatrixEventRefused(event: MatrixEvent, failure: BridgeFailure): Promise<void> {
+    const portal = this.store.portals.byRoom(event.room_id);
+    if (portal?.roomId) {
+      if (event.sender !== portal.receiver) return;
+      await this.status.report({ roomId: portal.roomId, eventId: event.event_id, asMxid: this.portals.ghostOf(portal) }, failure);
+      return;
+    }
+    if (this.store.users.byManagementRoom(event.room_id)?.mxid === event.sender) {
+      await this.status.report({ roomId: event.room_id, eventId: event.event_id, asMxid: this.matrix.botMxid }, failure);
+    }
   }
 
   // ---- portals and users (portals.ts, status.ts) ---------------------------------------------

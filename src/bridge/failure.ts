@@ -37,6 +37,8 @@ export type FailureKind =
   | "too_old"
   | "network_refused"
   | "not_handled"
+  | "undecryptable"
+  | "unencrypted_room"
   | "waiting_for_network";
 
 export interface FailureSpec {
@@ -149,6 +151,26 @@ export const FAILURES = {
       notice: "Your message may not have been bridged: the bridge could not handle it after several tries.",
       quote: true,
       certain: false,
+    }),
+  /** An encrypted event the bridge could not decrypt (its room key never reached the bridge's device, …); `why` is the library's reason. */
+  undecryptable: (why: string) =>
+    new BridgeFailure({
+      kind: "undecryptable",
+      status: "FAIL_PERMANENT",
+      reason: "m.event_not_handled",
+      message: `the bridge could not decrypt it (${why})`,
+      notice: `Your message was not sent: the bridge could not decrypt it (${why}). Please send it again.`,
+      quote: true,
+    }),
+  /** A message in an unencrypted portal while the bridge requires encryption (encryption.require). */
+  unencrypted_room: () =>
+    new BridgeFailure({
+      kind: "unencrypted_room",
+      status: "FAIL_PERMANENT",
+      reason: "m.no_permission",
+      message: "this bridge only bridges encrypted rooms",
+      notice: "Your message was not sent: this bridge only bridges encrypted rooms. Turn on encryption in this room's settings and send it again.",
+      quote: true,
     }),
   /**
    * Waiting for the network, which is unreachable: shown once while it waits (no notice), then

@@ -142,7 +142,7 @@ export class InboundPipeline {
       content = { msgtype: "m.notice", body: `${name} ${message.content.description}` };
       metrics.dropped("to_matrix", message.content.what);
     } else if (message.content.type === "media") {
-      content = await this.mediaToMatrix(item.receiver, message.chat, ghost, message.content);
+      content = await this.mediaToMatrix(item.receiver, message.chat, ghost, portal.roomId!, message.content);
     } else {
       content = remoteToMatrix(message.content);
       metrics.bridged("to_matrix", message.content.type);
@@ -163,7 +163,13 @@ export class InboundPipeline {
    * Only a homeserver that is down (a retryable Matrix-side failure) makes it throw, so the
    * message is delivered again later.
    */
-  private async mediaToMatrix(receiver: string, chat: ChatRef, ghost: string, content: Extract<RemoteContent, { type: "media" }>): Promise<Record<string, unknown>> {
+  private async mediaToMatrix(
+    receiver: string,
+    chat: ChatRef,
+    ghost: string,
+    roomId: string,
+    content: Extract<RemoteContent, { type: "media" }>,
+  ): Promise<Record<string, unknown>> {
     const { network, matrix, metrics } = this.ctx;
     const caps = network.getCapabilities(chat);
     const max = caps.media[content.media.kind]?.maxSize ?? maxMediaSize(caps);
@@ -183,7 +189,7 @@ export class InboundPipeline {
       return failed(err.code, err.reason);
     }
     try {
-      const message = await matrix.mediaMessage(ghost, file, media, content.caption);
+      const message = await matrix.mediaMessage(ghost, roomId, file, media, content.caption);
       metrics.bridged("to_matrix", "media");
       return message;
     } catch (err) {

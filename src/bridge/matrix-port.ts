@@ -1,4 +1,4 @@
-import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
+import { AttachmentKeys, LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 import { LinkSnapshot } from "./link-health";
 
 /** A Matrix event as the core needs it (client-server event format). */
@@ -67,7 +67,8 @@ export interface MatrixPort {
   /** A notice from the bot, written in markdown (bot DMs). */
   botNotice(roomId: string, markdown: string, txnId: string): Promise<void>;
   /** Streams a Matrix file (mxc://) into a temporary file of at most maxBytes; rejects with MediaError. */
-  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia>;
-  /** Uploads received media as asMxid and returns the m.room.message content to send; rejects with MediaError. */
-  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>>;
+  /** An encrypted attachment (`encryption`) is decrypted on the way, its hash checked (MediaError "bad_hash"). */
+  downloadMedia(mxc: string, maxBytes: number, encryption?: AttachmentKeys): Promise<LocalMedia>;
+  /** Uploads received media as asMxid for the room (as encrypted attachments when the room is encrypted) and returns the m.room.message content to send; rejects with MediaError. */
+  mediaMessage(asMxid: string, roomId: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>>;
 }

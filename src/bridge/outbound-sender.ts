@@ -197,7 +197,7 @@ export class OutboundSender {
   private async withLocalMedia(content: RemoteContent, caps: ChatCapabilities, media: QueuedMedia): Promise<RemoteContent> {
     if (content.type !== "media" || content.source.from !== "matrix") return content;
     const max = caps.media[content.media.kind]?.maxSize ?? maxMediaSize(caps);
-    media.local ??= await this.ctx.matrix.downloadMedia(content.source.mxc, max).catch((err: unknown) => {
+    media.local ??= await this.ctx.matrix.downloadMedia(content.source.mxc, max, content.source.encryption).catch((err: unknown) => {
       if (!(err instanceof MediaError) || !err.retryable) throw err;
       media.failedDownloads = (media.failedDownloads ?? 0) + 1;
       const attempts = this.opts.mediaDownloadAttempts ?? 10;

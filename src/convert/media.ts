@@ -9,7 +9,7 @@
  * as MSC2448 (`info["xyz.amorgan.blurhash"]`), voice messages as MSC3245 (`m.audio` with
  * `org.matrix.msc3245.voice: {}` and `org.matrix.msc1767.audio: {duration, waveform}`).
  */
-import { MediaKind, RemoteContent, RemoteMedia } from "../network/connector";
+import { AttachmentKeys, MediaKind, RemoteContent, RemoteMedia } from "../network/connector";
 import { markdownToMatrix, matrixToMarkdown } from "./formatting";
 
 /** A Matrix message the network cannot carry: the user is told `reason` (defined here, below message-content.ts, which imports this file). */
@@ -190,13 +190,13 @@ export function matrixMediaToRemote(content: Record<string, unknown>): RemoteCon
   const msgtype = String(content.msgtype);
   let kind = MEDIA_MSGTYPES[msgtype];
   if (!kind) return { unbridgeable: true, reason: `messages of type ${msgtype} are not supported yet` };
-  if (typeof content.url !== "string") {
-    return {
-      unbridgeable: true,
-      reason: content.file ? "encrypted attachments cannot be bridged (this room is end-to-end encrypted)" : "the attachment has no URL",
-    };
+  const encrypted = content.url === undefined && content.file !== undefined ? encryptedFileOf(content.file) : undefined;
+  if (content.url === undefined && content.file !== undefined && !encrypted) {
+    return { unbridgeable: true, reason: "encrypted attachments cannot be bridged (this room is end-to-end encrypted)" };
   }
-  if (!parseMxc(content.url)) return { unbridgeable: true, reason: "the attachment's URL is not an mxc:// URI" };
+  const url = encrypted ? encrypted.url : content.url;
+  if (typeof url !== "string") return { unbridgeable: true, reason: "the attachment has no URL" };
+  if (!parseMxc(url)) return { unbridgeable: true, reason: "the attachment's URL is not an mxc:// URI" };
   if (kind === "audio" && typeof content["org.matrix.msc3245.voice"] === "object" && content["org.matrix.msc3245.voice"] !== null) kind = "voice";
   const info = (typeof content.info === "object" && content.info !== null ? content.info : {}) as Record<string, unknown>;
   const mimetype = typeof info.mimetype === "string" && info.mimetype ? info.mimetype : "application/octet-stream";
@@ -220,13 +220,28 @@ export function matrixMediaToRemote(content: Record<string, unknown>): RemoteCon
     const waveform = cleanWaveform(voiceAudio.waveform);
     if (waveform) media.waveform = waveform;
   }
-  const result: RemoteContent = { type: "media", media, source: { from: "matrix", mxc: content.url } };
+  const result: RemoteContent = { type: "media", media, source: { from: "matrix", mxc: url, ...(encrypted ? { encryption: encrypted.keys } : {}) } };
   if (hasCaption) {
     const format = typeof content.format === "string" ? content.format : undefined;
     const formatted = typeof content.formatted_body === "string" ? content.formatted_body : undefined;
     result.caption = matrixToMarkdown({ msgtype: "m.text", body, format, formatted_body: formatted });
   }
   return result;
+}
+
+/**
+ * An encrypted attachment (EncryptedFile, v2) the bridge can decrypt: an AES-256 key (JWK
+ * `A256CTR`), a 16-byte counter block and the ciphertext's SHA-256; undefined when any is missing.
+ */
+function encryptedFileOf(file: unknown): { url: string; keys: AttachmentKeys } | undefined {
+  if (typeof file !== "object" || file === null) return undefined;
+  const f = file as { url?: unknown; key?: { k?: unknown; alg?: unknown }; iv?: unknown; hashes?: { sha256?: unknown }; v?: unknown };
+  const k = f.key?.k;
+  const sha256 = f.hashes?.sha256;
+  if (typeof f.url !== "string" || typeof k !== "string" || typeof f.iv !== "string" || typeof sha256 !== "string") return undefined;
+  if (f.v !== "v2" || (f.key?.alg !== undefined && f.key.alg !== "A256CTR")) return undefined;
+  if (Buffer.from(k, "base64url").length !== 32 || Buffer.from(f.iv, "base64").length !== 16 || Buffer.from(sha256, "base64").length !== 32) return undefined;
+  return { url: f.url, keys: { key: k, iv: f.iv, sha256 } };
 }
 
 // ---------------------------------------------------------------------------------------------

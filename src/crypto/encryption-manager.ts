@@ -84,6 +84,7 @@ export class EncryptionManager {
   /** Extensions seen since start, for the homeserver check. */
   readonly seen = { toDevice: false, oneTimeKeyCounts: false, deviceLists: false };
   private readonly toDeviceListeners = new Set<(userId: string, deviceId: string, event: Record<string, unknown>) => void>();
+  private readonly transactionWaiters = new Set<() => void>();
 
   constructor(private readonly opts: EncryptionManagerOptions) {
     this.client = new DeviceClient({ homeserverUrl: opts.homeserverUrl, asToken: opts.asToken });
@@ -173,6 +174,8 @@ export class EncryptionManager {
    * are not the bridge's current devices are ignored.
    */
   async handleTransaction(body: Record<string, unknown>, isOurs: (userId: string) => boolean): Promise<void> {
+    for (const wake of this.transactionWaiters) wake();
+    this.transactionWaiters.clear();
     const ext = readTransactionExtensions(body);
     if (ext.changed.length || ext.left.length) this.seen.deviceLists = true;
     for (const [userId, byDevice] of ext.devices) {
@@ -208,7 +211,13 @@ export class EncryptionManager {
     const counts = new Map(Object.entries(data.oneTimeKeyCounts ?? {}));
     const fallback = data.unusedFallbackKeyTypes ? new Set(data.unusedFallbackKeyTypes) : undefined;
     await user.machine.receiveSyncChanges(JSON.stringify(data.toDevice), lists, counts, fallback);
-    await this.flushOutgoing(user);
+    // What arrived is stored; requests that fail now are asked for again at the next pass (already logged).
+    await this.flushOutgoing(user).catch(() => undefined);
+  }
+
+  /** Resolves when the next transaction arrives (the homeserver check: it may be delivering a backlog first). */
+  nextTransaction(): Promise<void> {
+    return new Promise((resolve) => this.transactionWaiters.add(resolve));
   }
 
   /** Test and homeserver-check hook: every to-device event delivered to a bridged device. */
@@ -289,9 +298,9 @@ export class EncryptionManager {
 
   /**
    * Decrypts an m.room.encrypted event with the machine of `receiverUserId` (a bridged user in the
-   * room). A key that has not arrived yet is waited for, up to roomKeyWaitMs.
+   * room). A key that has not arrived yet is waited for, up to `waitMs` (default roomKeyWaitMs).
    */
-  async decrypt(roomId: string, event: Record<string, unknown>, receiverUserId: string): Promise<DecryptedEvent> {
+  async decrypt(roomId: string, event: Record<string, unknown>, receiverUserId: string, waitMs?: number): Promise<DecryptedEvent> {
     const user = await this.machineFor(receiverUserId);
     const sessionId = String((event.content as { session_id?: string } | undefined)?.session_id ?? "");
     const attempt = async (): Promise<DecryptedEvent> => {
@@ -304,7 +313,7 @@ export class EncryptionManager {
     } catch (err) {
       if (!(err instanceof sdk.MegolmDecryptionError) || err.code !== sdk.DecryptionErrorCode.MissingRoomKey) throw this.failure(err);
     }
-    const arrived = await this.waitForRoomKey(sessionId, this.opts.roomKeyWaitMs ?? 10_000);
+    const arrived = await this.waitForRoomKey(sessionId, waitMs ?? this.opts.roomKeyWaitMs ?? 10_000);
     try {
       return await attempt();
     } catch (err) {

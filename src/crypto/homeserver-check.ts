@@ -28,7 +28,18 @@ export const MISSING = {
 
 export async function checkHomeserverEncryption(
   manager: EncryptionManager,
-  opts: { homeserverUrl: string; asToken: string; botUserId: string; timeoutMs?: number },
+  opts: {
+    homeserverUrl: string;
+    asToken: string;
+    botUserId: string;
+    /** How long the probe may take (default 15 s). */
+    timeoutMs?: number;
+    /**
+     * Start the probe's time only once this resolves (a restarted bridge: the homeserver, backing
+     * off after failed transactions, delivers nothing for a while, then its backlog before the probe).
+     */
+    armTimeout?: Promise<void>;
+  },
 ): Promise<EncryptionSupport> {
   const missing: string[] = [];
   const client = new DeviceClient({ homeserverUrl: opts.homeserverUrl, asToken: opts.asToken, attempts: 2 });
@@ -48,17 +59,26 @@ export async function checkHomeserverEncryption(
   manager.seen.oneTimeKeyCounts = false;
   const nonce = randomBytes(12).toString("hex");
   const arrived = new Promise<boolean>((resolve) => {
-    const timer = setTimeout(() => {
-      stop();
-      resolve(false);
-    }, opts.timeoutMs ?? 15_000);
+    let timer: NodeJS.Timeout | undefined;
+    let done = false;
+    const arm = () => {
+      if (done) return;
+      timer = setTimeout(() => {
+        done = true;
+        stop();
+        resolve(false);
+      }, opts.timeoutMs ?? 15_000);
+    };
     const stop = manager.onToDevice((userId, device, event) => {
       if (userId !== opts.botUserId || device !== deviceId || event.type !== PROBE_TYPE) return;
       if ((event.content as { nonce?: string } | undefined)?.nonce !== nonce) return;
+      done = true;
       clearTimeout(timer);
       stop();
       resolve(true);
     });
+    if (opts.armTimeout) void opts.armTimeout.then(arm);
+    else arm();
   });
   await client.request("PUT", `v3/sendToDevice/${PROBE_TYPE}/${nonce}`, { userId: opts.botUserId, deviceId }, { messages: { [opts.botUserId]: { [deviceId]: { nonce } } } });
   if (!(await arrived)) missing.push(MISSING.toDevice);

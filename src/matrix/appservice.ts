@@ -1,8 +1,10 @@
 import { AppServiceRegistration, Bridge, Request, WeakEvent } from "matrix-appservice-bridge";
 import { UserControls } from "../bridge/controls";
+import { FAILURES } from "../bridge/failure";
 import { BridgeCore } from "../bridge/core";
 import { MatrixEvent } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
+import { DecryptionFailure, EncryptionManager } from "../crypto/encryption-manager";
 import { readReceiptsOf, typingUsersOf } from "../convert/ephemeral";
 import { getLogger } from "../logging";
 import { BridgeStore } from "../store";
@@ -10,8 +12,9 @@ import { BotCommands } from "./bot";
 import { CatchUp, type RawEvent } from "./catch-up";
 import { DurableAppService } from "./durable-appservice";
 import type { HomeserverRequestCounter } from "./homeserver-requests";
-import { AppserviceMatrixPort } from "./matrix-side";
+import { AppserviceMatrixPort, withClearRelation } from "./matrix-side";
 import { ProvisioningApi } from "./provisioning";
+import { RoomEncryption } from "./room-encryption";
 
 const log = getLogger("appservice");
 
@@ -32,6 +35,9 @@ const TIMED_EVENT_TYPES: ReadonlySet<string> = new Set([
   "m.room.topic",
   "m.room.avatar",
 ]);
+
+/** What a user sends in a portal that encryption.require refuses in an unencrypted room. */
+const REFUSED_UNENCRYPTED: ReadonlySet<string> = new Set(["m.room.message", "m.sticker", "m.reaction", "m.room.redaction"]);
 
 /** An ephemeral event as the homeserver pushes it to appservices (with its room). */
 interface EphemeralEvent {
@@ -54,6 +60,10 @@ export class MatrixAppservice {
   private bot?: BotCommands;
   /** The provisioning API, once registered (the lead of the bridge's HTTP routes). */
   provisioning?: ProvisioningApi;
+  /** End-to-bridge encryption, when encryption.allow is on (useEncryption). */
+  encryption?: RoomEncryption;
+  /** Per room, the last event being decrypted: the events behind it wait, so a room's events keep their order. */
+  private readonly roomTails = new Map<string, Promise<void>>();
 
   constructor(
     private readonly config: BridgeConfig,
@@ -93,6 +103,10 @@ export class MatrixAppservice {
         void this.core?.onMatrixEventFailed(event as unknown as MatrixEvent).catch((err: Error) => log.warn("could not report a given-up event", { error: err.message }));
       },
       missedBefore: (txnId, events) => this.catchUp.missedBefore(txnId, events),
+      // To-device messages (room keys), device lists and key counts: fed to the crypto machines before the 200.
+      beforeJournal: async (body) => {
+        if (this.encryption) await this.encryption.manager.handleTransaction(body, (mxid) => this.isOwnUser(mxid));
+      },
     });
     this.catchUp = new CatchUp({
       journal: store.journal,
@@ -106,6 +120,16 @@ export class MatrixAppservice {
     });
     // Routes added with addAppServicePath (ping, provisioning) check the token through this, in constant time.
     this.bridge.requestCheckToken = (req) => this.appservice.hasHomeserverToken(req);
+  }
+
+  /** Turns end-to-bridge encryption on (before start: the transactions feed it from the first). */
+  useEncryption(manager: EncryptionManager): void {
+    this.encryption = new RoomEncryption(manager, {
+      byDefault: this.config.encryption.default,
+      require: this.config.encryption.require,
+      readEncryptionState: (roomId, asMxid) => this.port.encryptionState(asMxid, roomId),
+    });
+    this.port.encryption = this.encryption;
   }
 
   async start(core: BridgeCore): Promise<void> {
@@ -130,6 +154,8 @@ export class MatrixAppservice {
     const botIntent = this.bridge.getIntent(this.port.botMxid);
     await botIntent.ensureRegistered();
     await this.ensureBotProfile(botIntent);
+    // Transactions held while the bridge was down (the encryption check's probe waits behind them) come now; they are journaled, dispatched later.
+    this.nudgeHomeserver();
     log.info("appservice listening", { hostname: this.config.appservice.hostname, port: this.config.appservice.port, bot: this.port.botMxid });
   }
 
@@ -142,6 +168,11 @@ export class MatrixAppservice {
     this.pruneTimer = setInterval(() => this.prune(), 3600_000);
     this.pruneTimer.unref();
     this.appservice.startDispatching();
+    this.nudgeHomeserver();
+  }
+
+  /** Asks the homeserver to send what it holds for us now rather than after its backoff (the appservice ping). */
+  private nudgeHomeserver(): void {
     const id = encodeURIComponent(this.registration.getId() ?? "");
     // Not awaited: a nudge, and while the homeserver is away requests to it wait for it.
     void this.bridge
@@ -205,13 +236,53 @@ export class MatrixAppservice {
     log.debug("matrix event", { type: event.type, room: event.room_id, eventId: event.event_id });
     // Event types are chosen by senders: only well-known ones become label values.
     const timer = this.core!.metrics.matrixEventSeconds.startTimer({ type: TIMED_EVENT_TYPES.has(event.type) ? event.type : "other" });
-    this.handle(event)
+    this.inRoomOrder(event)
       .finally(() => timer())
       .then(() => request.resolve(undefined))
       .catch((err: Error) => {
         log.error("failed to handle a Matrix event", { type: event.type, room: event.room_id, eventId: event.event_id, error: err.message });
         request.reject(err);
       });
+  }
+
+  /**
+   * Handles the event once the room's earlier events are on their way: an encrypted event is
+   * decrypted first (as the portal's ghost, or the bot), and the events behind it wait for that.
+   * Until the handler finishes, the journal keeps the event (ciphertext), so a crash replays it.
+   */
+  private inRoomOrder(event: MatrixEvent): Promise<void> {
+    const room = event.room_id;
+    const before = this.roomTails.get(room);
+    if (!before && event.type !== "m.room.encrypted") return this.handle(event);
+    let handled: Promise<void> = Promise.resolve();
+    const step = (before ?? Promise.resolve())
+      .then(() => this.readable(event))
+      .then((clear) => {
+        if (clear) handled = this.handle(clear);
+      });
+    const tail = step.catch(() => undefined);
+    this.roomTails.set(room, tail);
+    void tail.then(() => {
+      if (this.roomTails.get(room) === tail) this.roomTails.delete(room);
+    });
+    return step.then(() => handled);
+  }
+
+  /** The event as the bridge handles it: decrypted when it is encrypted; null when it cannot be (the sender is told). */
+  private async readable(event: MatrixEvent): Promise<MatrixEvent | null> {
+    if (event.type !== "m.room.encrypted" || !this.encryption?.enabled) return event;
+    const reader = this.memberOf(event.room_id);
+    if (!reader) return event;
+    try {
+      const clear = await this.encryption.decrypt(event as unknown as Record<string, unknown> & { room_id: string }, reader);
+      return { ...event, type: clear.type, content: withClearRelation(clear.content, event.content) };
+    } catch (err) {
+      if (!(err instanceof DecryptionFailure)) throw err;
+      log.warn("could not decrypt a Matrix event", { room: event.room_id, eventId: event.event_id, sender: event.sender, code: err.code, error: err.message });
+      this.core!.metrics.dropped("to_network", "undecryptable");
+      await this.core!.onMatrixEventRefused(event, FAILURES.undecryptable(err.code));
+      return null;
+    }
   }
 
   private routeEphemeral(event: EphemeralEvent): void {
@@ -237,10 +308,27 @@ export class MatrixAppservice {
 
   private async handle(event: MatrixEvent): Promise<void> {
     const core = this.core!;
+    const encryption = this.encryption?.enabled ? this.encryption : undefined;
+    if (encryption && event.type === "m.room.encryption" && event.state_key === "") {
+      // From now on the bridge's users encrypt here, and read what is encrypted: nothing to refuse.
+      encryption.markEncrypted(event.room_id);
+      log.info("encryption turned on in a room", { room: event.room_id });
+      return;
+    }
+    if (event.type === "m.room.member") encryption?.membershipChanged(event.room_id);
+    if (encryption?.require && REFUSED_UNENCRYPTED.has(event.type) && this.store.portals.byRoom(event.room_id)?.roomId) {
+      const reader = this.memberOf(event.room_id);
+      if (reader && !(await encryption.isEncrypted(event.room_id, reader))) {
+        await core.onMatrixEventRefused(event, FAILURES.unencrypted_room());
+        return;
+      }
+    }
     if (event.type === "m.room.member" && event.state_key) {
       const membership = event.content.membership;
       if (membership === "invite" && event.state_key === this.port.botMxid) return this.onBotInvite(event);
       if (membership === "invite" && this.port.remoteIdOfGhost(event.state_key)) {
+        // The ghost's device exists before the user's client shares its room key (it shares with the devices it finds).
+        if (encryption) await encryption.manager.machineFor(event.state_key);
         return core.onGhostInvited(event.room_id, event.sender, event.state_key, event.content.is_direct === true);
       }
       if (membership === "leave" || membership === "ban") {
@@ -299,7 +387,12 @@ export class MatrixAppservice {
       return;
     }
     if (event.content.is_direct !== true) {
-      await intent.sendMessage(event.room_id, { msgtype: "m.notice", body: "I only work in a direct chat. Start a direct chat with me to manage your Third-Party Chats." });
+      await this.port.notice(
+        this.port.botMxid,
+        event.room_id,
+        "I only work in a direct chat. Start a direct chat with me to manage your Third-Party Chats.",
+        `notdm.${event.event_id}`,
+      );
       await intent.leave(event.room_id);
       return;
     }

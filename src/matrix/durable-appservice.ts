@@ -32,6 +32,12 @@ export interface DurableAppServiceOptions {
    * they are journaled first, in the same SQLite transaction.
    */
   missedBefore?: (txnId: string, events: Record<string, unknown>[]) => Promise<Record<string, unknown>[]>;
+  /**
+   * Reads what the transaction carries besides its events (to-device messages, device lists and
+   * key counts for end-to-bridge encryption) before its events are journaled and it is answered;
+   * a failure answers 500, so the homeserver resends it (none of that is journaled).
+   */
+  beforeJournal?: (body: Record<string, unknown>) => Promise<void>;
 }
 
 /** Four tries: the first, then after 1 s, 5 s and 25 s. */
@@ -54,6 +60,7 @@ export class DurableAppService extends AppService {
   private readonly isOwnUser?: (mxid: string) => boolean;
   private readonly onGaveUp?: (event: Record<string, unknown>) => void;
   private readonly missedBefore?: DurableAppServiceOptions["missedBefore"];
+  private readonly beforeJournal?: DurableAppServiceOptions["beforeJournal"];
   /** Journal writes one at a time: a transaction's catch-up read and its append are not overtaken. */
   private readonly writes = new KeyedQueue();
   private dispatching = false;
@@ -72,6 +79,7 @@ export class DurableAppService extends AppService {
     this.isOwnUser = opts.isOwnUser;
     this.onGaveUp = opts.onGaveUp;
     this.missedBefore = opts.missedBefore;
+    this.beforeJournal = opts.beforeJournal;
     // Body parser refusals as Matrix errors in one log line, not Express's HTML and stack trace.
     this.expressApp.use((err: { status?: number; type?: string; message?: string }, req: Request, res: Response, next: (err?: unknown) => void) => {
       if (res.headersSent || this.refusalsHandledUnder.some((prefix) => req.path.startsWith(prefix))) return next(err);
@@ -140,6 +148,15 @@ export class DurableAppService extends AppService {
     });
     void this.writes
       .run("journal", async () => {
+        if (this.beforeJournal) {
+          try {
+            await this.beforeJournal(body as Record<string, unknown>);
+          } catch (err) {
+            log.error("could not take in a homeserver transaction's encryption data; the homeserver will resend it", { txnId, error: (err as Error).message });
+            res.status(500).json({ errcode: "M_UNKNOWN", error: "the bridge could not take in the transaction" });
+            return;
+          }
+        }
         const missed = this.missedBefore
           ? await this.missedBefore(txnId, timeline).catch((err: Error) => {
               log.warn("could not look for events the homeserver did not push", { txnId, error: err.message });

@@ -1,16 +1,18 @@
+import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { Bridge, Intent } from "matrix-appservice-bridge";
 import { MatrixEvent, MatrixPort, SendOptions } from "../bridge/matrix-port";
 import { BridgeConfig } from "../config";
 import { markdownToMatrix } from "../convert/formatting";
 import { getLogger } from "../logging";
-import { LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
+import { AttachmentKeys, LocalMedia, RemoteMedia, RemoteProfile } from "../network/connector";
 import { BridgeStore } from "../store";
 import { LinkSnapshot } from "../bridge/link-health";
 import { GhostIds } from "./ghost-ids";
 import { HomeserverLink, isAmbiguousFailure } from "./homeserver-link";
 import type { HomeserverRequestCounter } from "./homeserver-requests";
 import { MatrixMedia } from "./media";
+import { RoomEncryption } from "./room-encryption";
 
 const log = getLogger("matrix");
 
@@ -33,6 +35,8 @@ export class AppserviceMatrixPort implements MatrixPort {
   readonly serverName: string;
   private readonly ids: GhostIds;
   private readonly media: MatrixMedia;
+  /** End-to-bridge encryption (set by the appservice when encryption.allow is on). */
+  encryption?: RoomEncryption;
 
   constructor(
     private readonly bridge: Bridge,
@@ -74,6 +78,8 @@ export class AppserviceMatrixPort implements MatrixPort {
       this.store.ghosts.markRegistered(remoteUserId);
       ghost = { ...ghost, registered: true };
     }
+    // Its device (and cross-signing identity) before any room the ghost makes: members' clients share keys with the devices they find.
+    if (this.encryption?.enabled) await this.encryption.manager.machineFor(mxid);
     const wantedName = this.displayNameFor(remoteUserId, profile?.displayName ?? null);
     if (ghost.displayName !== wantedName && (profile || !ghost.displayName)) {
       await intent.setDisplayName(wantedName);
@@ -105,7 +111,10 @@ export class AppserviceMatrixPort implements MatrixPort {
       power_level_content_override: { users: { [ghostMxid]: 100, [invitee]: 100 } },
     };
     if (name) options.name = name;
+    const encrypted = this.encryption?.byDefault ?? false;
+    if (encrypted) options.initial_state = [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }];
     const { room_id } = await this.intent(ghostMxid).createRoom({ createAsClient: true, options });
+    if (encrypted) this.encryption!.markEncrypted(room_id);
     return room_id;
   }
 
@@ -155,10 +164,12 @@ export class AppserviceMatrixPort implements MatrixPort {
     // Through the sender's own client: the bot's client may be set to assert the bot's identity,
     // which overrides a user_id given here and would send a ghost's message as the bot.
     const client = this.intent(asMxid).matrixClient;
-    const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(opts.txnId)}`;
+    // In an encrypted room the event goes out as m.room.encrypted, encrypted by the sender's own device.
+    const wire = this.encryption ? await this.encryption.outgoing(roomId, asMxid, type, content) : { type, content };
+    const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(wire.type)}/${encodeURIComponent(opts.txnId)}`;
     const qs: Record<string, unknown> = {};
     if (opts.ts) qs.ts = opts.ts;
-    const result = (await client.doRequest("PUT", path, qs, content)) as { event_id: string };
+    const result = (await client.doRequest("PUT", path, qs, wire.content)) as { event_id: string };
     this.store.matrixSends.finish(roomId, opts.txnId, result.event_id);
     return result.event_id;
   }
@@ -181,7 +192,8 @@ export class AppserviceMatrixPort implements MatrixPort {
 
   /** The event an interrupted send created, if it is among the sender's recent events in the room. */
   private async findEarlierSend(asMxid: string, roomId: string, type: string, content: Record<string, unknown>, ts: number | undefined, startedAt: number): Promise<string | null> {
-    const filter = JSON.stringify({ senders: [asMxid], types: [type] });
+    const encryption = this.encryption && (await this.encryption.isEncrypted(roomId, asMxid)) ? this.encryption : undefined;
+    const filter = JSON.stringify({ senders: [asMxid], types: encryption ? [type, "m.room.encrypted"] : [type] });
     let chunk: MatrixEvent[];
     try {
       const res = (await this.intent(asMxid).matrixClient.doRequest("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/messages`, {
@@ -194,6 +206,7 @@ export class AppserviceMatrixPort implements MatrixPort {
       log.warn("could not search the room for an interrupted send; sending it again", { room: roomId, error: (err as Error).message });
       return null;
     }
+    if (encryption) chunk = await Promise.all(chunk.map((e) => this.readable(encryption, asMxid, { ...e, room_id: roomId })));
     const wanted = canonicalJson(content);
     const match = chunk.find(
       (e) =>
@@ -209,11 +222,35 @@ export class AppserviceMatrixPort implements MatrixPort {
     return match?.event_id ?? null;
   }
 
+  /**
+   * An encrypted event of the bridge's own user as it was before encryption (the sender's device
+   * keeps its own room keys), for comparing contents; left as it is when it does not decrypt.
+   */
+  private async readable(encryption: RoomEncryption, asMxid: string, e: MatrixEvent): Promise<MatrixEvent> {
+    if (e.type !== "m.room.encrypted") return e;
+    try {
+      const clear = await encryption.decrypt(e as unknown as Record<string, unknown> & { room_id: string }, asMxid, 0);
+      return { ...e, type: clear.type, content: withClearRelation(clear.content, e.content) };
+    } catch {
+      return e;
+    }
+  }
+
   async notice(asMxid: string, roomId: string, text: string, txnId?: string, replyTo?: string): Promise<void> {
     // A reply also keeps two equal notices sent in the same millisecond apart (identical events would be one event).
     const content = { msgtype: "m.notice", body: text, ...(replyTo ? { "m.relates_to": { "m.in_reply_to": { event_id: replyTo } } } : {}) };
-    if (txnId) await this.send(asMxid, roomId, content, { txnId });
-    else await this.intent(asMxid).sendMessage(roomId, content);
+    // Through send() even without a transaction id of the caller's: it encrypts in encrypted rooms.
+    await this.send(asMxid, roomId, content, { txnId: txnId ?? `notice.${Date.now()}.${randomBytes(6).toString("hex")}` });
+  }
+
+  /** The room's m.room.encryption content as asMxid reads it, or null when the room is not encrypted. */
+  async encryptionState(asMxid: string, roomId: string): Promise<Record<string, unknown> | null> {
+    try {
+      return (await this.intent(asMxid).matrixClient.getRoomStateEvent(roomId, "m.room.encryption", "")) as Record<string, unknown>;
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) return null;
+      throw err;
+    }
   }
 
   async members(asMxid: string, roomId: string): Promise<string[]> {
@@ -266,11 +303,18 @@ export class AppserviceMatrixPort implements MatrixPort {
     await this.send(this.botMxid, roomId, { ...markdownToMatrix(markdown), msgtype: "m.notice" }, { txnId });
   }
 
-  downloadMedia(mxc: string, maxBytes: number): Promise<LocalMedia> {
-    return this.media.download(mxc, maxBytes);
+  downloadMedia(mxc: string, maxBytes: number, encryption?: AttachmentKeys): Promise<LocalMedia> {
+    return this.media.download(mxc, maxBytes, encryption);
   }
 
-  mediaMessage(asMxid: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
-    return this.media.prepareMessage(asMxid, file, media, caption);
+  async mediaMessage(asMxid: string, roomId: string, file: LocalMedia, media: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
+    const encrypted = this.encryption ? await this.encryption.isEncrypted(roomId, asMxid) : false;
+    return this.media.prepareMessage(asMxid, file, media, caption, encrypted);
   }
+}
+
+/** A decrypted event's content with the relation of its encrypted form, which the spec leaves readable and authoritative. */
+export function withClearRelation(clear: Record<string, unknown>, encrypted: Record<string, unknown>): Record<string, unknown> {
+  const relation = encrypted["m.relates_to"];
+  return relation === undefined ? clear : { ...clear, "m.relates_to": relation };
 }

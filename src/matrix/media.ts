@@ -25,11 +25,12 @@ import {
   waveformFromPeaks,
   type UploadedThumbnail,
 } from "../convert/media";
+import { attachmentDecryptor, attachmentEncryptor, EncryptedFile } from "../crypto/attachments";
 import { noteStreamed, pacedPassThrough } from "../gc-pacing";
 import { getLogger } from "../logging";
 import { audioPeaks, makeThumbnail, probeMedia, rawRgba } from "../media/ffmpeg";
 import { probedFacts, settleMediaKind } from "../media/probe";
-import { LocalMedia, MediaError, RemoteMedia } from "../network/connector";
+import { AttachmentKeys, LocalMedia, MediaError, RemoteMedia } from "../network/connector";
 import { errcodeOf, HomeserverLink, HomeserverUnreachable, isProxyRefusal } from "./homeserver-link";
 
 const log = getLogger("matrix-media");
@@ -65,9 +66,10 @@ export class MatrixMedia {
   /**
    * Streams a Matrix file into a temporary file, refusing it once it passes `maxBytes`. While
    * the homeserver cannot be reached this waits for it, like every Matrix request; a failure
-   * it answers is retryable if it is a server error, final otherwise (404 included).
+   * it answers is retryable if it is a server error, final otherwise (404 included). An
+   * encrypted attachment (`encryption`) is decrypted as it streams, its hash checked at the end.
    */
-  async download(mxc: string, maxBytes: number): Promise<LocalMedia> {
+  async download(mxc: string, maxBytes: number, encryption?: AttachmentKeys): Promise<LocalMedia> {
     const m = parseMxc(mxc);
     if (!m) throw new MediaError("bad_url", "the attachment's URL is not an mxc:// URI");
     const url = `${this.base}/_matrix/client/v1/media/download/${encodeURIComponent(m.serverName)}/${encodeURIComponent(m.mediaId)}`;
@@ -109,7 +111,12 @@ export class MatrixMedia {
       },
     });
     try {
-      await pipeline(Readable.fromWeb(response.body! as import("node:stream/web").ReadableStream<Uint8Array>), limit, fs.createWriteStream(dest, { mode: 0o600 }));
+      const body = Readable.fromWeb(response.body! as import("node:stream/web").ReadableStream<Uint8Array>);
+      const out = fs.createWriteStream(dest, { mode: 0o600 });
+      if (encryption) {
+        const corrupt = () => new MediaError("bad_hash", "the encrypted file does not match its hash (it is corrupt or was replaced)");
+        await pipeline(body, limit, attachmentDecryptor(encryption, corrupt), out);
+      } else await pipeline(body, limit, out);
     } catch (err) {
       await fs.promises.rm(dest, { force: true });
       if (err instanceof MediaError) throw err;
@@ -118,11 +125,29 @@ export class MatrixMedia {
     return this.local(dest, size);
   }
 
+  /**
+   * Encrypts a file (an encrypted attachment) into a temporary file, uploads that as `asMxid`
+   * and returns the EncryptedFile for the event's `file` / `thumbnail_file`. The homeserver
+   * sees neither the bytes nor the name nor the type.
+   */
+  async uploadEncrypted(asMxid: string, file: string): Promise<EncryptedFile> {
+    const sealed = this.tempFile("sealed");
+    try {
+      const encryptor = attachmentEncryptor();
+      await pipeline(fs.createReadStream(file), encryptor.stream, fs.createWriteStream(sealed, { mode: 0o600 }));
+      const keys = encryptor.keys();
+      const url = await this.upload(asMxid, sealed, "application/octet-stream", "");
+      return { ...keys, url };
+    } finally {
+      await fs.promises.rm(sealed, { force: true });
+    }
+  }
+
   /** Streams a file to the media repository as `asMxid`; returns its mxc URI. */
   async upload(asMxid: string, file: string, mimetype: string, filename: string): Promise<string> {
     const size = (await fs.promises.stat(file)).size;
     const url = new URL(`${this.base}/_matrix/media/v3/upload`);
-    url.searchParams.set("filename", filename);
+    if (filename) url.searchParams.set("filename", filename);
     url.searchParams.set("user_id", asMxid);
     const post = () =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -173,7 +198,7 @@ export class MatrixMedia {
    * settles the kind and measures the file (the sender's figures fill only gaps); thumbnails,
    * blurhash and waveform are extras: if making one fails the message goes without it.
    */
-  async prepareMessage(asMxid: string, file: LocalMedia, claimed: RemoteMedia, caption?: string): Promise<Record<string, unknown>> {
+  async prepareMessage(asMxid: string, file: LocalMedia, claimed: RemoteMedia, caption?: string, encrypted = false): Promise<Record<string, unknown>> {
     const probe = await probeMedia(file.path).catch((err: Error) => {
       log.warn("could not probe received media", { error: err.message });
       return null;
@@ -182,6 +207,9 @@ export class MatrixMedia {
     const media: RemoteMedia = { ...claimed, kind, mimetype: settledMimetype(claimed.kind, kind, claimed.mimetype), ...probedFacts(kind, probe) };
     if (kind !== claimed.kind) log.debug("received media kind settled by probing", { claimed: claimed.kind, kind });
     const temporary: string[] = [];
+    // In an encrypted room the file and its thumbnail are encrypted attachments (the event itself is encrypted when sent).
+    let thumbnailFile: EncryptedFile | undefined;
+    let mainFile: EncryptedFile | undefined;
     try {
       if (kind === "voice" && !media.waveform?.length) {
         media.waveform = await audioPeaks(file.path)
@@ -192,7 +220,7 @@ export class MatrixMedia {
           });
       }
       let thumbnail: UploadedThumbnail | undefined;
-      let thumbnailFile: string | undefined;
+      let thumbnailPath: string | undefined;
       if (needsThumbnail(kind, media.width, media.height)) {
         const mimetype = kind === "video" ? "image/jpeg" : thumbnailMimetype(media.mimetype);
         const dest = this.tempFile("thumb") + (mimetype === "image/png" ? ".png" : ".jpg");
@@ -200,15 +228,19 @@ export class MatrixMedia {
         try {
           const atMs = kind === "video" && media.durationMs ? Math.min(1000, Math.floor(media.durationMs / 2)) : undefined;
           const made = await makeThumbnail(file.path, dest, { mimetype, maxWidth: THUMBNAIL_MAX.width, maxHeight: THUMBNAIL_MAX.height, atMs });
-          const mxc = await this.upload(asMxid, dest, mimetype, `thumbnail.${mimetype === "image/png" ? "png" : "jpg"}`);
+          let mxc: string;
+          if (encrypted) {
+            thumbnailFile = await this.uploadEncrypted(asMxid, dest);
+            mxc = thumbnailFile.url;
+          } else mxc = await this.upload(asMxid, dest, mimetype, `thumbnail.${mimetype === "image/png" ? "png" : "jpg"}`);
           thumbnail = { mxc, mimetype, size: made.size, width: made.width, height: made.height };
-          thumbnailFile = dest;
+          thumbnailPath = dest;
         } catch (err) {
           log.warn("could not make a thumbnail", { kind, error: (err as Error).message });
         }
       }
       let blurhash: string | undefined;
-      const picture = kind === "image" ? file.path : kind === "video" ? thumbnailFile : undefined;
+      const picture = kind === "image" ? file.path : kind === "video" ? thumbnailPath : undefined;
       const pictureSize = kind === "video" && thumbnail ? thumbnail : media;
       if (picture && pictureSize.width && pictureSize.height) {
         const sample = blurhashSampleSize(pictureSize.width, pictureSize.height);
@@ -220,10 +252,23 @@ export class MatrixMedia {
             return undefined;
           });
       }
-      const mxc = await this.upload(asMxid, file.path, media.mimetype.split(";")[0]!.trim(), media.filename);
-      return remoteMediaToMatrix({ media, mxc, size: file.size, thumbnail, blurhash, caption });
+      if (encrypted) mainFile = await this.uploadEncrypted(asMxid, file.path);
+      const mxc = mainFile ? mainFile.url : await this.upload(asMxid, file.path, media.mimetype.split(";")[0]!.trim(), media.filename);
+      const content = remoteMediaToMatrix({ media, mxc, size: file.size, thumbnail, blurhash, caption });
+      return mainFile ? asEncryptedAttachment(content, mainFile, thumbnailFile) : content;
     } finally {
       for (const f of temporary) await fs.promises.rm(f, { force: true });
     }
   }
+}
+
+/** Media content with its file (and thumbnail) as encrypted attachments: `file` replaces `url`, `thumbnail_file` replaces `thumbnail_url`. */
+function asEncryptedAttachment(content: Record<string, unknown>, file: EncryptedFile, thumbnail: EncryptedFile | undefined): Record<string, unknown> {
+  const { url: _url, ...rest } = content;
+  const info = { ...(rest.info as Record<string, unknown>) };
+  if (thumbnail) {
+    delete info.thumbnail_url;
+    info.thumbnail_file = thumbnail;
+  }
+  return { ...rest, info, file };
 }

@@ -39,6 +39,17 @@ export type RemoteContent =
   /** A photo, video, voice note, audio file or document; `caption` is GFM-MIMI markdown. */
   | { type: "media"; media: RemoteMedia; source: MediaSource; caption?: string };
 
+/**
+ * How an encrypted attachment (the spec's EncryptedFile) is decrypted: the JWK's `k`
+ * (unpadded base64url, 32 bytes), the counter block `iv` and the SHA-256 of the ciphertext
+ * (unpadded base64).
+ */
+export interface AttachmentKeys {
+  key: string;
+  iv: string;
+  sha256: string;
+}
+
 /** Voice notes are recorded in the chat (WhatsApp's push-to-talk); audio is a sent sound file. */
 export type MediaKind = "image" | "video" | "voice" | "audio" | "file";
 
@@ -60,7 +71,7 @@ export interface RemoteMedia {
 /** Where the bytes of a piece of media are. */
 export type MediaSource =
   /** On the homeserver (Matrix → network, while the message waits in the outbound queue). */
-  | { from: "matrix"; mxc: string }
+  | { from: "matrix"; mxc: string; encryption?: AttachmentKeys }
   /** On the network; `ref` is the connector's own description, handed back to `downloadMedia`. */
   | { from: "network"; ref: string }
   /** A verified plaintext file on this machine, valid during the call that is given it. */

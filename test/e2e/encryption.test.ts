@@ -18,31 +18,7 @@ import { MISSING } from "../../src/crypto/homeserver-check";
 import { ENCRYPTION_REGISTRATION_KEYS } from "../../src/matrix/registration";
 import { freePort, repoRoot, startTestHomeserver, type TestHomeserver } from "../support/homeserver";
 import { registerUser, type TestClient } from "../support/matrix-client";
-
-const PYTHON = "/usr/bin/python3";
-
-/** A line-protocol child: send a JSON command, read its JSON answer. */
-class NioPeer {
-  private readonly answers: ((line: string) => void)[] = [];
-  private stderr = "";
-  constructor(readonly proc: ChildProcess) {
-    readline.createInterface({ input: proc.stdout! }).on("line", (l) => this.answers.shift()?.(l));
-    proc.stderr!.on("data", (d) => (this.stderr += d));
-  }
-  ask<T = Record<string, any>>(cmd: Record<string, unknown>): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const onExit = (): void => reject(new Error(`nio peer exited: ${this.stderr.slice(-2000)}`));
-      this.proc.once("exit", onExit);
-      this.answers.push((line) => {
-        this.proc.off("exit", onExit);
-        const parsed = JSON.parse(line);
-        if (parsed.error) reject(new Error(`nio peer: ${parsed.error}`));
-        else resolve(parsed);
-      });
-      this.proc.stdin!.write(`${JSON.stringify(cmd)}\n`);
-    });
-  }
-}
+import { NioPeer } from "../support/nio";
 
 describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeout: 8 * 60_000 }, () => {
   let hs: TestHomeserver;
@@ -125,24 +101,13 @@ describe("encrypted rooms: a ghost's own device and a real E2EE client", { timeo
       bot: `@cryptoghost_bot:${hs.serverName}`,
     };
     alice = await registerUser(hs, "alice");
-    const nioProc = spawn(
-      PYTHON,
-      [
-        path.join(repoRoot(), "test/support/nio-peer.py"),
-        JSON.stringify({ hs: hs.url, user_id: alice.userId, device_id: alice.deviceId, token: alice.accessToken, store: fs.mkdtempSync(path.join(tmp, "nio-")) }),
-      ],
-      {
-        stdio: ["pipe", "pipe", "pipe"],
-      },
-    );
-    nio = new NioPeer(nioProc);
+    nio = NioPeer.start(hs, alice, tmp);
     ghostDevice = await startGhost();
   });
 
   after(async () => {
     ghostProc?.kill("SIGKILL");
-    nio?.proc.stdin?.end();
-    nio?.proc.kill();
+    nio?.stop();
     await hs?.stop();
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });

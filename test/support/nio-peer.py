@@ -8,6 +8,17 @@ one JSON answer per stdout line:
   {"cmd": "wait_message", "room": R, "text": T}    -> {"sender", "sender_key", "decrypted"}
   {"cmd": "cross_signing", "user": U}              -> {"devices": {id: {"cross_signed": bool, "curve25519": key}}}
   {"cmd": "undecryptable"}                         -> {"count": n}
+  {"cmd": "wait_invite", "inviter": U}             -> {"room_id": ...} (a room U invited the user to)
+  {"cmd": "join", "room": R}                       -> {"encrypted": bool} (once nio knows the room's state)
+  {"cmd": "send_content", "room": R, "type": T, "content": C} -> {"event_id": ...} (encrypted when the room is)
+  {"cmd": "redact", "room": R, "event_id": E}      -> {"event_id": ...}
+  {"cmd": "enable_encryption", "room": R}          -> {"event_id": ...} (the user turns encryption on)
+  {"cmd": "download_decrypt", "file": F}           -> {"sha256": hex of the plaintext, "size": n} (F: an EncryptedFile; hash checked)
+  {"cmd": "send_raw", "room": R, "type": T, "content": C} -> {"event_id"} sent as it is (never encrypted by nio)
+  {"cmd": "send_encrypted_file", "room": R, "path": P, "msgtype": M, "mimetype": T, "body": B}
+                                                   -> {"event_id", "url"} the file as an encrypted attachment (`file`, no `url`)
+  {"cmd": "wait_body", "room": R, "sender": U, "pattern": P} -> a message (any msgtype) whose body matches P
+  {"cmd": "messages", "room": R}                   -> {"messages": [...]} every message seen in R, in order
 
 Started with one argument: JSON {"hs", "user_id", "device_id", "token", "store"}.
 """
@@ -17,7 +28,11 @@ import sys
 import urllib.error
 import urllib.request
 
-from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomMessageText
+import hashlib
+import re
+
+from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomMessage
+from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 from olm import ed25519_verify
 
 
@@ -50,10 +65,12 @@ async def main():
         if isinstance(event, MegolmEvent):
             undecryptable.append(event.event_id)
             return
-        messages.append({"room": room.room_id, "sender": event.sender, "text": event.body,
+        content = event.source.get("content", {})
+        messages.append({"room": room.room_id, "sender": event.sender, "text": content.get("body"), "event_id": event.event_id,
+                         "msgtype": content.get("msgtype"), "content": content,
                          "sender_key": getattr(event, "sender_key", None), "decrypted": bool(getattr(event, "decrypted", False))})
 
-    client.add_event_callback(on_message, (RoomMessageText, MegolmEvent))
+    client.add_event_callback(on_message, (RoomMessage, MegolmEvent))
     changed = asyncio.Event()
 
     async def sync_loop():
@@ -89,6 +106,27 @@ async def main():
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
+    def raw_download(mxc):
+        server, media_id = mxc[len("mxc://"):].split("/", 1)
+        request = urllib.request.Request(f"{args['hs']}/_matrix/client/v1/media/download/{server}/{media_id}",
+                                         headers={"Authorization": f"Bearer {args['token']}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read()
+
+    def raw_upload(data):
+        request = urllib.request.Request(f"{args['hs']}/_matrix/media/v3/upload", data=data, method="POST",
+                                         headers={"Authorization": f"Bearer {args['token']}", "Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["content_uri"]
+
+    def raw_send(room, event_type, content):
+        txn = f"raw{len(messages)}{id(content)}"
+        request = urllib.request.Request(f"{args['hs']}/_matrix/client/v3/rooms/{room}/send/{event_type}/{txn}",
+                                         data=json.dumps(content).encode(), method="PUT",
+                                         headers={"Authorization": f"Bearer {args['token']}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["event_id"]
+
     def raw_get(path):
         request = urllib.request.Request(f"{args['hs']}{path}", headers={"Authorization": f"Bearer {args['token']}"})
         try:
@@ -117,7 +155,10 @@ async def main():
                 # Synapse's encryption_enabled_by_default_for_room_type adds m.room.encryption itself;
                 # read the room state from the server (nio's room object may not have it yet).
                 state = await loop.run_in_executor(None, raw_get, f"/_matrix/client/v3/rooms/{room_id}/state/m.room.encryption/")
-                await until(lambda: room_id in client.rooms and client.rooms[room_id].encrypted, "the room's encryption state")
+                if state.get("algorithm"):
+                    await until(lambda: room_id in client.rooms and client.rooms[room_id].encrypted, "the room's encryption state")
+                else:
+                    await until(lambda: room_id in client.rooms, "the room")
                 answer({"room_id": room_id, "encrypted": state.get("algorithm") == "m.megolm.v1.aes-sha2"})
             elif cmd["cmd"] == "wait_joined":
                 await until(lambda: cmd["user"] in client.rooms[cmd["room"]].users, "the join")
@@ -144,6 +185,61 @@ async def main():
                     ok = ssk_ok and signed_by(device, user, f"ed25519:{ssk_pub}", ssk_pub)
                     devices[device_id] = {"cross_signed": ok, "curve25519": device["keys"].get(f"curve25519:{device_id}")}
                 answer({"devices": devices, "has_master": master is not None, "ssk_signed_by_master": ssk_ok})
+            elif cmd["cmd"] == "wait_invite":
+                room_id = await until(lambda: next((rid for rid, r in client.invited_rooms.items() if r.inviter == cmd["inviter"]), None), "the invite")
+                answer({"room_id": room_id})
+            elif cmd["cmd"] == "join":
+                response = await client.join(cmd["room"])
+                if not hasattr(response, "room_id"):
+                    raise RuntimeError(f"join failed: {response}")
+                await until(lambda: cmd["room"] in client.rooms, "the joined room")
+                answer({"encrypted": client.rooms[cmd["room"]].encrypted})
+            elif cmd["cmd"] == "send_content":
+                if client.should_query_keys:
+                    await client.keys_query()
+                response = await client.room_send(cmd["room"], cmd["type"], cmd["content"], ignore_unverified_devices=True)
+                if not hasattr(response, "event_id"):
+                    raise RuntimeError(f"send failed: {response}")
+                answer({"event_id": response.event_id})
+            elif cmd["cmd"] == "enable_encryption":
+                response = await client.room_put_state(cmd["room"], "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"})
+                if not hasattr(response, "event_id"):
+                    raise RuntimeError(f"enabling encryption failed: {response}")
+                await until(lambda: client.rooms[cmd["room"]].encrypted, "the room's encryption")
+                answer({"event_id": response.event_id})
+            elif cmd["cmd"] == "download_decrypt":
+                f = cmd["file"]
+                ciphertext = await loop.run_in_executor(None, raw_download, f["url"])
+                plain = decrypt_attachment(ciphertext, f["key"]["k"], f["hashes"]["sha256"], f["iv"])
+                answer({"sha256": hashlib.sha256(plain).hexdigest(), "size": len(plain), "ciphertext_size": len(ciphertext)})
+            elif cmd["cmd"] == "send_raw":
+                event_id = await loop.run_in_executor(None, raw_send, cmd["room"], cmd["type"], cmd["content"])
+                answer({"event_id": event_id})
+            elif cmd["cmd"] == "send_encrypted_file":
+                with open(cmd["path"], "rb") as f:
+                    plain = f.read()
+                ciphertext, keys = encrypt_attachment(plain)
+                url = await loop.run_in_executor(None, raw_upload, ciphertext)
+                content = {"msgtype": cmd["msgtype"], "body": cmd["body"], "filename": cmd["body"],
+                           "info": {"mimetype": cmd["mimetype"], "size": len(plain)}, "file": {**keys, "url": url}}
+                if client.should_query_keys:
+                    await client.keys_query()
+                response = await client.room_send(cmd["room"], "m.room.message", content, ignore_unverified_devices=True)
+                if not hasattr(response, "event_id"):
+                    raise RuntimeError(f"send failed: {response}")
+                answer({"event_id": response.event_id, "url": url})
+            elif cmd["cmd"] == "redact":
+                response = await client.room_redact(cmd["room"], cmd["event_id"])
+                if not hasattr(response, "event_id"):
+                    raise RuntimeError(f"redact failed: {response}")
+                answer({"event_id": response.event_id})
+            elif cmd["cmd"] == "wait_body":
+                pattern = re.compile(cmd["pattern"])
+                found = await until(lambda: next((m for m in messages if m["room"] == cmd["room"] and m["sender"] == cmd["sender"]
+                                                  and isinstance(m["text"], str) and pattern.search(m["text"])), None), "the message")
+                answer(found)
+            elif cmd["cmd"] == "messages":
+                answer({"messages": [m for m in messages if m["room"] == cmd["room"]]})
             elif cmd["cmd"] == "undecryptable":
                 answer({"count": len(undecryptable)})
             else:

@@ -45,6 +45,8 @@ export interface StackOptions {
   registrationUrl?: string;
   /** More appservice registrations for Synapse to load besides the bridge's (the benchmark's probe); ignored against an existing homeserver. */
   extraRegistrations?: string[];
+  /** Synapse's encryption_enabled_by_default_for_room_type (default "off"). */
+  encryptByDefault?: "all" | "invite" | "off";
 }
 
 export const HOME_DOMAIN = "whatsapp.example";
@@ -157,6 +159,8 @@ export class Stack {
       // Third-Party Chats stay off by default, as in the product: tests turn them on (botRoom's enable).
       provisioning: { shared_secret: PROVISIONING_SECRET },
       metrics: { hostname: "127.0.0.1", port: metricsPort },
+      // The tests' Matrix users are plain clients: encryption (on in the product) is turned on by the tests of it.
+      encryption: { allow: false },
       logging: { level: opts.logLevel ?? "debug", format: "json" },
     };
     opts.bridgeConfig?.(config);
@@ -166,7 +170,13 @@ export class Stack {
       execFileSync(process.execPath, [cli, "-r", "-u", opts.registrationUrl ?? `http://127.0.0.1:${bridgePort}`, "-c", configPath, "-f", registrationPath], { stdio: "pipe" });
     }
     // Unique per process, so stacks of parallel runs (other checkouts, the demo) never share an instance.
-    const hs = await startTestHomeserver({ registrationPath: [registrationPath, ...(opts.extraRegistrations ?? [])], name: `${name}-${process.pid}`, port: hsPort, purge: true });
+    const hs = await startTestHomeserver({
+      registrationPath: [registrationPath, ...(opts.extraRegistrations ?? [])],
+      name: `${name}-${process.pid}`,
+      port: hsPort,
+      purge: true,
+      encryptByDefault: opts.encryptByDefault,
+    });
     const gatewayUrl = `ws://127.0.0.1:${gatewayPort}/v1`;
     const childEnv: Record<string, string> = opts.childLogLevel ? { LOG_LEVEL: opts.childLogLevel } : {};
     const gateway = new ManagedProcess(

@@ -12,7 +12,7 @@ import path from "node:path";
 import { after, describe, it } from "node:test";
 import { MESSAGE_STATUS_EVENT_TYPE } from "../../src/convert/message-status";
 import { BridgeCore } from "../../src/bridge/core";
-import { FAILURE_KINDS, FailureKind } from "../../src/bridge/failure";
+import { FAILURE_KINDS, FAILURES, FailureKind } from "../../src/bridge/failure";
 import type { MatrixEvent, MatrixPort, SendOptions } from "../../src/bridge/matrix-port";
 import { Permissions } from "../../src/bridge/permissions";
 import { ChatCapabilities, MediaError, NetworkConnector, NetworkError, OutboundMessage } from "../../src/network/connector";
@@ -307,6 +307,28 @@ const SCENARIOS: Record<FailureKind, Scenario> = {
     notice: /^Your message may not have been bridged: the bridge could not handle it after several tries\.$/,
     status: "FAIL_PERMANENT",
     reason: "m.event_not_handled",
+  },
+  undecryptable: {
+    act: async (h) => {
+      // What the appservice calls when an m.room.encrypted event of the portal's user does not decrypt.
+      const e = h.event({ algorithm: "m.megolm.v1.aes-sha2", ciphertext: "x", session_id: "s" }, "m.room.encrypted");
+      await h.core.onMatrixEventRefused(e, FAILURES.undecryptable("MissingRoomKey"));
+      return e.event_id;
+    },
+    notice: /^Your message was not sent: the bridge could not decrypt it \(MissingRoomKey\)\. Please send it again\.$/,
+    status: "FAIL_PERMANENT",
+    reason: "m.event_not_handled",
+  },
+  unencrypted_room: {
+    act: async (h) => {
+      // What the appservice calls for a message in an unencrypted portal when encryption.require is on.
+      const e = h.event({ msgtype: "m.text", body: "in the clear" });
+      await h.core.onMatrixEventRefused(e, FAILURES.unencrypted_room());
+      return e.event_id;
+    },
+    notice: /^Your message was not sent: this bridge only bridges encrypted rooms\. Turn on encryption/,
+    status: "FAIL_PERMANENT",
+    reason: "m.no_permission",
   },
   waiting_for_network: {
     act: async (h) => {

@@ -150,6 +150,32 @@ const CASES: Record<keyof typeof FAILURES, [BridgeFailure, Expected]> = {
       certain: false,
     },
   ],
+  undecryptable: [
+    FAILURES.undecryptable("no room key arrived"),
+    {
+      kind: "undecryptable",
+      status: "FAIL_PERMANENT",
+      reason: "m.event_not_handled",
+      message: "the bridge could not decrypt it (no room key arrived)",
+      notice: "Your message was not sent: the bridge could not decrypt it (no room key arrived). Please send it again.",
+      quote: true,
+      retriable: false,
+      certain: true,
+    },
+  ],
+  unencrypted_room: [
+    FAILURES.unencrypted_room(),
+    {
+      kind: "unencrypted_room",
+      status: "FAIL_PERMANENT",
+      reason: "m.no_permission",
+      message: "this bridge only bridges encrypted rooms",
+      notice: "Your message was not sent: this bridge only bridges encrypted rooms. Turn on encryption in this room's settings and send it again.",
+      quote: true,
+      retriable: false,
+      certain: true,
+    },
+  ],
   waiting_for_network: [
     FAILURES.waiting_for_network("WhatsApp"),
     {
