@@ -159,10 +159,11 @@ export class MatrixAppservice {
     return mxid === this.port.botMxid || this.port.remoteIdOfGhost(mxid) !== null;
   }
 
-  /** One of the bridge's users who is in the room: the portal's ghost, else the bot. */
+  /** One of the bridge's users who is in the room: a DM's ghost, else the bot. */
   private memberOf(roomId: string): string | null {
     const portal = this.store.portals.byRoom(roomId);
-    if (!portal) return this.port.botMxid;
+    // The bot created every group's room and stays in it.
+    if (!portal || portal.kind === "group") return this.port.botMxid;
     const participant = this.store.portals.participants(portal.id)[0];
     return participant ? this.port.ghostMxid(participant) : null;
   }

@@ -106,6 +106,22 @@ export class AppserviceMatrixPort implements MatrixPort {
     return room_id;
   }
 
+  async createGroupRoom(name: string, topic: string | null, powerLevels: Record<string, number>): Promise<string> {
+    const options: Record<string, unknown> = {
+      name,
+      preset: "private_chat",
+      visibility: "private",
+      power_level_content_override: { users: { ...powerLevels, [this.botMxid]: 100 } },
+    };
+    if (topic) options.topic = topic;
+    const { room_id } = await this.intent(this.botMxid).createRoom({ createAsClient: true, options });
+    return room_id;
+  }
+
+  async invite(asMxid: string, roomId: string, userId: string): Promise<void> {
+    await this.intent(asMxid).invite(roomId, userId);
+  }
+
   async join(asMxid: string, roomId: string): Promise<void> {
     await this.intent(asMxid).join(roomId);
   }
