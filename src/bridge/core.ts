@@ -240,6 +240,9 @@ export class BridgeCore implements NetworkEventHandler {
   startChat(userId: string, identifier: string): Promise<{ roomId: string; name: string; created: boolean }> {
     return this.portals.startChat(userId, identifier);
   }
+  startGroup(userId: string, name: string, members: string[]): Promise<{ roomId: string; refused: { id: string; reason: string }[] }> {
+    return this.portals.startGroup(userId, name, members);
+  }
   listChats(userId: string): { roomId: string; remoteUserId: string; name: string }[] {
     return this.portals.listChats(userId);
   }

@@ -27,6 +27,11 @@ export function voiceOf(chat: Pick<ChatRef, "kind" | "participants">): string {
   return chat.participants[0]!;
 }
 
+/** Who the network would not add to a group, and why, in one line. */
+export function refusedText(refused: readonly { id: string; reason: string }[]): string {
+  return refused.map((r) => `${r.id} ${r.reason}`).join("; ");
+}
+
 /** Power level of a group's admins in its room (mautrix-whatsapp gives them moderator). */
 export const GROUP_ADMIN_POWER = 50;
 
@@ -351,6 +356,30 @@ export class Portals {
     await this.matrix.ensureGhost(profile.userId, profile);
     const portal = await this.ensurePortal(userId, chat);
     return { roomId: portal.roomId, name: profile.displayName ?? identifier, created: !existed };
+  }
+
+  /**
+   * `group <name> <phone> <phone>…`: creates a WhatsApp group with the user as its admin and these
+   * members, and its room (the user is invited). Members the network would not add are named.
+   */
+  async startGroup(userId: string, name: string, inputs: string[]): Promise<{ roomId: string; refused: { id: string; reason: string }[] }> {
+    if (!name.trim()) throw new BridgeUserError("a group needs a name");
+    const members: string[] = [];
+    for (const input of inputs) {
+      const checked = this.network.validateIdentifier(input);
+      if (!checked.ok) throw new BridgeUserError(checked.reason);
+      if (!members.includes(checked.identifier)) members.push(checked.identifier);
+    }
+    if (members.length < 2) throw new BridgeUserError("a group needs at least two other members; for one, say `start <phone>`");
+    const user = this.access.admitUser(userId);
+    if (!user.thirdPartyEnabled) throw new BridgeUserError("your Third-Party Chats are off; say `enable` first", "conflict");
+    await this.network.ensureUser(userId, null);
+    const created = await this.network.createGroup(userId, name.trim(), members).catch((err: Error) => {
+      throw new BridgeUserError(err.message, "unavailable");
+    });
+    if (!created.group.members.some((m) => !m.matrix)) throw new BridgeUserError(`none of them could be added: ${refusedText(created.refused)}`, "conflict");
+    const portal = await this.ensurePortal(userId, created.chat, created.group);
+    return { roomId: portal.roomId, refused: created.refused };
   }
 
   /** The user's chats, for `list`. */

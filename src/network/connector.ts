@@ -327,6 +327,12 @@ export interface NetworkConnector {
   dmChat(matrixUserId: string, remoteUserId: string): ChatRef;
   /** A group's current state as the member `matrixUserId` sees it; null when they are not a member (or it does not exist). */
   getGroup(matrixUserId: string, chatId: string): Promise<GroupInfo | null>;
+  /**
+   * Creates a group on the network with the Matrix user as its admin and these remote users as
+   * members. Members the network would not add are left out and listed in `refused` with its
+   * reason; rejects with NetworkError when the group cannot be created at all.
+   */
+  createGroup(matrixUserId: string, name: string, members: string[]): Promise<{ chat: ChatRef; group: GroupInfo; refused: { id: string; reason: string }[] }>;
   /** The Matrix user leaves the group on the network (a no-op when they are not a member); rejects with NetworkError. */
   leaveGroup(matrixUserId: string, chatId: string): Promise<void>;
   /**

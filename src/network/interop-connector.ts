@@ -49,6 +49,14 @@ const REFUSALS: Record<string, string> = {
   bad_frame: "the network could not read the message (a bridge bug; please report it)",
 };
 
+/** Why the gateway would not add someone to a group (docs/protocol.md §3.3.3), for the Matrix user. */
+const GROUP_REFUSALS: Record<string, string> = {
+  unknown_user: "has no WhatsApp account",
+  third_party_disabled: "has Third-Party Chats turned off",
+  not_opted_in: "does not accept Third-Party Chats",
+  not_supported: "is on a network that does not support groups",
+};
+
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex");
 
 /** The gateway keeps undelivered messages this long (docs/protocol.md §9.5); no receipt can come later. */
@@ -302,6 +310,18 @@ export class InteropConnector implements NetworkConnector {
       return this.groupInfoOf(await this.client.getGroup(this.uriOfMatrixUser(matrixUserId), chatId));
     } catch (err) {
       if (err instanceof ProtocolError && (err.code === "not_member" || err.code === "unknown_room")) return null;
+      throw err;
+    }
+  }
+
+  async createGroup(matrixUserId: string, name: string, members: string[]): Promise<{ chat: ChatRef; group: GroupInfo; refused: { id: string; reason: string }[] }> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      const created = await this.client.createGroup({ by: this.uriOfMatrixUser(matrixUserId), name, members: members.map((m) => this.uriOfRemote(m)) });
+      const refused = created.refused.map((r) => ({ id: this.remoteUserOf(r.user) ?? r.user, reason: GROUP_REFUSALS[r.code] ?? r.code }));
+      return { chat: this.groupChat(created.group.room, created.group), group: this.groupInfoOf(created.group), refused };
+    } catch (err) {
+      if (err instanceof ProtocolError) throw new NetworkError(err.code, `the network did not create the group: ${err.message}`, err.retryable);
       throw err;
     }
   }

@@ -48,6 +48,7 @@ describe("group chats", () => {
   let bob: TestClient;
   let group: Group;
   let roomId: string;
+  let aliceBotRoom: string;
 
   /**
    * Sends a marker from Ana and waits until both Matrix users' accounts acknowledged it (each
@@ -70,7 +71,7 @@ describe("group chats", () => {
       await stack.sim.createUser(phone, name);
     alice = await stack.user("alice");
     bob = await stack.user("bob");
-    await stack.botRoom(alice, { enable: true });
+    aliceBotRoom = await stack.botRoom(alice, { enable: true });
     await stack.botRoom(bob, { enable: true });
     group = await stack.sim.request<Group>("POST", `/users/${encodeURIComponent(ANA)}/groups`, { name: "Trip", members: [BEN, CEM, alice.userId, bob.userId] });
 
@@ -146,11 +147,60 @@ describe("group chats", () => {
     assert.ok(!(await stack.sim.inbox(CEM)).some((e) => e.text === "welcome Dia"), "the removed member got nothing");
   });
 
+  test("replies, edits, reactions and deletions work in the group both ways", async () => {
+    const original = await stack.sim.sendText(BEN, group.room, "meet at 9");
+    const shown = await alice.waitFor((e) => e.room_id === roomId && e.content.body === "meet at 9", WAIT);
+
+    // WhatsApp → Matrix: an edit and a reaction by a member, a reply by another.
+    await stack.sim.sendEdit(BEN, group.room, original.id, "meet at 10");
+    const edit = await alice.waitFor((e) => e.room_id === roomId && e.content["m.relates_to"]?.rel_type === "m.replace", WAIT);
+    assert.equal(edit.content["m.relates_to"].event_id, shown.event_id);
+    assert.equal(edit.content["m.new_content"]?.body, "meet at 10");
+    await stack.sim.sendReaction(DIA, group.room, original.id, "👍");
+    const reaction = await bob.waitFor((e) => e.room_id === roomId && e.type === "m.reaction", WAIT);
+    assert.equal(reaction.sender, stack.ghostId(DIA));
+    assert.deepEqual(reaction.content["m.relates_to"], { rel_type: "m.annotation", event_id: shown.event_id, key: "👍" });
+    await stack.sim.sendText(ANA, group.room, "fine by me", { inReplyTo: original.id });
+    const reply = await alice.waitFor((e) => e.room_id === roomId && e.content.body === "fine by me", WAIT);
+    assert.equal(reply.content["m.relates_to"]?.["m.in_reply_to"]?.event_id, shown.event_id);
+
+    // Matrix → WhatsApp: a reply, a reaction and a deletion by a Matrix member reach every WhatsApp member.
+    const answer = await bob.sendText(roomId, "10 is good", { "m.relates_to": { "m.in_reply_to": { event_id: shown.event_id } } });
+    const answered = await stack.sim.waitForInbox(DIA, (e) => e.kind === "text" && e.text === "10 is good", 30_000);
+    assert.equal(answered.inReplyTo, original.id);
+    assert.equal(answered.fromId, bob.userId);
+    await alice.sendEvent(roomId, "m.reaction", { "m.relates_to": { rel_type: "m.annotation", event_id: shown.event_id, key: "❤️" } });
+    const liked = await stack.sim.waitForInbox(BEN, (e) => e.kind === "reaction" && e.emoji === "❤️", 30_000);
+    assert.equal(liked.target, original.id);
+    assert.equal(liked.fromId, alice.userId);
+    await bob.redact(roomId, answer);
+    const deleted = await stack.sim.waitForInbox(ANA, (e) => e.kind === "delete" && e.target === answered.id, 30_000);
+    assert.equal(deleted.fromId, bob.userId);
+  });
+
   test("a Matrix user who leaves the room leaves the group; the room stays for the other", async () => {
     await bob.leaveRoom(roomId);
     const left = await stack.sim.waitForInbox(ANA, (e) => e.kind === "group" && e.change === "left" && e.subjectId === bob.userId, 30_000);
     assert.ok(!(left.members as string[]).includes(bob.userId));
     await stack.sim.sendText(ANA, group.room, "bye bob");
     await alice.waitFor((e) => e.room_id === roomId && e.content.body === "bye bob", WAIT);
+  });
+
+  test("`group <name> <phone> <phone>` creates a WhatsApp group from Matrix, with its room", async () => {
+    await alice.sendText(aliceBotRoom, `group Picnic plans ${ANA} ${CEM}`);
+    const answer = await alice.waitFor((e) => e.room_id === aliceBotRoom && e.sender === stack.botId && /Created the group "Picnic plans"/.test(String(e.content.body)), WAIT);
+    assert.doesNotMatch(String(answer.content.body), /Not added/);
+    const created = await stack.sim.waitForInbox(CEM, (e) => e.kind === "group" && e.change === "created" && e.group === "Picnic plans", 30_000);
+    assert.equal(created.fromId, alice.userId, "Alice's account created it");
+    const invite = await alice.waitForInvite((i) => i.inviter === stack.botId && i.roomId !== roomId, WAIT);
+    await alice.joinRoom(invite.roomId);
+    assert.equal((await alice.getState(invite.roomId, "m.room.name")).name, "Picnic plans");
+    const power = await alice.getState(invite.roomId, "m.room.power_levels");
+    assert.equal(power.users[alice.userId], 50, "the creator is the group's admin");
+    await stack.sim.sendText(ANA, String(created.room), "count me in");
+    const msg = await alice.waitFor((e) => e.room_id === invite.roomId && e.content.body === "count me in", WAIT);
+    assert.equal(msg.sender, stack.ghostId(ANA));
+    await alice.sendText(invite.roomId, "bring snacks");
+    await stack.sim.waitForInbox(CEM, (e) => e.kind === "text" && e.text === "bring snacks" && e.room === created.room, 30_000);
   });
 });

@@ -75,6 +75,7 @@ export function fakeNetwork(overrides: Partial<NetworkConnector> = {}): NetworkC
     getProfile: async () => m("getProfile"),
     dmChat: () => m("dmChat"),
     getGroup: async () => m("getGroup"),
+    createGroup: async () => m("createGroup"),
     leaveGroup: async () => m("leaveGroup"),
     sendMessage: async () => m("sendMessage"),
     sendChange: async () => m("sendChange"),
