@@ -55,6 +55,10 @@ export interface MatrixPort {
   notice(asMxid: string, roomId: string, text: string, txnId?: string, replyTo?: string): Promise<void>;
   /** Joined and invited members. */
   members(asMxid: string, roomId: string): Promise<string[]>;
+  /** Every member's membership ("join", "invite", "leave", "ban", …), by Matrix id. */
+  memberships(asMxid: string, roomId: string): Promise<Map<string, string>>;
+  /** The room's name (m.room.name), or null when it has none. */
+  roomName(asMxid: string, roomId: string): Promise<string | null>;
   /** The rooms the user has joined. */
   joinedRooms(asMxid: string): Promise<string[]>;
   /** The newest events of a room, oldest first, as seen by asMxid. */

@@ -5,7 +5,7 @@
  * group, created by the bot, with a ghost per WhatsApp member and the group's Matrix users invited.
  */
 import { getLogger } from "../logging";
-import { ChatRef, GroupInfo, NetworkConnector } from "../network/connector";
+import { ChatRef, GroupInfo, NetworkConnector, NetworkError } from "../network/connector";
 import { BridgeStore, PortalRow } from "../store";
 import { KeyedQueue } from "../util/keyed-queue";
 import { Access } from "./access";
@@ -26,6 +26,9 @@ export function voiceOf(chat: Pick<ChatRef, "kind" | "participants">): string {
   if (chat.kind !== "dm" || chat.participants.length === 0) throw new Error("only a DM has one remote user who speaks for it");
   return chat.participants[0]!;
 }
+
+/** The lock under which group rooms are made or adopted. */
+const GROUP_ROOMS = "group-rooms";
 
 /** Who the network would not add to a group, and why, in one line. */
 export function refusedText(refused: readonly { id: string; reason: string }[]): string {
@@ -119,18 +122,22 @@ export class Portals {
    * network is asked. Rejects when the network says the receiver is not a member.
    */
   private async ensureGroupPortal(receiver: string, chat: ChatRef, group?: GroupInfo): Promise<OpenPortal> {
-    const open = await this.locks.run(`group|${chat.id}`, async () => {
-      const portal = this.store.portals.getOrCreateGroup(chat.id);
-      if (portal.roomId) return portal as OpenPortal;
-      const state = group ?? (await this.network.getGroup(receiver, chat.id));
-      if (!state) throw new Error("the network does not count this user as a member of the group");
-      const roomId = await this.matrix.createGroupRoom(state.name, state.topic ?? null, await this.adminPowers(state));
-      this.store.portals.setRoom(portal.id, roomId);
-      log.info("created a group's portal room", { portal: portal.id, roomId });
-      const created = { ...portal, roomId };
-      await this.applyGroupState(created, state);
-      return this.store.portals.get(portal.id) as OpenPortal;
-    });
+    const known = this.store.portals.byGroup(chat.id);
+    // Rooms of groups are made one at a time (GROUP_ROOMS), so that a room being adopted for a group is never made twice.
+    const open = known?.roomId
+      ? (known as OpenPortal)
+      : await this.locks.run(GROUP_ROOMS, async () => {
+          const portal = this.store.portals.getOrCreateGroup(chat.id);
+          if (portal.roomId) return portal as OpenPortal;
+          const state = group ?? (await this.network.getGroup(receiver, chat.id));
+          if (!state) throw new Error("the network does not count this user as a member of the group");
+          const roomId = await this.matrix.createGroupRoom(state.name, state.topic ?? null, await this.adminPowers(state));
+          this.store.portals.setRoom(portal.id, roomId);
+          log.info("created a group's portal room", { portal: portal.id, roomId });
+          const created = { ...portal, roomId };
+          await this.applyGroupState(created, state);
+          return this.store.portals.get(portal.id) as OpenPortal;
+        });
     await this.addMatrixMember(open, receiver);
     return open;
   }
@@ -161,31 +168,41 @@ export class Portals {
     const roomId = portal.roomId;
     const current = this.store.portals.get(portal.id);
     if (!current || state.rev <= current.groupRev) return;
-    if (current.name !== null && current.name !== state.name) await this.matrix.setState(bot, roomId, "m.room.name", "", { name: state.name });
-    if (change === "topic") await this.matrix.setState(bot, roomId, "m.room.topic", "", { topic: state.topic ?? "" });
-    const inRoom = new Set(await this.matrix.members(bot, roomId));
+    // In a room a user made and the bot was invited to, the bot may lack the power for some of this.
+    const privileged = (what: string, op: () => Promise<void>) =>
+      op().catch((err: { errcode?: string; body?: { errcode?: string }; message?: string }) => {
+        // The homeserver's refusal, or the appservice library's own check of the bot's power level.
+        if ((err.errcode ?? err.body?.errcode) !== "M_FORBIDDEN" && !/power level/i.test(err.message ?? "")) throw err;
+        log.warn("the bot lacks the power in a group's room to do this", { portal: portal.id, what });
+      });
+    if (current.name !== null && current.name !== state.name) await privileged("name", () => this.matrix.setState(bot, roomId, "m.room.name", "", { name: state.name }));
+    if (change === "topic") await privileged("topic", () => this.matrix.setState(bot, roomId, "m.room.topic", "", { topic: state.topic ?? "" }));
+    const membership = await this.matrix.memberships(bot, roomId);
+    const inRoom = (mxid: string) => membership.get(mxid) === "join" || membership.get(mxid) === "invite";
     const remote = state.members.filter((m) => !m.matrix).map((m) => m.id);
     const ghosts = new Set<string>();
     for (const id of remote) {
       const ghost = await this.ghostFor(id);
       ghosts.add(ghost);
-      if (!inRoom.has(ghost)) await this.joinGhost(roomId, ghost);
+      if (membership.get(ghost) === "invite") await this.matrix.join(ghost, roomId);
+      else if (membership.get(ghost) !== "join") await this.joinGhost(roomId, ghost);
     }
-    for (const mxid of inRoom) {
-      if (mxid !== bot && this.matrix.remoteIdOfGhost(mxid) !== null && !ghosts.has(mxid)) await this.matrix.leave(mxid, roomId, "left the group");
+    for (const [mxid] of membership) {
+      if (inRoom(mxid) && this.matrix.remoteIdOfGhost(mxid) !== null && !ghosts.has(mxid)) await this.matrix.leave(mxid, roomId, "left the group");
     }
     const matrixMembers = new Set(state.members.filter((m) => m.matrix).map((m) => m.id));
     for (const mxid of this.store.portals.members(portal.id)) {
       if (matrixMembers.has(mxid)) continue;
       // No longer in the group on the network: out of its room too.
       this.store.portals.removeMember(portal.id, mxid);
-      if (inRoom.has(mxid)) await this.matrix.kick(bot, roomId, mxid, "no longer a member of the group");
+      if (inRoom(mxid)) await privileged("kick", () => this.matrix.kick(bot, roomId, mxid, "no longer a member of the group"));
     }
     for (const mxid of matrixMembers) {
       // Members who have not heard of the group through their own account yet are invited once they do.
-      if (this.store.portals.isMember(portal.id, mxid) && !inRoom.has(mxid)) await this.matrix.invite(bot, roomId, mxid);
+      if (this.store.portals.isMember(portal.id, mxid) && !inRoom(mxid)) await this.matrix.invite(bot, roomId, mxid);
     }
-    await this.matrix.setState(bot, roomId, "m.room.power_levels", "", groupPowerLevels(bot, await this.adminPowers(state)));
+    const powers = groupPowerLevels(bot, await this.adminPowers(state));
+    await privileged("power levels", () => this.matrix.setState(bot, roomId, "m.room.power_levels", "", powers));
     this.store.portals.setGroupState(portal.id, state.rev, state.name, remote);
     log.info("group state shown in its room", { portal: portal.id, rev: state.rev, members: state.members.length });
   }
@@ -239,7 +256,7 @@ export class Portals {
   async onGhostInvited(roomId: string, inviter: string, ghostMxid: string, isDirect: boolean): Promise<void> {
     const remoteId = this.matrix.remoteIdOfGhost(ghostMxid);
     // The bridge's own invites (the bot bringing a group's members in) need nothing more.
-    if (!remoteId || inviter === this.matrix.botMxid || this.store.portals.byRoom(roomId)?.kind === "group") return;
+    if (!remoteId || inviter === this.matrix.botMxid) return;
     // Stable transaction ids: a replayed invite (after a crash) does not repeat the notices.
     const txn = (what: string) => `invite.${what}.${ghostMxid}`;
     const reject = async (reason: string) => {
@@ -254,7 +271,7 @@ export class Portals {
       );
     }
     this.access.admitUser(inviter);
-    if (!isDirect) return reject("Only direct chats can be bridged for now; start a direct chat with this contact instead.");
+    if (!isDirect) return this.onGhostInvitedToGroup(roomId, inviter, ghostMxid, remoteId, reject);
     await this.network.ensureUser(inviter, null);
     const profile = await this.network.getProfile(remoteId);
     if (!profile) return reject(`${remoteId} is not reachable through Third-Party Chats.`);
@@ -280,6 +297,75 @@ export class Portals {
       log.info("adopted a user-created room as portal", { portal: portal.id, roomId });
       await this.listInInbox({ ...portal, roomId });
       await this.adoptEarlyMessages(roomId, portal, ghostMxid);
+    });
+  }
+
+  /**
+   * A Matrix user invited a ghost into a room that is not a DM. Once the room has two ghosts
+   * (joined or invited), it becomes a WhatsApp group: created on the network with the user as its
+   * admin, named like the room, and this room its portal (the bot joins it; without power in a
+   * room the user made, it cannot set names, power levels or remove anyone, and says so in the log).
+   * A ghost invited into a group's room is added to the group, if the inviter may add members.
+   */
+  private async onGhostInvitedToGroup(roomId: string, inviter: string, ghostMxid: string, remoteId: string, reject: (reason: string) => Promise<void>): Promise<void> {
+    await this.network.ensureUser(inviter, null);
+    await this.locks.run(`room|${roomId}`, async () => {
+      const existing = this.store.portals.byRoom(roomId);
+      if (existing?.kind === "group") {
+        if (!this.store.portals.isMember(existing.id, inviter)) return;
+        try {
+          // The `added` event brings the ghost in.
+          await this.network.addToGroup(inviter, existing.remoteChatId, remoteId);
+        } catch (err) {
+          if (!(err instanceof NetworkError)) throw err;
+          await reject(`${remoteId} could not be added to the group: ${err.message}.`);
+        }
+        return;
+      }
+      if (existing) return reject("This room is already a direct chat; start a new room for a group.");
+      const profile = await this.network.getProfile(remoteId);
+      if (!profile) return reject(`${remoteId} is not reachable through Third-Party Chats.`);
+      await this.matrix.ensureGhost(remoteId, profile);
+      await this.matrix.join(ghostMxid, roomId);
+      const members = await this.matrix.memberships(ghostMxid, roomId);
+      const remotes = [...members]
+        .filter(([mxid, membership]) => (membership === "join" || membership === "invite") && this.matrix.remoteIdOfGhost(mxid) !== null)
+        .map(([mxid]) => this.matrix.remoteIdOfGhost(mxid)!);
+      if (remotes.length < 2) {
+        await this.matrix.notice(
+          ghostMxid,
+          roomId,
+          `To make this room a ${this.network.networkName} group, invite at least one more ${this.network.networkName} contact. For a chat with one person, start a direct chat instead.`,
+          `invite.group-wait.${ghostMxid}`,
+        );
+        return;
+      }
+      const name = (await this.matrix.roomName(ghostMxid, roomId)) ?? "Group";
+      // The bot first: once the room is recorded, the group's queue may show things in it.
+      await this.matrix.invite(ghostMxid, roomId, this.matrix.botMxid);
+      await this.matrix.join(this.matrix.botMxid, roomId);
+      // Under GROUP_ROOMS: the network's `created` event, which may come before createGroup answers, finds this room.
+      const adopted = await this.locks.run(GROUP_ROOMS, async () => {
+        let created;
+        try {
+          created = await this.network.createGroup(inviter, name, remotes);
+        } catch (err) {
+          if (!(err instanceof NetworkError)) throw err;
+          await this.matrix.notice(ghostMxid, roomId, `The ${this.network.networkName} group could not be created: ${err.message}.`, `invite.group-failed.${ghostMxid}`);
+          return null;
+        }
+        const portal = this.store.portals.getOrCreateGroup(created.chat.id);
+        this.store.portals.setRoom(portal.id, roomId);
+        this.store.portals.addMember(portal.id, inviter);
+        return { created, portal };
+      });
+      if (!adopted) return;
+      const { created, portal } = adopted;
+      log.info("adopted a user-created room as a group's portal", { portal: portal.id, roomId });
+      const open = { ...portal, roomId };
+      await this.applyGroupState(open, created.group);
+      if (created.refused.length) await this.matrix.notice(this.matrix.botMxid, roomId, `Not added to the group: ${refusedText(created.refused)}.`, `group.refused.${roomId}`);
+      await this.adoptEarlyMessages(roomId, open, ghostMxid);
     });
   }
 

@@ -234,7 +234,11 @@ export class MatrixAppservice {
     const core = this.core!;
     if (event.type === "m.room.member" && event.state_key) {
       const membership = event.content.membership;
-      if (membership === "invite" && event.state_key === this.port.botMxid) return this.onBotInvite(event);
+      if (membership === "invite" && event.state_key === this.port.botMxid) {
+        // A ghost bringing the bot into a room that became a group's portal: the core joined it already.
+        if (this.isOwnUser(event.sender)) return;
+        return this.onBotInvite(event);
+      }
       if (membership === "invite" && this.port.remoteIdOfGhost(event.state_key)) {
         return core.onGhostInvited(event.room_id, event.sender, event.state_key, event.content.is_direct === true);
       }

@@ -235,6 +235,23 @@ export class AppserviceMatrixPort implements MatrixPort {
     return res.chunk.filter((e) => ["join", "invite"].includes(String(e.content.membership))).map((e) => e.state_key!);
   }
 
+  async memberships(asMxid: string, roomId: string): Promise<Map<string, string>> {
+    const client = this.intent(asMxid).matrixClient;
+    const res = (await client.doRequest("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/members`)) as { chunk: MatrixEvent[] };
+    return new Map(res.chunk.map((e) => [e.state_key!, String(e.content.membership)]));
+  }
+
+  async roomName(asMxid: string, roomId: string): Promise<string | null> {
+    const client = this.intent(asMxid).matrixClient;
+    try {
+      const content = (await client.doRequest("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/m.room.name/`)) as { name?: unknown };
+      return typeof content.name === "string" && content.name.trim() ? content.name.trim() : null;
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) return null;
+      throw err;
+    }
+  }
+
   async joinedRooms(asMxid: string): Promise<string[]> {
     const res = (await this.intent(asMxid).matrixClient.doRequest("GET", "/_matrix/client/v3/joined_rooms")) as { joined_rooms: string[] };
     return res.joined_rooms;

@@ -333,6 +333,8 @@ export interface NetworkConnector {
    * reason; rejects with NetworkError when the group cannot be created at all.
    */
   createGroup(matrixUserId: string, name: string, members: string[]): Promise<{ chat: ChatRef; group: GroupInfo; refused: { id: string; reason: string }[] }>;
+  /** The Matrix user (an admin) adds a remote user to the group; rejects with NetworkError saying why not. */
+  addToGroup(matrixUserId: string, chatId: string, remoteUserId: string): Promise<void>;
   /** The Matrix user leaves the group on the network (a no-op when they are not a member); rejects with NetworkError. */
   leaveGroup(matrixUserId: string, chatId: string): Promise<void>;
   /**

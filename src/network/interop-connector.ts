@@ -326,6 +326,17 @@ export class InteropConnector implements NetworkConnector {
     }
   }
 
+  async addToGroup(matrixUserId: string, chatId: string, remoteUserId: string): Promise<void> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      await this.client.addGroupMember(this.uriOfMatrixUser(matrixUserId), chatId, this.uriOfRemote(remoteUserId));
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      const why = err.code === "forbidden" ? "only the group's admins may add members" : GROUP_REFUSALS[err.code] ? `${remoteUserId} ${GROUP_REFUSALS[err.code]}` : err.message;
+      throw new NetworkError(err.code, why, err.retryable);
+    }
+  }
+
   async leaveGroup(matrixUserId: string, chatId: string): Promise<void> {
     await this.ensureUser(matrixUserId, null);
     try {

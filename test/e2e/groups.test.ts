@@ -203,4 +203,18 @@ describe("group chats", () => {
     await alice.sendText(invite.roomId, "bring snacks");
     await stack.sim.waitForInbox(CEM, (e) => e.kind === "text" && e.text === "bring snacks" && e.room === created.room, 30_000);
   });
+
+  test("a room in which a Matrix user invites two WhatsApp contacts becomes a WhatsApp group", async () => {
+    const room = await alice.createRoom({ name: "Book club", preset: "private_chat", invite: [stack.ghostId(ANA), stack.ghostId(BEN)] });
+    const created = await stack.sim.waitForInbox(BEN, (e) => e.kind === "group" && e.change === "created" && e.group === "Book club", 30_000);
+    assert.equal(created.fromId, alice.userId, "Alice's account created it");
+    assert.deepEqual([...(created.members as string[])].sort(), [ANA, BEN, alice.userId].sort());
+    for (const who of [stack.botId, stack.ghostId(ANA), stack.ghostId(BEN)]) await alice.waitFor(membershipEvent(room, who, "join"), WAIT);
+    await alice.sendText(room, "first book?");
+    await stack.sim.waitForInbox(ANA, (e) => e.kind === "text" && e.text === "first book?" && e.room === created.room, 30_000);
+    await stack.sim.sendText(BEN, String(created.room), "Dune");
+    const answer = await alice.waitFor((e) => e.room_id === room && e.content.body === "Dune", WAIT);
+    assert.equal(answer.sender, stack.ghostId(BEN));
+    assert.equal(alice.seenInvites().filter((i) => i.inviter === stack.botId && i.roomId !== roomId).length, 1, "no second room was made for it (only the `group` command's)");
+  });
 });
