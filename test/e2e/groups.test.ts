@@ -6,8 +6,13 @@
  * Real Synapse, gateway, simulator and bridge.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { SyncedEvent, TestClient } from "../support/matrix-client";
+import { makePhoto } from "../support/media-files";
 import { InboxEntry } from "../support/sim-api";
 import { Stack } from "../support/stack";
 
@@ -176,6 +181,26 @@ describe("group chats", () => {
     await bob.redact(roomId, answer);
     const deleted = await stack.sim.waitForInbox(ANA, (e) => e.kind === "delete" && e.target === answered.id, 30_000);
     assert.equal(deleted.fromId, bob.userId);
+  });
+
+  test("a photo goes both ways in the group, byte for byte", async () => {
+    const photo = makePhoto(fs.mkdtempSync(path.join(os.tmpdir(), "mib-group-media-")));
+    const bytes = fs.readFileSync(photo);
+    const sha = createHash("sha256").update(bytes).digest("hex");
+    await stack.sim.sendMedia(ANA, group.room, { file: photo, mimetype: "image/png" });
+    const image = await bob.waitFor((e) => e.room_id === roomId && e.content.msgtype === "m.image", WAIT);
+    assert.equal(image.sender, stack.ghostId(ANA));
+    const downloaded = await bob.downloadMedia(String(image.content.url));
+    assert.equal(createHash("sha256").update(downloaded.data).digest("hex"), sha, "the same bytes in the room");
+    await settle("marker four");
+    assert.equal(alice.eventsIn(roomId).filter((e) => e.content.msgtype === "m.image").length, 1, "one copy of the photo");
+
+    const mxc = await alice.uploadMedia(bytes, "image/png", "photo.png");
+    await alice.sendEvent(roomId, "m.room.message", { msgtype: "m.image", body: "photo.png", url: mxc, info: { mimetype: "image/png", size: bytes.length } });
+    for (const phone of [BEN, DIA]) {
+      const got = await stack.sim.waitForInbox(phone, (e) => e.kind === "media" && e.fromId === alice.userId, 60_000);
+      assert.equal(got.sha256, sha, `${phone} has the same bytes`);
+    }
   });
 
   test("a Matrix user who leaves the room leaves the group; the room stays for the other", async () => {
