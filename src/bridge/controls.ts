@@ -123,6 +123,10 @@ export class UserControls {
     return this.core.startChat(mxid, phone);
   }
 
+  startGroup(mxid: string, name: string, members: string[]): ReturnType<BridgeCore["startGroup"]> {
+    return this.core.startGroup(mxid, name, members);
+  }
+
   listChats(mxid: string): ReturnType<BridgeCore["listChats"]> {
     if (this.levelOf(mxid) === "none") throw new BridgeUserError("you are not allowed to use this bridge", "forbidden");
     return this.core.listChats(mxid);

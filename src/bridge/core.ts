@@ -13,6 +13,7 @@ import {
   NetworkConnector,
   NetworkEventHandler,
   RemoteChange,
+  RemoteGroupChange,
   RemoteMessage,
   RemoteProfile,
   RemoteReadReceipt,
@@ -187,6 +188,9 @@ export class BridgeCore implements NetworkEventHandler {
   onDelivered(receiver: string, receipt: DeliveryReceipt): Promise<void> {
     return this.inbound.onDelivered(receiver, receipt);
   }
+  onGroupChange(receiver: string, change: RemoteGroupChange): Promise<void> {
+    return this.inbound.onGroupChange(receiver, change);
+  }
 
   // ---- Matrix → network (outbound.ts, outbound-sender.ts) ------------------------------------
 
@@ -215,7 +219,7 @@ export class BridgeCore implements NetworkEventHandler {
    */
   async onMatrixEventFailed(event: MatrixEvent): Promise<void> {
     const portal = this.store.portals.byRoom(event.room_id);
-    if (!portal?.roomId || event.sender !== portal.receiver) return;
+    if (!portal?.roomId || !this.portals.isMember(portal, event.sender)) return;
     await this.status.report({ roomId: portal.roomId, eventId: event.event_id, asMxid: this.portals.ghostOf(portal) }, FAILURES.not_handled());
   }
 
@@ -227,7 +231,7 @@ export class BridgeCore implements NetworkEventHandler {
   async onMatrixEventRefused(event: MatrixEvent, failure: BridgeFailure): Promise<void> {
     const portal = this.store.portals.byRoom(event.room_id);
     if (portal?.roomId) {
-      if (event.sender !== portal.receiver) return;
+      if (!this.portals.isMember(portal, event.sender)) return;
       await this.status.report({ roomId: portal.roomId, eventId: event.event_id, asMxid: this.portals.ghostOf(portal) }, failure);
       return;
     }
@@ -252,6 +256,9 @@ export class BridgeCore implements NetworkEventHandler {
   }
   startChat(userId: string, identifier: string): Promise<{ roomId: string; name: string; created: boolean }> {
     return this.portals.startChat(userId, identifier);
+  }
+  startGroup(userId: string, name: string, members: string[]): Promise<{ roomId: string; refused: { id: string; reason: string }[] }> {
+    return this.portals.startGroup(userId, name, members);
   }
   listChats(userId: string): { roomId: string; remoteUserId: string; name: string }[] {
     return this.portals.listChats(userId);

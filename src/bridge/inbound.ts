@@ -16,6 +16,7 @@ import {
   maxMediaSize,
   RemoteChange,
   RemoteContent,
+  RemoteGroupChange,
   RemoteMessage,
   RemoteProfile,
   RemoteReadReceipt,
@@ -71,20 +72,46 @@ export class InboundPipeline {
   async onMessage(receiver: string, message: RemoteMessage): Promise<void> {
     if (this.ctx.store.inbound.inboundSeen(receiver, message.id)) return;
     const portal = await this.ctx.portals.ensurePortal(receiver, message.chat);
-    this.queue(portal.id, receiver, message.id, "message", message);
+    this.queue(portal, receiver, message.id, "message", message);
   }
 
-  private queue(portalId: number, receiver: string, remoteId: string, kind: InboundKind, payload: unknown): void {
-    this.ctx.store.inbound.enqueue(portalId, receiver, remoteId, kind, payload);
-    this.drain(portalId);
+  /**
+   * Queues an event in a portal. A group's events come once per Matrix member's account: only
+   * the first copy is queued (the store records it in the same transaction), the rest are dropped.
+   */
+  private queue(portal: PortalRow, receiver: string, remoteId: string, kind: InboundKind, payload: unknown): void {
+    const inbound = this.ctx.store.inbound;
+    if (portal.kind === "group") {
+      if (!inbound.enqueueGroup(portal.id, receiver, remoteId, kind, payload)) log.debug("dropped another member's copy of a group event", { portal: portal.id, kind });
+    } else {
+      inbound.enqueue(portal.id, receiver, remoteId, kind, payload);
+    }
+    this.drain(portal.id);
   }
 
   /** Queues an event behind the messages of a chat that has a room; false when it has none (nothing of it was shown). */
   private queueInChat(receiver: string, chat: ChatRef, remoteId: string, kind: InboundKind, payload: unknown): boolean {
-    const portal = this.ctx.store.portals.byChat(chat.id, receiver);
+    const { portals } = this.ctx.store;
+    const portal = chat.kind === "group" ? portals.byGroup(chat.id) : portals.byChat(chat.id, receiver);
     if (!portal?.roomId) return false;
-    this.queue(portal.id, receiver, remoteId, kind, payload);
+    this.queue(portal, receiver, remoteId, kind, payload);
     return true;
+  }
+
+  /**
+   * A group changed (members, name, topic, admins). A member's copy makes sure the group has its
+   * room with the member in it; the change is queued behind the group's messages, once for all
+   * members' copies. A copy for a user who was removed or left only reaches a group that has a room.
+   */
+  async onGroupChange(receiver: string, change: RemoteGroupChange): Promise<void> {
+    const member = change.group.members.some((m) => m.matrix && m.id === receiver);
+    if (member) {
+      if (!this.ctx.access.optedIn(receiver)) return;
+      const portal = await this.ctx.portals.ensurePortal(receiver, change.chat, change.group);
+      this.queue(portal, receiver, change.id, "group", change);
+    } else if (!this.queueInChat(receiver, change.chat, change.id, "group", change)) {
+      log.debug("a group change for a user not in it, of a group without a room", { change: change.change });
+    }
   }
 
   private async bridgeInbound(item: InboundItem): Promise<void> {
@@ -111,6 +138,12 @@ export class InboundPipeline {
         if (!portal?.roomId || store.inbound.inboundSeen(item.receiver, item.remoteId)) return store.inbound.remove(item.seq);
         if (!access.optedIn(item.receiver)) return this.finish(item);
         return this.bridgeChange(portal, item, JSON.parse(item.payload) as RemoteChange);
+      case "group": {
+        if (!portal?.roomId) return store.inbound.remove(item.seq);
+        const change = JSON.parse(item.payload) as RemoteGroupChange;
+        await this.ctx.portals.applyGroupState(portal as PortalRow & { roomId: string }, change.group, change.change);
+        return this.finish(item);
+      }
       case "read":
       case "delivered":
         // Receipts are not remembered once shown: a repeat shows the same thing again (the same transaction id).
@@ -135,6 +168,7 @@ export class InboundPipeline {
   private async bridgeMessage(portal: PortalRow, item: InboundItem, message: RemoteMessage): Promise<void> {
     const { store, matrix, metrics } = this.ctx;
     const ghost = await this.ctx.portals.ghostFor(message.sender);
+    if (portal.kind === "group") await this.ctx.portals.ensureInGroupRoom(portal as PortalRow & { roomId: string }, message.sender);
     let content: Record<string, unknown>;
     if (message.content.type === "unsupported") {
       // The description reads as the rest of a sentence whose subject is the sender.

@@ -64,18 +64,22 @@ export class InboxManager {
     });
   }
 
-  /** A portal got its room: listed in the user's Space if they have one. */
-  portalAdded(portal: PortalRow & { roomId: string }): Promise<void> {
-    return this.locks.run(portal.receiver, async () => {
-      const space = this.spaceOf(portal.receiver);
+  /** A DM's portal got its room: listed in the user's Space if they have one (group rooms are not listed yet). */
+  async portalAdded(portal: PortalRow & { roomId: string }): Promise<void> {
+    const receiver = portal.receiver;
+    if (!receiver) return;
+    return this.locks.run(receiver, async () => {
+      const space = this.spaceOf(receiver);
       if (space) await this.link(space, portal);
     });
   }
 
   /** A portal is going away (call before its ghost leaves the room). */
-  portalRemoved(portal: PortalRow): Promise<void> {
-    return this.locks.run(portal.receiver, async () => {
-      const space = this.spaceOf(portal.receiver);
+  async portalRemoved(portal: PortalRow): Promise<void> {
+    const receiver = portal.receiver;
+    if (!receiver) return;
+    return this.locks.run(receiver, async () => {
+      const space = this.spaceOf(receiver);
       if (space && portal.roomId) await this.unlink(space, portal);
     });
   }

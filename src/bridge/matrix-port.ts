@@ -35,6 +35,12 @@ export interface MatrixPort {
   ensureGhost(remoteUserId: string, profile: RemoteProfile | null): Promise<string>;
   /** The ghost creates a direct-message room and invites the user. Returns the room id. */
   createDm(ghostMxid: string, invitee: string, name: string | null): Promise<string>;
+  /**
+   * The bot creates a group chat's room (not a DM): private, named, with the given power levels
+   * (the bot keeps 100). Returns the room id.
+   */
+  createGroupRoom(name: string, topic: string | null, powerLevels: Record<string, number>): Promise<string>;
+  invite(asMxid: string, roomId: string, userId: string): Promise<void>;
   join(asMxid: string, roomId: string): Promise<void>;
   leave(asMxid: string, roomId: string, reason?: string): Promise<void>;
   send(asMxid: string, roomId: string, content: Record<string, unknown>, opts: SendOptions): Promise<string>;
@@ -49,6 +55,10 @@ export interface MatrixPort {
   notice(asMxid: string, roomId: string, text: string, txnId?: string, replyTo?: string): Promise<void>;
   /** Joined and invited members. */
   members(asMxid: string, roomId: string): Promise<string[]>;
+  /** Every member's membership ("join", "invite", "leave", "ban", …), by Matrix id. */
+  memberships(asMxid: string, roomId: string): Promise<Map<string, string>>;
+  /** The room's name (m.room.name), or null when it has none. */
+  roomName(asMxid: string, roomId: string): Promise<string | null>;
   /** The rooms the user has joined. */
   joinedRooms(asMxid: string): Promise<string[]>;
   /** The newest events of a room, oldest first, as seen by asMxid. */

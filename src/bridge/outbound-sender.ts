@@ -118,9 +118,9 @@ export class OutboundSender {
     if (!portal) return store.outbound.remove(item.seq);
     const payload = JSON.parse(item.payload) as QueuedPayload;
     const noun = EVENT_NOUN[payload.kind ?? "message"];
-    if (!access.optedIn(portal.receiver)) {
+    if (!access.optedIn(item.sender)) {
       // Turned off (or permission withdrawn) while this waited for the network: it is not delivered later.
-      const permitted = access.mayUse(portal.receiver);
+      const permitted = access.mayUse(item.sender);
       metrics.dropped("to_network", permitted ? "third_party_chats_off" : "not_permitted");
       const why = permitted ? "you turned Third-Party Chats off before the network took it" : "you are no longer allowed to use this bridge";
       return this.giveUp(portal, item, FAILURES.withdrawn_while_queued(noun, why));
@@ -137,7 +137,7 @@ export class OutboundSender {
     const attemptStarted = process.hrtime.bigint();
     const seconds = () => Number(process.hrtime.bigint() - attemptStarted) / 1e9;
     try {
-      await network.ensureUser(portal.receiver, null);
+      await network.ensureUser(item.sender, null);
       const sent = await this.sendQueued(portal, chat, caps, item, payload, media);
       await this.releaseMedia(item.seq);
       if (sent) {
@@ -216,7 +216,8 @@ export class OutboundSender {
   private async sendQueued(portal: PortalRow, chat: ChatRef, caps: ChatCapabilities, item: OutboundItem, payload: QueuedPayload, media: QueuedMedia): Promise<boolean> {
     const { store, network, matrix } = this.ctx;
     const on = network.networkName;
-    const user = portal.receiver;
+    // The Matrix user who sent it: a DM's user, or one of a group's members.
+    const user = item.sender;
     const txnId = item.eventId;
     switch (payload.kind) {
       case undefined:

@@ -48,7 +48,7 @@ export class OutboundPipeline {
 
   /** Checks a message (or edit) once against the chat's capabilities and queues it, or refuses it. */
   async acceptMessage(portal: PortalRow, event: MatrixEvent): Promise<void> {
-    if (event.sender !== portal.receiver) {
+    if (!this.ctx.portals.isMember(portal, event.sender)) {
       log.debug("ignoring a message from someone who is not the portal's user", { portal: portal.id, sender: event.sender });
       return;
     }
@@ -117,8 +117,8 @@ export class OutboundPipeline {
    */
   private async refuseWhileOff(portal: PortalRow, event: MatrixEvent): Promise<boolean> {
     const { access, matrix, network } = this.ctx;
-    if (access.optedIn(portal.receiver)) return false;
-    const permitted = access.mayUse(portal.receiver);
+    if (access.optedIn(event.sender)) return false;
+    const permitted = access.mayUse(event.sender);
     const failure = permitted ? FAILURES.third_party_chats_off(offNotice(matrix.botMxid, network.networkName)) : FAILURES.not_permitted();
     await this.refuse(portal, event, failure, permitted ? "third_party_chats_off" : "not_permitted");
     return true;
@@ -132,7 +132,7 @@ export class OutboundPipeline {
   async onMatrixEvent(event: MatrixEvent): Promise<boolean> {
     const portal = this.ctx.store.portals.byRoom(event.room_id);
     if (!portal) return false;
-    if (event.sender !== portal.receiver) return true;
+    if (!this.ctx.portals.isMember(portal, event.sender)) return true;
     const refusal = unbridgeableEvent(event);
     if (!refusal) return true;
     log.debug("not bridged: the network cannot carry it", { portal: portal.id, type: event.type, kind: refusal.kind });
@@ -145,7 +145,7 @@ export class OutboundPipeline {
     const portal = this.ctx.store.portals.byRoom(event.room_id);
     if (!portal) return false;
     const relation = relationOf(event.content);
-    if (event.sender === portal.receiver && relation?.type === "annotation") {
+    if (this.ctx.portals.isMember(portal, event.sender) && relation?.type === "annotation") {
       if (await this.refuseWhileOff(portal, event)) return true;
       const caps = this.ctx.network.getCapabilities(this.ctx.portals.chatOf(portal));
       if (!caps.reactions) {
@@ -167,7 +167,7 @@ export class OutboundPipeline {
     const portal = this.ctx.store.portals.byRoom(event.room_id);
     if (!portal) return false;
     const target = redactedEventId(event);
-    if (event.sender === portal.receiver && target) {
+    if (this.ctx.portals.isMember(portal, event.sender) && target) {
       if (await this.refuseWhileOff(portal, event)) return true;
       this.sender.enqueue(portal, event, { kind: "redaction", target, ts: event.origin_server_ts });
     }
@@ -182,17 +182,18 @@ export class OutboundPipeline {
   async onMatrixReadReceipt(roomId: string, userId: string, eventId: string, ts: number | null): Promise<void> {
     const { store, network, access, portals } = this.ctx;
     const portal = store.portals.byRoom(roomId);
-    if (!portal || userId !== portal.receiver || !access.optedIn(userId)) return;
+    if (!portal || !portals.isMember(portal, userId) || !access.optedIn(userId)) return;
     const chat = portals.chatOf(portal);
     if (!network.getCapabilities(chat).readReceipts) return;
     await this.receiptQueue.run(`portal:${portal.id}`, async () => {
       const read = store.messages.byEventId(eventId);
       const upTo = read && read.portalId === portal.id ? read.timestamp : (ts ?? Date.now());
-      const unread = store.messages.receivedBetween(portal.id, portal.receiver, store.readMarkers.get(portal.id), upTo, MAX_READ_BATCH);
+      // One read marker per portal: a group's receipts would need one per member (groups do not bridge them yet).
+      const unread = store.messages.receivedBetween(portal.id, userId, store.readMarkers.get(portal.id), upTo, MAX_READ_BATCH);
       if (unread.length === 0) return;
       try {
         await network.sendReadReceipt(
-          portal.receiver,
+          userId,
           chat,
           unread.map((m) => m.remoteId),
         );
@@ -208,14 +209,16 @@ export class OutboundPipeline {
   onMatrixTyping(roomId: string, userIds: string[]): void {
     const { store, network, access, portals } = this.ctx;
     const portal = store.portals.byRoom(roomId);
-    if (!portal) return;
+    // One typing timer per portal: a DM's one user (groups do not bridge typing yet).
+    const user = portal?.receiver;
+    if (!portal || !user) return;
     const chat = portals.chatOf(portal);
     if (!network.getCapabilities(chat).typing) return;
     // A user with Third-Party Chats off shows as not typing (and one who turns it off stops showing).
-    const typing = userIds.includes(portal.receiver) && access.optedIn(portal.receiver);
+    const typing = userIds.includes(user) && access.optedIn(user);
     const timer = this.typingTimers.get(portal.id);
     if (typing === (timer !== undefined)) return;
-    const send = (on: boolean) => network.sendTyping(portal.receiver, chat, on);
+    const send = (on: boolean) => network.sendTyping(user, chat, on);
     if (!typing) {
       clearInterval(timer);
       this.typingTimers.delete(portal.id);

@@ -193,9 +193,11 @@ export class MatrixAppservice {
     return mxid === this.port.botMxid || this.port.remoteIdOfGhost(mxid) !== null;
   }
 
-  /** One of the bridge's users who is in the room: the portal's ghost, or the bot in a management room. */
+  /** One of the bridge's users who is in the room: a DM's ghost, the bot in a group's room, or the bot in a management room. */
   private memberOf(roomId: string): string | null {
     const portal = this.store.portals.byRoom(roomId);
+    // The bot created every group's room and stays in it.
+    if (portal?.kind === "group") return this.port.botMxid;
     // The bot reads only the management rooms of users the bridge still knows: after `forget` (or
     // in a room it never bridged) there is nothing to catch up, and reading would journal again the
     // events `forget` removed.
@@ -325,7 +327,11 @@ export class MatrixAppservice {
     }
     if (event.type === "m.room.member" && event.state_key) {
       const membership = event.content.membership;
-      if (membership === "invite" && event.state_key === this.port.botMxid) return this.onBotInvite(event);
+      if (membership === "invite" && event.state_key === this.port.botMxid) {
+        // A ghost bringing the bot into a room that became a group's portal: the core joined it already.
+        if (this.isOwnUser(event.sender)) return;
+        return this.onBotInvite(event);
+      }
       if (membership === "invite" && this.port.remoteIdOfGhost(event.state_key)) {
         // The ghost's device exists before the user's client shares its room key (it shares with the devices it finds).
         if (encryption) await encryption.manager.machineFor(event.state_key);

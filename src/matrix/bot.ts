@@ -2,6 +2,7 @@ import { UserControls } from "../bridge/controls";
 import { BridgeUserError } from "../bridge/failure";
 import { MatrixPort } from "../bridge/matrix-port";
 import { explanation } from "../bridge/opt-in";
+import { refusedText } from "../bridge/portals";
 import { getLogger } from "../logging";
 import { BridgeMetrics } from "../metrics/metrics";
 import { CommandRateLimiter } from "./command-rate-limit";
@@ -110,6 +111,19 @@ export class BotCommands {
           const chat = await this.controls.startChat(user, args[0]);
           const link = this.matrix.roomLink(chat.roomId);
           return chat.created ? `Started a chat with ${chat.name}: ${link} (accept the invite)` : `You already have a chat with ${chat.name}: ${link}`;
+        },
+      },
+      group: {
+        usage: "group <name> <phone> <phone>…",
+        summary: `create a ${net} group with you and these users, e.g. group Trip +4915123456789 +4915223456789`,
+        run: async (user, args) => {
+          // The name is every word before the first phone number.
+          const first = args.findIndex((a) => /^\+?[0-9(]/.test(a));
+          if (first < 1 || args.length - first < 2) throw usage("group");
+          const name = args.slice(0, first).join(" ");
+          const group = await this.controls.startGroup(user, name, args.slice(first));
+          const link = this.matrix.roomLink(group.roomId);
+          return `Created the group "${name}": ${link} (accept the invite)` + (group.refused.length ? `. Not added: ${refusedText(group.refused)}.` : "");
         },
       },
       list: {

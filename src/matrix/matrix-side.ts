@@ -118,6 +118,22 @@ export class AppserviceMatrixPort implements MatrixPort {
     return room_id;
   }
 
+  async createGroupRoom(name: string, topic: string | null, powerLevels: Record<string, number>): Promise<string> {
+    const options: Record<string, unknown> = {
+      name,
+      preset: "private_chat",
+      visibility: "private",
+      power_level_content_override: { users: { ...powerLevels, [this.botMxid]: 100 } },
+    };
+    if (topic) options.topic = topic;
+    const { room_id } = await this.intent(this.botMxid).createRoom({ createAsClient: true, options });
+    return room_id;
+  }
+
+  async invite(asMxid: string, roomId: string, userId: string): Promise<void> {
+    await this.intent(asMxid).invite(roomId, userId);
+  }
+
   async join(asMxid: string, roomId: string): Promise<void> {
     await this.intent(asMxid).join(roomId);
   }
@@ -257,6 +273,23 @@ export class AppserviceMatrixPort implements MatrixPort {
     const client = this.intent(asMxid).matrixClient;
     const res = (await client.doRequest("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/members`)) as { chunk: MatrixEvent[] };
     return res.chunk.filter((e) => ["join", "invite"].includes(String(e.content.membership))).map((e) => e.state_key!);
+  }
+
+  async memberships(asMxid: string, roomId: string): Promise<Map<string, string>> {
+    const client = this.intent(asMxid).matrixClient;
+    const res = (await client.doRequest("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/members`)) as { chunk: MatrixEvent[] };
+    return new Map(res.chunk.map((e) => [e.state_key!, String(e.content.membership)]));
+  }
+
+  async roomName(asMxid: string, roomId: string): Promise<string | null> {
+    const client = this.intent(asMxid).matrixClient;
+    try {
+      const content = (await client.doRequest("GET", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/m.room.name/`)) as { name?: unknown };
+      return typeof content.name === "string" && content.name.trim() ? content.name.trim() : null;
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) return null;
+      throw err;
+    }
   }
 
   async joinedRooms(asMxid: string): Promise<string[]> {

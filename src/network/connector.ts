@@ -8,12 +8,48 @@
  * its Matrix user id; the connector maps it to the network identity it enlisted.
  */
 
-/** A chat on the network. DMs have one remote participant; groups (later) have several. */
+/**
+ * A chat on the network. DMs have one remote participant. A group's participants are the remote
+ * users the connector knows to be in it when it names the chat (for a message: its sender); the
+ * whole membership is its GroupInfo (getGroup, onGroupChange).
+ */
 export interface ChatRef {
   id: string;
   kind: "dm" | "group";
   /** The remote users in the chat, not counting the Matrix user it is seen by. */
   participants: string[];
+}
+
+/** A member of a group: a remote user (`matrix` false, `id` the network's id) or a Matrix user of this bridge (`id` their Matrix id). */
+export interface GroupMember {
+  id: string;
+  matrix: boolean;
+  admin: boolean;
+}
+
+/** A group's state, always whole. Of two states of a group, the higher `rev` is the later. */
+export interface GroupInfo {
+  rev: number;
+  name: string;
+  /** Absent: no topic. */
+  topic?: string;
+  /** Members of other networks or bridges are left out. */
+  members: GroupMember[];
+}
+
+/** A group's membership or metadata changed (created, added, removed, left, name, topic, picture, admin). */
+export interface RemoteGroupChange {
+  /** Unique within the group and the same in every member's copy (so copies can be told apart from changes). */
+  id: string;
+  chat: ChatRef;
+  change: string;
+  /** Who made the change: a remote user id or a Matrix user id (absent when neither). */
+  by?: string;
+  /** The member the change concerns. */
+  subject?: string;
+  /** The state after the change. */
+  group: GroupInfo;
+  timestamp: number;
 }
 
 export type ConnectionState = { state: "connecting" } | { state: "connected" } | { state: "disconnected"; reason: string; retryInMs?: number };
@@ -220,6 +256,8 @@ export interface NetworkEventHandler {
   onTyping?(receiver: string, typing: RemoteTyping): void;
   /** Resolving acknowledges the receipt; it should resolve even when Matrix is unreachable (a status is not worth a stuck queue). */
   onDelivered?(receiver: string, receipt: DeliveryReceipt): Promise<void>;
+  /** A group `receiver` is (or was, until this change) a member of changed. Acknowledged after it resolves, like onMessage. */
+  onGroupChange?(receiver: string, change: RemoteGroupChange): Promise<void>;
 }
 
 /** What a chat takes of one kind of media: content types (patterns such as "image/*" or "*\/*") and a size limit. */
@@ -298,6 +336,18 @@ export interface NetworkConnector {
   getProfile(remoteUserId: string): Promise<RemoteProfile | null>;
   /** The DM chat between a Matrix user and a remote user (deterministic: both sides name it alike). */
   dmChat(matrixUserId: string, remoteUserId: string): ChatRef;
+  /** A group's current state as the member `matrixUserId` sees it; null when they are not a member (or it does not exist). */
+  getGroup(matrixUserId: string, chatId: string): Promise<GroupInfo | null>;
+  /**
+   * Creates a group on the network with the Matrix user as its admin and these remote users as
+   * members. Members the network would not add are left out and listed in `refused` with its
+   * reason; rejects with NetworkError when the group cannot be created at all.
+   */
+  createGroup(matrixUserId: string, name: string, members: string[]): Promise<{ chat: ChatRef; group: GroupInfo; refused: { id: string; reason: string }[] }>;
+  /** The Matrix user (an admin) adds a remote user to the group; rejects with NetworkError saying why not. */
+  addToGroup(matrixUserId: string, chatId: string, remoteUserId: string): Promise<void>;
+  /** The Matrix user leaves the group on the network (a no-op when they are not a member); rejects with NetworkError. */
+  leaveGroup(matrixUserId: string, chatId: string): Promise<void>;
   /**
    * Sends a message; resolves when the network accepted it, rejects with NetworkError (or
    * MediaError for media it could not prepare). Media content arrives with `source.from === "file"`.

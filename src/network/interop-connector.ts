@@ -7,7 +7,7 @@ import { audioPeaks, FfmpegError, probeMedia, transcodeToOggOpus } from "../medi
 import { isOggOpus, probedFacts, settleMediaKind } from "../media/probe";
 import { InteropClient } from "../protocol/client";
 import { EndpointError, SecureEndpoint } from "../protocol/endpoint";
-import { dmRoomUri, parseMimiUri, Profile, TypingFrame, userUri } from "../protocol/frames";
+import { dmRoomUri, FEATURE_GROUPS, GroupEventFrame, GroupState, isGroupRoom, parseMimiUri, Profile, ProtocolError, TypingFrame, userUri } from "../protocol/frames";
 import { computeMessageId, decodeMimi, encodeMimi, MimiError, MimiMessage } from "../protocol/mimi";
 import { sha256File } from "../protocol/media-crypto";
 import { MAX_READ_IDS, Payload } from "../protocol/payload";
@@ -17,6 +17,8 @@ import {
   ChatCapabilities,
   ChatRef,
   ConnectionState,
+  GroupInfo,
+  GroupMember,
   IdentifierCheck,
   LocalMedia,
   MediaError,
@@ -47,6 +49,14 @@ const REFUSALS: Record<string, string> = {
   bad_frame: "the network could not read the message (a bridge bug; please report it)",
 };
 
+/** Why the gateway would not add someone to a group (docs/protocol.md §3.3.3), for the Matrix user. */
+const GROUP_REFUSALS: Record<string, string> = {
+  unknown_user: "has no WhatsApp account",
+  third_party_disabled: "has Third-Party Chats turned off",
+  not_opted_in: "does not accept Third-Party Chats",
+  not_supported: "is on a network that does not support groups",
+};
+
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex");
 
 /** The gateway keeps undelivered messages this long (docs/protocol.md §9.5); no receipt can come later. */
@@ -74,12 +84,21 @@ function whatsappDmCapabilities(maxMediaSize: number, editWindowSeconds: number)
 }
 
 /**
+ * A WhatsApp group as bridged here: like a 1:1 chat, except that read receipts, typing and
+ * delivery receipts are not bridged in groups yet (each would be one per member).
+ */
+function whatsappGroupCapabilities(dm: ChatCapabilities): ChatCapabilities {
+  return { ...dm, readReceipts: false, typing: false, deliveryReceipts: false };
+}
+
+/**
  * The connector for our interop gateway (docs/protocol.md): one authenticated provider
  * connection, a Signal session per Matrix user and contact, MIMI content inside.
  */
 export class InteropConnector implements NetworkConnector {
   readonly networkName = "WhatsApp";
   private readonly capabilities: ChatCapabilities;
+  private readonly groupCapabilities: ChatCapabilities;
   private readonly client: InteropClient;
   private readonly endpoint: SecureEndpoint;
   private readonly storeKey: Uint8Array;
@@ -100,6 +119,7 @@ export class InteropConnector implements NetworkConnector {
     this.store = store;
     this.users = options.users;
     this.capabilities = whatsappDmCapabilities(config.media.max_size, editWindowSeconds);
+    this.groupCapabilities = whatsappGroupCapabilities(this.capabilities);
     const secret = process.env.BRIDGE_STORE_KEY ?? config.store_key;
     if (!secret) throw new Error("network.store_key (or BRIDGE_STORE_KEY) is needed to encrypt keys at rest");
     this.storeKey = deriveStoreKey(secret);
@@ -107,6 +127,7 @@ export class InteropConnector implements NetworkConnector {
       url: config.gateway_url,
       provider: config.provider_domain,
       secret: config.provider_secret,
+      features: [FEATURE_GROUPS],
       logger: getLogger("gateway-client"),
     });
     this.endpoint = new SecureEndpoint({
@@ -161,6 +182,7 @@ export class InteropConnector implements NetworkConnector {
       const remote = this.remoteUserOf(frame.subject);
       if (remote) await handler.onProfile(this.toRemoteProfile(remote, frame));
     });
+    this.client.onGroup((frame) => this.onGroupFrame(frame));
     this.client.onRefused(async (frame) => {
       const receiver = this.matrixUserOf(frame.user);
       const remote = this.remoteUserOf(frame.from);
@@ -243,9 +265,87 @@ export class InteropConnector implements NetworkConnector {
     return this.getProfile(identifier);
   }
 
-  /** Every chat is a 1:1 chat for now (groups are refused when sent to); groups get their own table with them. */
-  getCapabilities(_chat: ChatRef): ChatCapabilities {
-    return this.capabilities;
+  getCapabilities(chat: ChatRef): ChatCapabilities {
+    return chat.kind === "group" ? this.groupCapabilities : this.capabilities;
+  }
+
+  /** A group's state in the connector's terms: members of other providers are left out. */
+  private groupInfoOf(state: GroupState): GroupInfo {
+    const members: GroupMember[] = [];
+    for (const m of state.members) {
+      const remote = this.remoteUserOf(m.user);
+      const local = remote ? null : this.matrixUserOf(m.user);
+      if (remote) members.push({ id: remote, matrix: false, admin: m.admin });
+      else if (local) members.push({ id: local, matrix: true, admin: m.admin });
+    }
+    return { rev: state.rev, name: state.name, ...(state.topic ? { topic: state.topic } : {}), members };
+  }
+
+  private groupChat(room: string, state?: GroupState): ChatRef {
+    const participants = state ? state.members.map((m) => this.remoteUserOf(m.user)).filter((u): u is string => u !== null) : [];
+    return { id: room, kind: "group", participants };
+  }
+
+  private async onGroupFrame(frame: GroupEventFrame): Promise<void> {
+    const receiver = this.matrixUserOf(frame.user);
+    if (!receiver || !this.handler?.onGroupChange) return;
+    const who = (uri: string | undefined) => (uri ? (this.remoteUserOf(uri) ?? this.matrixUserOf(uri) ?? undefined) : undefined);
+    const by = who(frame.by);
+    const subject = who(frame.subject);
+    await this.handler.onGroupChange(receiver, {
+      // Every member's copy of a change carries the same state and rev.
+      id: `group.${frame.group.rev}`,
+      chat: this.groupChat(frame.room, frame.group),
+      change: frame.change,
+      ...(by ? { by } : {}),
+      ...(subject ? { subject } : {}),
+      group: this.groupInfoOf(frame.group),
+      timestamp: frame.ts,
+    });
+  }
+
+  async getGroup(matrixUserId: string, chatId: string): Promise<GroupInfo | null> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      return this.groupInfoOf(await this.client.getGroup(this.uriOfMatrixUser(matrixUserId), chatId));
+    } catch (err) {
+      if (err instanceof ProtocolError && (err.code === "not_member" || err.code === "unknown_room")) return null;
+      throw err;
+    }
+  }
+
+  async createGroup(matrixUserId: string, name: string, members: string[]): Promise<{ chat: ChatRef; group: GroupInfo; refused: { id: string; reason: string }[] }> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      const created = await this.client.createGroup({ by: this.uriOfMatrixUser(matrixUserId), name, members: members.map((m) => this.uriOfRemote(m)) });
+      const refused = created.refused.map((r) => ({ id: this.remoteUserOf(r.user) ?? r.user, reason: GROUP_REFUSALS[r.code] ?? r.code }));
+      return { chat: this.groupChat(created.group.room, created.group), group: this.groupInfoOf(created.group), refused };
+    } catch (err) {
+      if (err instanceof ProtocolError) throw new NetworkError(err.code, `the network did not create the group: ${err.message}`, err.retryable);
+      throw err;
+    }
+  }
+
+  async addToGroup(matrixUserId: string, chatId: string, remoteUserId: string): Promise<void> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      await this.client.addGroupMember(this.uriOfMatrixUser(matrixUserId), chatId, this.uriOfRemote(remoteUserId));
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      const why = err.code === "forbidden" ? "only the group's admins may add members" : GROUP_REFUSALS[err.code] ? `${remoteUserId} ${GROUP_REFUSALS[err.code]}` : err.message;
+      throw new NetworkError(err.code, why, err.retryable);
+    }
+  }
+
+  async leaveGroup(matrixUserId: string, chatId: string): Promise<void> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      await this.client.leaveGroup(this.uriOfMatrixUser(matrixUserId), chatId);
+    } catch (err) {
+      if (err instanceof ProtocolError && err.code === "unknown_room") return;
+      if (err instanceof ProtocolError) throw new NetworkError(err.code, `the network did not let you leave the group: ${err.message}`, err.retryable);
+      throw err;
+    }
   }
 
   validateIdentifier(input: string): IdentifierCheck {
@@ -261,13 +361,13 @@ export class InteropConnector implements NetworkConnector {
     };
   }
 
+  /** The other side of a 1:1 chat; receipts and typing (which groups do not bridge yet) go only to one. */
   private dmPeer(chat: ChatRef): string {
-    if (chat.kind !== "dm" || chat.participants.length !== 1) throw new NetworkError("unsupported", "group chats are not supported yet", false);
+    if (chat.kind !== "dm" || chat.participants.length !== 1) throw new NetworkError("unsupported", "this is not bridged in group chats yet", false);
     return this.uriOfRemote(chat.participants[0]);
   }
 
   async sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult> {
-    this.dmPeer(chat);
     const from = this.uriOfMatrixUser(matrixUserId);
     let mimi: MimiMessage;
     if (message.content.type === "media") {
@@ -281,7 +381,6 @@ export class InteropConnector implements NetworkConnector {
   }
 
   async sendChange(matrixUserId: string, chat: ChatRef, change: OutboundChange): Promise<SendResult> {
-    this.dmPeer(chat);
     let mimi: MimiMessage;
     try {
       mimi = changeToMimi(change.change, this.uriOfMatrixUser(matrixUserId), chat.id);
@@ -294,13 +393,14 @@ export class InteropConnector implements NetworkConnector {
   /** Sends one MIMI message as a content payload; the same txnId always gives the same bytes, message id and transport id. */
   private async sendMimi(matrixUserId: string, chat: ChatRef, txnId: string, mimi: MimiMessage): Promise<SendResult> {
     const from = this.uriOfMatrixUser(matrixUserId);
-    const to = this.dmPeer(chat);
     // A retry after a crash must produce the very same message (same MIMI id), so the salt is
     // derived from the event id under a secret instead of drawn at random.
     mimi.salt = new Uint8Array(createHmac("sha256", this.storeKey).update(`salt:${txnId}`).digest().subarray(0, 16));
     const bytes = encodeMimi(mimi);
     const messageId = computeMessageId(from, chat.id, bytes);
     const frameId = new Uint8Array(createHash("sha256").update(`frame:${txnId}`).digest().subarray(0, 16));
+    if (chat.kind === "group") return { remoteId: hex(messageId), timestamp: await this.sendToGroup(matrixUserId, chat, bytes, frameId) };
+    const to = this.dmPeer(chat);
     // Recorded first: the delivery receipt can come right behind the gateway's answer.
     this.store.sentFrames.put(hex(frameId), from, txnId);
     try {
@@ -312,6 +412,37 @@ export class InteropConnector implements NetworkConnector {
         if (!err.retryable) this.store.sentFrames.delete(hex(frameId));
         throw new NetworkError(err.code, REFUSALS[err.code] ?? err.message, err.retryable);
       }
+      throw err;
+    }
+  }
+
+  /**
+   * One MIMI message to every other member of a group (docs/protocol.md §3.3.5), to the members
+   * the gateway lists now. A copy refused for good (a member who left meanwhile) is dropped; one
+   * that may go later makes the whole send fail retryably, and the retry (same frame id) resends
+   * only the copies the gateway does not have. Returns the send's timestamp.
+   */
+  private async sendToGroup(matrixUserId: string, chat: ChatRef, mimi: Uint8Array, frameId: Uint8Array): Promise<number> {
+    const from = this.uriOfMatrixUser(matrixUserId);
+    try {
+      await this.ensureUser(matrixUserId, null);
+      const group = await this.client.getGroup(from, chat.id);
+      // The group's other Matrix users of this bridge share the room: they see the Matrix event itself.
+      const result = await this.endpoint.sendToGroup(
+        from,
+        chat.id,
+        group.members.map((m) => m.user).filter((u) => this.matrixUserOf(u) === null),
+        { kind: "content", mimi },
+        frameId,
+      );
+      const retry = result.failed.find((f) => f.error.retryable);
+      if (retry) throw retry.error;
+      for (const f of result.failed) log.info("a group member's copy was refused", { room: chat.id, code: f.error.code });
+      if (result.sent.length === 0 && result.failed.length > 0) throw result.failed[0]!.error;
+      return result.sent.length > 0 ? Math.min(...result.sent.map((s) => s.ts)) : Date.now();
+    } catch (err) {
+      if (err instanceof EndpointError) throw new NetworkError(err.code, REFUSALS[err.code] ?? err.message, err.retryable);
+      if (err instanceof ProtocolError) throw new NetworkError(err.code, err.code === "not_member" ? "you are not a member of this group" : err.message, err.retryable);
       throw err;
     }
   }
@@ -395,6 +526,7 @@ export class InteropConnector implements NetworkConnector {
   }
 
   sendTyping(matrixUserId: string, chat: ChatRef, typing: boolean): boolean {
+    if (chat.kind === "group") return false;
     const to = this.dmPeer(chat);
     return this.client.typing({ from: this.uriOfMatrixUser(matrixUserId), to, room: chat.id, state: typing ? "on" : "off" });
   }
@@ -402,7 +534,8 @@ export class InteropConnector implements NetworkConnector {
   private onTypingFrame(frame: TypingFrame): void {
     const receiver = this.matrixUserOf(frame.to);
     const sender = this.remoteUserOf(frame.from);
-    if (!receiver || !sender || !this.handler?.onTyping) return;
+    // Typing in groups is not bridged yet (the group capabilities say so).
+    if (!receiver || !sender || !this.handler?.onTyping || isGroupRoom(frame.room)) return;
     try {
       this.handler.onTyping(receiver, { chat: { id: frame.room, kind: "dm", participants: [sender] }, sender, typing: frame.state === "on" });
     } catch (err) {
@@ -449,11 +582,17 @@ export class InteropConnector implements NetworkConnector {
   private async onPayload(ev: { to: string; from: string; room: string; id: Uint8Array; ts: number; payload: Payload }): Promise<void> {
     const receiver = this.matrixUserOf(ev.to);
     const sender = this.remoteUserOf(ev.from);
+    const group = isGroupRoom(ev.room);
+    if (group && receiver && this.matrixUserOf(ev.from)) {
+      // Another Matrix user of this bridge wrote to a group: the room shows their Matrix event itself.
+      log.debug("dropping a group copy of a Matrix user's own message", { room: ev.room });
+      return;
+    }
     if (!receiver || !sender || !this.handler) {
       log.warn("dropping a message between unexpected parties", { from: ev.from, to: ev.to });
       return;
     }
-    const chat: ChatRef = { id: ev.room, kind: "dm", participants: [sender] };
+    const chat: ChatRef = { id: ev.room, kind: group ? "group" : "dm", participants: [sender] };
     const payload = ev.payload;
     switch (payload.kind) {
       case "content": {
@@ -499,6 +638,8 @@ export class InteropConnector implements NetworkConnector {
         });
         return;
       case "read":
+        // Read receipts in groups are not bridged yet (the group capabilities say so).
+        if (group) return;
         await this.handler.onReadReceipt?.(receiver, { chat, sender, messageIds: payload.ids.map(hex), timestamp: ev.ts });
         return;
     }

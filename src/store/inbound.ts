@@ -1,8 +1,8 @@
 import { Database } from "./database";
 import { PortalQueueTable, QueueItem } from "./portal-queue";
 
-/** Messages and changes are remembered as seen once bridged (inbound_seen); receipts are not. */
-export type InboundKind = "message" | "change" | "read" | "delivered";
+/** Messages and changes are remembered as seen once bridged (inbound_seen); receipts are not. A group change is a new state of a group. */
+export type InboundKind = "message" | "change" | "read" | "delivered" | "group";
 
 export interface InboundItem extends QueueItem {
   receiver: string;
@@ -49,6 +49,19 @@ export class InboundStore extends PortalQueueTable<InboundItem, Raw> {
       .prepare("INSERT OR IGNORE INTO inbound_queue (portal_id, receiver, remote_id, kind, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)")
       .run(portalId, receiver, remoteId, kind, JSON.stringify(payload), Date.now());
     return info.changes === 1;
+  }
+
+  /**
+   * Queues a group's message or change for the group's one portal unless a copy of it was queued
+   * before (each Matrix member's account receives its own copy): the copy is recorded as seen in
+   * the transaction that queues it, so a crash never shows one twice. Returns whether it was queued.
+   */
+  enqueueGroup(portalId: number, receiver: string, remoteId: string, kind: InboundKind, payload: unknown): boolean {
+    return this.db.transaction(() => {
+      const first = this.db.prepare("INSERT OR IGNORE INTO group_seen (portal_id, remote_id, seen_at) VALUES (?, ?, ?)").run(portalId, remoteId, Date.now());
+      if (first.changes !== 1) return false;
+      return this.enqueue(portalId, receiver, remoteId, kind, payload);
+    })();
   }
 
   /** The messages (not changes or receipts) waiting in a portal, oldest first. */

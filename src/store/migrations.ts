@@ -212,6 +212,48 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX inbound_queue_portal ON inbound_queue(portal_id, seq);
     `,
   },
+  {
+    version: 8,
+    name: "group chats: one portal per group, its Matrix members, group de-duplication",
+    sql: `
+      -- A group's portal is one row for all Matrix users of the bridge in it: receiver is ''
+      -- (UNIQUE (remote_chat_id, receiver) then keeps one per group), name and group_rev are
+      -- the group's name and the rev of the group state last shown in the room.
+      ALTER TABLE portals ADD COLUMN name TEXT;
+      ALTER TABLE portals ADD COLUMN group_rev INTEGER NOT NULL DEFAULT 0;
+      -- The Matrix users of this bridge who are members of a group portal's group.
+      CREATE TABLE portal_members (
+        portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
+        mxid TEXT NOT NULL,
+        PRIMARY KEY (portal_id, mxid)
+      );
+      -- Every Matrix member's account receives its own copy of a group message or change: the
+      -- first copy is queued and recorded here in one transaction, the others are dropped.
+      CREATE TABLE group_seen (
+        portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
+        remote_id TEXT NOT NULL,
+        seen_at INTEGER NOT NULL,
+        PRIMARY KEY (portal_id, remote_id)
+      );
+      -- The inbound queue also carries group changes (membership, name, admins): rebuilt for the new kind.
+      CREATE TABLE inbound_queue_v8 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        portal_id INTEGER NOT NULL REFERENCES portals(id) ON DELETE CASCADE,
+        receiver TEXT NOT NULL,
+        remote_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('message', 'change', 'read', 'delivered', 'group')),
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        UNIQUE (receiver, remote_id)
+      );
+      INSERT INTO inbound_queue_v8 (seq, portal_id, receiver, remote_id, kind, payload, attempts, created_at)
+        SELECT seq, portal_id, receiver, remote_id, kind, payload, attempts, created_at FROM inbound_queue;
+      DROP TABLE inbound_queue;
+      ALTER TABLE inbound_queue_v8 RENAME TO inbound_queue;
+      CREATE INDEX inbound_queue_portal ON inbound_queue(portal_id, seq);
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -5,11 +5,19 @@ export type PortalKind = "dm" | "group";
 export interface PortalRow {
   id: number;
   remoteChatId: string;
-  receiver: string;
+  /** The Matrix user a DM is seen by; null for a group, whose Matrix users are its members (PortalStore.members). */
+  receiver: string | null;
   kind: PortalKind;
   roomId: string | null;
   createdAt: number;
+  /** A group's name as last shown in its room (null for DMs). */
+  name: string | null;
+  /** The rev of the group state last shown in the room (0: none yet; always 0 for DMs). */
+  groupRev: number;
 }
+
+/** A group portal's receiver column: one row per group, whoever of the bridge's users is in it. */
+const GROUP_RECEIVER = "";
 
 interface Raw {
   id: number;
@@ -18,18 +26,25 @@ interface Raw {
   kind: PortalKind;
   room_id: string | null;
   created_at: number;
+  name: string | null;
+  group_rev: number;
 }
 
 const fromRaw = (r: Raw): PortalRow => ({
   id: r.id,
   remoteChatId: r.remote_chat_id,
-  receiver: r.receiver,
+  receiver: r.kind === "group" ? null : r.receiver,
   kind: r.kind,
   roomId: r.room_id,
   createdAt: r.created_at,
+  name: r.name,
+  groupRev: r.group_rev,
 });
 
-/** Portals: remote chat (as seen by one Matrix user) ↔ Matrix room, with the remote participants. */
+/**
+ * Portals: remote chat ↔ Matrix room, with the remote participants. A DM's portal is the chat as
+ * seen by one Matrix user; a group's is one for the whole group, with its Matrix members.
+ */
 export class PortalStore {
   constructor(private readonly db: Database) {}
 
@@ -38,9 +53,56 @@ export class PortalStore {
     return raw && fromRaw(raw);
   }
 
+  /** A DM's portal as seen by `receiver`. */
   byChat(remoteChatId: string, receiver: string): PortalRow | undefined {
-    const raw = this.db.prepare("SELECT * FROM portals WHERE remote_chat_id = ? AND receiver = ?").get(remoteChatId, receiver) as Raw | undefined;
+    const raw = this.db.prepare("SELECT * FROM portals WHERE remote_chat_id = ? AND receiver = ? AND kind = 'dm'").get(remoteChatId, receiver) as Raw | undefined;
     return raw && fromRaw(raw);
+  }
+
+  /** A group's one portal. */
+  byGroup(remoteChatId: string): PortalRow | undefined {
+    const raw = this.db.prepare("SELECT * FROM portals WHERE remote_chat_id = ? AND receiver = ? AND kind = 'group'").get(remoteChatId, GROUP_RECEIVER) as Raw | undefined;
+    return raw && fromRaw(raw);
+  }
+
+  /** Creates a group's portal row (without a room yet) unless it exists. */
+  getOrCreateGroup(remoteChatId: string): PortalRow {
+    this.db.prepare("INSERT OR IGNORE INTO portals (remote_chat_id, receiver, kind, created_at) VALUES (?, ?, 'group', ?)").run(remoteChatId, GROUP_RECEIVER, Date.now());
+    return this.byGroup(remoteChatId)!;
+  }
+
+  /** The Matrix users of this bridge in a group portal's group. */
+  members(id: number): string[] {
+    return (this.db.prepare("SELECT mxid FROM portal_members WHERE portal_id = ? ORDER BY mxid").all(id) as { mxid: string }[]).map((r) => r.mxid);
+  }
+
+  isMember(id: number, mxid: string): boolean {
+    return this.db.prepare("SELECT 1 FROM portal_members WHERE portal_id = ? AND mxid = ?").get(id, mxid) !== undefined;
+  }
+
+  /** Returns whether the user was not a member before. */
+  addMember(id: number, mxid: string): boolean {
+    return this.db.prepare("INSERT OR IGNORE INTO portal_members (portal_id, mxid) VALUES (?, ?)").run(id, mxid).changes === 1;
+  }
+
+  /** Returns whether the user was a member. */
+  removeMember(id: number, mxid: string): boolean {
+    return this.db.prepare("DELETE FROM portal_members WHERE portal_id = ? AND mxid = ?").run(id, mxid).changes === 1;
+  }
+
+  /** The group portals a Matrix user is a member of. */
+  groupsOf(mxid: string): PortalRow[] {
+    return (this.db.prepare("SELECT p.* FROM portals p JOIN portal_members m ON m.portal_id = p.id WHERE m.mxid = ? ORDER BY p.id").all(mxid) as Raw[]).map(fromRaw);
+  }
+
+  /** Records the group state shown in the room: its rev, name and remote members. */
+  setGroupState(id: number, rev: number, name: string, participants: readonly string[]): void {
+    this.db.transaction(() => {
+      this.db.prepare("UPDATE portals SET group_rev = ?, name = ? WHERE id = ?").run(rev, name, id);
+      this.db.prepare("DELETE FROM portal_participants WHERE portal_id = ?").run(id);
+      const insert = this.db.prepare("INSERT OR IGNORE INTO portal_participants (portal_id, remote_user_id) VALUES (?, ?)");
+      for (const p of participants) insert.run(id, p);
+    })();
   }
 
   byRoom(roomId: string): PortalRow | undefined {
@@ -59,10 +121,10 @@ export class PortalStore {
   }
 
   /**
-   * Creates the portal row (without a room yet) unless one exists for this chat and receiver;
+   * Creates a DM's portal row (without a room yet) unless one exists for this chat and receiver;
    * the UNIQUE constraint makes this the one place a race between two creators is decided.
    */
-  getOrCreate(remoteChatId: string, receiver: string, kind: PortalKind, participants: string[]): PortalRow {
+  getOrCreate(remoteChatId: string, receiver: string, kind: "dm", participants: string[]): PortalRow {
     return this.db.transaction(() => {
       const existing = this.byChat(remoteChatId, receiver);
       if (existing) return existing;
@@ -83,8 +145,9 @@ export class PortalStore {
     );
   }
 
+  /** The DM portals of one Matrix user. */
   forReceiver(receiver: string): PortalRow[] {
-    return (this.db.prepare("SELECT * FROM portals WHERE receiver = ? ORDER BY id").all(receiver) as Raw[]).map(fromRaw);
+    return (this.db.prepare("SELECT * FROM portals WHERE receiver = ? AND kind = 'dm' ORDER BY id").all(receiver) as Raw[]).map(fromRaw);
   }
 
   delete(id: number): void {

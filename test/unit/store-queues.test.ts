@@ -300,3 +300,43 @@ test("sent frames keep the first record of a frame id and prune by age only what
   assert.equal(store.sentFrames.get("f3"), undefined);
   store.close();
 });
+
+test("a group has one portal whoever hears of it, and each of its events is queued once however many members' copies come, across a reopen", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mib-groups-"));
+  const file = path.join(dir, "bridge.db");
+  let store = BridgeStore.open(file);
+  const group = store.portals.getOrCreateGroup("mimi://wa/r/g-1");
+  assert.equal(store.portals.getOrCreateGroup("mimi://wa/r/g-1").id, group.id, "one portal per group");
+  assert.equal(group.kind, "group");
+  assert.equal(group.receiver, null, "a group portal belongs to no single Matrix user");
+  assert.equal(store.portals.byChat("mimi://wa/r/g-1", ""), undefined, "the DM lookup never finds a group");
+  assert.equal(store.portals.addMember(group.id, "@a:hs"), true);
+  assert.equal(store.portals.addMember(group.id, "@a:hs"), false);
+  store.portals.addMember(group.id, "@b:hs");
+  assert.deepEqual(store.portals.members(group.id), ["@a:hs", "@b:hs"]);
+  assert.deepEqual(store.portals.forReceiver("@a:hs"), [], "forReceiver lists DMs only");
+  assert.deepEqual(
+    store.portals.groupsOf("@b:hs").map((p) => p.id),
+    [group.id],
+  );
+
+  assert.equal(store.inbound.enqueueGroup(group.id, "@a:hs", "m1", "message", { n: 1 }), true, "the first copy is queued");
+  assert.equal(store.inbound.enqueueGroup(group.id, "@b:hs", "m1", "message", { n: 1 }), false, "another member's copy is not");
+  assert.equal(store.inbound.enqueueGroup(group.id, "@b:hs", "group.2", "group", { rev: 2 }), true, "a group change is queued like a message");
+  assert.equal(store.inbound.depth(), 2);
+  store.close();
+
+  // After a crash (the database reopened), a late copy is still recognized, also once the first was bridged.
+  store = BridgeStore.open(file);
+  store.inbound.remove(store.inbound.next(group.id)!.seq);
+  assert.equal(store.inbound.enqueueGroup(group.id, "@b:hs", "m1", "message", { n: 1 }), false);
+  assert.equal(store.inbound.enqueueGroup(group.id, "@a:hs", "group.2", "group", { rev: 2 }), false);
+  assert.equal(store.inbound.depth(), 1);
+
+  store.portals.setGroupState(group.id, 3, "Trip", ["+491", "+492"]);
+  const after = store.portals.get(group.id)!;
+  assert.deepEqual({ rev: after.groupRev, name: after.name, participants: store.portals.participants(group.id) }, { rev: 3, name: "Trip", participants: ["+491", "+492"] });
+  assert.equal(store.portals.removeMember(group.id, "@a:hs"), true);
+  assert.deepEqual(store.portals.members(group.id), ["@b:hs"]);
+  store.close();
+});

@@ -50,6 +50,25 @@ for (const older of MIGRATIONS.slice(0, -1)) {
   });
 }
 
+test("the upgrade to schema 8 keeps what waits in the inbound queue, and the queue then also takes group changes", () => {
+  const file = tempDb();
+  seedVersion1(file);
+  const db = openDatabase(file, { migrateUpTo: 7 });
+  const portalId = (db.prepare("SELECT id FROM portals WHERE room_id = '!r:hs'").get() as { id: number }).id;
+  db.prepare("INSERT INTO inbound_queue (portal_id, receiver, remote_id, kind, payload, attempts, created_at) VALUES (?, '@a:hs', 'm9', 'message', '{}', 2, 5)").run(portalId);
+  db.close();
+  const store = BridgeStore.open(file);
+  const waiting = store.inbound.next(portalId)!;
+  assert.deepEqual(
+    { remoteId: waiting.remoteId, kind: waiting.kind, attempts: waiting.attempts, createdAt: waiting.createdAt },
+    { remoteId: "m9", kind: "message", attempts: 2, createdAt: 5 },
+  );
+  const group = store.portals.getOrCreateGroup("g1");
+  assert.equal(store.inbound.enqueueGroup(group.id, "@a:hs", "group.1", "group", {}), true);
+  assert.equal(store.portals.get(portalId)?.receiver, "@a:hs", "a DM keeps its user");
+  store.close();
+});
+
 test("a database with a newer schema is refused with a clear message", () => {
   const file = tempDb();
   const db = openDatabase(file);
