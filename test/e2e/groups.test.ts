@@ -30,7 +30,8 @@ interface Group {
 }
 
 before(async () => {
-  stack = await Stack.start("groups");
+  // Status events on: a test waits for the one that says the network took every copy.
+  stack = await Stack.start("groups", { bridgeConfig: (c) => void (c.bridge = { ...(c.bridge ?? {}), message_status_events: true }) });
 });
 
 after(async () => {
