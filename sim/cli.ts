@@ -38,6 +38,7 @@ const USAGE = `usage: node dist/sim/cli.js [--api URL] COMMAND ...   (URL defaul
   group leave PHONE GROUP
   group rename OWNER GROUP NAME
   group topic OWNER GROUP TEXT           ("" removes it)
+  group picture OWNER GROUP FILE|--none
   group admin OWNER GROUP MEMBER on|off
   group show PHONE GROUP
   group list PHONE
@@ -153,7 +154,7 @@ function uintArg(v: string | undefined, what: string): number {
 
 type Entry = { n: number; kind: string; from: string; fromId?: string; ts?: number } & Record<string, unknown>;
 
-type GroupView = { room: string; name: string; topic?: string; members: Array<{ id: string; admin: boolean }> };
+type GroupView = { room: string; name: string; topic?: string; picture?: { url: string }; members: Array<{ id: string; admin: boolean }> };
 
 /** `"Name" (g-1a2b3c4d…)`: enough to recognise a group; `group list` has the whole URI. */
 function groupLabel(room: unknown, name: unknown): string {
@@ -462,6 +463,12 @@ async function runGroup(api: Api, args: string[], values: { member?: string[]; t
       const [owner, group, topic] = need(args.slice(1), 3, "group topic OWNER GROUP TEXT");
       const g = await api.call<GroupView>("PATCH", groupRoute(owner!, group!), { topic });
       print(g, g.topic ? `topic of ${groupLabel(g.room, g.name)}: ${g.topic}` : `removed the topic of ${groupLabel(g.room, g.name)}`);
+      return 0;
+    }
+    case "picture": {
+      const [owner, group, file] = need(args.slice(1), 3, "group picture OWNER GROUP FILE|--none");
+      const g = await api.call<GroupView>("PATCH", groupRoute(owner!, group!), { picture: file === "--none" ? null : avatarOf(file!) });
+      print(g, g.picture ? `picture of ${groupLabel(g.room, g.name)}: ${g.picture.url}` : `removed the picture of ${groupLabel(g.room, g.name)}`);
       return 0;
     }
     case "admin": {

@@ -116,6 +116,8 @@ export interface GroupView {
   room: string;
   name: string;
   topic?: string;
+  /** The group's picture, as its members fetch it. */
+  picture?: { url: string; mimetype: string; size: number; sha256: string };
   rev: number;
   creator: string;
   members: Array<{ id: string; uri: string; admin: boolean }>;
@@ -798,6 +800,8 @@ export class Simulator {
       members: group.members.map((m) => ({ id: this.peerLabel(m.user), uri: m.user, admin: m.admin })),
     };
     if (group.topic !== undefined) view.topic = group.topic;
+    if (group.picture)
+      view.picture = { url: group.picture.url, mimetype: group.picture.mimetype, size: group.picture.size, sha256: Buffer.from(group.picture.sha256).toString("hex") };
     return view;
   }
 
@@ -864,16 +868,22 @@ export class Simulator {
     return { left: room };
   }
 
-  /** Name and/or topic ("" removes the topic). */
-  async updateGroup(rawPhone: string, rawRoom: string, body: { name?: unknown; topic?: unknown }): Promise<GroupView> {
+  /** Name, topic ("" removes it) and/or picture ({mimetype, base64}, like an avatar; null removes it). */
+  async updateGroup(rawPhone: string, rawRoom: string, body: { name?: unknown; topic?: unknown; picture?: unknown }): Promise<GroupView> {
     const user = this.requireUser(rawPhone);
-    const update: { name?: string; topic?: string } = {};
+    const update: { name?: string; topic?: string; picture?: Avatar | null } = {};
+    if (body.picture === null) update.picture = null;
+    else if (body.picture !== undefined) {
+      const sha256 = this.saveAvatar(body.picture);
+      const media = this.store.getMedia(sha256)!;
+      update.picture = { url: this.mediaUrl(sha256), mimetype: media.mimetype, size: media.size, sha256: new Uint8Array(Buffer.from(sha256, "hex")) };
+    }
     if (body.name !== undefined) update.name = this.checkName(body.name);
     if (body.topic !== undefined) {
       if (typeof body.topic !== "string") throw new SimError(400, "bad_request", "topic must be a string");
       update.topic = body.topic;
     }
-    if (update.name === undefined && update.topic === undefined) throw new SimError(400, "bad_request", "give name and/or topic");
+    if (update.name === undefined && update.topic === undefined && update.picture === undefined) throw new SimError(400, "bad_request", "give name, topic and/or picture");
     return this.groupView(this.remember(await this.client.updateGroup(this.uriOf(user.phone), this.groupParam(rawRoom), update)));
   }
 

@@ -166,15 +166,23 @@ export class UserControls {
       await this.matrix.notice(ghost, portal.roomId, "This chat is closed: you asked the bridge to forget your data. Nothing more is bridged here.").catch(() => undefined);
       await this.matrix.leave(ghost, portal.roomId, "the user asked the bridge to forget them").catch(() => undefined);
     }
-    // The ids the bridge kept of its sends and of the events it received in the user's rooms go too.
+    // Groups: out of their rooms (the network identity, with its memberships, is gone), their messages and sends erased.
+    const groups = await this.core.portals.forgetGroups(mxid);
+    // The ids the bridge kept of its sends and of the events it received in the user's rooms go too (a group's room stays for its other members).
     const rooms = [...store.portals.forReceiver(mxid).map((p) => p.roomId), user.managementRoomId, user.spaceRoomId].filter((r): r is string => r !== null);
     const erased = store.transaction(() => {
       store.matrixSends.forgetRooms(rooms);
       store.journal.forgetRooms(rooms);
       return store.users.erase(mxid);
     });
-    log.info("forgot a user", { user: mxid, portals: erased.portals });
-    return { ...erased, spaceRemoved };
+    log.info("forgot a user", { user: mxid, portals: erased.portals, groups: groups.groups });
+    return {
+      ...erased,
+      portals: erased.portals + groups.groups,
+      messages: erased.messages + groups.messages,
+      queued: erased.queued + groups.queued,
+      spaceRemoved,
+    };
   }
 
   version(): { bridge: string; protocol: number; node: string } {

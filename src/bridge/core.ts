@@ -30,7 +30,8 @@ import { MatrixEvent, MatrixPort } from "./matrix-port";
 import { OutboundPipeline } from "./outbound";
 import { OutboundSender } from "./outbound-sender";
 import { Permissions } from "./permissions";
-import { OpenPortal, Portals } from "./portals";
+import { GroupEdits } from "./group-edits";
+import { ChatListing, OpenPortal, Portals } from "./portals";
 import { StatusReporter } from "./status";
 
 const log = getLogger("core");
@@ -69,6 +70,7 @@ export class BridgeCore implements NetworkEventHandler {
   private readonly inbound: InboundPipeline;
   private readonly outbound: OutboundPipeline;
   private readonly sender: OutboundSender;
+  private readonly groupEdits: GroupEdits;
 
   constructor(
     readonly store: BridgeStore,
@@ -103,6 +105,7 @@ export class BridgeCore implements NetworkEventHandler {
       onHeld: () => this.networkLink.noteHeld(),
     });
     this.outbound = new OutboundPipeline(ctx, this.sender);
+    this.groupEdits = new GroupEdits(ctx);
   }
 
   /** Resumes every queue left non-empty by the previous run. */
@@ -197,8 +200,17 @@ export class BridgeCore implements NetworkEventHandler {
   onMatrixMessage(event: MatrixEvent): Promise<boolean> {
     return this.outbound.onMatrixMessage(event);
   }
-  onMatrixEvent(event: MatrixEvent): Promise<boolean> {
-    return this.outbound.onMatrixEvent(event);
+  async onMatrixEvent(event: MatrixEvent): Promise<boolean> {
+    // A group's name and topic go to the network; other rooms' (and other events) get the notice.
+    return (await this.groupEdits.onMetadata(event)) || this.outbound.onMatrixEvent(event);
+  }
+  /** A Matrix member invited a Matrix user into a group's room (group-edits.ts); false when it is not that. */
+  onMatrixInvite(event: MatrixEvent): Promise<boolean> {
+    return this.groupEdits.onInvite(event);
+  }
+  /** A Matrix member removed a ghost from a group's room (group-edits.ts); false when it is not that. */
+  onMatrixRemoval(event: MatrixEvent): Promise<boolean> {
+    return this.groupEdits.onGhostRemoved(event);
   }
   onMatrixReaction(event: MatrixEvent): Promise<boolean> {
     return this.outbound.onMatrixReaction(event);
@@ -260,7 +272,7 @@ export class BridgeCore implements NetworkEventHandler {
   startGroup(userId: string, name: string, members: string[]): Promise<{ roomId: string; refused: { id: string; reason: string }[] }> {
     return this.portals.startGroup(userId, name, members);
   }
-  listChats(userId: string): { roomId: string; remoteUserId: string; name: string }[] {
+  listChats(userId: string): ChatListing[] {
     return this.portals.listChats(userId);
   }
   tellUser(mxid: string, markdown: string, txnId: string): Promise<void> {

@@ -85,8 +85,8 @@ export class BridgeFailure extends Error {
   }
 }
 
-/** "message", "edit", "reaction", "deletion": how a notice names the event. */
-export type EventNoun = "message" | "edit" | "reaction" | "deletion";
+/** "message", "edit", "reaction", "deletion" (and in a group's room "invitation", "removal", "room change"): how a notice names the event. */
+export type EventNoun = "message" | "edit" | "reaction" | "deletion" | "invitation" | "removal" | "room change";
 
 const refused = (kind: FailureKind, reason: MessageStatusReason, noun: EventNoun, why: string): BridgeFailure =>
   new BridgeFailure({ kind, status: "FAIL_PERMANENT", reason, message: why, notice: `Your ${noun} was not sent: ${why}.`, quote: true });

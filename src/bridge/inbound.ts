@@ -141,7 +141,7 @@ export class InboundPipeline {
       case "group": {
         if (!portal?.roomId) return store.inbound.remove(item.seq);
         const change = JSON.parse(item.payload) as RemoteGroupChange;
-        await this.ctx.portals.applyGroupState(portal as PortalRow & { roomId: string }, change.group, change.change);
+        await this.ctx.portals.applyGroupState(portal as PortalRow & { roomId: string }, change.group, change);
         return this.finish(item);
       }
       case "read":
@@ -176,10 +176,10 @@ export class InboundPipeline {
       content = { msgtype: "m.notice", body: `${name} ${message.content.description}` };
       metrics.dropped("to_matrix", message.content.what);
     } else if (message.content.type === "media") {
-      content = await this.mediaToMatrix(item.receiver, message.chat, ghost, portal.roomId!, message.content);
+      content = await this.mediaToMatrix(item.receiver, message.chat, ghost, portal.roomId!, message.content, portal.kind);
     } else {
       content = remoteToMatrix(message.content);
-      metrics.bridged("to_matrix", message.content.type);
+      metrics.bridged("to_matrix", message.content.type, portal.kind);
     }
     // A reply to a message this room never showed stays a plain message.
     const replied = message.replyTo === undefined ? undefined : store.messages.byRemoteId(portal.id, message.replyTo);
@@ -203,6 +203,7 @@ export class InboundPipeline {
     ghost: string,
     roomId: string,
     content: Extract<RemoteContent, { type: "media" }>,
+    kind: PortalRow["kind"],
   ): Promise<Record<string, unknown>> {
     const { network, matrix, metrics } = this.ctx;
     const caps = network.getCapabilities(chat);
@@ -224,7 +225,7 @@ export class InboundPipeline {
     }
     try {
       const message = await matrix.mediaMessage(ghost, roomId, file, media, content.caption);
-      metrics.bridged("to_matrix", "media");
+      metrics.bridged("to_matrix", "media", kind);
       return message;
     } catch (err) {
       if (!(err instanceof MediaError) || err.retryable) throw err;
@@ -348,12 +349,12 @@ export class InboundPipeline {
     this.queueInChat(receiver, receipt.chat, `read.${key}`, "read", receipt);
   }
 
-  /** The ghost's read receipt moves to the newest of the messages read. */
+  /** The ghost's read receipt moves to the newest of the messages read (in a DM, of the Matrix user's; in a group, of anyone's). */
   private async bridgeReadReceipt(portal: PortalRow, receiver: string, receipt: RemoteReadReceipt): Promise<void> {
     let newest: MessageRow | undefined;
     for (const id of receipt.messageIds) {
       const row = this.ctx.store.messages.byRemoteId(portal.id, id);
-      if (row && row.sender === receiver && (!newest || row.timestamp > newest.timestamp)) newest = row;
+      if (row && (portal.kind === "group" || row.sender === receiver) && (!newest || row.timestamp > newest.timestamp)) newest = row;
     }
     if (!newest) return;
     // A receipt is not worth a stuck queue: Matrix trouble is logged, not retried.
@@ -363,7 +364,8 @@ export class InboundPipeline {
   }
 
   onTyping(receiver: string, typing: RemoteTyping): void {
-    const portal = this.ctx.store.portals.byChat(typing.chat.id, receiver);
+    // In a group each Matrix member's account gets the notice: showing it again changes nothing.
+    const portal = typing.chat.kind === "group" ? this.ctx.store.portals.byGroup(typing.chat.id) : this.ctx.store.portals.byChat(typing.chat.id, receiver);
     if (!portal?.roomId) return;
     this.ctx.matrix
       .setTyping(this.ctx.matrix.ghostMxid(typing.sender), portal.roomId, typing.typing, REMOTE_TYPING_TIMEOUT_MS)

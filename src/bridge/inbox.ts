@@ -20,8 +20,10 @@ export interface InboxChange {
 /**
  * A user's inbox: "unified" leaves third-party chats among their other rooms; "dedicated" puts
  * them in a personal Space owned by the bot. The Space lists each portal with m.space.child (set
- * by the bot in the Space) and each portal points back with m.space.parent (set by the ghost, who
- * has power in the portal), as the spec's Spaces section describes. One change at a time per user.
+ * by the bot in the Space) and each DM's portal points back with m.space.parent (set by the ghost,
+ * who has power in the portal), as the spec's Spaces section describes. A group's room, shared by
+ * its Matrix members, is a child of each member's Space and names no parent (it would be one per
+ * member). One change at a time per user.
  */
 export class InboxManager {
   private readonly locks = new KeyedQueue();
@@ -64,9 +66,9 @@ export class InboxManager {
     });
   }
 
-  /** A DM's portal got its room: listed in the user's Space if they have one (group rooms are not listed yet). */
-  async portalAdded(portal: PortalRow & { roomId: string }): Promise<void> {
-    const receiver = portal.receiver;
+  /** A DM's portal got its room, or a Matrix user (`member`) joined a group's: listed in the user's Space if they have one. */
+  async portalAdded(portal: PortalRow & { roomId: string }, member?: string): Promise<void> {
+    const receiver = portal.kind === "group" ? member : portal.receiver;
     if (!receiver) return;
     return this.locks.run(receiver, async () => {
       const space = this.spaceOf(receiver);
@@ -74,9 +76,9 @@ export class InboxManager {
     });
   }
 
-  /** A portal is going away (call before its ghost leaves the room). */
-  async portalRemoved(portal: PortalRow): Promise<void> {
-    const receiver = portal.receiver;
+  /** A portal is going away (call before its ghost leaves the room), or a Matrix user (`member`) is no longer in a group's. */
+  async portalRemoved(portal: PortalRow, member?: string): Promise<void> {
+    const receiver = portal.kind === "group" ? member : portal.receiver;
     if (!receiver) return;
     return this.locks.run(receiver, async () => {
       const space = this.spaceOf(receiver);
@@ -103,12 +105,13 @@ export class InboxManager {
   }
 
   private portalsOf(mxid: string): (PortalRow & { roomId: string })[] {
-    return this.store.portals.forReceiver(mxid).filter((p): p is PortalRow & { roomId: string } => p.roomId !== null);
+    return [...this.store.portals.forReceiver(mxid), ...this.store.portals.groupsOf(mxid)].filter((p): p is PortalRow & { roomId: string } => p.roomId !== null);
   }
 
   private async link(space: string, portal: PortalRow & { roomId: string }): Promise<void> {
     const via = [this.matrix.serverName];
     await this.matrix.setState(this.matrix.botMxid, space, "m.space.child", portal.roomId, { via });
+    if (portal.kind === "group") return;
     // A room the user created gives the ghost no power to set state: the child link alone still lists it.
     await this.matrix
       .setState(this.ghostOf(portal), portal.roomId, "m.space.parent", space, { via, canonical: true })
@@ -125,7 +128,7 @@ export class InboxManager {
   }
 
   private async unlinkParent(space: string, portal: PortalRow): Promise<void> {
-    if (!portal.roomId) return;
+    if (!portal.roomId || portal.kind === "group") return;
     await this.matrix
       .setState(this.ghostOf(portal), portal.roomId, "m.space.parent", space, {})
       .catch((err: Error) => log.debug("could not remove the portal's space parent", { room: portal.roomId, error: err.message }));

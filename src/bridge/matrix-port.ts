@@ -74,6 +74,8 @@ export interface MatrixPort {
   /** Sets a state event (empty content clears link-like events such as m.space.child). */
   setState(asMxid: string, roomId: string, type: string, stateKey: string, content: Record<string, unknown>): Promise<void>;
   kick(asMxid: string, roomId: string, userId: string, reason?: string): Promise<void>;
+  /** Sets a room's avatar (m.room.avatar) to a picture, uploaded as asMxid; null removes it. */
+  setRoomAvatar(asMxid: string, roomId: string, picture: { data: Buffer; mimetype: string } | null): Promise<void>;
   /** A notice from the bot, written in markdown (bot DMs). */
   botNotice(roomId: string, markdown: string, txnId: string): Promise<void>;
   /** Streams a Matrix file (mxc://) into a temporary file of at most maxBytes; rejects with MediaError. */

@@ -143,7 +143,7 @@ export class OutboundSender {
       if (sent) {
         metrics.networkSendSeconds.observe({ outcome: "accepted" }, seconds());
         metrics.matrixToNetworkSeconds.observe((Date.now() - item.createdAt) / 1000);
-        metrics.bridged("to_network", payload.kind === undefined || payload.kind === "message" ? (payload.content as RemoteContent).type : payload.kind);
+        metrics.bridged("to_network", payload.kind === undefined || payload.kind === "message" ? (payload.content as RemoteContent).type : payload.kind, portal.kind);
       }
       if (sent && portal.roomId) await this.ctx.status.sent(this.targetOf(portal, item.eventId), caps.deliveryReceipts);
     } catch (err) {

@@ -9,7 +9,7 @@ import { matrixToRemote } from "../convert/message-content";
 import { redactedEventId, relationOf } from "../convert/relations";
 import { unappliedExpiry, unbridgeableEvent } from "../convert/unbridgeable";
 import { getLogger } from "../logging";
-import { ChatCapabilities, mimetypeAccepted, RemoteContent } from "../network/connector";
+import { ChatCapabilities, ChatRef, mimetypeAccepted, RemoteContent } from "../network/connector";
 import { PortalRow } from "../store";
 import { KeyedQueue } from "../util/keyed-queue";
 import { PipelineContext } from "./context";
@@ -28,8 +28,8 @@ const TYPING_MAX_MS = 120_000;
 const MAX_READ_BATCH = 1024;
 
 export class OutboundPipeline {
-  /** Portals whose user is typing now, with the timer that repeats "on". */
-  private readonly typingTimers = new Map<number, NodeJS.Timeout>();
+  /** Who is typing now (`<portal>|<user>`: a DM's user, a group's member), with the timer that repeats "on". */
+  private readonly typingTimers = new Map<string, NodeJS.Timeout>();
   /** Read receipts of a portal go out one at a time, so the read marker only moves forward. */
   private readonly receiptQueue = new KeyedQueue();
 
@@ -185,11 +185,12 @@ export class OutboundPipeline {
     if (!portal || !portals.isMember(portal, userId) || !access.optedIn(userId)) return;
     const chat = portals.chatOf(portal);
     if (!network.getCapabilities(chat).readReceipts) return;
-    await this.receiptQueue.run(`portal:${portal.id}`, async () => {
+    // A DM has one read marker; a group one per Matrix member.
+    const member = portal.kind === "group" ? userId : undefined;
+    await this.receiptQueue.run(`portal:${portal.id}|${userId}`, async () => {
       const read = store.messages.byEventId(eventId);
       const upTo = read && read.portalId === portal.id ? read.timestamp : (ts ?? Date.now());
-      // One read marker per portal: a group's receipts would need one per member (groups do not bridge them yet).
-      const unread = store.messages.receivedBetween(portal.id, userId, store.readMarkers.get(portal.id), upTo, MAX_READ_BATCH);
+      const unread = store.messages.receivedBetween(portal.id, userId, store.readMarkers.get(portal.id, member), upTo, MAX_READ_BATCH);
       if (unread.length === 0) return;
       try {
         await network.sendReadReceipt(
@@ -197,7 +198,7 @@ export class OutboundPipeline {
           chat,
           unread.map((m) => m.remoteId),
         );
-        store.readMarkers.advance(portal.id, unread[unread.length - 1].timestamp);
+        store.readMarkers.advance(portal.id, unread[unread.length - 1].timestamp, member);
       } catch (err) {
         // The next receipt reports these again.
         log.warn("could not send a read receipt", { portal: portal.id, error: (err as Error).message });
@@ -205,23 +206,29 @@ export class OutboundPipeline {
     });
   }
 
-  /** The users typing in a room changed: tell the network when the portal's user starts or stops. */
+  /** The users typing in a room changed: tell the network when the portal's user (a group's Matrix member) starts or stops. */
   onMatrixTyping(roomId: string, userIds: string[]): void {
-    const { store, network, access, portals } = this.ctx;
+    const { store, network, portals } = this.ctx;
     const portal = store.portals.byRoom(roomId);
-    // One typing timer per portal: a DM's one user (groups do not bridge typing yet).
-    const user = portal?.receiver;
-    if (!portal || !user) return;
+    if (!portal?.roomId) return;
     const chat = portals.chatOf(portal);
     if (!network.getCapabilities(chat).typing) return;
+    const users = portal.kind === "group" ? store.portals.members(portal.id) : portal.receiver ? [portal.receiver] : [];
+    for (const user of users) this.typingOf(portal.id, chat, user, userIds.includes(user));
+  }
+
+  /** One user's typing in one portal: "on" repeated while it lasts, "off" once when it stops. */
+  private typingOf(portalId: number, chat: ChatRef, user: string, typingNow: boolean): void {
+    const { network, access } = this.ctx;
     // A user with Third-Party Chats off shows as not typing (and one who turns it off stops showing).
-    const typing = userIds.includes(user) && access.optedIn(user);
-    const timer = this.typingTimers.get(portal.id);
+    const typing = typingNow && access.optedIn(user);
+    const key = `${portalId}|${user}`;
+    const timer = this.typingTimers.get(key);
     if (typing === (timer !== undefined)) return;
     const send = (on: boolean) => network.sendTyping(user, chat, on);
     if (!typing) {
       clearInterval(timer);
-      this.typingTimers.delete(portal.id);
+      this.typingTimers.delete(key);
       send(false);
       return;
     }
@@ -233,11 +240,11 @@ export class OutboundPipeline {
         return;
       }
       clearInterval(repeat);
-      this.typingTimers.delete(portal.id);
+      this.typingTimers.delete(key);
       send(false);
     }, TYPING_REPEAT_MS);
     repeat.unref();
-    this.typingTimers.set(portal.id, repeat);
+    this.typingTimers.set(key, repeat);
   }
 
   stop(): void {

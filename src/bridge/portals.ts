@@ -5,7 +5,7 @@
  * group, created by the bot, with a ghost per WhatsApp member and the group's Matrix users invited.
  */
 import { getLogger } from "../logging";
-import { ChatRef, GroupInfo, NetworkConnector, NetworkError } from "../network/connector";
+import { ChatRef, GroupInfo, NetworkConnector, NetworkError, RemoteGroupChange } from "../network/connector";
 import { BridgeStore, PortalRow } from "../store";
 import { KeyedQueue } from "../util/keyed-queue";
 import { Access } from "./access";
@@ -16,6 +16,10 @@ import { MatrixEvent, MatrixPort } from "./matrix-port";
 const log = getLogger("portals");
 
 export type OpenPortal = PortalRow & { roomId: string };
+
+/** One of a user's chats as `list` and the provisioning API show it: a 1:1 chat with a remote user, or a group (its WhatsApp members counted). */
+export type ChatListing =
+  { kind: "dm"; roomId: string; remoteUserId: string; name: string } | { kind: "group"; roomId: string; remoteChatId: string; name: string; members: number };
 
 /**
  * The remote user who speaks for the bridge in a DM's room (its notices and statuses come from
@@ -149,21 +153,24 @@ export class Portals {
     return powers;
   }
 
-  /** A Matrix user of the bridge is a member of the group: remembered, and invited unless in the room already. */
+  /** A Matrix user of the bridge is a member of the group: remembered, and invited unless in the room already (a member may have invited them). */
   private async addMatrixMember(portal: OpenPortal, mxid: string): Promise<void> {
     if (!this.store.portals.addMember(portal.id, mxid)) return;
     this.access.admitUser(mxid);
-    await this.matrix.invite(this.matrix.botMxid, portal.roomId, mxid);
+    const membership = (await this.matrix.memberships(this.matrix.botMxid, portal.roomId)).get(mxid);
+    if (membership !== "join" && membership !== "invite") await this.matrix.invite(this.matrix.botMxid, portal.roomId, mxid);
+    await this.listInInbox(portal, mxid);
     log.info("a Matrix user of the bridge joined a group's portal", { portal: portal.id });
   }
 
   /**
    * Makes a group's room show a state of the group (a newer one than shown before, by rev): its
    * name and topic, a ghost in the room for each WhatsApp member and none for those gone, the
-   * Matrix members invited and those gone removed, the admins' power levels. Repeating it after
-   * a crash half way repeats nothing already done: it compares with the room's real members.
+   * Matrix members invited and those gone removed, the admins' power levels, its picture. A name,
+   * topic or picture a Matrix member set in this room (`change.by`) is there already. Repeating it
+   * after a crash half way repeats nothing already done: it compares with the room's real members.
    */
-  async applyGroupState(portal: OpenPortal, state: GroupInfo, change?: string): Promise<void> {
+  async applyGroupState(portal: OpenPortal, state: GroupInfo, change?: RemoteGroupChange): Promise<void> {
     const bot = this.matrix.botMxid;
     const roomId = portal.roomId;
     const current = this.store.portals.get(portal.id);
@@ -175,8 +182,12 @@ export class Portals {
         if ((err.errcode ?? err.body?.errcode) !== "M_FORBIDDEN" && !/power level/i.test(err.message ?? "")) throw err;
         log.warn("the bot lacks the power in a group's room to do this", { portal: portal.id, what });
       });
-    if (current.name !== null && current.name !== state.name) await privileged("name", () => this.matrix.setState(bot, roomId, "m.room.name", "", { name: state.name }));
-    if (change === "topic") await privileged("topic", () => this.matrix.setState(bot, roomId, "m.room.topic", "", { topic: state.topic ?? "" }));
+    const fromRoom = change?.by !== undefined && this.store.portals.isMember(portal.id, change.by);
+    if (current.name !== null && current.name !== state.name && !fromRoom)
+      await privileged("name", () => this.matrix.setState(bot, roomId, "m.room.name", "", { name: state.name }));
+    if (change?.change === "topic" && !fromRoom) await privileged("topic", () => this.matrix.setState(bot, roomId, "m.room.topic", "", { topic: state.topic ?? "" }));
+    // A new room shows the picture the group has; later, a picture event shows the new one (or none).
+    if (change ? change.change === "picture" : state.picture !== undefined) await this.showPicture(portal, state, privileged);
     const membership = await this.matrix.memberships(bot, roomId);
     const inRoom = (mxid: string) => membership.get(mxid) === "join" || membership.get(mxid) === "invite";
     const remote = state.members.filter((m) => !m.matrix).map((m) => m.id);
@@ -193,7 +204,8 @@ export class Portals {
     const matrixMembers = new Set(state.members.filter((m) => m.matrix).map((m) => m.id));
     for (const mxid of this.store.portals.members(portal.id)) {
       if (matrixMembers.has(mxid)) continue;
-      // No longer in the group on the network: out of its room too.
+      // No longer in the group on the network: out of its room (and their Space) too.
+      await this.unlistFromInbox(portal, mxid);
       this.store.portals.removeMember(portal.id, mxid);
       if (inRoom(mxid)) await privileged("kick", () => this.matrix.kick(bot, roomId, mxid, "no longer a member of the group"));
     }
@@ -207,10 +219,30 @@ export class Portals {
     log.info("group state shown in its room", { portal: portal.id, rev: state.rev, members: state.members.length });
   }
 
+  /** The group's picture as the room's avatar (none: the room has none); a picture that cannot be fetched is logged and left out. */
+  private async showPicture(portal: OpenPortal, state: GroupInfo, privileged: (what: string, op: () => Promise<void>) => Promise<void>): Promise<void> {
+    const picture = state.picture;
+    let data: Buffer | null = null;
+    if (picture) {
+      try {
+        data = await this.network.fetchGroupPicture(picture.ref);
+      } catch (err) {
+        log.warn("could not fetch a group's picture", { portal: portal.id, error: (err as Error).message });
+        return;
+      }
+    }
+    await privileged("picture", () => this.matrix.setRoomAvatar(this.matrix.botMxid, portal.roomId, picture && data ? { data, mimetype: picture.mimetype } : null));
+  }
+
   /** A remote user who writes in a group is in its room (a message can come before the state that adds them was shown). */
   async ensureInGroupRoom(portal: OpenPortal, remoteUserId: string): Promise<void> {
     if (this.store.portals.participants(portal.id).includes(remoteUserId)) return;
     await this.joinGhost(portal.roomId, await this.ghostFor(remoteUserId));
+  }
+
+  /** A ghost removed from a group's room whose remote user is still in the group comes back. */
+  async rejoinGhost(portal: OpenPortal, ghost: string): Promise<void> {
+    await this.joinGhost(portal.roomId, ghost).catch((err: Error) => log.warn("could not bring a ghost back into a group's room", { portal: portal.id, error: err.message }));
   }
 
   /** The bot invites a ghost into a group's (private) room, and the ghost joins. */
@@ -233,8 +265,12 @@ export class Portals {
   }
 
   /** A Space problem must not stop a chat from working: it is logged, and `inbox dedicated` repairs it. */
-  private async listInInbox(portal: OpenPortal): Promise<void> {
-    await this.inbox.portalAdded(portal).catch((err: Error) => log.warn("could not add a portal to the user's space", { portal: portal.id, error: err.message }));
+  private async listInInbox(portal: OpenPortal, member?: string): Promise<void> {
+    await this.inbox.portalAdded(portal, member).catch((err: Error) => log.warn("could not add a portal to the user's space", { portal: portal.id, error: err.message }));
+  }
+
+  private async unlistFromInbox(portal: PortalRow, member: string): Promise<void> {
+    await this.inbox.portalRemoved(portal, member).catch((err: Error) => log.warn("could not remove a portal from the user's space", { portal: portal.id, error: err.message }));
   }
 
   /** The ghost of a remote user, registered with their profile the first time it is needed. */
@@ -315,7 +351,7 @@ export class Portals {
         if (!this.store.portals.isMember(existing.id, inviter)) return;
         try {
           // The `added` event brings the ghost in.
-          await this.network.addToGroup(inviter, existing.remoteChatId, remoteId);
+          await this.network.addToGroup(inviter, existing.remoteChatId, { id: remoteId, matrix: false });
         } catch (err) {
           if (!(err instanceof NetworkError)) throw err;
           await reject(`${remoteId} could not be added to the group: ${err.message}.`);
@@ -416,15 +452,38 @@ export class Portals {
   private async onMemberLeft(portal: OpenPortal, userId: string): Promise<void> {
     if (!this.store.portals.isMember(portal.id, userId)) return;
     await this.network.leaveGroup(userId, portal.remoteChatId);
+    await this.unlistFromInbox(portal, userId);
     this.store.portals.removeMember(portal.id, userId);
     log.info("a Matrix user left a group's room and the group", { portal: portal.id });
     if (this.store.portals.members(portal.id).length > 0) return;
+    await this.closeGroup(portal);
+  }
+
+  /** No Matrix member is left in a group: its portal is deleted, the ghosts and the bot leave its room. */
+  private async closeGroup(portal: OpenPortal): Promise<void> {
     const roomId = portal.roomId;
     const ghosts = this.store.portals.participants(portal.id).map((p) => this.matrix.ghostMxid(p));
     this.store.portals.delete(portal.id);
     log.info("group portal closed: no Matrix member is left", { portal: portal.id, roomId });
     for (const ghost of ghosts) await this.matrix.leave(ghost, roomId, "the chat was closed").catch(() => undefined);
     await this.matrix.leave(this.matrix.botMxid, roomId, "the chat was closed").catch(() => undefined);
+  }
+
+  /**
+   * `forget`: the user is erased from the groups they are in (their network identity, and so their
+   * group memberships, are gone already): out of each group's room, their messages and queued
+   * sends deleted; a group with no Matrix member left is closed. Returns what was erased.
+   */
+  async forgetGroups(mxid: string): Promise<{ groups: number; messages: number; queued: number }> {
+    const portals = this.store.portals.groupsOf(mxid).filter((p): p is OpenPortal => p.roomId !== null);
+    const erased = this.store.portals.forgetMember(mxid);
+    for (const portal of portals) {
+      await this.matrix
+        .kick(this.matrix.botMxid, portal.roomId, mxid, "the user asked the bridge to forget them")
+        .catch((err: Error) => log.debug("could not remove a forgotten user from a group's room", { error: err.message }));
+    }
+    for (const portal of erased.orphaned) if (portal.roomId) await this.closeGroup(portal as OpenPortal);
+    return { groups: erased.groups, messages: erased.messages, queued: erased.queued };
   }
 
   /** `start <identifier>`: finds the remote user and returns the portal room (creating it and inviting the user). */
@@ -468,14 +527,19 @@ export class Portals {
     return { roomId: portal.roomId, refused: created.refused };
   }
 
-  /** The user's chats, for `list`. */
-  listChats(userId: string): { roomId: string; remoteUserId: string; name: string }[] {
-    return this.store.portals
+  /** The user's chats, for `list` and `GET /chats`: their 1:1 chats, then the groups they are in. */
+  listChats(userId: string): ChatListing[] {
+    const dms: ChatListing[] = this.store.portals
       .forReceiver(userId)
       .filter((p) => p.roomId)
       .map((p) => {
         const remoteUserId = voiceOf(this.chatOf(p));
-        return { roomId: p.roomId!, remoteUserId, name: this.store.ghosts.get(remoteUserId)?.displayName ?? remoteUserId };
+        return { kind: "dm", roomId: p.roomId!, remoteUserId, name: this.store.ghosts.get(remoteUserId)?.displayName ?? remoteUserId };
       });
+    const groups: ChatListing[] = this.store.portals
+      .groupsOf(userId)
+      .filter((p) => p.roomId)
+      .map((p) => ({ kind: "group", roomId: p.roomId!, remoteChatId: p.remoteChatId, name: p.name ?? "Group", members: this.store.portals.participants(p.id).length }));
+    return [...dms, ...groups];
   }
 }

@@ -337,6 +337,8 @@ export class MatrixAppservice {
         if (encryption) await encryption.manager.machineFor(event.state_key);
         return core.onGhostInvited(event.room_id, event.sender, event.state_key, event.content.is_direct === true);
       }
+      // A member inviting another Matrix user into a group's room adds them to the group.
+      if (membership === "invite" && !this.isOwnUser(event.sender)) return void (await core.onMatrixInvite(event));
       if (membership === "leave" || membership === "ban") {
         const user = this.store.users.byManagementRoom(event.room_id);
         if (user?.mxid === event.state_key) this.store.users.setManagementRoom(user.mxid, null);
@@ -351,6 +353,8 @@ export class MatrixAppservice {
           }
           return;
         }
+        // A member removing a ghost from a group's room removes it from the group.
+        if (event.sender !== event.state_key && !this.isOwnUser(event.sender) && (await core.onMatrixRemoval(event))) return;
         return core.onUserLeft(event.room_id, event.state_key);
       }
       return;

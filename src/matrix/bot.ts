@@ -128,12 +128,18 @@ export class BotCommands {
       },
       list: {
         usage: "list",
-        summary: "list your Third-Party Chats",
+        summary: "list your Third-Party Chats (1:1 chats and groups)",
         run: async (user, args) => {
           if (args.length) throw usage("list");
           const chats = this.controls.listChats(user);
           if (!chats.length) return "You have no Third-Party Chats yet. Say `start <phone>` to open one.";
-          return [`Your Third-Party Chats (${chats.length}):`, ...chats.map((c) => `- ${c.name} (${c.remoteUserId}): ${this.matrix.roomLink(c.roomId)}`)].join("\n");
+          return [
+            `Your Third-Party Chats (${chats.length}):`,
+            ...chats.map(
+              (c) =>
+                `- ${c.kind === "group" ? `${c.name} (group, ${c.members} ${this.controls.networkName} members)` : `${c.name} (${c.remoteUserId})`}: ${this.matrix.roomLink(c.roomId)}`,
+            ),
+          ].join("\n");
         },
       },
       inbox: {

@@ -126,7 +126,11 @@ export class AppserviceMatrixPort implements MatrixPort {
       power_level_content_override: { users: { ...powerLevels, [this.botMxid]: 100 } },
     };
     if (topic) options.topic = topic;
+    // Like a DM: encrypted from the start when the bridge encrypts new portals.
+    const encrypted = this.encryption?.byDefault ?? false;
+    if (encrypted) options.initial_state = [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }];
     const { room_id } = await this.intent(this.botMxid).createRoom({ createAsClient: true, options });
+    if (encrypted) this.encryption!.markEncrypted(room_id);
     return room_id;
   }
 
@@ -330,6 +334,15 @@ export class AppserviceMatrixPort implements MatrixPort {
 
   async kick(asMxid: string, roomId: string, userId: string, reason?: string): Promise<void> {
     await this.intent(asMxid).kick(roomId, userId, reason);
+  }
+
+  async setRoomAvatar(asMxid: string, roomId: string, picture: { data: Buffer; mimetype: string } | null): Promise<void> {
+    const intent = this.intent(asMxid);
+    // No url: the room has no avatar (the spec's m.room.avatar with the url left out).
+    const content = picture
+      ? { url: await intent.uploadContent(picture.data, { name: "picture", type: picture.mimetype }), info: { mimetype: picture.mimetype, size: picture.data.length } }
+      : {};
+    await intent.sendStateEvent(roomId, "m.room.avatar", "", content);
   }
 
   async botNotice(roomId: string, markdown: string, txnId: string): Promise<void> {

@@ -80,7 +80,15 @@ export class ProvisioningApi {
     route("GET", "/status", async (caller) => ({ body: this.statusBody(caller.user) }));
     route("PUT", "/settings", (caller, body) => this.putSettings(caller, body));
     route("GET", "/chats", async (caller) => ({
-      body: { chats: this.controls.listChats(caller.user).map((c) => ({ room_id: c.roomId, remote_user_id: c.remoteUserId, name: c.name })) },
+      body: {
+        chats: this.controls
+          .listChats(caller.user)
+          .map((c) =>
+            c.kind === "group"
+              ? { room_id: c.roomId, kind: "group", group: c.remoteChatId, name: c.name, members: c.members }
+              : { room_id: c.roomId, kind: "dm", remote_user_id: c.remoteUserId, name: c.name },
+          ),
+      },
     }));
     route("POST", "/chats", (caller, body) => this.startChat(caller, body));
     route("DELETE", "/user", (caller) => this.forget(caller));

@@ -30,6 +30,7 @@ const PASSAGE_BUCKETS = [0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025,
 export class BridgeMetrics {
   readonly registry = new Registry();
   private readonly bridgedTotal: Counter<"direction" | "type">;
+  private readonly groupBridgedTotal: Counter<"direction" | "type">;
   private readonly droppedTotal: Counter<"direction" | "reason">;
   private readonly failedTotal: Counter<"direction" | "reason">;
   readonly matrixEventSeconds: Histogram<"type">;
@@ -45,6 +46,12 @@ export class BridgeMetrics {
     this.bridgedTotal = new Counter({
       name: "bridge_messages_bridged_total",
       help: "Messages bridged, by direction and content type",
+      labelNames: ["direction", "type"],
+      registers,
+    });
+    this.groupBridgedTotal = new Counter({
+      name: "bridge_group_messages_bridged_total",
+      help: "Messages bridged in group chats (also counted in bridge_messages_bridged_total), by direction and content type",
       labelNames: ["direction", "type"],
       registers,
     });
@@ -108,8 +115,10 @@ export class BridgeMetrics {
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry });
   }
 
-  bridged(direction: Direction, type: string): void {
+  /** One message bridged; in a group's chat (`chat`) it is counted among the group messages as well. */
+  bridged(direction: Direction, type: string, chat: "dm" | "group" = "dm"): void {
     this.bridgedTotal.inc({ direction, type });
+    if (chat === "group") this.groupBridgedTotal.inc({ direction, type });
   }
 
   dropped(direction: Direction, reason: string): void {

@@ -33,8 +33,17 @@ export interface GroupInfo {
   name: string;
   /** Absent: no topic. */
   topic?: string;
+  /** The group's picture; absent: none. Plain data (a group state is queued as JSON): its bytes come from `fetchGroupPicture(ref)`. */
+  picture?: GroupPicture;
   /** Members of other networks or bridges are left out. */
   members: GroupMember[];
+}
+
+/** A group's picture: `id` changes whenever the picture does; `ref` is the connector's own description of where it is. */
+export interface GroupPicture {
+  id: string;
+  mimetype: string;
+  ref: string;
 }
 
 /** A group's membership or metadata changed (created, added, removed, left, name, topic, picture, admin). */
@@ -344,8 +353,18 @@ export interface NetworkConnector {
    * reason; rejects with NetworkError when the group cannot be created at all.
    */
   createGroup(matrixUserId: string, name: string, members: string[]): Promise<{ chat: ChatRef; group: GroupInfo; refused: { id: string; reason: string }[] }>;
-  /** The Matrix user (an admin) adds a remote user to the group; rejects with NetworkError saying why not. */
-  addToGroup(matrixUserId: string, chatId: string, remoteUserId: string): Promise<void>;
+  /**
+   * The Matrix user (an admin) adds a member to the group: a remote user, or (`matrix`) another
+   * Matrix user of this bridge; rejects with NetworkError saying why not (its `code`:
+   * `not_opted_in`, `third_party_disabled`, `forbidden`, …).
+   */
+  addToGroup(matrixUserId: string, chatId: string, member: { id: string; matrix: boolean }): Promise<void>;
+  /** The bytes of a group's picture (GroupInfo.picture.ref), checked against what the group state says of them. */
+  fetchGroupPicture(ref: string): Promise<Buffer>;
+  /** The Matrix user (an admin) removes a member from the group; rejects with NetworkError saying why not. */
+  removeFromGroup(matrixUserId: string, chatId: string, member: { id: string; matrix: boolean }): Promise<void>;
+  /** The Matrix user (an admin) changes the group's name or topic ("" removes it); rejects with NetworkError saying why not. */
+  updateGroup(matrixUserId: string, chatId: string, update: { name?: string; topic?: string }): Promise<void>;
   /** The Matrix user leaves the group on the network (a no-op when they are not a member); rejects with NetworkError. */
   leaveGroup(matrixUserId: string, chatId: string): Promise<void>;
   /**
@@ -355,9 +374,9 @@ export interface NetworkConnector {
   sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult>;
   /** Sends an edit, deletion, reaction or withdrawn reaction; called only for what the chat's capabilities allow; as sendMessage. */
   sendChange(matrixUserId: string, chat: ChatRef, change: OutboundChange): Promise<SendResult>;
-  /** Tells the other side the Matrix user read these messages (network ids); called only with `readReceipts`; rejects with NetworkError. */
+  /** Tells the other side (in a group: every other member) the Matrix user read these messages (network ids); called only with `readReceipts`; rejects with NetworkError. */
   sendReadReceipt(matrixUserId: string, chat: ChatRef, messageIds: string[]): Promise<void>;
-  /** Live typing notice, called only with `typing`; returns false when it could not be sent now (it is never queued). */
+  /** Live typing notice (in a group: to every other member), called only with `typing`; returns false when it could not be sent now (it is never queued). */
   sendTyping(matrixUserId: string, chat: ChatRef, typing: boolean): boolean;
   /**
    * Fetches the media of a received message (`source.ref`) for `receiver` into a verified

@@ -84,11 +84,11 @@ function whatsappDmCapabilities(maxMediaSize: number, editWindowSeconds: number)
 }
 
 /**
- * A WhatsApp group as bridged here: like a 1:1 chat, except that read receipts, typing and
- * delivery receipts are not bridged in groups yet (each would be one per member).
+ * A WhatsApp group as bridged here: like a 1:1 chat (read receipts and typing go to every other
+ * member), except that delivery receipts are not shown (one would come per member).
  */
 function whatsappGroupCapabilities(dm: ChatCapabilities): ChatCapabilities {
-  return { ...dm, readReceipts: false, typing: false, deliveryReceipts: false };
+  return { ...dm, deliveryReceipts: false };
 }
 
 /**
@@ -278,7 +278,16 @@ export class InteropConnector implements NetworkConnector {
       if (remote) members.push({ id: remote, matrix: false, admin: m.admin });
       else if (local) members.push({ id: local, matrix: true, admin: m.admin });
     }
-    return { rev: state.rev, name: state.name, ...(state.topic ? { topic: state.topic } : {}), members };
+    const picture = state.picture;
+    return {
+      rev: state.rev,
+      name: state.name,
+      ...(state.topic ? { topic: state.topic } : {}),
+      ...(picture
+        ? { picture: { id: hex(picture.sha256), mimetype: picture.mimetype, ref: JSON.stringify({ url: picture.url, size: picture.size, sha256: hex(picture.sha256) }) } }
+        : {}),
+      members,
+    };
   }
 
   private groupChat(room: string, state?: GroupState): ChatRef {
@@ -326,15 +335,51 @@ export class InteropConnector implements NetworkConnector {
     }
   }
 
-  async addToGroup(matrixUserId: string, chatId: string, remoteUserId: string): Promise<void> {
+  async addToGroup(matrixUserId: string, chatId: string, member: { id: string; matrix: boolean }): Promise<void> {
     await this.ensureUser(matrixUserId, null);
+    if (member.matrix) await this.ensureUser(member.id, null);
     try {
-      await this.client.addGroupMember(this.uriOfMatrixUser(matrixUserId), chatId, this.uriOfRemote(remoteUserId));
+      await this.client.addGroupMember(this.uriOfMatrixUser(matrixUserId), chatId, member.matrix ? this.uriOfMatrixUser(member.id) : this.uriOfRemote(member.id));
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
-      const why = err.code === "forbidden" ? "only the group's admins may add members" : GROUP_REFUSALS[err.code] ? `${remoteUserId} ${GROUP_REFUSALS[err.code]}` : err.message;
-      throw new NetworkError(err.code, why, err.retryable);
+      throw new NetworkError(err.code, this.groupRefusal(err, member), err.retryable);
     }
+  }
+
+  async fetchGroupPicture(ref: string): Promise<Buffer> {
+    const { url, size, sha256 } = JSON.parse(ref) as { url: string; size: number; sha256: string };
+    return fetchAvatar({ url, size, sha256: new Uint8Array(Buffer.from(sha256, "hex")), mimetype: "" }, this.config.media.max_size);
+  }
+
+  async removeFromGroup(matrixUserId: string, chatId: string, member: { id: string; matrix: boolean }): Promise<void> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      await this.client.removeGroupMember(this.uriOfMatrixUser(matrixUserId), chatId, member.matrix ? this.uriOfMatrixUser(member.id) : this.uriOfRemote(member.id));
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      throw new NetworkError(err.code, err.code === "forbidden" ? "only the group's admins may remove members" : this.groupRefusal(err), err.retryable);
+    }
+  }
+
+  async updateGroup(matrixUserId: string, chatId: string, update: { name?: string; topic?: string }): Promise<void> {
+    await this.ensureUser(matrixUserId, null);
+    try {
+      await this.client.updateGroup(this.uriOfMatrixUser(matrixUserId), chatId, update);
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      throw new NetworkError(err.code, this.groupRefusal(err), err.retryable);
+    }
+  }
+
+  /** A group request's refusal in the Matrix user's words (`member`: the one being added). */
+  private groupRefusal(err: ProtocolError, member?: { id: string; matrix: boolean }): string {
+    if (err.code === "forbidden") return member ? "only the group's admins may add members" : "only the group's admins may change it";
+    if (err.code === "not_member") return "you are not a member of this group";
+    // Adding a user of another app: it is a WhatsApp member of the group whose setting is off (docs/protocol.md §3.3.3).
+    if (member?.matrix && err.code === "third_party_disabled")
+      return `a ${this.networkName} member of the group has Third-Party Chats turned off, so no one from another app can join it`;
+    if (member && GROUP_REFUSALS[err.code]) return `${member.id} ${GROUP_REFUSALS[err.code]}`;
+    return err.message;
   }
 
   async leaveGroup(matrixUserId: string, chatId: string): Promise<void> {
@@ -361,10 +406,20 @@ export class InteropConnector implements NetworkConnector {
     };
   }
 
-  /** The other side of a 1:1 chat; receipts and typing (which groups do not bridge yet) go only to one. */
+  /** The other side of a 1:1 chat. */
   private dmPeer(chat: ChatRef): string {
-    if (chat.kind !== "dm" || chat.participants.length !== 1) throw new NetworkError("unsupported", "this is not bridged in group chats yet", false);
+    if (chat.kind !== "dm" || chat.participants.length !== 1) throw new NetworkError("unsupported", "not a 1:1 chat", false);
     return this.uriOfRemote(chat.participants[0]);
+  }
+
+  /**
+   * Who else in a group gets what a Matrix user sends there, as the gateway lists them now: its
+   * members apart from the sender and the group's other Matrix users of this bridge (they share
+   * the room, and see the Matrix event itself).
+   */
+  private async groupRecipients(from: string, chatId: string): Promise<string[]> {
+    const group = await this.client.getGroup(from, chatId);
+    return group.members.map((m) => m.user).filter((u) => u !== from && this.matrixUserOf(u) === null);
   }
 
   async sendMessage(matrixUserId: string, chat: ChatRef, message: OutboundMessage): Promise<SendResult> {
@@ -426,15 +481,7 @@ export class InteropConnector implements NetworkConnector {
     const from = this.uriOfMatrixUser(matrixUserId);
     try {
       await this.ensureUser(matrixUserId, null);
-      const group = await this.client.getGroup(from, chat.id);
-      // The group's other Matrix users of this bridge share the room: they see the Matrix event itself.
-      const result = await this.endpoint.sendToGroup(
-        from,
-        chat.id,
-        group.members.map((m) => m.user).filter((u) => this.matrixUserOf(u) === null),
-        { kind: "content", mimi },
-        frameId,
-      );
+      const result = await this.endpoint.sendToGroup(from, chat.id, await this.groupRecipients(from, chat.id), { kind: "content", mimi }, frameId);
       const retry = result.failed.find((f) => f.error.retryable);
       if (retry) throw retry.error;
       for (const f of result.failed) log.info("a group member's copy was refused", { room: chat.id, code: f.error.code });
@@ -448,7 +495,6 @@ export class InteropConnector implements NetworkConnector {
   }
 
   async sendReadReceipt(matrixUserId: string, chat: ChatRef, messageIds: string[]): Promise<void> {
-    const to = this.dmPeer(chat);
     const from = this.uriOfMatrixUser(matrixUserId);
     // Ids that name no MIMI message (notices the bridge made up) cannot be read on the other side.
     const ids = messageIds.map(mimiIdOf).filter((id): id is Uint8Array => id !== null);
@@ -459,10 +505,19 @@ export class InteropConnector implements NetworkConnector {
         // The same receipt sent again is the same frame, which the gateway delivers once.
         const frameId = createHash("sha256").update("read:").update(from);
         for (const id of batch) frameId.update(id);
-        await this.endpoint.send(from, to, chat.id, { kind: "read", ids: batch }, new Uint8Array(frameId.digest().subarray(0, 16)));
+        const id = new Uint8Array(frameId.digest().subarray(0, 16));
+        if (chat.kind === "group") {
+          // A `read` goes to every other member (docs/protocol.md §3.3.5); a member gone meanwhile is skipped.
+          const result = await this.endpoint.sendToGroup(from, chat.id, await this.groupRecipients(from, chat.id), { kind: "read", ids: batch }, id);
+          const retry = result.failed.find((f) => f.error.retryable);
+          if (retry) throw retry.error;
+        } else {
+          await this.endpoint.send(from, this.dmPeer(chat), chat.id, { kind: "read", ids: batch }, id);
+        }
       }
     } catch (err) {
       if (err instanceof EndpointError) throw new NetworkError(err.code, REFUSALS[err.code] ?? err.message, err.retryable);
+      if (err instanceof ProtocolError) throw new NetworkError(err.code, err.message, err.retryable);
       throw err;
     }
   }
@@ -526,18 +581,27 @@ export class InteropConnector implements NetworkConnector {
   }
 
   sendTyping(matrixUserId: string, chat: ChatRef, typing: boolean): boolean {
-    if (chat.kind === "group") return false;
-    const to = this.dmPeer(chat);
-    return this.client.typing({ from: this.uriOfMatrixUser(matrixUserId), to, room: chat.id, state: typing ? "on" : "off" });
+    const from = this.uriOfMatrixUser(matrixUserId);
+    const state = typing ? "on" : "off";
+    if (chat.kind === "group") {
+      if (this.state.state !== "connected") return false;
+      // One live notice per other member (docs/protocol.md §3.3.5), to the members the gateway lists now.
+      void this.groupRecipients(from, chat.id)
+        .then((members) => {
+          for (const to of members) this.client.typing({ from, to, room: chat.id, state });
+        })
+        .catch((err: Error) => log.debug("could not send typing to a group", { room: chat.id, error: err.message }));
+      return true;
+    }
+    return this.client.typing({ from, to: this.dmPeer(chat), room: chat.id, state });
   }
 
   private onTypingFrame(frame: TypingFrame): void {
     const receiver = this.matrixUserOf(frame.to);
     const sender = this.remoteUserOf(frame.from);
-    // Typing in groups is not bridged yet (the group capabilities say so).
-    if (!receiver || !sender || !this.handler?.onTyping || isGroupRoom(frame.room)) return;
+    if (!receiver || !sender || !this.handler?.onTyping) return;
     try {
-      this.handler.onTyping(receiver, { chat: { id: frame.room, kind: "dm", participants: [sender] }, sender, typing: frame.state === "on" });
+      this.handler.onTyping(receiver, { chat: { id: frame.room, kind: isGroupRoom(frame.room) ? "group" : "dm", participants: [sender] }, sender, typing: frame.state === "on" });
     } catch (err) {
       // Typing is live and worth nothing later: never let it disturb the connection's frame handling.
       log.warn("failed to handle typing", { error: (err as Error).message });
@@ -638,8 +702,6 @@ export class InteropConnector implements NetworkConnector {
         });
         return;
       case "read":
-        // Read receipts in groups are not bridged yet (the group capabilities say so).
-        if (group) return;
         await this.handler.onReadReceipt?.(receiver, { chat, sender, messageIds: payload.ids.map(hex), timestamp: ev.ts });
         return;
     }

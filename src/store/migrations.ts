@@ -254,6 +254,15 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX inbound_queue_portal ON inbound_queue(portal_id, seq);
     `,
   },
+  {
+    version: 9,
+    name: "group chats: a read marker per Matrix member",
+    sql: `
+      -- Network timestamp of the newest message in the group this Matrix member was reported to
+      -- have read (a DM's one marker is in read_markers).
+      ALTER TABLE portal_members ADD COLUMN read_up_to INTEGER NOT NULL DEFAULT 0;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -95,6 +95,31 @@ export class PortalStore {
     return (this.db.prepare("SELECT p.* FROM portals p JOIN portal_members m ON m.portal_id = p.id WHERE m.mxid = ? ORDER BY p.id").all(mxid) as Raw[]).map(fromRaw);
   }
 
+  /**
+   * Erases a Matrix user from every group they are a member of here (`forget`): their membership,
+   * read marker, messages in the message map and sends still queued. Group events queued through
+   * their account move to another Matrix member's, so the room still shows them. Returns what
+   * was erased and the group portals no Matrix member is left in.
+   */
+  forgetMember(mxid: string): { groups: number; messages: number; queued: number; orphaned: PortalRow[] } {
+    return this.db.transaction(() => {
+      const groups = this.groupsOf(mxid);
+      let messages = 0;
+      let queued = 0;
+      const orphaned: PortalRow[] = [];
+      for (const group of groups) {
+        messages += this.db.prepare("DELETE FROM messages WHERE portal_id = ? AND sender = ?").run(group.id, mxid).changes;
+        queued += this.db.prepare("DELETE FROM outbound_queue WHERE portal_id = ? AND sender = ?").run(group.id, mxid).changes;
+        this.removeMember(group.id, mxid);
+        const heir = this.members(group.id)[0];
+        if (heir) this.db.prepare("UPDATE OR IGNORE inbound_queue SET receiver = ? WHERE portal_id = ? AND receiver = ?").run(heir, group.id, mxid);
+        else orphaned.push(group);
+        this.db.prepare("DELETE FROM inbound_queue WHERE portal_id = ? AND receiver = ?").run(group.id, mxid);
+      }
+      return { groups: groups.length, messages, queued, orphaned };
+    })();
+  }
+
   /** Records the group state shown in the room: its rev, name and remote members. */
   setGroupState(id: number, rev: number, name: string, participants: readonly string[]): void {
     this.db.transaction(() => {

@@ -3,42 +3,16 @@
  * bridge and of the gateway, and what the user is told when a contact's identity changes.
  */
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { decodeFrame, Frame } from "../../src/protocol/frames";
+import { recordedFrames as framesOf } from "../support/gateway-frames";
 import { TestClient } from "../support/matrix-client";
 import { PROVIDER_DOMAIN, Stack } from "../support/stack";
 
 let stack: Stack;
 const uriOf = (mxid: string) => `mimi://${PROVIDER_DOMAIN}/u/${mxid}`;
 
-interface RecordedFrame {
-  direction: "in" | "out";
-  at: number;
-  bytes: Buffer;
-  frame?: Frame;
-}
-
 /** Every frame the gateway relayed or received, as its recorder wrote them. */
-function recordedFrames(): RecordedFrame[] {
-  const file = path.join(stack.dir, "gateway-frames.log");
-  return fs
-    .readFileSync(file, "utf8")
-    .split("\n")
-    .filter(Boolean)
-    .map((line) => {
-      const [direction, at, hex] = line.split(" ");
-      const bytes = Buffer.from(hex, "hex");
-      let frame: Frame | undefined;
-      try {
-        frame = decodeFrame(bytes, { maxFrameBytes: 64 * 1024 * 1024 });
-      } catch {
-        frame = undefined;
-      }
-      return { direction: direction as "in" | "out", at: Number(at), bytes, frame };
-    });
-}
+const recordedFrames = () => framesOf(stack.dir);
 
 /** Opens a chat (the WhatsApp user writes first) and returns the joined room. */
 async function openChat(client: TestClient, phone: string, name: string): Promise<string> {

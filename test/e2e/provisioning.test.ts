@@ -113,7 +113,7 @@ describe("provisioning API", () => {
     assert.equal(invite.inviter, stack.ghostId(phone));
     const again = ok(await asIntegration("POST", "/chats", ida.userId, { phone }), 200);
     assert.deepEqual(again, { room_id: started.room_id, name: "Jan", created: false });
-    assert.deepEqual(ok(await asIntegration("GET", "/chats", ida.userId)), { chats: [{ room_id: started.room_id, remote_user_id: phone, name: "Jan (WhatsApp)" }] });
+    assert.deepEqual(ok(await asIntegration("GET", "/chats", ida.userId)), { chats: [{ room_id: started.room_id, kind: "dm", remote_user_id: phone, name: "Jan (WhatsApp)" }] });
     refused(await asIntegration("POST", "/chats", ida.userId, { phone: "+4915399999999" }), 404, "M_NOT_FOUND", /not on WhatsApp/);
 
     const dedicated = ok(await asIntegration("PUT", "/settings", ida.userId, { inbox: "dedicated" }));

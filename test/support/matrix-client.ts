@@ -229,6 +229,10 @@ export class TestClient {
     await this.request("POST", `/_matrix/client/v3/rooms/${enc(roomId)}/invite`, { user_id: userId, ...(reason ? { reason } : {}) });
   }
 
+  async kick(roomId: string, userId: string, reason?: string): Promise<void> {
+    await this.request("POST", `/_matrix/client/v3/rooms/${enc(roomId)}/kick`, { user_id: userId, ...(reason ? { reason } : {}) });
+  }
+
   /** Sends an m.text message; `extra` is merged into the content (format, m.relates_to, ...). */
   sendText(roomId: string, body: string, extra: Record<string, unknown> = {}): Promise<string> {
     return this.sendEvent(roomId, "m.room.message", { msgtype: "m.text", body, ...extra });
