@@ -38,6 +38,7 @@ export default tseslint.config(
       "test/e2e/encryption.test.ts",
       "test/e2e/fidelity.test.ts",
       "test/e2e/provisioning.test.ts",
+      "test/e2e/element-encrypted.test.ts",
       "test/support/element.ts",
       "test/support/matrix-client.ts",
       "test/support/stack.ts",
