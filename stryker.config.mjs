@@ -25,9 +25,9 @@ const testsFor = {
   // formatting.test.js runs 11 to 50 s (property tests): it is run only for formatting.ts itself.
   "src/convert": ["relations*", "unbridgeable*", "media-convert*", "message-content*", "phone*"],
   "src/convert/formatting": ["formatting*"],
-  "src/protocol/frames": ["frames*"],
+  "src/protocol/frames": ["frames*", "group-frames*"],
   "src/protocol/payload": ["payload*"],
-  "src/protocol/mimi": ["mimi-codec*", "mimi-vectors*"],
+  "src/protocol/mimi": ["mimi-codec*", "mimi-content*", "mimi-vectors*"],
   "src/protocol/deterministic-cbor": ["deterministic-cbor*"],
 };
 const mutateArgs = process.argv.flatMap((arg, i, all) =>
