@@ -11,6 +11,11 @@ import { fileURLToPath } from "node:url";
 // repository (../shared/vectors/mimi) are told where that is, as seen from here.
 const root = path.dirname(fileURLToPath(import.meta.url));
 process.env.MIMI_VECTORS_DIR ??= path.resolve(root, "../shared/vectors/mimi");
+// Every surviving mutant costs one whole run of the test files that reach it; the property
+// tests of formatting and deterministic-cbor (1,500 to 3,000 cases each, 11 to 50 s a file on 2
+// shared cores) run a twentieth of their cases here (test/support/property-runs.ts). Only
+// fast-check's case count changes: the examples and the huge-input tests run as always.
+process.env.PROPERTY_RUNS_SCALE ??= "0.05";
 
 // The unit test files run against each folder: the module's own tests (globs, so that new test
 // files named after the module join in). Stryker's first (dry) run executes each listed file once
@@ -25,9 +30,9 @@ const testsFor = {
   // formatting.test.js runs 11 to 50 s (property tests): it is run only for formatting.ts itself.
   "src/convert": ["relations*", "unbridgeable*", "media-convert*", "message-content*", "phone*"],
   "src/convert/formatting": ["formatting*"],
-  "src/protocol/frames": ["frames*"],
+  "src/protocol/frames": ["frames*", "group-frames*"],
   "src/protocol/payload": ["payload*"],
-  "src/protocol/mimi": ["mimi-codec*", "mimi-vectors*"],
+  "src/protocol/mimi": ["mimi-codec*", "mimi-content*", "mimi-vectors*"],
   "src/protocol/deterministic-cbor": ["deterministic-cbor*"],
 };
 const mutateArgs = process.argv.flatMap((arg, i, all) =>

@@ -7,6 +7,7 @@ import { describe, test } from "node:test";
 import { decode, encode, Tag } from "cbor2";
 import fc from "fast-check";
 import { encodeDeterministic } from "../../src/protocol/deterministic-cbor";
+import { propertyRuns } from "../support/property-runs";
 
 const FRAME_OPTIONS = { cde: true, rejectUndefined: true } as const;
 const MIMI_OPTIONS = { cde: true } as const;
@@ -57,7 +58,7 @@ describe("encodeDeterministic", () => {
         sameAsCbor2(value, FRAME_OPTIONS);
         sameAsCbor2(value, MIMI_OPTIONS);
       }),
-      { numRuns: 3000 },
+      { numRuns: propertyRuns(3000) },
     );
   });
 

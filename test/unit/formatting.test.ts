@@ -4,6 +4,7 @@ import fc from "fast-check";
 import { parseDocument } from "htmlparser2";
 import type { ChildNode } from "domhandler";
 import { escapeMarkdown, markdownToMatrix, matrixToMarkdown, stripReplyFallback, type MatrixText } from "../../src/convert/formatting.js";
+import { propertyRuns } from "../support/property-runs.js";
 
 const HTML = "org.matrix.custom.html";
 
@@ -464,7 +465,7 @@ describe("round trips", () => {
         assert.equal(back.formatted_body, undefined, `formatted for ${JSON.stringify(body)}`);
         assert.equal(normalisePlain(back.body), normalisePlain(body), `body ${JSON.stringify(body)}`);
       }),
-      { numRuns: 3000 },
+      { numRuns: propertyRuns(3000) },
     );
   });
 });
@@ -550,7 +551,7 @@ describe("round trips: generated documents", () => {
           assert.equal(signature(result), signature(html), `markdown: ${JSON.stringify(markdown)}`);
         },
       ),
-      { numRuns: 1500 },
+      { numRuns: propertyRuns(1500) },
     );
   });
 });
@@ -641,7 +642,7 @@ describe("robustness", () => {
           assert.equal(result.formatted_body === undefined, result.format === undefined, "formatted_body comes with its format");
         }
       }),
-      { numRuns: 2000 },
+      { numRuns: propertyRuns(2000) },
     );
   });
 });

@@ -265,6 +265,10 @@ describe("network media to Matrix, each field only where it belongs", () => {
     assert.deepEqual(remoteMediaToMatrix({ media: media({}), mxc: "mxc://hs/m", size: 3, caption: "   " }), plain);
     assert.deepEqual(remoteMediaToMatrix({ media: media({}), mxc: "mxc://hs/m", size: 3, caption: "r.pdf" }), plain);
     assert.deepEqual(remoteMediaToMatrix({ media: media({}), mxc: "mxc://hs/m", size: 3, caption: " see this " }), { ...plain, body: "see this" });
+    // MSC2530: a body equal to the file name means "no caption", so a caption that repeats a file
+    // name which reads as markdown sends no formatted_body either (no client would show it).
+    const starred = { ...plain, body: "*draft*.pdf", filename: "*draft*.pdf" };
+    assert.deepEqual(remoteMediaToMatrix({ media: media({ filename: "*draft*.pdf" }), mxc: "mxc://hs/m", size: 3, caption: "*draft*.pdf" }), starred);
   });
 
   it("a voice message without duration or waveform has an empty MSC1767 audio block", () => {

@@ -15,6 +15,17 @@ test("a relation that is not an object, or lacks a string id or key, is none", (
   assert.deepEqual(relationOf({ "m.relates_to": { rel_type: "m.thread", event_id: "$root", "m.in_reply_to": { event_id: "$e" } } }), { type: "reply", eventId: "$e" });
 });
 
+test("a key makes a reaction only with rel_type m.annotation; is_falling_back hides a reply only in a thread", () => {
+  assert.equal(relationOf({ "m.relates_to": { rel_type: "m.reference", event_id: "$e", key: "👍" } }), null, "a reference with a key is no reaction");
+  assert.deepEqual(relationOf({ "m.relates_to": { rel_type: "m.reference", event_id: "$r", key: "👍", "m.in_reply_to": { event_id: "$e" } } }), { type: "reply", eventId: "$e" });
+  assert.deepEqual(relationOf({ "m.relates_to": { is_falling_back: true, "m.in_reply_to": { event_id: "$e" } } }), { type: "reply", eventId: "$e" }, "not a thread: still a reply");
+  assert.equal(
+    relationOf({ "m.relates_to": { rel_type: "m.thread", event_id: "$root", is_falling_back: true, "m.in_reply_to": { event_id: "$e" } } }),
+    null,
+    "a thread's fallback is no reply",
+  );
+});
+
 test("an edit's fallback prefixes only the text fields the new content has", () => {
   assert.deepEqual(editContent("$e", { msgtype: "m.image", url: "mxc://hs/a" }), {
     msgtype: "m.image",
