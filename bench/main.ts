@@ -3,8 +3,8 @@
  * simulator and the bridge (test/support/stack.ts) and measures, in one run, what the bridge
  * adds to the paths a message takes without it: throughput and latency both ways as ratios and
  * differences against direct paths measured in the same run (and, for Matrix → WhatsApp,
- * against Synapse's own appservice push, through a probe appservice), startup and memory with 10,000
- * portals, and memory while a large video crosses (bench/media-rss.ts).
+ * against Synapse's own appservice push, through a probe appservice), startup and memory with 100,000
+ * portals (bench/scale.ts), and memory while a large video crosses (bench/media-rss.ts).
  * docs/benchmarks.md explains the method and the latest results.
  */
 import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
@@ -21,7 +21,7 @@ import { formatProfile, monotonicUs, readProfile, summarizeProfile } from "./pro
 import { Metric, Report, toJsonLines, toTable } from "./report";
 import { measureMediaRss, mediaRssMetrics } from "./media-rss";
 import { ProbeAppservice } from "./probe";
-import { measureScale, readyMsFrom, registerActivityReceivers } from "./scale";
+import { measureScale, readyMsFrom, registerActivityReceivers, scaleMetrics } from "./scale";
 import { benchPhone, inParallel, setUpScenario } from "./scenario";
 import { addedLatency, ratio, summarize } from "./stats";
 
@@ -45,8 +45,8 @@ const FULL: Sizes = {
   rounds: 4,
   receivers: 10,
   latencySamples: 200,
-  scalePortals: 10_000,
-  scaleUsers: 100,
+  scalePortals: 100_000,
+  scaleUsers: 10_000,
   activityPortals: 1_000,
   activityReceivers: 50,
   timeoutMs: 240_000,
@@ -75,20 +75,31 @@ interface Options {
   sizes: Sizes;
 }
 
-const USAGE = `usage: npm run bench [-- [--quick] [--json] [--no-profile] [--heap-snapshots] [--status-events] [--chats-per-user N]]
+const USAGE = `usage: npm run bench [-- [--quick] [--json] [--no-profile] [--heap-snapshots] [--status-events] [--chats-per-user N] [--portals N] [--users M]]
   --quick             a smaller run (under 2 minutes)
   --json              one JSON object per metric and line on stdout, instead of the table
   --no-profile        do not run the bridge under the CPU profiler
   --heap-snapshots    take a heap snapshot of the bridge at each memory reading and list what holds the heap
   --status-events     run the bridge with bridge.message_status_events: true (delivery status events; off by default)
   --chats-per-user N  spread the chats over Matrix users so each has N (default: 10 full, 5 quick)
+  --portals N         portals in the store of the scale phase (default: 100000 full, 10000 quick)
+  --users M           Matrix users owning them (default: 10000 full, 100 quick)
 `;
 
 function parseArgs(argv: string[]): Options {
   const flags = new Set(["--quick", "--json", "--no-profile", "--heap-snapshots", "--status-events", "--help", "-h"]);
   let chatsPerUser: number | undefined;
+  const scale: Partial<Pick<Sizes, "scalePortals" | "scaleUsers">> = {};
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === "--chats-per-user") {
+    if (argv[i] === "--portals" || argv[i] === "--users") {
+      const n = Number(argv[i + 1]);
+      if (!Number.isInteger(n) || n < 1) {
+        process.stderr.write(`bench: ${argv[i]} needs a whole number ≥ 1\n${USAGE}`);
+        process.exit(2);
+      }
+      scale[argv[i] === "--portals" ? "scalePortals" : "scaleUsers"] = n;
+      i++;
+    } else if (argv[i] === "--chats-per-user") {
       chatsPerUser = Number(argv[++i]);
       if (!Number.isInteger(chatsPerUser) || chatsPerUser < 1) {
         process.stderr.write(`bench: --chats-per-user needs a whole number ≥ 1\n${USAGE}`);
@@ -107,7 +118,8 @@ function parseArgs(argv: string[]): Options {
   const quick = argv.includes("--quick") || process.env.npm_config_quick === "true";
   const json = argv.includes("--json") || process.env.npm_config_json === "true";
   const base = quick ? QUICK : FULL;
-  const sizes = chatsPerUser ? { ...base, receivers: Math.ceil(base.chats / chatsPerUser) } : base;
+  const sizes = { ...base, ...scale, ...(chatsPerUser ? { receivers: Math.ceil(base.chats / chatsPerUser) } : {}) };
+  if (sizes.scaleUsers < sizes.activityReceivers) sizes.scaleUsers = sizes.activityReceivers;
   return { quick, json, profile: !argv.includes("--no-profile"), heapSnapshots: argv.includes("--heap-snapshots"), statusEvents: argv.includes("--status-events"), sizes };
 }
 
@@ -132,7 +144,12 @@ function throughputMetrics(report: Report, direction: "remote_to_matrix" | "matr
   const spent = (r: ThroughputResult) => `${r.messages} messages in ${(r.ms / 1000).toFixed(1)} s`;
   report.add({ metric: `throughput_${direction}_direct`, value: direct.perSecond, unit: "msg/s", note: spent(direct) });
   report.add({ metric: `throughput_${direction}_bridged`, value: bridged.perSecond, unit: "msg/s", note: spent(bridged) });
-  report.add({ metric: `throughput_ratio_${direction}`, value: ratio(bridged.perSecond, direct.perSecond), unit: "ratio", target: { op: ">=", value: 0.9 } });
+  // WhatsApp → Matrix: against a Matrix client's own sends, a target (issue 16). Matrix → WhatsApp: against the gateway alone, which never touches the homeserver: information only.
+  const target =
+    direction === "remote_to_matrix"
+      ? { target: { op: ">=" as const, value: 0.95 } }
+      : { note: "against the gateway alone (information: the homeserver's leg is not in the baseline)" };
+  report.add({ metric: `throughput_ratio_${direction}`, value: ratio(bridged.perSecond, direct.perSecond), unit: "ratio", ...target });
 }
 
 /** How long the bridge must ask nothing of the homeserver to count as done: longer than the 2 s a "sent" status waits for the delivery receipt. */
@@ -313,6 +330,7 @@ async function main(): Promise<void> {
       metric: "throughput_ratio_matrix_to_remote_vs_appservice",
       value: ratio(outbound.bridged.perSecond, slowerLeg),
       unit: "ratio",
+      target: { op: ">=", value: 0.95 },
       note: `bridged / the slower leg alone (${slowerLeg === outbound.direct.perSecond ? "WhatsApp → WhatsApp" : "Matrix → appservice"}, ${slowerLeg.toFixed(1)}/s): 1 = the bridge is not the bottleneck (chained, the legs also share the cores)`,
     });
     // The bridge's CPU per message (its whole process: Signal, gateway protocol, HTTP, GC): what a busier bridge would run out of first.
@@ -369,20 +387,23 @@ async function main(): Promise<void> {
     report.add({ metric: "added_latency_p99_ms_remote_to_matrix", value: addedIn.p99, unit: "ms", note: "bridged − Matrix → Matrix" });
     report.add({ metric: "added_latency_p50_ms_matrix_to_remote", value: addedOut.p50, unit: "ms", note: "bridged − WhatsApp → WhatsApp" });
     report.add({ metric: "added_latency_p99_ms_matrix_to_remote", value: addedOut.p99, unit: "ms", note: "bridged − WhatsApp → WhatsApp" });
-    report.add({ metric: "added_latency_p50_ms", value: Math.max(addedIn.p50, addedOut.p50), unit: "ms", target: { op: "<=", value: 5 }, note: "the worse direction" });
-    report.add({ metric: "added_latency_p99_ms", value: Math.max(addedIn.p99, addedOut.p99), unit: "ms", target: { op: "<=", value: 20 }, note: "the worse direction" });
+    // Information: against the gateway alone, Matrix → WhatsApp contains the homeserver's hop (the targets are the bridge's share below).
+    report.add({ metric: "added_latency_p50_ms", value: Math.max(addedIn.p50, addedOut.p50), unit: "ms", note: "the worse direction (information)" });
+    report.add({ metric: "added_latency_p99_ms", value: Math.max(addedIn.p99, addedOut.p99), unit: "ms", note: "the worse direction (information)" });
     // What neither Synapse nor the gateway explains: the bridged median minus the medians of the two legs it chains, each measured alone.
     const p50 = (samples: number[]) => summarize(samples).p50;
     report.add({
       metric: "bridge_share_latency_p50_ms_remote_to_matrix",
       value: p50(inB) - p50(inD) - p50(outD),
       unit: "ms",
+      target: { op: "<=", value: 2 },
       note: "medians: bridged − Matrix → Matrix − WhatsApp → WhatsApp (an estimate; no such sum for p99)",
     });
     report.add({
       metric: "bridge_share_latency_p50_ms_matrix_to_remote",
       value: p50(outB) - p50(outS) - p50(outD),
       unit: "ms",
+      target: { op: "<=", value: 2 },
       note: "medians: bridged − Matrix → appservice − WhatsApp → WhatsApp (an estimate; no such sum for p99)",
     });
     const phase = (k: keyof typeof bridgeHistogramsAfter) => histogramDelta(bridgeHistogramsAfter[k], bridgeHistogramsBefore[k]);
@@ -420,25 +441,7 @@ async function main(): Promise<void> {
       nodeArgs,
       afterReading: heapSnapshot,
     });
-    const storeNote = `${scale.portalsInStore} portals, ${sizes.scaleUsers} more Matrix users`;
-    report.add({ metric: "startup_ms_10k_portals", value: scale.readyMs, unit: "ms", target: { op: "<=", value: 2000 }, note: `"bridge ready"; ${storeNote}` });
-    report.add({ metric: "startup_wall_ms_10k_portals", value: scale.wallMs, unit: "ms", note: "spawn to the ready line, module loading included" });
-    const quietNote = (quiet: boolean) => (quiet ? "" : "; the bridge never went quiet");
-    report.add({
-      metric: "rss_mb_10k_portals",
-      value: scale.atRest.afterGcMb,
-      unit: "MB",
-      target: { op: "<=", value: 150 },
-      note: `at rest after startup and a full GC; ${scale.atRest.asFoundMb.toFixed(0)} MB before${quietNote(scale.atRest.quiet)}`,
-    });
-    report.add({
-      metric: `rss_mb_after_activity_${sizes.activityPortals}_portals`,
-      value: scale.afterActivity.afterGcMb,
-      unit: "MB",
-      note: `${sizes.activityPortals} new chats over ${sizes.activityReceivers} users in ${(scale.activityMs / 1000).toFixed(0)} s; ${scale.afterActivity.asFoundMb.toFixed(0)} MB before a full GC${quietNote(scale.afterActivity.quiet)}`,
-    });
-    const growth = scale.afterActivity.afterGcMb - scale.atRest.afterGcMb;
-    report.add({ metric: "rss_growth_mb_activity", value: growth, unit: "MB", note: `${((growth * 1024) / sizes.activityPortals).toFixed(1)} KB per new portal` });
+    scaleMetrics(report, scale, sizes);
   } catch (err) {
     failed = true;
     say(`failed: ${(err as Error).stack ?? err}`);

@@ -95,6 +95,9 @@ function whatsappGroupCapabilities(dm: ChatCapabilities): ChatCapabilities {
  * The connector for our interop gateway (docs/protocol.md): one authenticated provider
  * connection, a Signal session per Matrix user and contact, MIMI content inside.
  */
+/** Logins of known users in flight at once after a start. */
+const KNOWN_USER_LOGINS_AT_ONCE = 32;
+
 export class InteropConnector implements NetworkConnector {
   readonly networkName = "WhatsApp";
   private readonly capabilities: ChatCapabilities;
@@ -197,8 +200,18 @@ export class InteropConnector implements NetworkConnector {
     await this.mediaHost.listen(media.bind_hostname, media.port);
     this.mediaHost.startSweeping();
     await this.client.connect();
-    // Users known from earlier runs log in again, so messages queued for them flow at once.
-    for (const user of this.users.knownUsers()) void this.ensureUser(user, null).catch((err: Error) => log.warn("could not log a user in", { user, error: err.message }));
+    // Users known from earlier runs log in again, so messages queued for them flow at once: in
+    // the background, a few at a time (with 10,000 users, all at once would hold every request
+    // in memory and keep the bridge from answering); a user with something to do logs in at once.
+    const known = this.users.knownUsers();
+    let next = 0;
+    const logInNext = async (): Promise<void> => {
+      while (next < known.length) {
+        const user = known[next++];
+        await this.ensureUser(user, null).catch((err: Error) => log.warn("could not log a user in", { user, error: err.message }));
+      }
+    };
+    for (let i = 0; i < Math.min(KNOWN_USER_LOGINS_AT_ONCE, known.length); i++) void logInNext();
   }
 
   async stop(): Promise<void> {

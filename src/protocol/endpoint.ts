@@ -19,7 +19,7 @@ import type { InteropClient } from "./client.js";
 import { ProtocolError, parseMimiUri, type DeliverFrame, type DeliveredFrame, type PreKeyBundle } from "./frames.js";
 import { decodeMimi } from "./mimi.js";
 import { PayloadError, decodePayload, encodePayload, type Payload } from "./payload.js";
-import { SignalLayerError, SignalParty, type PreKeyBundleData, type PublishedKeys, type SignalRecordStore } from "./signal.js";
+import { SignalLayerError, SignalParty, type PreKeyBundleData, type PublishedKeys, type SignalPartyOptions, type SignalRecordStore } from "./signal.js";
 
 /** Where a frame a local user received came from, and where it stands in their queue on the gateway. */
 export interface ReceivedFrame {
@@ -178,12 +178,28 @@ class EndpointRecords {
   }
 }
 
-interface LocalUser {
-  uri: string;
-  party: SignalParty;
-  records: EndpointRecords;
+class LocalUser {
+  private opened: SignalParty | undefined;
+  readonly records: EndpointRecords;
   /** Key-directory maintenance runs one at a time per user. */
-  keysChain: Promise<void>;
+  keysChain: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly uri: string,
+    private readonly store: SignalRecordStore,
+    private readonly options: SignalPartyOptions,
+  ) {
+    this.records = new EndpointRecords(store, uri);
+  }
+
+  /**
+   * The user's Signal party, loaded on first use: a user who is only logged in (most of them,
+   * with many users and few active) holds no Signal state in memory.
+   */
+  get party(): SignalParty {
+    this.opened ??= SignalParty.open(this.uri, this.store, this.options);
+    return this.opened;
+  }
 }
 
 function digestOf(...parts: Array<Uint8Array | string | number>): string {
@@ -201,6 +217,14 @@ function digestOf(...parts: Array<Uint8Array | string | number>): string {
 /** What the directory holds apart from one-time keys; a change means republishing. */
 function bundleDigest(keys: PublishedKeys): string {
   return digestOf(keys.registrationId, keys.identityKey, keys.signedPreKey.id, keys.signedPreKey.publicKey, keys.kyberPreKey.id, keys.kyberPreKey.publicKey);
+}
+
+/**
+ * Records in a user's Signal store that `keys` are what the key directory holds, as the
+ * endpoint does after publishing them (for stores written by other means: the benchmark's).
+ */
+export function notePublishedKeys(store: SignalRecordStore, user: string, keys: PublishedKeys): void {
+  new EndpointRecords(store, user).publishedDigest = bundleDigest(keys);
 }
 
 function toBundleData(bundle: PreKeyBundle): PreKeyBundleData {
@@ -288,14 +312,12 @@ export class SecureEndpoint {
   private openUser(uri: string): LocalUser {
     let user = this.users.get(uri);
     if (!user) {
-      const store = this.opts.openRecords(uri);
-      const party = SignalParty.open(uri, store, {
+      user = new LocalUser(uri, this.opts.openRecords(uri), {
         onIdentityChange: (peer) => {
           this.log.info("peer identity changed", { user: uri, peer });
           this.opts.onIdentityChange?.(uri, peer);
         },
       });
-      user = { uri, party, records: new EndpointRecords(store, uri), keysChain: Promise.resolve() };
       this.users.set(uri, user);
     }
     return user;
@@ -309,12 +331,14 @@ export class SecureEndpoint {
    */
   private maintainKeys(user: LocalUser, gatewaySaidLow = false): Promise<void> {
     const run = user.keysChain.then(async () => {
-      const keys = user.party.prepareKeys({ oneTimeCount: 0 });
-      const digest = bundleDigest(keys);
       const known = user.records.publishedDigest;
       const remaining = known === undefined ? 0 : await this.client.countKeys(user.uri);
       const low = remaining < (gatewaySaidLow ? this.oneTimeKeyTarget : this.oneTimeKeyLow);
-      if (known === digest && !low) return;
+      // Only prepareKeys changes what the digest covers (it adds a missing signed or Kyber prekey),
+      // and what it returned was published: nothing to do, and no Signal state to load.
+      if (known !== undefined && !low) return;
+      const keys = user.party.prepareKeys({ oneTimeCount: 0 });
+      const digest = bundleDigest(keys);
       const perPublish = this.client.limits.maxOneTimeKeysPerPublish;
       const topUp = low ? Math.max(0, Math.min(perPublish, this.oneTimeKeyTarget - remaining)) : 0;
       const oneTimePreKeys = topUp > 0 ? user.party.replenishOneTimeKeys(topUp) : [];

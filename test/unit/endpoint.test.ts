@@ -284,6 +284,31 @@ describe("SecureEndpoint over the gateway", () => {
     assert.equal(count, 12);
   });
 
+  it("logs a user whose keys the directory holds in without loading its Signal state, which it loads when it sends", async () => {
+    // A restart of the third provider's side over the same records, counting reads of the Signal party's.
+    const reads: string[] = [];
+    const records = third.stores.get(alice)!;
+    const restarted = new Side(gw, THIRD);
+    const counting = Object.create(records) as MemoryRecordStore;
+    counting.get = (ns: string, key: string) => {
+      if (ns.startsWith("signal/")) reads.push(key);
+      return records.get(ns, key);
+    };
+    restarted.stores.set(alice, counting);
+    try {
+      await restarted.client.connect();
+      await restarted.endpoint.addUser(alice, { displayName: "Alice" });
+      assert.equal(reads.join(", "), "", "no Signal record read at login");
+      await restarted.endpoint.send(alice, wa, room, textPayload(alice, room, "after a restart"), newId());
+      await home.waitForText("after a restart");
+      assert.ok(reads.includes("account"), "the party was loaded to encrypt");
+    } finally {
+      await restarted.client.close();
+    }
+    // Back on the original side (the restarted one took alice's session over).
+    await third.endpoint.addUser(alice, { displayName: "Alice" });
+  });
+
   it("removes a user; when it comes back with a new identity, the peer is told", async () => {
     await third.endpoint.removeUser(alice);
     assert.equal(third.stores.get(alice)!.size, 0, "every record of alice is gone");
