@@ -12,6 +12,8 @@ import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { Stack } from "../test/support/stack";
+import { measureEncryptedPaths } from "./encrypted";
+import { addEncryptedMediaRss } from "./encrypted-media-rss";
 import { formatHeap, nodeArgsForHeapSnapshots, summarizeHeap, takeHeapSnapshot } from "./heap";
 import { homeserverWorkDelta, HomeserverWork, perMessage, readHomeserverWork, sameWork } from "./homeserver-work";
 import { histogramDelta, histogramMean, histogramQuantile, HistogramReading, parseHistogram } from "./histogram";
@@ -409,6 +411,9 @@ async function main(): Promise<void> {
     const phase = (k: keyof typeof bridgeHistogramsAfter) => histogramDelta(bridgeHistogramsAfter[k], bridgeHistogramsBefore[k]);
     bridgeOwnTime(report, phase("handling"), phase("passage"), phase("attempt"), outB.length);
     say("latency measured");
+    // ---- the encrypted path against the same baselines (bench/encrypted.ts; restarts the bridge, which writes its CPU profile)
+    await measureEncryptedPaths(stack, scenario, paths, sizes, report, say);
+    say("encrypted path measured");
     const gaps = scenario.syncGaps();
     if (gaps > 0) report.note(`warning: ${gaps} /sync responses had timeline gaps (a message in a gap is never counted)`);
     await scenario.stop();
@@ -416,8 +421,10 @@ async function main(): Promise<void> {
 
     // ---- media (restarts the stack's bridge: its CPU profile is written then; no profiler from here on)
     stack.bridge.leadingArgs = [...INSPECT_ARGS, ...nodeArgs];
-    if (opts.quick) report.missing("rss_growth_mb_100mb_video", "MB", "skipped by --quick (a 100 MB video each way takes minutes)", MEDIA_TARGET);
-    else {
+    if (opts.quick) {
+      report.missing("rss_growth_mb_100mb_video", "MB", "skipped by --quick (a 100 MB video each way takes minutes)", MEDIA_TARGET);
+      report.missing("rss_growth_mb_100mb_video_encrypted", "MB", "skipped by --quick (node dist/bench/encrypted-media-rss.js measures it alone)", MEDIA_TARGET);
+    } else {
       try {
         addMediaResult(report, mediaRssMetrics(await measureMediaRss(stack)));
       } catch (err) {
@@ -427,6 +434,7 @@ async function main(): Promise<void> {
         process.stderr.write(`measureMediaRss: ${(err as Error).stack ?? why}\n`);
         report.missing("rss_growth_mb_100mb_video", "MB", `measureMediaRss failed: ${why}`, MEDIA_TARGET);
       }
+      await addEncryptedMediaRss(stack, report);
       say("media measured");
     }
 

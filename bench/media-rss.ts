@@ -29,9 +29,9 @@ export interface MetricLine {
   unit: string;
 }
 
-const VIDEO_BYTES = 100_000_000;
+export const VIDEO_BYTES = 100_000_000;
 
-function rssKb(pid: number): number {
+export function rssKb(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
   const m = /^VmRSS:\s+(\d+) kB/m.exec(status);
   if (!m) throw new Error(`no VmRSS for process ${pid}`);
@@ -39,7 +39,7 @@ function rssKb(pid: number): number {
 }
 
 /** Samples a process's RSS every `everyMs` until stopped; reports the peak. */
-function sampleRss(pid: number, everyMs = 10): { stop(): number } {
+export function sampleRss(pid: number, everyMs = 10): { stop(): number } {
   let peak = rssKb(pid);
   const timer = setInterval(() => {
     try {
@@ -57,7 +57,7 @@ function sampleRss(pid: number, everyMs = 10): { stop(): number } {
 }
 
 /** The idle level: the median of a second of samples. */
-async function idleRssKb(pid: number): Promise<number> {
+export async function idleRssKb(pid: number): Promise<number> {
   const samples: number[] = [];
   for (let i = 0; i < 20; i++) {
     samples.push(rssKb(pid));
@@ -68,7 +68,7 @@ async function idleRssKb(pid: number): Promise<number> {
 }
 
 /** A real H.264/AAC MP4 of just under `bytes` (ffmpeg stops writing at the size). */
-function makeVideo(file: string, bytes: number): void {
+export function makeVideo(file: string, bytes: number): void {
   execFileSync(
     "ffmpeg",
     [
@@ -105,7 +105,7 @@ function makeVideo(file: string, bytes: number): void {
   );
 }
 
-function sha256OfFile(file: string): string {
+export function sha256OfFile(file: string): string {
   return createHash("sha256").update(fs.readFileSync(file)).digest("hex");
 }
 
@@ -115,7 +115,7 @@ function bridgePid(stack: Stack): number {
   return pid;
 }
 
-const toMb = (kb: number) => Math.round((kb / 1024) * 10) / 10;
+export const toMb = (kb: number) => Math.round((kb / 1024) * 10) / 10;
 
 /**
  * Bridges a 100 MB video WhatsApp → Matrix and then Matrix → WhatsApp on a running stack and

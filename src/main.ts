@@ -80,13 +80,19 @@ export async function runBridge(config: BridgeConfig, registration: AppServiceRe
   appserviceListening = true;
   // Needs the listener: the check's probe comes back in a transaction.
   const checkEncryption = async (background: boolean): Promise<void> => {
-    const support = await checkHomeserverEncryption(crypto!.manager, {
-      homeserverUrl: config.homeserver.url,
-      asToken: registration.getAppServiceToken()!,
-      botUserId: appservice.port.botMxid,
-      // After a restart the homeserver may hold transactions for a while (its backoff): the probe's time starts with the first one.
-      ...(background ? { armTimeout: crypto!.manager.nextTransaction() } : {}),
-    });
+    const check = () =>
+      checkHomeserverEncryption(crypto!.manager, {
+        homeserverUrl: config.homeserver.url,
+        asToken: registration.getAppServiceToken()!,
+        botUserId: appservice.port.botMxid,
+        // After a restart the homeserver may hold transactions for a while (its backoff): the probe's time starts with the first one.
+        ...(background ? { armTimeout: crypto!.manager.nextTransaction() } : {}),
+      });
+    let support = await check();
+    // After a restart, Synapse drops the to-device messages of the transactions it holds while the
+    // bridge counts as down (its catch-up transactions carry events only): a probe sent then never
+    // comes back. Once transactions flow again, a new probe does.
+    for (let again = 0; background && !support.ok && again < 2; again++) support = await check();
     const settings = { default: config.encryption.default, require: config.encryption.require };
     if (support.ok) log.info("encryption: on (the homeserver provides what end-to-bridge encryption needs)", settings);
     else if (config.encryption.require) {

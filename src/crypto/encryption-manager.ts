@@ -80,6 +80,9 @@ export class EncryptionManager {
   private readonly perUser = new KeyedQueue();
   private readonly rooms = new Map<string, RoomInfo>();
   private readonly keyWaiters = new Map<string, Set<() => void>>();
+  /** Per user: the to-device catch-up under way (one at a time) and where the last one ended. */
+  private readonly catchUps = new Map<string, Promise<void>>();
+  private readonly catchUpTokens = new Map<string, string>();
   private readonly hygiene: KeyHygiene;
   /** Extensions seen since start, for the homeserver check. */
   readonly seen = { toDevice: false, oneTimeKeyCounts: false, deviceLists: false };
@@ -313,12 +316,58 @@ export class EncryptionManager {
     } catch (err) {
       if (!(err instanceof sdk.MegolmDecryptionError) || err.code !== sdk.DecryptionErrorCode.MissingRoomKey) throw this.failure(err);
     }
-    const arrived = await this.waitForRoomKey(sessionId, waitMs ?? this.opts.roomKeyWaitMs ?? 10_000);
+    const wait = waitMs ?? this.opts.roomKeyWaitMs ?? 10_000;
+    const waiting = this.waitForRoomKey(sessionId, wait);
+    // The key may be in a to-device message the homeserver never pushed (Synapse's catch-up
+    // transactions after the bridge was down carry no to-device messages): read the device's inbox.
+    const catchUp = setTimeout(
+      () => {
+        this.catchUpToDevice(user).catch((err: Error) => log.warn("crypto to-device catch-up failed", { user: user.userId, error: err.message }));
+      },
+      Math.min(2_000, wait / 2),
+    );
+    const arrived = await waiting;
+    clearTimeout(catchUp);
     try {
       return await attempt();
     } catch (err) {
       throw this.failure(err, arrived ? undefined : "the room key did not arrive");
     }
+  }
+
+  /**
+   * Reads the to-device messages the homeserver holds for the user's device (`/sync` as that
+   * device, MSC3202 masquerading, nothing but to-device asked for) and feeds them to its machine,
+   * then acknowledges them (a second `/sync` from the returned token, which lets the homeserver
+   * delete them). Messages already pushed in a transaction are fed again: the machine ignores
+   * what it already has (an Olm message it cannot decrypt twice, a room key it holds).
+   */
+  catchUpToDevice(user: UserMachine): Promise<void> {
+    const running = this.catchUps.get(user.userId);
+    if (running) return running;
+    const filter = JSON.stringify({ presence: { types: [] }, account_data: { types: [] }, room: { rooms: [] } });
+    const sync = (since?: string) =>
+      this.client.request<{ next_batch: string; to_device?: { events?: Record<string, unknown>[] } }>(
+        "GET",
+        `v3/sync?timeout=0&filter=${encodeURIComponent(filter)}${since ? `&since=${encodeURIComponent(since)}` : ""}`,
+        { userId: user.userId, deviceId: user.deviceId },
+      );
+    const feed = async (got: { to_device?: { events?: Record<string, unknown>[] } }): Promise<number> => {
+      const events = (got.to_device?.events ?? []).map((e) => ({ ...e, to_user_id: user.userId, to_device_id: user.deviceId }));
+      if (events.length) await this.perUser.run(user.userId, () => this.feed(user, { changed: [], left: [], devices: new Map() }, { toDevice: events }));
+      return events.length;
+    };
+    const run = (async () => {
+      const got = await sync(this.catchUpTokens.get(user.userId));
+      const count = await feed(got);
+      // From the returned token: the homeserver deletes what was read; what came since is fed too.
+      const acked = await sync(got.next_batch);
+      const more = await feed(acked);
+      this.catchUpTokens.set(user.userId, acked.next_batch);
+      log.info("crypto to-device catch-up", { user: user.userId, count: count + more });
+    })().finally(() => this.catchUps.delete(user.userId));
+    this.catchUps.set(user.userId, run);
+    return run;
   }
 
   private failure(err: unknown, note?: string): DecryptionFailure {

@@ -272,7 +272,14 @@ export class MatrixAppservice {
 
   /** The event as the bridge handles it: decrypted when it is encrypted; null when it cannot be (the sender is told). */
   private async readable(event: MatrixEvent): Promise<MatrixEvent | null> {
-    if (event.type !== "m.room.encrypted" || !this.encryption?.enabled) return event;
+    if (event.type !== "m.room.encrypted" || !this.encryption) return event;
+    if (!this.encryption.enabled) {
+      // Encryption was turned off at start (the homeserver check failed): never drop the event silently.
+      log.warn("could not decrypt a Matrix event", { room: event.room_id, eventId: event.event_id, sender: event.sender, code: "EncryptionOff" });
+      this.core!.metrics.dropped("to_network", "undecryptable");
+      await this.core!.onMatrixEventRefused(event, FAILURES.undecryptable("EncryptionOff"));
+      return null;
+    }
     const reader = this.memberOf(event.room_id);
     if (!reader) return event;
     try {

@@ -8,8 +8,8 @@ import { randomInt } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { decodeFrame } from "../../src/protocol/frames";
-import { TestClient } from "../support/matrix-client";
-import { HOME_DOMAIN, PROVIDER_DOMAIN, Stack } from "../support/stack";
+import { HOME_DOMAIN, Stack } from "../support/stack";
+import { Chat, encryptedEnds, pad, plainEnds, sleep, UNDECRYPTABLE_NOTICE, uriOf } from "./ends";
 
 export interface ChaosOptions {
   chats: number;
@@ -32,6 +32,12 @@ export interface ChaosOptions {
   quietMs?: number;
   /** Seeds the kill schedule and the senders' pacing (a random seed when absent; the summary names it). */
   seed?: number;
+  /**
+   * Portals in encrypted rooms: the stack's Synapse encrypts every room and the bridge has
+   * encryption on (see encryptedStackOptions), and the Matrix users are real end-to-end encrypting
+   * clients (matrix-nio with libolm, test/chaos/encrypted.ts) instead of plain HTTP clients.
+   */
+  encrypted?: boolean;
   log?: (line: string) => void;
 }
 
@@ -67,21 +73,25 @@ export interface ChaosSummary {
   matrixToWhatsApp: DirectionSummary;
   whatsAppToMatrix: DirectionSummary;
   outages: OutageRecord[];
+  /** With encrypted portals: what could not be decrypted, at either end. */
+  undecryptable?: UndecryptableSummary;
   /** Bridge log lines at warn or error level, by outage (during it or in the 30 s after). */
   bridgeLogDuringOutages: Record<string, string[]>;
   ms: number;
 }
 
-interface Chat {
-  index: number;
-  phone: string;
-  client: TestClient;
-  roomId: string;
+export interface UndecryptableSummary {
+  /** Events in the chaos rooms the Matrix users' clients could not decrypt, after trying again with the keys they have at the end. */
+  atMatrixClients: number;
+  /** The bridge's "could not decrypt" notices in the chaos rooms (a Matrix message it could not decrypt). */
+  bridgeNotices: number;
+  /** The bridge's "could not decrypt a Matrix event" log lines (every room, every run of the bridge). */
+  bridgeLog: number;
+  /** Events the clients could decrypt only when tried again (their key came after them): information, not a failure. */
+  decryptedLate: number;
+  /** Syncs that left a gap in a chaos room (then the client may miss events; should be 0). */
+  gappySyncs: number;
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const pad = (n: number, width: number) => String(n).padStart(width, "0");
-const uriOf = (mxid: string) => `mimi://${PROVIDER_DOMAIN}/u/${mxid}`;
 
 export const mxBody = (chat: number, i: number) => `chaos c${pad(chat, 3)} mx ${pad(i, 4)}`;
 export const waBody = (chat: number, i: number) => `chaos c${pad(chat, 3)} wa ${pad(i, 4)}`;
@@ -98,16 +108,6 @@ async function untilDone<T>(what: string, fn: () => Promise<T>, timeoutMs = 10 *
       await sleep(delay);
     }
   }
-}
-
-/** Runs n tasks at most `width` at a time. */
-async function inBatches<T>(items: T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
-  const queue = [...items];
-  await Promise.all(
-    Array.from({ length: Math.min(width, items.length) }, async () => {
-      for (let item = queue.shift(); item !== undefined; item = queue.shift()) await fn(item);
-    }),
-  );
 }
 
 /** A small seeded generator (mulberry32): the same seed gives the same kill schedule and pacing. */
@@ -136,31 +136,11 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
   const chatsPerUser = opts.chatsPerUser ?? 5;
 
   // ---- setup: Matrix users with their bot rooms, WhatsApp users, one open chat each
-  const userCount = Math.ceil(opts.chats / chatsPerUser);
-  const clients: TestClient[] = [];
-  for (let u = 0; u < userCount; u++) clients.push(await stack.user(`chaos${pad(u, 2)}`));
-  await inBatches(clients, 4, async (client) => {
-    // Third-Party Chats are off by default: every chaos user turns them on.
-    await stack.botRoom(client, { enable: true });
-  });
-  const chats: Chat[] = [];
-  await inBatches(
-    Array.from({ length: opts.chats }, (_, i) => i),
-    6,
-    async (index) => {
-      const phone = `+49170${pad(index, 7)}`;
-      const client = clients[Math.floor(index / chatsPerUser)];
-      await stack.sim.createUser(phone, `Chaos ${index}`);
-      await stack.sim.sendText(phone, uriOf(client.userId), `chaos open c${pad(index, 3)}`);
-      const invite = await client.waitForInvite((i) => i.inviter === stack.ghostId(phone), { timeoutMs: 120_000 });
-      await client.joinRoom(invite.roomId);
-      chats.push({ index, phone, client, roomId: invite.roomId });
-    },
+  const ends = opts.encrypted ? await encryptedEnds(stack, opts.chats, chatsPerUser) : await plainEnds(stack, opts.chats, chatsPerUser);
+  const chats = ends.chats;
+  log(
+    `setup: ${ends.users} Matrix users, ${opts.chats} chats open${opts.encrypted ? " in encrypted rooms, end-to-end encrypting clients" : ""} (${Math.round((Date.now() - started) / 1000)} s)`,
   );
-  chats.sort((a, b) => a.index - b.index);
-  // From here on, histories are read with /messages; idle sync loops would only cost CPU.
-  for (const client of clients) await client.stopSync();
-  log(`setup: ${userCount} Matrix users, ${opts.chats} chats open (${Math.round((Date.now() - started) / 1000)} s)`);
 
   // ---- traffic: per chat, one sequential sender per side, paced over durationMs
   const gapMs = opts.durationMs / perChat;
@@ -171,15 +151,13 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
       for (let i = 0; i < perChat; i++) {
         await pace();
         const txnId = `chaos-${chat.index}-${i}`;
-        await untilDone(`Matrix send ${mxBody(chat.index, i)}`, () =>
-          chat.client.sendEvent(chat.roomId, "m.room.message", { msgtype: "m.text", body: mxBody(chat.index, i) }, txnId),
-        );
+        await untilDone(`Matrix send ${mxBody(chat.index, i)}`, () => chat.send(mxBody(chat.index, i), txnId));
       }
     })(),
     (async () => {
       for (let i = 0; i < perChat; i++) {
         await pace();
-        await untilDone(`WhatsApp send ${waBody(chat.index, i)}`, () => stack.sim.sendText(chat.phone, uriOf(chat.client.userId), waBody(chat.index, i)));
+        await untilDone(`WhatsApp send ${waBody(chat.index, i)}`, () => stack.sim.sendText(chat.phone, uriOf(chat.userId), waBody(chat.index, i)));
       }
     })(),
   ]);
@@ -234,7 +212,12 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
     outages.push({ what: "gateway", from, to: Date.now() });
     log("gateway back");
   })();
-  await Promise.all([sending, killer, outage]);
+  try {
+    await Promise.all([sending, killer, outage]);
+  } catch (err) {
+    await ends.stop();
+    throw err;
+  }
   log(`sending done (${Math.round((Date.now() - started) / 1000)} s); waiting for the last deliveries`);
 
   // ---- settle: wait until everything arrived or nothing moved for settleMs
@@ -267,13 +250,16 @@ export async function runChaos(stack: Stack, opts: ChaosOptions): Promise<ChaosS
     summary = await measure(stack, chats, perChat);
   }
   void sendingDone;
+  await ends.stop();
+  const { undecryptable, ...counts } = summary;
   return {
     seed,
     quietMs,
     chats: chats.length,
     kills,
     killedWhileStarting,
-    ...summary,
+    ...counts,
+    ...(opts.encrypted ? { undecryptable: { ...undecryptable, bridgeLog: bridgeLogCount(stack, /could not decrypt a Matrix event/) } } : {}),
     outages,
     bridgeLogDuringOutages: outageLogLines(stack, outages),
     ms: Date.now() - started,
@@ -285,22 +271,25 @@ function complete(s: { matrixToWhatsApp: DirectionSummary; whatsAppToMatrix: Dir
 }
 
 /** What arrived where: every chat's Matrix room history and WhatsApp inbox, compared with what was sent. */
-async function measure(stack: Stack, chats: Chat[], perChat: number): Promise<{ matrixToWhatsApp: DirectionSummary; whatsAppToMatrix: DirectionSummary }> {
+async function measure(
+  stack: Stack,
+  chats: Chat[],
+  perChat: number,
+): Promise<{ matrixToWhatsApp: DirectionSummary; whatsAppToMatrix: DirectionSummary; undecryptable: Omit<UndecryptableSummary, "bridgeLog"> }> {
   const toMatrix: number[][] = [];
   const toWhatsApp: number[][] = [];
+  const undecryptable = { atMatrixClients: 0, bridgeNotices: 0, decryptedLate: 0, gappySyncs: 0 };
   for (const chat of chats) {
-    const history = await untilDone("reading a room", () => chat.client.history(chat.roomId, { types: ["m.room.message"] }));
-    toMatrix.push(
-      indicesOf(
-        history.filter((e) => e.sender === stack.ghostId(chat.phone)).map((e) => String(e.content.body)),
-        chat.index,
-        "wa",
-      ),
-    );
+    const arrivals = await untilDone("reading a room", () => chat.arrivals());
+    toMatrix.push(indicesOf(arrivals.ghostBodies, chat.index, "wa"));
+    undecryptable.atMatrixClients += arrivals.undecryptable;
+    undecryptable.bridgeNotices += arrivals.ghostBodies.filter((b) => UNDECRYPTABLE_NOTICE.test(b)).length;
+    undecryptable.decryptedLate += arrivals.decryptedLate;
+    undecryptable.gappySyncs += arrivals.gappySyncs;
     const inbox = await untilDone("reading an inbox", () => fullInbox(stack, chat.phone));
     toWhatsApp.push(
       indicesOf(
-        inbox.filter((e) => e.from === uriOf(chat.client.userId)).map((e) => String(e.text ?? "")),
+        inbox.filter((e) => e.from === uriOf(chat.userId)).map((e) => String(e.text ?? "")),
         chat.index,
         "mx",
       ),
@@ -310,7 +299,19 @@ async function measure(stack: Stack, chats: Chat[], perChat: number): Promise<{ 
   return {
     matrixToWhatsApp: { ...compare(toWhatsApp, perChat), redelivered: wire.matrixToWhatsApp },
     whatsAppToMatrix: { ...compare(toMatrix, perChat), redelivered: wire.whatsAppToMatrix },
+    undecryptable,
   };
+}
+
+/** How many lines of the bridge's log (every run of it) match. */
+function bridgeLogCount(stack: Stack, re: RegExp): number {
+  const file = path.join(stack.dir, "bridge.log");
+  return fs.existsSync(file)
+    ? fs
+        .readFileSync(file, "utf8")
+        .split("\n")
+        .filter((l) => re.test(l)).length
+    : 0;
 }
 
 const framesFile = (stack: Stack) => path.join(stack.dir, "gateway-frames.log");
@@ -322,7 +323,7 @@ const framesFile = (stack: Stack) => path.join(stack.dir, "gateway-frames.log");
  * repeating a (to, id) already delivered. Only the chaos chats' messages count.
  */
 function sameIdRepeats(stack: Stack, chats: Chat[]): { matrixToWhatsApp: DirectionSummary["redelivered"]; whatsAppToMatrix: DirectionSummary["redelivered"] } {
-  const matrixUsers = new Set(chats.map((c) => uriOf(c.client.userId)));
+  const matrixUsers = new Set(chats.map((c) => uriOf(c.userId)));
   const phones = new Set(chats.map((c) => `mimi://${HOME_DOMAIN}/u/${c.phone}`));
   const counts = { mxResent: new Map<string, number>(), mxDelivered: new Map<string, number>(), waResent: new Map<string, number>(), waDelivered: new Map<string, number>() };
   const bump = (m: Map<string, number>, key: string) => m.set(key, (m.get(key) ?? 0) + 1);
@@ -427,6 +428,13 @@ export function formatSummary(s: ChaosSummary): string {
     line("  Matrix → WhatsApp", s.matrixToWhatsApp),
     line("  WhatsApp → Matrix", s.whatsAppToMatrix),
   ];
+  if (s.undecryptable) {
+    const u = s.undecryptable;
+    lines.push(
+      `  undecryptable ${u.atMatrixClients + u.bridgeNotices} (${u.atMatrixClients} at the Matrix clients, ${u.bridgeNotices} bridge notices; ` +
+        `bridge log "could not decrypt" ${u.bridgeLog}; decrypted only on a retry ${u.decryptedLate}; syncs with a gap ${u.gappySyncs})`,
+    );
+  }
   if (s.matrixToWhatsApp.redelivered.resent > resendBound(s)) {
     lines.push(`  the bridge re-sent ${s.matrixToWhatsApp.redelivered.resent} Matrix messages under the same id: more than ${s.kills} kill(s) × ${s.chats} chats can explain`);
   }
@@ -446,5 +454,10 @@ export function resendBound(s: ChaosSummary): number {
 }
 
 export function failed(s: ChaosSummary): boolean {
-  return [s.matrixToWhatsApp, s.whatsAppToMatrix].some((d) => d.lost > 0 || d.duplicated > 0 || d.outOfOrder > 0) || s.matrixToWhatsApp.redelivered.resent > resendBound(s);
+  const u = s.undecryptable;
+  return (
+    [s.matrixToWhatsApp, s.whatsAppToMatrix].some((d) => d.lost > 0 || d.duplicated > 0 || d.outOfOrder > 0) ||
+    s.matrixToWhatsApp.redelivered.resent > resendBound(s) ||
+    (u !== undefined && (u.atMatrixClients > 0 || u.bridgeNotices > 0 || u.bridgeLog > 0 || u.gappySyncs > 0))
+  );
 }

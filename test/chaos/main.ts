@@ -2,9 +2,12 @@
  * `npm run chaos` — the full chaos run: 2,000 messages over 50 chats, both directions, while
  * the bridge is SIGKILLed 20 times. `npm run chaos -- --outages`: Synapse stopped for 60 s,
  * then the gateway for 60 s, while both sides keep sending. Prints a summary and exits 1 on
- * any lost, duplicated or reordered message.
+ * any lost, duplicated or reordered message. `npm run chaos -- --encrypted`: the same with every
+ * portal in an encrypted room (Synapse encrypts every room, the bridge has encryption on) and the
+ * Matrix users on real end-to-end encrypting clients (matrix-nio); it also counts what could not
+ * be decrypted at either end, and exits 1 on any.
  *
- *   --chats N --messages N --kills N --outage-seconds N --duration-seconds N --seed N --quiet-seconds N --keep --help
+ *   --encrypted --chats N --messages N --kills N --outage-seconds N --duration-seconds N --seed N --quiet-seconds N --keep --help
  *
  * --seed replays a run's kill schedule and pacing (every run prints its seed); --quiet-seconds
  * (at least 10) is how long nothing may move before the final count.
@@ -12,11 +15,13 @@
 import { parseArgs } from "node:util";
 import { Stack } from "../support/stack";
 import { failed, formatSummary, runChaos } from "./chaos";
+import { encryptedStackOptions } from "./ends";
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
       outages: { type: "boolean", default: false },
+      encrypted: { type: "boolean", default: false },
       chats: { type: "string" },
       messages: { type: "string" },
       kills: { type: "string" },
@@ -30,7 +35,7 @@ async function main(): Promise<number> {
   });
   if (values.help) {
     process.stdout.write(
-      "usage: npm run chaos -- [--outages] [--chats N] [--messages N] [--kills N] [--outage-seconds N] [--duration-seconds N] [--seed N] [--quiet-seconds N (>= 10)] [--keep]\n",
+      "usage: npm run chaos -- [--outages] [--encrypted] [--chats N] [--messages N] [--kills N] [--outage-seconds N] [--duration-seconds N] [--seed N] [--quiet-seconds N (>= 10)] [--keep]\n",
     );
     return 0;
   }
@@ -46,11 +51,12 @@ async function main(): Promise<number> {
     durationMs: num(values["duration-seconds"], outageMs ? (2 * outageMs) / 1000 + 40 : Math.max(30, kills * 6)) * 1000,
     seed: values.seed === undefined ? undefined : Number(values.seed),
     quietMs: num(values["quiet-seconds"], 10) * 1000,
+    encrypted: values.encrypted,
     log: (line: string) => process.stdout.write(`[chaos] ${line}\n`),
   };
   if (opts.seed !== undefined && !Number.isSafeInteger(opts.seed)) throw new Error("--seed must be a whole number");
-  process.stdout.write(`[chaos] starting a stack (Synapse, gateway, simulator, bridge)\n`);
-  const stack = await Stack.start("chaos", { logLevel: "info", simArgs: ["--send-timeout-ms", "600000"] });
+  process.stdout.write(`[chaos] starting a stack (Synapse, gateway, simulator, bridge${values.encrypted ? "; encrypted rooms" : ""})\n`);
+  const stack = await Stack.start("chaos", { logLevel: "info", simArgs: ["--send-timeout-ms", "600000"], ...(values.encrypted ? encryptedStackOptions() : {}) });
   try {
     const summary = await runChaos(stack, opts);
     process.stdout.write(`${formatSummary(summary)}\n`);

@@ -19,8 +19,16 @@ one JSON answer per stdout line:
                                                    -> {"event_id", "url"} the file as an encrypted attachment (`file`, no `url`)
   {"cmd": "wait_body", "room": R, "sender": U, "pattern": P} -> a message (any msgtype) whose body matches P
   {"cmd": "messages", "room": R}                   -> {"messages": [...]} every message seen in R, in order
+  {"cmd": "send_txn", "room": R, "text": T, "txn": X} -> {"event_id"} an m.text with the transaction id X (a repeat is the same event)
+  {"cmd": "timeline", "room": R}                   -> {"events": [{"sender", "text"} | {"sender", "undecryptable": true}], "late": n, "limited": n}
+                                                      every message event of R in sync order; events that failed to decrypt are tried
+                                                      again first (as clients do when a key arrives late: `late` counts those that then did)
+  {"cmd": "arrivals", "after": n}                  -> {"arrivals": [{"sender", "text", "at"}], "next": m} messages seen from the n-th on
+                                                      (every room), "at" the wall-clock ms nio had decrypted it (the benchmark's clock)
+  {"cmd": "upload_encrypted", "path": P}           -> {"file": EncryptedFile with url, "size": n} encrypts and uploads, sends nothing
 
-Started with one argument: JSON {"hs", "user_id", "device_id", "token", "store"}.
+Started with one argument: JSON {"hs", "user_id", "device_id", "token", "store"}; with "timeline_limit": n, every sync asks
+for up to n events per room, so a busy room's sync has no gap ("limited" counts the syncs that had one anyway).
 """
 import asyncio
 import json
@@ -30,6 +38,7 @@ import urllib.request
 
 import hashlib
 import re
+import time
 
 from nio import AsyncClient, AsyncClientConfig, MegolmEvent, RoomMessage
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
@@ -60,22 +69,34 @@ async def main():
     client.restore_login(args["user_id"], args["device_id"], args["token"])
     messages = []
     undecryptable = []
+    timelines = {}  # room id -> [[event, decrypted event or None]] in sync order
+    late = {}
+    limited = {}
+    joined_before = set()
+    sync_filter = {"room": {"timeline": {"limit": args["timeline_limit"]}}} if args.get("timeline_limit") else None
 
     async def on_message(room, event):
+        timelines.setdefault(room.room_id, []).append([event, None if isinstance(event, MegolmEvent) else event])
         if isinstance(event, MegolmEvent):
             undecryptable.append(event.event_id)
             return
         content = event.source.get("content", {})
         messages.append({"room": room.room_id, "sender": event.sender, "text": content.get("body"), "event_id": event.event_id,
                          "msgtype": content.get("msgtype"), "content": content,
-                         "sender_key": getattr(event, "sender_key", None), "decrypted": bool(getattr(event, "decrypted", False))})
+                         "sender_key": getattr(event, "sender_key", None), "decrypted": bool(getattr(event, "decrypted", False)),
+                         "at": time.time() * 1000})
 
     client.add_event_callback(on_message, (RoomMessage, MegolmEvent))
     changed = asyncio.Event()
 
     async def sync_loop():
         while True:
-            await client.sync(timeout=1000, full_state=False)
+            response = await client.sync(timeout=1000, full_state=False, sync_filter=sync_filter)
+            for room_id, room in getattr(getattr(response, "rooms", None), "join", {}).items():
+                # A room's first sync as a member (the join) has nothing before it to miss.
+                if room.timeline.limited and room_id in joined_before:
+                    limited[room_id] = limited.get(room_id, 0) + 1
+                joined_before.add(room_id)
             if client.should_upload_keys:
                 await client.keys_upload()
             if client.should_query_keys:
@@ -84,7 +105,7 @@ async def main():
                 await client.keys_claim(client.get_users_for_key_claiming())
             changed.set()
 
-    await client.sync(timeout=0, full_state=True)
+    await client.sync(timeout=0, full_state=True, sync_filter=sync_filter)
     if client.should_upload_keys:
         await client.keys_upload()
     syncing = asyncio.ensure_future(sync_loop())
@@ -240,6 +261,40 @@ async def main():
                 answer(found)
             elif cmd["cmd"] == "messages":
                 answer({"messages": [m for m in messages if m["room"] == cmd["room"]]})
+            elif cmd["cmd"] == "send_txn":
+                if client.should_query_keys:
+                    await client.keys_query()
+                response = await client.room_send(cmd["room"], "m.room.message", {"msgtype": "m.text", "body": cmd["text"]},
+                                                  tx_id=cmd["txn"], ignore_unverified_devices=True)
+                if not hasattr(response, "event_id"):
+                    raise RuntimeError(f"send failed: {response}")
+                answer({"event_id": response.event_id})
+            elif cmd["cmd"] == "timeline":
+                events = []
+                for entry in timelines.get(cmd["room"], []):
+                    if entry[1] is None:
+                        try:
+                            decrypted = client.decrypt_event(entry[0])
+                        except Exception:
+                            decrypted = None
+                        if isinstance(decrypted, RoomMessage):
+                            entry[1] = decrypted
+                            late[cmd["room"]] = late.get(cmd["room"], 0) + 1
+                    if entry[1] is None:
+                        events.append({"sender": entry[0].sender, "undecryptable": True})
+                    else:
+                        events.append({"sender": entry[1].sender, "text": entry[1].source.get("content", {}).get("body")})
+                answer({"events": events, "late": late.get(cmd["room"], 0), "limited": limited.get(cmd["room"], 0)})
+            elif cmd["cmd"] == "arrivals":
+                seen = messages[cmd["after"]:]
+                answer({"arrivals": [{"sender": m["sender"], "text": m["text"], "at": m["at"]} for m in seen], "next": len(messages)})
+            elif cmd["cmd"] == "upload_encrypted":
+                with open(cmd["path"], "rb") as f:
+                    plain = f.read()
+                ciphertext, keys = encrypt_attachment(plain)
+                del plain
+                url = await loop.run_in_executor(None, raw_upload, ciphertext)
+                answer({"file": {**keys, "url": url}, "size": len(ciphertext)})
             elif cmd["cmd"] == "undecryptable":
                 answer({"count": len(undecryptable)})
             else:

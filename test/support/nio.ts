@@ -17,10 +17,13 @@ export class NioPeer {
     proc.stderr!.on("data", (d) => (this.stderr += d));
   }
 
-  /** Starts nio as the (registered) user, its store in a new folder under `dir`. */
-  static start(hs: { url: string }, user: TestClient, dir: string): NioPeer {
+  /**
+   * Starts nio as the (registered) user, its store in a new folder under `dir`. `timelineLimit`:
+   * events per room each sync asks for (busy rooms then sync without gaps).
+   */
+  static start(hs: { url: string }, user: TestClient, dir: string, opts: { timelineLimit?: number } = {}): NioPeer {
     const store = fs.mkdtempSync(path.join(dir, "nio-"));
-    const args = JSON.stringify({ hs: hs.url, user_id: user.userId, device_id: user.deviceId, token: user.accessToken, store });
+    const args = JSON.stringify({ hs: hs.url, user_id: user.userId, device_id: user.deviceId, token: user.accessToken, store, timeline_limit: opts.timelineLimit });
     return new NioPeer(spawn(PYTHON, [path.join(repoRoot(), "test/support/nio-peer.py"), args], { stdio: ["pipe", "pipe", "pipe"] }));
   }
 
