@@ -975,6 +975,10 @@ export function markdownToMatrix(markdown: string, options: MarkdownToMatrixOpti
 
   const env: RenderEnv = { rewriteLink: options.rewriteLink, openLinks: [] };
   const tokens = parser.parse(text, env);
+  // markdown-it stops nesting blocks at maxNesting and drops what is deeper: a message nested that
+  // deep (quotes or lists inside each other ~20 times) goes as the text it was typed, never shortened.
+  const limit = parser.options.maxNesting - 1;
+  if (tokens.some((token) => token.level >= limit)) return { msgtype, body: text };
   let html = parser.renderer.render(tokens, parser.options, env);
 
   if (!/<(?!\/?p>|br>)/.test(html)) {
